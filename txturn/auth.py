@@ -1,0 +1,327 @@
+# -*- test-case-name: tests.test_auth -*-
+"""
+Long-term credentials (RFC 8489 section 9.2), stateless nonces, and the
+credential sources a server looks keys up in.
+
+Everything here is pure: time comes in as an argument (the caller reads it
+from its injected reactor), so nonce expiry and REST-credential expiry are
+tested with plain numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import struct
+import unicodedata
+from typing import Iterable, Mapping, Protocol, Sequence
+
+from zope.interface import Interface, implementer
+
+from txturn.stun import NONCE_COOKIE, PasswordAlgorithm
+
+#: Security-feature bits carried after the nonce cookie (RFC 8489 18.1);
+#: bit 0 is the most significant of the 24.
+FEATURE_PASSWORD_ALGORITHMS = 1 << 23
+FEATURE_USERNAME_ANONYMITY = 1 << 22
+
+_NONCE_BODY = struct.Struct("!Q")
+_NONCE_MAC_BYTES = 12
+
+
+class CredentialError(ValueError):
+    """
+    A credential string (user line, key) that cannot be used.
+    """
+
+
+def opaque_string(value: str) -> str:
+    """
+    The OpaqueString profile of RFC 8265, as RFC 8489 applies it to
+    usernames, realms and passwords before hashing.
+
+    Non-ASCII spaces become U+0020 and the result is NFC-normalised;
+    control characters are refused.  For the ASCII strings nearly every
+    deployment uses this is the identity.
+
+    @raise CredentialError: for control characters or an empty string.
+    """
+    mapped = "".join(
+        " " if unicodedata.category(c) == "Zs" else c for c in value
+    )
+    result = unicodedata.normalize("NFC", mapped)
+    if not result:
+        raise CredentialError("empty string")
+    for c in result:
+        if unicodedata.category(c) == "Cc":
+            raise CredentialError("control character in credential")
+    return result
+
+
+def long_term_key(
+    username: str,
+    realm: str,
+    password: str,
+    algorithm: int = PasswordAlgorithm.MD5,
+) -> bytes:
+    """
+    The long-term key: MD5 or SHA-256 of C{username:realm:password}.
+    """
+    data = ":".join(
+        [username, opaque_string(realm), opaque_string(password)]
+    ).encode("utf-8")
+    if algorithm == PasswordAlgorithm.SHA256:
+        return hashlib.sha256(data).digest()
+    return hashlib.md5(data).digest()
+
+
+def userhash(username: str, realm: str) -> bytes:
+    """
+    USERHASH: SHA-256 of C{username:realm} (RFC 8489 section 14.4).
+    """
+    return hashlib.sha256(
+        f"{opaque_string(username)}:{opaque_string(realm)}".encode("utf-8")
+    ).digest()
+
+
+def rest_api_password(secret: str | bytes, username: str) -> str:
+    """
+    The TURN REST API password for an ephemeral C{username}:
+    C{base64(HMAC-SHA1(secret, username))}.
+    """
+    if isinstance(secret, str):
+        secret = secret.encode("utf-8")
+    return base64.b64encode(
+        hmac.new(secret, username.encode("utf-8"), hashlib.sha1).digest()
+    ).decode("ascii")
+
+
+class NonceManager:
+    """
+    Issues and checks nonces without keeping per-client state.
+
+    A nonce is the RFC 8489 cookie, the security features, and
+    C{base64url(expiry || HMAC(secret, expiry || client ip)[:12])}; it can
+    only have come from this server, for this client address, and says
+    itself when it goes stale.  A flood of unauthenticated requests
+    therefore costs no memory.
+    """
+
+    def __init__(
+        self,
+        lifetime: float = 600.0,
+        secret: bytes | None = None,
+        features: int = FEATURE_PASSWORD_ALGORITHMS | FEATURE_USERNAME_ANONYMITY,
+    ) -> None:
+        self.lifetime = lifetime
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
+        self.features = features
+        self._prefix = NONCE_COOKIE + base64.b64encode(
+            features.to_bytes(3, "big")
+        ).decode("ascii")
+
+    def _mac(self, expiry: int, client_ip: str) -> bytes:
+        return hmac.new(
+            self._secret,
+            _NONCE_BODY.pack(expiry) + client_ip.encode("ascii"),
+            hashlib.sha256,
+        ).digest()[:_NONCE_MAC_BYTES]
+
+    def issue(self, client_ip: str, now: float) -> str:
+        expiry = int(now + self.lifetime)
+        token = _NONCE_BODY.pack(expiry) + self._mac(expiry, client_ip)
+        return self._prefix + base64.urlsafe_b64encode(token).decode("ascii").rstrip(
+            "="
+        )
+
+    def is_valid(self, nonce: str, client_ip: str, now: float) -> bool:
+        """
+        Whether C{nonce} was issued by us to C{client_ip} and is still fresh.
+        """
+        if not nonce.startswith(self._prefix):
+            return False
+        encoded = nonce[len(self._prefix) :]
+        try:
+            token = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        except (ValueError, TypeError):
+            return False
+        if len(token) != _NONCE_BODY.size + _NONCE_MAC_BYTES:
+            return False
+        (expiry,) = _NONCE_BODY.unpack_from(token)
+        if not hmac.compare_digest(token[_NONCE_BODY.size :], self._mac(expiry, client_ip)):
+            return False
+        return now < expiry
+
+
+class ICredentialSource(Interface):
+    """
+    Where the server finds the long-term key of a user.
+
+    Keys, not passwords, cross this boundary, so a source may hold only
+    hashed keys (a C{name:0x<md5>} user database).
+    """
+
+    def key_for(username: str, realm: str, algorithm: int, now: float) -> bytes | None:
+        """
+        The long-term key for C{username} in C{realm} with the given
+        password algorithm, or C{None} if the user is unknown, expired, or
+        has no key of that algorithm.  C{now} is the server's clock.
+        """
+
+    def username_for_hash(hashed: bytes, realm: str) -> str | None:
+        """
+        The username whose USERHASH in C{realm} is C{hashed}, if known.
+        """
+
+
+class _KeySource(Protocol):
+    def key_for(
+        self, username: str, realm: str, algorithm: int, now: float
+    ) -> bytes | None: ...
+
+    def username_for_hash(self, hashed: bytes, realm: str) -> str | None: ...
+
+
+@implementer(ICredentialSource)
+class StaticCredentials:
+    """
+    A fixed set of users, from C{--user} options or a user database.
+
+    @param passwords: username -> plaintext password (both algorithms).
+    @param md5_keys: username -> precomputed MD5 key for C{realm}; such
+        users can only use the MD5 algorithm.
+    """
+
+    def __init__(
+        self,
+        realm: str,
+        passwords: Mapping[str, str] | None = None,
+        md5_keys: Mapping[str, bytes] | None = None,
+    ) -> None:
+        self.realm = realm
+        self._passwords = dict(passwords or {})
+        self._md5_keys = dict(md5_keys or {})
+        self._hashes = {
+            userhash(name, realm): name
+            for name in list(self._passwords) + list(self._md5_keys)
+        }
+
+    @classmethod
+    def generate(cls, realm: str) -> tuple["StaticCredentials", str, str]:
+        """
+        One random user, for a server started with no credentials at all.
+        """
+        username = "turn-" + secrets.token_hex(4)
+        password = secrets.token_urlsafe(18)
+        return cls(realm, {username: password}), username, password
+
+    @classmethod
+    def from_lines(cls, realm: str, lines: Iterable[str]) -> "StaticCredentials":
+        """
+        Parse C{name:password} or C{name:0x<32 hex digits>} lines; blank
+        lines and C{#} comments are skipped.
+
+        @raise CredentialError: naming the first bad line.
+        """
+        passwords: dict[str, str] = {}
+        keys: dict[str, bytes] = {}
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, secret = line.partition(":")
+            if not sep or not name or not secret:
+                raise CredentialError(f"line {number}: expected name:password")
+            if secret.startswith("0x"):
+                try:
+                    key = bytes.fromhex(secret[2:])
+                except ValueError:
+                    raise CredentialError(
+                        f"line {number}: key is not hexadecimal"
+                    ) from None
+                if len(key) != 16:
+                    raise CredentialError(
+                        f"line {number}: an MD5 key has 32 hex digits"
+                    )
+                keys[name] = key
+            else:
+                passwords[name] = secret
+        return cls(realm, passwords, keys)
+
+    def __len__(self) -> int:
+        return len(self._passwords) + len(self._md5_keys)
+
+    def key_for(
+        self, username: str, realm: str, algorithm: int, now: float
+    ) -> bytes | None:
+        if realm != self.realm:
+            return None
+        password = self._passwords.get(username)
+        if password is not None:
+            return long_term_key(username, realm, password, algorithm)
+        if algorithm == PasswordAlgorithm.MD5:
+            return self._md5_keys.get(username)
+        return None
+
+    def username_for_hash(self, hashed: bytes, realm: str) -> str | None:
+        if realm != self.realm:
+            return None
+        return self._hashes.get(hashed)
+
+
+@implementer(ICredentialSource)
+class RestApiCredentials:
+    """
+    TURN REST API ephemeral credentials, as coturn's C{use-auth-secret}:
+    the username is C{<unix expiry>[:<user>]}, the password
+    C{base64(HMAC-SHA1(secret, username))}.
+
+    A username whose timestamp has passed has no key, so it is rejected
+    like an unknown user.  USERHASH cannot be supported: the server cannot
+    recover an ephemeral name from its hash.
+    """
+
+    def __init__(self, secret: str | bytes, separator: str = ":") -> None:
+        self._secret = secret.encode("utf-8") if isinstance(secret, str) else secret
+        self._separator = separator
+
+    def key_for(
+        self, username: str, realm: str, algorithm: int, now: float
+    ) -> bytes | None:
+        stamp = username.split(self._separator, 1)[0]
+        if not stamp.isdigit() or int(stamp) <= now:
+            return None
+        password = rest_api_password(self._secret, username)
+        return long_term_key(username, realm, password, algorithm)
+
+    def username_for_hash(self, hashed: bytes, realm: str) -> str | None:
+        return None
+
+
+@implementer(ICredentialSource)
+class CredentialChain:
+    """
+    Several sources consulted in order: static users and the REST secret
+    served by one server at the same time.
+    """
+
+    def __init__(self, sources: Sequence[_KeySource]) -> None:
+        self.sources = list(sources)
+
+    def key_for(
+        self, username: str, realm: str, algorithm: int, now: float
+    ) -> bytes | None:
+        for source in self.sources:
+            key = source.key_for(username, realm, algorithm, now)
+            if key is not None:
+                return key
+        return None
+
+    def username_for_hash(self, hashed: bytes, realm: str) -> str | None:
+        for source in self.sources:
+            name = source.username_for_hash(hashed, realm)
+            if name is not None:
+                return name
+        return None

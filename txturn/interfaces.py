@@ -1,0 +1,91 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The small interfaces between the sans-io TURN core and the sockets.
+
+The core (L{txturn.server.TurnServer}) never sees a transport: it answers
+clients through an L{IClientChannel} and reaches peers through an
+L{IRelay} that an L{IRelayAllocator} opened for it.  Tests provide fakes of
+all three (L{txturn.testing}); the service provides the real ones.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from zope.interface import Attribute, Interface
+
+Address = tuple[str, int]
+PeerReceiver = Callable[[bytes, Address], None]
+
+
+class IClientChannel(Interface):
+    """
+    One listening socket (UDP) or connection (TCP/TLS) that clients speak
+    TURN on; with the client's address it is the allocation's 5-tuple.
+    """
+
+    transport_name = Attribute("'udp', 'tcp', 'tls' or 'dtls'.")
+    local_address = Attribute("The (host, port) the client sent to.")
+
+    def send(data: bytes, address: Address) -> None:
+        """
+        Send one STUN message or ChannelData frame to the client at
+        C{address}.  Must not raise: a lost datagram is the network's.
+        """
+
+
+class IRelay(Interface):
+    """
+    One relayed transport address: a socket the server sends to peers from.
+    """
+
+    address = Attribute("The (host, port) the relay socket is bound to.")
+    receiver = Attribute(
+        "A callable (data, peer_address) given every datagram from a peer;"
+        " set by the core."
+    )
+
+    def send(data: bytes, address: Address) -> None:
+        """
+        Send C{data} to a peer.  Must not raise.
+        """
+
+    def set_dont_fragment(enabled: bool) -> None:
+        """
+        Set (or clear) the DF bit on packets to peers, where the OS can.
+        """
+
+    def close() -> object:
+        """
+        Stop listening; returns a Deferred (or None) that fires when the
+        port is released.
+        """
+
+
+class IRelayAllocator(Interface):
+    """
+    Opens relay sockets from the configured addresses and port range.
+    """
+
+    families = Attribute("The STUN address families (1, 2) relays can have.")
+
+    def open(family: int, even: bool, reserve_next: bool) -> tuple[IRelay, IRelay | None]:
+        """
+        Open a relay of C{family}.  With C{even}, its port is even; with
+        C{reserve_next}, the next port up is opened too and returned as
+        the second item, for a later RESERVATION-TOKEN.
+
+        @raise RelayUnavailable: if the family has no relay
+            address or the port range is exhausted.
+        """
+
+
+class RelayUnavailable(Exception):
+    """
+    No relay could be opened: C{family_unsupported} says whether the server
+    has no address of that family (440) or the port range is used up (508).
+    """
+
+    def __init__(self, message: str, family_unsupported: bool = False) -> None:
+        super().__init__(message)
+        self.family_unsupported = family_unsupported

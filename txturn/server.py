@@ -1,0 +1,554 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The TURN server core: STUN/TURN request handling, authentication and the
+allocation table, with no sockets and no global reactor.
+
+L{TurnServer.datagram_received} is the one entry point for a whole
+datagram (UDP, or one frame cut from a TCP stream).  ChannelData is
+recognised from its first byte and relayed with two dict lookups; STUN
+messages are decoded, authenticated and dispatched by method.  Answers go
+back through the L{IClientChannel} the message came in on; relays are
+opened through the L{IRelayAllocator}.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from txturn import __version__
+from txturn.allocation import Allocation
+from txturn.auth import ICredentialSource, NonceManager
+from txturn.interfaces import (
+    Address,
+    IClientChannel,
+    IRelay,
+    IRelayAllocator,
+    RelayUnavailable,
+)
+from txturn.policy import PeerPolicy
+from txturn.stun import (
+    CHANNEL_DATA_HEADER,
+    FAMILY_IPV4,
+    FAMILY_IPV6,
+    Attr,
+    Class,
+    Message,
+    Method,
+    PasswordAlgorithm,
+    StunDecodeError,
+    decode,
+    encode,
+    error_response,
+    family_of,
+    response_to,
+)
+
+UDP = 17
+TCP = 6
+CHANNEL_MIN = 0x4000
+#: RFC 8656 narrowed channels to 0x4FFF, but RFC 5766 clients (coturn's
+#: turnutils_uclient among them) pick numbers up to 0x7FFF, and coturn
+#: accepts them; so do we.
+CHANNEL_MAX = 0x7FFF
+RESERVATION_LIFETIME = 30.0
+
+#: What the server offers in PASSWORD-ALGORITHMS, most preferred first.
+PASSWORD_ALGORITHMS = [(PasswordAlgorithm.SHA256, b""), (PasswordAlgorithm.MD5, b"")]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """
+    The knobs of the TURN core, with the defaults of RFC 8656 and coturn.
+    """
+
+    realm: str = "txturn"
+    software: str | None = f"txturn {__version__}"
+    default_lifetime: float = 600.0
+    max_lifetime: float = 3600.0
+    nonce_lifetime: float = 600.0
+
+
+@dataclass(frozen=True)
+class AuthContext:
+    """
+    Who sent an authenticated request, and how to sign the answer.
+    """
+
+    username: str
+    key: bytes
+    sha256: bool
+
+
+class TurnServer:
+    """
+    The sans-io TURN core.
+
+    @ivar allocations: (client channel, client address) -> L{Allocation}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        credentials: ICredentialSource,
+        relays: IRelayAllocator,
+        policy: PeerPolicy | None = None,
+        config: ServerConfig | None = None,
+        nonces: NonceManager | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self.credentials = credentials
+        self.relays = relays
+        self.policy = policy if policy is not None else PeerPolicy()
+        self.config = config if config is not None else ServerConfig()
+        self.nonces = (
+            nonces
+            if nonces is not None
+            else NonceManager(lifetime=self.config.nonce_lifetime)
+        )
+        self.allocations: dict[tuple[IClientChannel, Address], Allocation] = {}
+        self._reservations: dict[bytes, tuple[IRelay, IDelayedCall]] = {}
+        self._logged_failures: collections.OrderedDict[str, None] = (
+            collections.OrderedDict()
+        )
+        self._dummy_key = secrets.token_bytes(16)
+        self._handlers: dict[int, Callable[[IClientChannel, Address, Message], None]] = {
+            Method.ALLOCATE: self._allocate,
+            Method.REFRESH: self._refresh,
+            Method.CREATE_PERMISSION: self._create_permission,
+            Method.CHANNEL_BIND: self._channel_bind,
+        }
+
+    # -- entry point -------------------------------------------------------------
+
+    def datagram_received(
+        self, client: IClientChannel, data: bytes, address: Address
+    ) -> None:
+        """
+        Handle one STUN message or ChannelData frame from C{address}.
+
+        Never raises: malformed input is dropped or answered with an error.
+        """
+        if not data:
+            return
+        first = data[0]
+        if 0x40 <= first <= 0x7F:
+            allocation = self.allocations.get((client, address))
+            if allocation is not None and len(data) >= 4:
+                channel, length = CHANNEL_DATA_HEADER.unpack_from(data)
+                if length <= len(data) - 4:
+                    allocation.from_client_channel(channel, data, length)
+            return
+        if first > 0x03:
+            return
+        try:
+            message = decode(data)
+        except StunDecodeError as e:
+            self.log.debug(
+                "Dropped malformed STUN from {client}: {error}",
+                client=address,
+                error=str(e),
+            )
+            return
+        try:
+            self.message_received(client, address, message)
+        except StunDecodeError as e:
+            # A well-framed message with a malformed attribute value.
+            if message.cls == Class.REQUEST:
+                self._reply(client, address, message, error_response(message, 400, str(e)))
+
+    def message_received(
+        self, client: IClientChannel, address: Address, message: Message
+    ) -> None:
+        if message.is_classic:
+            if message.method == Method.BINDING and message.cls == Class.REQUEST:
+                response = response_to(message, Class.SUCCESS)
+                response.add(Attr.MAPPED_ADDRESS, address)
+                client.send(encode(response), address)
+            return
+        if message.cls == Class.INDICATION:
+            if message.method == Method.SEND:
+                self._send_indication(client, address, message)
+            return
+        if message.cls != Class.REQUEST:
+            return
+        if message.method == Method.BINDING:
+            self._binding(client, address, message)
+            return
+        handler = self._handlers.get(message.method)
+        if handler is None:
+            self._reply(client, address, message, error_response(message, 400, "Unknown method"))
+            return
+        handler(client, address, message)
+
+    # -- answering ---------------------------------------------------------------
+
+    def _reply(
+        self,
+        client: IClientChannel,
+        address: Address,
+        request: Message,
+        response: Message,
+        auth: AuthContext | None = None,
+    ) -> bytes:
+        if self.config.software:
+            response.add(Attr.SOFTWARE, self.config.software)
+        data = encode(
+            response,
+            auth.key if auth is not None else None,
+            sha256=auth.sha256 if auth is not None else False,
+            add_fingerprint=request.has_fingerprint,
+        )
+        client.send(data, address)
+        return data
+
+    def _challenge(self, request: Message, address: Address, code: int) -> Message:
+        response = error_response(request, code)
+        response.add(Attr.REALM, self.config.realm)
+        response.add(Attr.NONCE, self.nonces.issue(address[0], self._reactor.seconds()))
+        response.add(Attr.PASSWORD_ALGORITHMS, PASSWORD_ALGORITHMS)
+        return response
+
+    def _authenticate(
+        self, client: IClientChannel, address: Address, request: Message
+    ) -> AuthContext | None:
+        """
+        Long-term credential check of RFC 8489 section 9.2.4.  Answers the
+        client itself and returns C{None} when the request is refused.
+
+        An unknown user is checked against a random key, so it costs the
+        same and gets the same 401 as a wrong password.
+        """
+        if request.integrity_offset is None and request.integrity_sha256_offset is None:
+            self._reply(client, address, request, self._challenge(request, address, 401))
+            return None
+        username = request.get(Attr.USERNAME)
+        hashed = request.get(Attr.USERHASH)
+        realm = request.get(Attr.REALM)
+        nonce = request.get(Attr.NONCE)
+        if (username is None and hashed is None) or realm is None or nonce is None:
+            self._reply(client, address, request, error_response(request, 400, "Missing credentials"))
+            return None
+        algorithms = request.get(Attr.PASSWORD_ALGORITHMS)
+        chosen = request.get(Attr.PASSWORD_ALGORITHM)
+        algorithm = PasswordAlgorithm.MD5
+        if algorithms is not None or chosen is not None:
+            if (
+                algorithms is None
+                or chosen is None
+                or algorithms != PASSWORD_ALGORITHMS
+                or chosen not in algorithms
+            ):
+                self._reply(
+                    client, address, request,
+                    error_response(request, 400, "Password algorithm mismatch"),
+                )
+                return None
+            algorithm = chosen[0]
+        now = self._reactor.seconds()
+        if not self.nonces.is_valid(nonce, address[0], now):
+            self._reply(client, address, request, self._challenge(request, address, 438))
+            return None
+        if username is None:
+            username = self.credentials.username_for_hash(hashed, realm)
+        key = None
+        if username is not None:
+            key = self.credentials.key_for(username, realm, algorithm, now)
+        intact = request.check_integrity(key if key is not None else self._dummy_key)
+        if key is None or not intact:
+            self._log_failure(address, username, nonce)
+            self._reply(client, address, request, self._challenge(request, address, 401))
+            return None
+        return AuthContext(username, key, request.integrity_sha256_offset is not None)
+
+    def _log_failure(self, address: Address, username: str | None, nonce: str) -> None:
+        """
+        Log a failed authentication once per nonce, never per packet; the
+        set of nonces already logged is bounded.
+        """
+        if nonce in self._logged_failures:
+            return
+        self._logged_failures[nonce] = None
+        if len(self._logged_failures) > 4096:
+            self._logged_failures.popitem(last=False)
+        self.log.info(
+            "Authentication failed for user {user!r} from {client}",
+            user=username,
+            client=address,
+        )
+
+    def _check_unknown(
+        self, client: IClientChannel, address: Address, request: Message,
+        auth: AuthContext | None,
+    ) -> bool:
+        unknown = request.unknown_required()
+        if unknown:
+            response = error_response(request, 420)
+            response.add(Attr.UNKNOWN_ATTRIBUTES, unknown)
+            self._reply(client, address, request, response, auth)
+            return True
+        return False
+
+    def _allocation_for(
+        self, client: IClientChannel, address: Address, request: Message
+    ) -> tuple[AuthContext, Allocation] | None:
+        """
+        Authenticate a request that needs an existing allocation; answer
+        437 (none) or 441 (another user's) and return C{None} otherwise.
+        """
+        auth = self._authenticate(client, address, request)
+        if auth is None or self._check_unknown(client, address, request, auth):
+            return None
+        allocation = self.allocations.get((client, address))
+        if allocation is None:
+            self._reply(client, address, request, error_response(request, 437), auth)
+            return None
+        if allocation.username != auth.username:
+            self._reply(client, address, request, error_response(request, 441), auth)
+            return None
+        return auth, allocation
+
+    # -- methods -------------------------------------------------------------------
+
+    def _binding(self, client: IClientChannel, address: Address, request: Message) -> None:
+        if self._check_unknown(client, address, request, None):
+            return
+        response = response_to(request, Class.SUCCESS)
+        response.add(Attr.XOR_MAPPED_ADDRESS, address)
+        self._reply(client, address, request, response)
+
+    def _lifetime(self, request: Message) -> float:
+        """
+        RFC 8656 sections 7.2 and 7.3: the requested lifetime capped at the
+        maximum, and never below the default; 0 only when asked for.
+        """
+        requested = request.get(Attr.LIFETIME)
+        if requested == 0:
+            return 0.0
+        if requested is None:
+            return self.config.default_lifetime
+        return max(self.config.default_lifetime, min(requested, self.config.max_lifetime))
+
+    def _allocate(self, client: IClientChannel, address: Address, request: Message) -> None:
+        auth = self._authenticate(client, address, request)
+        if auth is None or self._check_unknown(client, address, request, auth):
+            return
+        existing = self.allocations.get((client, address))
+        if existing is not None:
+            if (
+                existing.allocate_transaction == request.transaction_id
+                and existing.username == auth.username
+            ):
+                client.send(existing.allocate_response, address)
+            else:
+                self._reply(client, address, request, error_response(request, 437), auth)
+            return
+
+        def fail(code: int, reason: str | None = None) -> None:
+            self._reply(client, address, request, error_response(request, code, reason), auth)
+
+        transport = request.get(Attr.REQUESTED_TRANSPORT)
+        if transport is None:
+            return fail(400, "Missing REQUESTED-TRANSPORT")
+        if transport != UDP:
+            return fail(442)
+        token = request.get(Attr.RESERVATION_TOKEN)
+        even = request.get(Attr.EVEN_PORT)
+        family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
+        if token is not None and (even is not None or family is not None):
+            return fail(400, "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY")
+        if family is not None and family not in (FAMILY_IPV4, FAMILY_IPV6):
+            return fail(440)
+        if family is None:
+            family = FAMILY_IPV4
+            if FAMILY_IPV4 not in self.relays.families:
+                family = family_of(address[0])
+        lifetime = self._lifetime(request)
+        if lifetime == 0:
+            # An Allocate asking for no lifetime at all gets the default.
+            lifetime = self.config.default_lifetime
+        reserved: IRelay | None = None
+        if token is not None:
+            held = self._reservations.pop(token, None)
+            if held is None:
+                return fail(508, "Unknown reservation token")
+            relay, timer = held
+            timer.cancel()
+        else:
+            try:
+                relay, reserved = self.relays.open(
+                    family, even=even is not None, reserve_next=bool(even)
+                )
+            except RelayUnavailable as e:
+                return fail(440 if e.family_unsupported else 508)
+        if request.has(Attr.DONT_FRAGMENT):
+            relay.set_dont_fragment(True)
+        allocation = Allocation(
+            self._reactor, client, address, relay, auth.username, lifetime,
+            self._expire,
+        )
+        self.allocations[(client, address)] = allocation
+        response = response_to(request, Class.SUCCESS)
+        response.add(Attr.XOR_RELAYED_ADDRESS, relay.address)
+        response.add(Attr.LIFETIME, int(lifetime))
+        if reserved is not None:
+            new_token = secrets.token_bytes(8)
+            self._reservations[new_token] = (
+                reserved,
+                self._reactor.callLater(
+                    RESERVATION_LIFETIME, self._reservation_expired, new_token
+                ),
+            )
+            response.add(Attr.RESERVATION_TOKEN, new_token)
+        response.add(Attr.XOR_MAPPED_ADDRESS, address)
+        allocation.allocate_transaction = request.transaction_id
+        allocation.allocate_response = self._reply(client, address, request, response, auth)
+        self.log.info(
+            "Allocated {relay} for {user} from {client} for {lifetime:.0f}s",
+            relay=relay.address,
+            user=auth.username,
+            client=address,
+            lifetime=lifetime,
+        )
+
+    def _reservation_expired(self, token: bytes) -> None:
+        relay, _ = self._reservations.pop(token)
+        relay.close()
+
+    def _expire(self, allocation: Allocation) -> None:
+        self._delete(allocation)
+
+    def _delete(self, allocation: Allocation) -> object:
+        self.allocations.pop((allocation.client, allocation.client_address), None)
+        return allocation.close()
+
+    def _refresh(self, client: IClientChannel, address: Address, request: Message) -> None:
+        found = self._allocation_for(client, address, request)
+        if found is None:
+            return
+        auth, allocation = found
+        family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
+        if family is not None and family != family_of(allocation.relay.address[0]):
+            self._reply(client, address, request, error_response(request, 443), auth)
+            return
+        lifetime = self._lifetime(request)
+        if lifetime == 0:
+            self._delete(allocation)
+            self.log.info(
+                "Allocation for {user} from {client} deleted by Refresh",
+                user=auth.username,
+                client=address,
+            )
+        else:
+            allocation.refresh(lifetime)
+        response = response_to(request, Class.SUCCESS)
+        response.add(Attr.LIFETIME, int(lifetime))
+        self._reply(client, address, request, response, auth)
+
+    def _peer_error(self, allocation: Allocation, peer: Address) -> int | None:
+        """
+        The error code a peer address earns on any path, or C{None}.
+        """
+        if family_of(peer[0]) != family_of(allocation.relay.address[0]):
+            return 443
+        if not self.policy.allows(peer[0]):
+            return 403
+        return None
+
+    def _create_permission(
+        self, client: IClientChannel, address: Address, request: Message
+    ) -> None:
+        found = self._allocation_for(client, address, request)
+        if found is None:
+            return
+        auth, allocation = found
+        peers = request.get_all(Attr.XOR_PEER_ADDRESS)
+        if not peers:
+            self._reply(
+                client, address, request,
+                error_response(request, 400, "Missing XOR-PEER-ADDRESS"), auth,
+            )
+            return
+        for peer in peers:
+            code = self._peer_error(allocation, peer)
+            if code is not None:
+                self._reply(client, address, request, error_response(request, code), auth)
+                return
+        for peer in peers:
+            allocation.install_permission(peer[0])
+        self._reply(client, address, request, response_to(request, Class.SUCCESS), auth)
+
+    def _channel_bind(
+        self, client: IClientChannel, address: Address, request: Message
+    ) -> None:
+        found = self._allocation_for(client, address, request)
+        if found is None:
+            return
+        auth, allocation = found
+
+        def fail(code: int, reason: str | None = None) -> None:
+            self._reply(client, address, request, error_response(request, code, reason), auth)
+
+        channel = request.get(Attr.CHANNEL_NUMBER)
+        peer = request.get(Attr.XOR_PEER_ADDRESS)
+        if channel is None or not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+            return fail(400, "Missing or invalid CHANNEL-NUMBER")
+        if peer is None:
+            return fail(400, "Missing XOR-PEER-ADDRESS")
+        code = self._peer_error(allocation, peer)
+        if code is not None:
+            return fail(code)
+        if allocation.channel_conflict(channel, peer):
+            return fail(400, "Channel or peer already bound")
+        allocation.bind_channel(channel, peer)
+        self._reply(client, address, request, response_to(request, Class.SUCCESS), auth)
+
+    def _send_indication(
+        self, client: IClientChannel, address: Address, message: Message
+    ) -> None:
+        """
+        A Send indication: relayed when well formed and permitted, else
+        silently dropped, as indications get no answer.
+        """
+        allocation = self.allocations.get((client, address))
+        if allocation is None or message.unknown_required():
+            return
+        peer = message.get(Attr.XOR_PEER_ADDRESS)
+        data = message.get(Attr.DATA)
+        if peer is None or data is None or peer[0] not in allocation.permissions:
+            return
+        if not self.policy.allows(peer[0]):
+            return
+        allocation.send_to_peer(data, peer)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def connection_lost(self, client: IClientChannel) -> None:
+        """
+        A stream client channel closed: its allocations go with it.
+        """
+        for key in [k for k in self.allocations if k[0] is client]:
+            self._delete(self.allocations[key])
+
+    def shutdown(self) -> defer.Deferred[Any]:
+        """
+        Delete every allocation and reservation, cancelling their timers;
+        the Deferred fires when every relay port is closed.
+        """
+        closing = [self._delete(a) for a in list(self.allocations.values())]
+        for relay, timer in self._reservations.values():
+            timer.cancel()
+            closing.append(relay.close())
+        self._reservations.clear()
+        return defer.gatherResults(
+            [d for d in closing if isinstance(d, defer.Deferred)], consumeErrors=True
+        )

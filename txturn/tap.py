@@ -1,0 +1,210 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd turn}: command line options, and L{makeService}, which turns
+their strings into objects and calls the library constructor.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Sequence
+
+from twisted.python import usage
+
+from txturn import __version__
+from txturn.addresses import default_relay_addresses
+from txturn.auth import (
+    CredentialChain,
+    CredentialError,
+    RestApiCredentials,
+    StaticCredentials,
+)
+from txturn.policy import PeerPolicy
+from txturn.server import ServerConfig
+from txturn.service import TurnService
+
+#: Option groups for --help, in the order a reader of coturn's man page
+#: expects them.
+_GROUPS: list[tuple[str, list[str]]] = [
+    ("Listening", ["port", "listen"]),
+    ("Relays", ["relay-ip", "min-port", "max-port", "max-allocate-lifetime"]),
+    (
+        "Authentication",
+        ["realm", "user", "user-db", "static-auth-secret", "stale-nonce"],
+    ),
+    ("Peers", ["allow-loopback-peers"]),
+    ("Identity", ["software", "no-software"]),
+    ("", ["help"]),
+]
+
+
+def _port(value: str, name: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise usage.UsageError(f"--{name} must be a number, not {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise usage.UsageError(f"--{name} must be 0-65535, not {port}")
+    return port
+
+
+def _address(value: str, name: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        raise usage.UsageError(f"--{name} must be an IP address, not {value!r}") from None
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Runs a TURN/STUN server (RFC 8656, RFC 8489) on UDP. With no "
+        "credential options it generates one user and logs it with a "
+        "ready-to-paste WebRTC iceServers snippet; it never relays anonymously."
+    )
+
+    optParameters = [
+        ["port", "p", "3478", "UDP port to listen on for STUN and TURN."],
+        ["min-port", None, "49152", "Lowest relay port."],
+        ["max-port", None, "65535", "Highest relay port."],
+        ["realm", "r", "txturn", "Realm for long-term credentials."],
+        ["user-db", "b", None, "File of name:password or name:0x<md5 key> lines."],
+        [
+            "static-auth-secret",
+            None,
+            None,
+            "Secret for TURN REST API ephemeral credentials (expiry:user).",
+        ],
+        ["max-allocate-lifetime", None, "3600", "Longest allocation lifetime, seconds."],
+        ["stale-nonce", None, "600", "Seconds a nonce stays valid."],
+        ["software", None, f"txturn {__version__}", "SOFTWARE attribute sent."],
+    ]
+    optFlags = [
+        ["allow-loopback-peers", None, "Let relays reach loopback peers (testing)."],
+        ["no-software", None, "Send no SOFTWARE attribute."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["relay-ip"] = []
+        self["user"] = []
+
+    def opt_listen(self, value: str) -> None:
+        """
+        Address to listen on (repeatable; default all IPv4 and IPv6).
+        """
+        self["listen"].append(_address(value, "listen"))
+
+    def opt_relay_ip(self, value: str) -> None:
+        """
+        Address relays are opened on (repeatable; default the listening ones).
+        """
+        self["relay-ip"].append(_address(value, "relay-ip"))
+
+    def opt_user(self, value: str) -> None:
+        """
+        A user as NAME:PASSWORD (repeatable).
+        """
+        name, sep, password = value.partition(":")
+        if not sep or not name or not password:
+            raise usage.UsageError(f"--user must be NAME:PASSWORD, not {value!r}")
+        self["user"].append((name, password))
+
+    opt_L = opt_listen
+    opt_u = opt_user
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        Grouped help, like coturn's man page, from the same option tables.
+        """
+        docs: dict[str, tuple[str | None, str, Any]] = {}
+        for long, short, default, doc in self.optParameters:
+            docs[long] = (short, f"{long}=VALUE", f"{doc} [default: {default}]" if default else doc)
+        for long, short, doc in self.optFlags:
+            docs[long] = (short, long, doc)
+        docs["listen"] = ("L", "listen=ADDR", self.opt_listen.__doc__)
+        docs["relay-ip"] = (None, "relay-ip=ADDR", self.opt_relay_ip.__doc__)
+        docs["user"] = ("u", "user=NAME:PASSWORD", self.opt_user.__doc__)
+        docs["help"] = (None, "help", "Show this help and exit.")
+        lines = [f"Usage: twistd [twistd options] turn {self.synopsis}", "", self.longdesc, ""]
+        for title, names in _GROUPS:
+            if title:
+                lines.append(f"{title}:")
+            for name in names:
+                short, spelling, doc = docs[name]
+                flag = f"-{short}, " if short else "    "
+                text = " ".join((doc or "").split())
+                lines.append(f"  {flag}--{spelling:<28} {text}")
+            lines.append("")
+        return "\n".join(lines)
+
+    def postOptions(self) -> None:
+        self["port"] = _port(self["port"], "port")
+        self["min-port"] = _port(self["min-port"], "min-port")
+        self["max-port"] = _port(self["max-port"], "max-port")
+        if not 0 < self["min-port"] <= self["max-port"]:
+            raise usage.UsageError("--min-port must be 1-65535 and not above --max-port")
+        for name in ("max-allocate-lifetime", "stale-nonce"):
+            try:
+                self[name] = float(self[name])
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be a number of seconds") from None
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be positive")
+        if not self["realm"]:
+            raise usage.UsageError("--realm must not be empty")
+        if not self["listen"]:
+            self["listen"] = ["0.0.0.0", "::"]
+        if self["user-db"] is not None:
+            try:
+                with open(self["user-db"], encoding="utf-8") as f:
+                    self["user-db-lines"] = f.read().splitlines()
+            except OSError as e:
+                raise usage.UsageError(f"cannot read --user-db {self['user-db']}: {e.strerror}") from e
+            try:
+                StaticCredentials.from_lines(self["realm"], self["user-db-lines"])
+            except CredentialError as e:
+                raise usage.UsageError(f"--user-db {self['user-db']}: {e}") from e
+        if self["no-software"]:
+            self["software"] = None
+
+
+def makeService(options: Options, reactor: Any = None) -> TurnService:
+    """
+    Build the L{TurnService} the options describe.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    realm = options["realm"]
+    sources: list[Any] = []
+    announce = None
+    lines: Sequence[str] = [f"{n}:{p}" for n, p in options["user"]]
+    lines = list(lines) + list(options.get("user-db-lines", []))
+    if lines:
+        sources.append(StaticCredentials.from_lines(realm, lines))
+    if options["static-auth-secret"]:
+        sources.append(RestApiCredentials(options["static-auth-secret"]))
+    if not sources:
+        generated, username, password = StaticCredentials.generate(realm)
+        sources.append(generated)
+        announce = (username, password)
+    relays = options["relay-ip"] or default_relay_addresses(options["listen"])
+    return TurnService(
+        reactor,
+        CredentialChain(sources),
+        [(host, options["port"]) for host in options["listen"]],
+        relays,
+        min_port=options["min-port"],
+        max_port=options["max-port"],
+        policy=PeerPolicy(allow_loopback=options["allow-loopback-peers"]),
+        config=ServerConfig(
+            realm=realm,
+            software=options["software"],
+            max_lifetime=options["max-allocate-lifetime"],
+            nonce_lifetime=options["stale-nonce"],
+        ),
+        announce=announce,
+    )
