@@ -718,19 +718,21 @@ def encode(
     *,
     sha256: bool = False,
     add_fingerprint: bool = False,
+    pad_byte: bytes = b"\x00",
 ) -> bytes:
     """
     Encode C{message}, appending MESSAGE-INTEGRITY (or, with C{sha256},
     MESSAGE-INTEGRITY-SHA256) keyed by C{key}, then FINGERPRINT.
 
     Attributes already in C{message} of those three types are written as
-    given, which the tests use to build broken messages.
+    given, which the tests use to build broken messages.  C{pad_byte} is
+    what fills attribute padding (RFC 5769's vectors use spaces).
     """
     body = bytearray()
     for attr_type, value in message.attributes:
         body += _ATTR_HEADER.pack(attr_type, len(value))
         body += value
-        body += b"\x00" * padding(len(value))
+        body += pad_byte * padding(len(value))
     msg_type = message_type(message.method, message.cls)
     if message.legacy_cookie is not None:
         head = struct.pack("!HH", msg_type, 0) + message.legacy_cookie

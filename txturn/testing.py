@@ -1,0 +1,197 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+Test doubles for the TURN core, public so that applications embedding
+txturn can test against it too: a recording client channel, fake relays,
+and a small scripted STUN client that does the long-term credential
+dance.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from zope.interface import implementer
+
+from txturn.auth import long_term_key
+from txturn.interfaces import (
+    Address,
+    IClientChannel,
+    IRelay,
+    IRelayAllocator,
+    RelayUnavailable,
+)
+from txturn.stun import (
+    FAMILY_IPV4,
+    FAMILY_IPV6,
+    Attr,
+    Class,
+    Message,
+    PasswordAlgorithm,
+    decode,
+    encode,
+)
+
+
+@implementer(IClientChannel)
+class RecordingClientChannel:
+    """
+    An L{IClientChannel} that records what the server sends.
+    """
+
+    def __init__(
+        self, transport_name: str = "udp", local_address: Address = ("192.0.2.1", 3478)
+    ) -> None:
+        self.transport_name = transport_name
+        self.local_address = local_address
+        self.sent: list[tuple[bytes, Address]] = []
+
+    def send(self, data: bytes, address: Address) -> None:
+        self.sent.append((data, address))
+
+    def pop(self) -> bytes:
+        """
+        The oldest unread datagram.
+        """
+        return self.sent.pop(0)[0]
+
+
+def _discard(data: bytes, peer: Address) -> None:
+    pass
+
+
+@implementer(IRelay)
+class FakeRelay:
+    """
+    A relay that records datagrams sent to peers; a test calls
+    C{relay.receiver(data, peer)} to play a peer.
+    """
+
+    def __init__(self, address: Address, allocator: "FakeRelayAllocator | None" = None) -> None:
+        self.address = address
+        self.receiver = _discard
+        self.sent: list[tuple[bytes, Address]] = []
+        self.dont_fragment = False
+        self.closed = False
+        self._allocator = allocator
+
+    def send(self, data: bytes, address: Address) -> None:
+        self.sent.append((data, address))
+
+    def set_dont_fragment(self, enabled: bool) -> None:
+        self.dont_fragment = enabled
+
+    def close(self) -> None:
+        self.closed = True
+        if self._allocator is not None:
+            self._allocator.open_relays.discard(self)
+
+
+@implementer(IRelayAllocator)
+class FakeRelayAllocator:
+    """
+    Hands out L{FakeRelay}s on consecutive ports, up to C{capacity} at once.
+    """
+
+    def __init__(
+        self,
+        hosts: dict[int, str] | None = None,
+        first_port: int = 50000,
+        capacity: int = 1000,
+    ) -> None:
+        self.hosts = hosts if hosts is not None else {FAMILY_IPV4: "192.0.2.1"}
+        self.families = frozenset(self.hosts)
+        self._next = first_port
+        self.capacity = capacity
+        self.open_relays: set[FakeRelay] = set()
+        self.opened: list[FakeRelay] = []
+
+    def _one(self, family: int) -> FakeRelay:
+        relay = FakeRelay((self.hosts[family], self._next), self)
+        self._next += 1
+        self.open_relays.add(relay)
+        self.opened.append(relay)
+        return relay
+
+    def open(self, family: int, even: bool, reserve_next: bool) -> tuple[FakeRelay, FakeRelay | None]:
+        if family not in self.hosts:
+            raise RelayUnavailable("no such family", family_unsupported=True)
+        if len(self.open_relays) + (2 if reserve_next else 1) > self.capacity:
+            raise RelayUnavailable("exhausted")
+        if (even or reserve_next) and self._next % 2:
+            self._next += 1
+        relay = self._one(family)
+        return relay, self._one(family) if reserve_next else None
+
+
+class StunClient:
+    """
+    Builds requests as a TURN client would, learning REALM and NONCE from
+    401/438 answers so a test can say C{client.request(Method.ALLOCATE,
+    ...)} and get a correctly authenticated message.
+    """
+
+    def __init__(
+        self,
+        username: str,
+        password: str,
+        algorithm: int = PasswordAlgorithm.MD5,
+        fingerprint: bool = True,
+    ) -> None:
+        self.username = username
+        self.password = password
+        self.algorithm = algorithm
+        self.fingerprint = fingerprint
+        self.realm: str | None = None
+        self.nonce: str | None = None
+        self.algorithms: list[tuple[int, bytes]] | None = None
+
+    @property
+    def key(self) -> bytes:
+        assert self.realm is not None
+        return long_term_key(self.username, self.realm, self.password, self.algorithm)
+
+    def learn(self, data: bytes) -> Message:
+        """
+        Decode a response and remember its REALM, NONCE and algorithms.
+        """
+        message = decode(data)
+        realm = message.get(Attr.REALM)
+        if realm is not None:
+            self.realm = realm
+        nonce = message.get(Attr.NONCE)
+        if nonce is not None:
+            self.nonce = nonce
+        algorithms = message.get(Attr.PASSWORD_ALGORITHMS)
+        if algorithms is not None:
+            self.algorithms = algorithms
+        return message
+
+    def request(
+        self,
+        method: int,
+        attributes: list[tuple[int, Any]] | None = None,
+        *,
+        authenticate: bool = True,
+        sha256: bool = False,
+        transaction_id: bytes | None = None,
+        cls: int = Class.REQUEST,
+    ) -> bytes:
+        message = Message(method, cls, transaction_id or os.urandom(12))
+        for attr_type, value in attributes or []:
+            message.add(attr_type, value)
+        key = None
+        if authenticate and self.nonce is not None:
+            assert self.realm is not None
+            message.add(Attr.USERNAME, self.username)
+            message.add(Attr.REALM, self.realm)
+            message.add(Attr.NONCE, self.nonce)
+            if self.algorithm != PasswordAlgorithm.MD5:
+                message.add(Attr.PASSWORD_ALGORITHMS, self.algorithms or [])
+                message.add(Attr.PASSWORD_ALGORITHM, (self.algorithm, b""))
+            key = self.key
+        return encode(message, key, sha256=sha256, add_fingerprint=self.fingerprint)
+
+
+def peer_family(host: str) -> int:
+    return FAMILY_IPV6 if ":" in host else FAMILY_IPV4
