@@ -1,0 +1,246 @@
+"""
+Integration tests with real TURN clients on loopback: aioice's TURN client,
+coturn's turnutils_uclient with turnutils_peer, and a real C{twistd turn}
+process.
+
+turnutils_* come from Debian's coturn package, which .ci/run installs; the
+tests say so and skip when it is missing outside CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.test_service import free_udp_port
+from txturn.auth import StaticCredentials
+from txturn.policy import PeerPolicy
+from txturn.server import ServerConfig
+from txturn.service import TurnService
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI"):
+            raise AssertionError(f"{tool} is missing: .ci/run must install coturn")
+        raise SkipTest(f"{tool} not installed (apt-get install coturn)")
+    return path
+
+
+class OutputWatcher(ProcessProtocol):
+    """
+    Collects a process's output and fires Deferreds when patterns appear.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.watches: list[tuple[re.Pattern[bytes], defer.Deferred[re.Match[bytes]]]] = []
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for pattern, d in list(self.watches):
+            match = pattern.search(self.output)
+            if match:
+                self.watches.remove((pattern, d))
+                d.callback(match)
+
+    errReceived = outReceived
+
+    def wait_for(self, pattern: bytes, timeout: float = 30) -> defer.Deferred[re.Match[bytes]]:
+        d: defer.Deferred[re.Match[bytes]] = defer.Deferred()
+        self.watches.append((re.compile(pattern, re.S), d))
+        d.addTimeout(timeout, reactor)
+        self.outReceived(b"")
+        return d
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+
+
+def spawn(argv: list[str], test: TestCase) -> OutputWatcher:
+    """
+    Start a process that the test kills and reaps when it is done.
+    """
+    watcher = OutputWatcher()
+    process = reactor.spawnProcess(watcher, argv[0], argv, env=os.environ.copy(), path=ROOT)
+
+    def stop() -> defer.Deferred[None]:
+        try:
+            process.signalProcess("TERM")
+        except Exception:
+            pass
+        return watcher.ended
+
+    test.addCleanup(stop)
+    return watcher
+
+
+def uclient_totals(output: str) -> tuple[int, int, int]:
+    """
+    (sent, received, lost) from turnutils_uclient's summary.
+    """
+    sent = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\n", output)
+    lost = re.search(r"Total lost packets (\d+)", output)
+    if not sent or lost is None:
+        raise AssertionError(f"no summary in turnutils_uclient output:\n{output[-2000:]}")
+    return int(sent[-1][0]), int(sent[-1][1]), int(lost.group(1))
+
+
+class InProcessServer:
+    """
+    A TurnService on the test's reactor, on a free loopback port.
+    """
+
+    def start(self) -> None:
+        self.service = TurnService(
+            reactor,
+            StaticCredentials("txturn", {"test": "secret"}),
+            [("127.0.0.1", 0)],
+            ["127.0.0.1"],
+            policy=PeerPolicy(allow_loopback=True),
+            config=ServerConfig(realm="txturn"),
+        )
+        self.service.startService()
+        self.port = self.service.ports[0].getHost().port
+
+    def stop(self) -> Any:
+        return self.service.stopService()
+
+
+class AioiceTests(TestCase):
+    """
+    aioice's TURN client relays through the server.
+    """
+
+    def setUp(self) -> None:
+        self.server = InProcessServer()
+        self.server.start()
+        self.addCleanup(self.server.stop)
+
+    @defer.inlineCallbacks
+    def test_udp_echo(self) -> Any:
+        """
+        100 datagrams sent through aioice's relay to an echo peer all come
+        back intact, and the allocation is deleted when aioice closes.
+        """
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable,
+            [os.path.join(HERE, "clients", "aioice_echo.py"), "127.0.0.1",
+             str(self.server.port), "test", "secret", "100"],
+            env=os.environ.copy(), path=ROOT,
+        )
+        self.assertEqual(code, 0, err.decode())
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        self.assertEqual(result["received"], 100, result)
+        self.assertTrue(result["intact"])
+        self.assertEqual(result["relayed"][0], "127.0.0.1")
+        self.assertEqual(self.server.service.server.allocations, {})
+
+
+class UclientTests(TestCase):
+    """
+    coturn's turnutils_uclient relays through the server to turnutils_peer.
+    """
+
+    def setUp(self) -> None:
+        self.uclient = require("turnutils_uclient")
+        peer = require("turnutils_peer")
+        self.server = InProcessServer()
+        self.server.start()
+        self.addCleanup(self.server.stop)
+        self.peer_port = free_udp_port()
+        spawn([peer, "-L", "127.0.0.1", "-p", str(self.peer_port)], self)
+
+    @defer.inlineCallbacks
+    def run_uclient(self, *extra: str) -> Any:
+        out, err, code = yield getProcessOutputAndValue(
+            self.uclient,
+            [*extra, "-u", "test", "-w", "secret", "-e", "127.0.0.1", "-r", str(self.peer_port),
+             "-p", str(self.server.port), "-n", "50", "-m", "5", "-l", "120", "127.0.0.1"],
+            env=os.environ.copy(),
+        )
+        output = out.decode(errors="replace") + err.decode(errors="replace")
+        sent, received, lost = uclient_totals(output)
+        self.assertGreaterEqual(sent, 250, output[-2000:])  # 50 per client, 5+ clients
+        self.assertEqual(received, sent, output[-2000:])
+        self.assertEqual(lost, 0)
+        self.assertNotIn("error 4", output)
+
+    def test_channels(self) -> Any:
+        """
+        With channels (the default): every message echoed, 0 lost.
+        """
+        return self.run_uclient()
+
+    def test_send_indications(self) -> Any:
+        """
+        With -s (Send and Data indications): every message echoed, 0 lost.
+        """
+        return self.run_uclient("-s")
+
+
+class TwistdTests(TestCase):
+    """
+    The installed plugin runs as C{twistd -n turn}.
+    """
+
+    @defer.inlineCallbacks
+    def test_generated_user(self) -> Any:
+        """
+        With no credential options, twistd logs a generated user and an
+        iceServers snippet; aioice relays with exactly those credentials.
+        """
+        port = free_udp_port()
+        watcher = spawn(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "turn", "--listen", "127.0.0.1", "--port", str(port),
+             "--allow-loopback-peers"],
+            self,
+        )
+        match = yield watcher.wait_for(rb"(\{\"iceServers\".*?\}\]\})")
+        servers = json.loads(match.group(1))["iceServers"][0]
+        self.assertEqual(servers["urls"], [f"turn:127.0.0.1:{port}?transport=udp"])
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable,
+            [os.path.join(HERE, "clients", "aioice_echo.py"), "127.0.0.1", str(port),
+             servers["username"], servers["credential"], "20"],
+            env=os.environ.copy(), path=ROOT,
+        )
+        self.assertEqual(code, 0, err.decode())
+        self.assertEqual(json.loads(out.decode().strip().splitlines()[-1])["received"], 20)
+
+    @defer.inlineCallbacks
+    def test_bind_failure_exits(self) -> Any:
+        """
+        A port already in use stops twistd with a clear message and a
+        non-zero exit instead of a server with no listener.
+        """
+        port = free_udp_port()
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        blocker.bind(("127.0.0.1", port))
+        self.addCleanup(blocker.close)
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable,
+            ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             "turn", "--listen", "127.0.0.1", "--port", str(port), "--user", "a:b"],
+            env=os.environ.copy(), path=ROOT,
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(f"cannot listen on UDP 127.0.0.1 port {port}", (out + err).decode())
+

@@ -1,0 +1,190 @@
+"""
+Tests for L{txturn.service.TurnService} on real sockets on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from txturn.auth import StaticCredentials
+from txturn.policy import PeerPolicy
+from txturn.server import ServerConfig
+from txturn.service import TurnService
+from txturn.stun import Attr, Class, Message, Method, decode, encode
+from txturn.testing import StunClient
+
+REALM = "test"
+
+
+class Collector(DatagramProtocol):
+    """
+    Collects datagrams, firing a Deferred per expected one.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[defer.Deferred[tuple[bytes, Any]]] = []
+        self.received: list[tuple[bytes, Any]] = []
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
+        if self.waiting:
+            self.waiting.pop(0).callback((data, addr))
+        else:
+            self.received.append((data, addr))
+
+    def next(self, timeout: float = 5.0) -> defer.Deferred[tuple[bytes, Any]]:
+        if self.received:
+            return defer.succeed(self.received.pop(0))
+        d: defer.Deferred[tuple[bytes, Any]] = defer.Deferred()
+        d.addTimeout(timeout, reactor)
+        self.waiting.append(d)
+        return d
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def make_service(port: int = 0, **kwargs: Any) -> TurnService:
+    return TurnService(
+        reactor,
+        StaticCredentials(REALM, {"alice": "secret"}),
+        [("127.0.0.1", port)],
+        ["127.0.0.1"],
+        policy=PeerPolicy(allow_loopback=True),
+        config=ServerConfig(realm=REALM),
+        **kwargs,
+    )
+
+
+class ServiceTests(TestCase):
+    """
+    A TurnService relays between a client and a peer on loopback.
+    """
+
+    def setUp(self) -> None:
+        self.service = make_service()
+        self.service.startService()
+        self.addCleanup(self.stop)
+        self.server_address = ("127.0.0.1", self.service.ports[0].getHost().port)
+        self.client_proto = Collector()
+        self.client_port = reactor.listenUDP(0, self.client_proto, interface="127.0.0.1")
+        self.addCleanup(self.client_port.stopListening)
+        self.peer_proto = Collector()
+        self.peer_port = reactor.listenUDP(0, self.peer_proto, interface="127.0.0.1")
+        self.addCleanup(self.peer_port.stopListening)
+        self.client = StunClient("alice", "secret")
+
+    def stop(self) -> defer.Deferred[Any] | None:
+        if self.service.running:
+            return self.service.stopService()
+        return None
+
+    @defer.inlineCallbacks
+    def request(self, method: int, attrs: list[tuple[int, Any]] | None = None) -> Any:
+        for _ in range(2):
+            self.client_port.write(self.client.request(method, attrs), self.server_address)
+            data, _ = yield self.client_proto.next()
+            response = self.client.learn(data)
+            if response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] in (401, 438):
+                continue
+            return response
+        return response
+
+    @defer.inlineCallbacks
+    def test_relay_round_trip(self) -> Any:
+        """
+        Allocate, CreatePermission and a Send indication reach a real peer
+        socket, whose answer comes back as a Data indication; a bound
+        channel then carries ChannelData both ways.
+        """
+        response = yield self.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+        self.assertEqual(response.cls, Class.SUCCESS)
+        relayed = response.get(Attr.XOR_RELAYED_ADDRESS)
+        peer = ("127.0.0.1", self.peer_port.getHost().port)
+        response = yield self.request(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, peer)])
+        self.assertEqual(response.cls, Class.SUCCESS)
+        send = Message(Method.SEND, Class.INDICATION, b"s" * 12)
+        send.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, b"ping")
+        self.client_port.write(encode(send), self.server_address)
+        data, source = yield self.peer_proto.next()
+        self.assertEqual((data, source), (b"ping", relayed))
+        self.peer_port.write(b"pong", relayed)
+        data, _ = yield self.client_proto.next()
+        indication = decode(data)
+        self.assertEqual(indication.get(Attr.DATA), b"pong")
+        self.assertEqual(indication.get(Attr.XOR_PEER_ADDRESS), peer)
+
+        response = yield self.request(
+            Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, peer)]
+        )
+        self.assertEqual(response.cls, Class.SUCCESS)
+        self.client_port.write(b"\x40\x00\x00\x02hi", self.server_address)
+        data, _ = yield self.peer_proto.next()
+        self.assertEqual(data, b"hi")
+        self.peer_port.write(b"back", relayed)
+        data, _ = yield self.client_proto.next()
+        self.assertEqual(data, b"\x40\x00\x00\x04back")
+
+    @defer.inlineCallbacks
+    def test_stop_closes_everything(self) -> Any:
+        """
+        stopService's Deferred fires once the listener and every relay port
+        are closed: both can be bound again afterwards, and no timer is
+        left on the reactor.
+        """
+        response = yield self.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+        relayed = response.get(Attr.XOR_RELAYED_ADDRESS)
+        before = len(reactor.getDelayedCalls())
+        yield self.service.stopService()
+        self.assertEqual(self.service.server.allocations, {})
+        self.assertLess(len(reactor.getDelayedCalls()), before)
+        for address in [self.server_address, relayed]:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(address)
+
+    def test_bind_failure(self) -> None:
+        """
+        A listener that cannot bind stops startup with an error naming the
+        address, and leaves nothing bound.
+        """
+        other = make_service(port=self.server_address[1])
+        error = self.assertRaises(RuntimeError, other.privilegedStartService)
+        self.assertIn(f"cannot listen on UDP 127.0.0.1 port {self.server_address[1]}", str(error))
+        self.assertEqual(other.ports, [])
+        self.assertFalse(other.running)
+
+
+class AnnounceTests(TestCase):
+    """
+    A generated user is logged once with an iceServers snippet.
+    """
+
+    def test_snippet(self) -> None:
+        """
+        The startup log carries the user, password and a JSON iceServers
+        list naming the relay address and port.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = make_service(announce=("turn-user", "pw123"))
+        service.startService()
+        self.addCleanup(service.stopService)
+        [event] = [e for e in events if "snippet" in e]
+        snippet = json.loads(event["snippet"])
+        port = service.ports[0].getHost().port
+        self.assertEqual(
+            snippet,
+            {"iceServers": [{"urls": [f"turn:127.0.0.1:{port}?transport=udp"],
+                             "username": "turn-user", "credential": "pw123"}]},
+        )

@@ -1,0 +1,152 @@
+"""
+Tests for L{txturn.tap}: option parsing, validation and makeService.
+"""
+
+from __future__ import annotations
+
+
+from twisted.internet.task import Clock
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from txturn.auth import long_term_key
+from txturn.service import TurnService
+from txturn.stun import PasswordAlgorithm
+from txturn.tap import Options, makeService
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Tests for L{Options}.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        With no arguments: port 3478 on all IPv4 and IPv6 addresses,
+        relay ports 49152-65535, realm txturn, a SOFTWARE string.
+        """
+        options = parse()
+        self.assertEqual(options["port"], 3478)
+        self.assertEqual(options["listen"], ["0.0.0.0", "::"])
+        self.assertEqual((options["min-port"], options["max-port"]), (49152, 65535))
+        self.assertEqual(options["realm"], "txturn")
+        self.assertTrue(options["software"].startswith("txturn "))
+        self.assertFalse(options["allow-loopback-peers"])
+
+    def test_repeatable(self) -> None:
+        """
+        --listen, --relay-ip and --user repeat; addresses are normalised.
+        """
+        options = parse(
+            "--listen", "127.0.0.1", "--listen", "[::1]",
+            "--relay-ip", "192.0.2.1", "--relay-ip", "2001:DB8::1",
+            "--user", "a:b", "-u", "c:d:e",
+        )
+        self.assertEqual(options["listen"], ["127.0.0.1", "::1"])
+        self.assertEqual(options["relay-ip"], ["192.0.2.1", "2001:db8::1"])
+        self.assertEqual(options["user"], [("a", "b"), ("c", "d:e")])
+
+    def test_no_software(self) -> None:
+        """
+        --no-software removes the SOFTWARE attribute.
+        """
+        self.assertIsNone(parse("--no-software")["software"])
+
+    def test_errors(self) -> None:
+        """
+        Bad values stop parsing with a message naming the option.
+        """
+        for args, text in [
+            (["--port", "x"], "--port must be a number, not 'x'"),
+            (["--port", "70000"], "--port must be 0-65535, not 70000"),
+            (["--min-port", "6000", "--max-port", "5000"], "--min-port must be 1-65535 and not above --max-port"),
+            (["--listen", "example.com"], "--listen must be an IP address, not 'example.com'"),
+            (["--user", "nopassword"], "--user must be NAME:PASSWORD, not 'nopassword'"),
+            (["--realm", ""], "--realm must not be empty"),
+            (["--stale-nonce", "0"], "--stale-nonce must be positive"),
+            (["--user-db", "/nonexistent/users"], "cannot read --user-db /nonexistent/users: No such file or directory"),
+        ]:
+            error = self.assertRaises(UsageError, parse, *args)
+            self.assertEqual(str(error), text)
+
+    def test_bad_user_db(self) -> None:
+        """
+        A malformed user database is refused at startup with its line.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("good:pw\nbad\n")
+        error = self.assertRaises(UsageError, parse, "--user-db", path)
+        self.assertEqual(str(error), f"--user-db {path}: line 2: expected name:password")
+
+    def test_help_grouped(self) -> None:
+        """
+        --help groups options like coturn's man page.
+        """
+        text = str(Options())
+        for heading in ["Listening:", "Relays:", "Authentication:", "Peers:"]:
+            self.assertIn(heading, text)
+        self.assertIn("--static-auth-secret=VALUE", text)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    Tests for L{makeService}.
+    """
+
+    def test_users(self) -> None:
+        """
+        --user, --user-db and --static-auth-secret all work in one server.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("dbuser:dbpass\n")
+        service = makeService(
+            parse("--user", "a:b", "--user-db", path, "--static-auth-secret", "s",
+                  "--relay-ip", "192.0.2.1", "--realm", "r"),
+            reactor=Clock(),
+        )
+        self.assertIsInstance(service, TurnService)
+        creds = service.server.credentials
+        self.assertEqual(creds.key_for("a", "r", 1, 0), long_term_key("a", "r", "b"))
+        self.assertEqual(creds.key_for("dbuser", "r", 1, 0), long_term_key("dbuser", "r", "dbpass"))
+        self.assertIsNotNone(creds.key_for("99:x", "r", PasswordAlgorithm.MD5, 0))
+        self.assertEqual(service.relay_addresses, ["192.0.2.1"])
+        self.assertEqual(service.listen, [("0.0.0.0", 3478), ("::", 3478)])
+
+    def test_generated_user(self) -> None:
+        """
+        With no credentials a random user is generated and announced; no
+        other name gets in.
+        """
+        service = makeService(parse("--relay-ip", "192.0.2.1"), reactor=Clock())
+        assert service._announce is not None
+        username, password = service._announce
+        creds = service.server.credentials
+        self.assertEqual(creds.key_for(username, "txturn", 1, 0), long_term_key(username, "txturn", password))
+        self.assertIsNone(creds.key_for("", "txturn", 1, 0))
+        self.assertIsNone(creds.key_for("anonymous", "txturn", 1, 0))
+
+    def test_policy(self) -> None:
+        """
+        --allow-loopback-peers reaches the peer policy.
+        """
+        service = makeService(parse("--allow-loopback-peers", "--relay-ip", "192.0.2.1"), reactor=Clock())
+        self.assertTrue(service.server.policy.allows("127.0.0.1"))
+        service = makeService(parse("--relay-ip", "192.0.2.1"), reactor=Clock())
+        self.assertFalse(service.server.policy.allows("127.0.0.1"))
+
+    def test_default_relay(self) -> None:
+        """
+        Without --relay-ip, a specific --listen address is the relay address.
+        """
+        service = makeService(parse("--listen", "127.0.0.1"), reactor=Clock())
+        self.assertEqual(service.relay_addresses, ["127.0.0.1"])
+
+
