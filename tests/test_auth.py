@@ -102,7 +102,9 @@ class SourceTests(SynchronousTestCase):
         A static user has keys of both algorithms, in its realm only.
         """
         source = StaticCredentials("r", {"u": "p"})
-        self.assertEqual(source.key_for("u", "r", PasswordAlgorithm.MD5, 0), long_term_key("u", "r", "p"))
+        self.assertEqual(
+            source.key_for("u", "r", PasswordAlgorithm.MD5, 0), long_term_key("u", "r", "p")
+        )
         self.assertIsNone(source.key_for("u", "other", PasswordAlgorithm.MD5, 0))
         self.assertIsNone(source.key_for("x", "r", PasswordAlgorithm.MD5, 0))
         self.assertEqual(source.username_for_hash(userhash("u", "r"), "r"), "u")
@@ -116,7 +118,9 @@ class SourceTests(SynchronousTestCase):
         source = StaticCredentials.from_lines(
             "r", ["# users", "", "a:pass:with:colons", f"k:0x{key.hex()}"]
         )
-        self.assertEqual(source.key_for("a", "r", 1, 0), long_term_key("a", "r", "pass:with:colons"))
+        self.assertEqual(
+            source.key_for("a", "r", 1, 0), long_term_key("a", "r", "pass:with:colons")
+        )
         self.assertEqual(source.key_for("k", "r", PasswordAlgorithm.MD5, 0), key)
         self.assertIsNone(source.key_for("k", "r", PasswordAlgorithm.SHA256, 0))
 
@@ -152,7 +156,10 @@ class SourceTests(SynchronousTestCase):
         self.assertEqual(source.key_for(name, "r", 1, 999.0), key)
         self.assertIsNone(source.key_for(name, "r", 1, 1000.0))
         self.assertIsNone(source.key_for("bob", "r", 1, 0))
-        self.assertEqual(source.key_for("1000", "r", 1, 0), long_term_key("1000", "r", rest_api_password("s", "1000")))
+        self.assertEqual(
+            source.key_for("1000", "r", 1, 0),
+            long_term_key("1000", "r", rest_api_password("s", "1000")),
+        )
 
     def test_chain(self) -> None:
         """

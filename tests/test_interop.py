@@ -17,7 +17,8 @@ import socket
 import sys
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
+from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
@@ -31,6 +32,8 @@ from txturn.service import TurnService
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+
+reactor: Any = _reactor
 
 
 def require(tool: str) -> str:
@@ -141,9 +144,16 @@ class AioiceTests(TestCase):
         """
         out, err, code = yield getProcessOutputAndValue(
             sys.executable,
-            [os.path.join(HERE, "clients", "aioice_echo.py"), "127.0.0.1",
-             str(self.server.port), "test", "secret", "100"],
-            env=os.environ.copy(), path=ROOT,
+            [
+                os.path.join(HERE, "clients", "aioice_echo.py"),
+                "127.0.0.1",
+                str(self.server.port),
+                "test",
+                "secret",
+                "100",
+            ],
+            env=os.environ.copy(),
+            path=ROOT,
         )
         self.assertEqual(code, 0, err.decode())
         result = json.loads(out.decode().strip().splitlines()[-1])
@@ -171,8 +181,26 @@ class UclientTests(TestCase):
     def run_uclient(self, *extra: str) -> Any:
         out, err, code = yield getProcessOutputAndValue(
             self.uclient,
-            [*extra, "-u", "test", "-w", "secret", "-e", "127.0.0.1", "-r", str(self.peer_port),
-             "-p", str(self.server.port), "-n", "50", "-m", "5", "-l", "120", "127.0.0.1"],
+            [
+                *extra,
+                "-u",
+                "test",
+                "-w",
+                "secret",
+                "-e",
+                "127.0.0.1",
+                "-r",
+                str(self.peer_port),
+                "-p",
+                str(self.server.port),
+                "-n",
+                "50",
+                "-m",
+                "5",
+                "-l",
+                "120",
+                "127.0.0.1",
+            ],
             env=os.environ.copy(),
         )
         output = out.decode(errors="replace") + err.decode(errors="replace")
@@ -208,9 +236,19 @@ class TwistdTests(TestCase):
         """
         port = free_udp_port()
         watcher = spawn(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "turn", "--listen", "127.0.0.1", "--port", str(port),
-             "--allow-loopback-peers"],
+            [
+                sys.executable,
+                "-c",
+                "from twisted.scripts.twistd import run; run()",
+                "-n",
+                "--pidfile=",
+                "turn",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--allow-loopback-peers",
+            ],
             self,
         )
         match = yield watcher.wait_for(rb"(\{\"iceServers\".*?\}\]\})")
@@ -218,9 +256,16 @@ class TwistdTests(TestCase):
         self.assertEqual(servers["urls"], [f"turn:127.0.0.1:{port}?transport=udp"])
         out, err, code = yield getProcessOutputAndValue(
             sys.executable,
-            [os.path.join(HERE, "clients", "aioice_echo.py"), "127.0.0.1", str(port),
-             servers["username"], servers["credential"], "20"],
-            env=os.environ.copy(), path=ROOT,
+            [
+                os.path.join(HERE, "clients", "aioice_echo.py"),
+                "127.0.0.1",
+                str(port),
+                servers["username"],
+                servers["credential"],
+                "20",
+            ],
+            env=os.environ.copy(),
+            path=ROOT,
         )
         self.assertEqual(code, 0, err.decode())
         self.assertEqual(json.loads(out.decode().strip().splitlines()[-1])["received"], 20)
@@ -237,10 +282,21 @@ class TwistdTests(TestCase):
         self.addCleanup(blocker.close)
         out, err, code = yield getProcessOutputAndValue(
             sys.executable,
-            ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-             "turn", "--listen", "127.0.0.1", "--port", str(port), "--user", "a:b"],
-            env=os.environ.copy(), path=ROOT,
+            [
+                "-c",
+                "from twisted.scripts.twistd import run; run()",
+                "-n",
+                "--pidfile=",
+                "turn",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--user",
+                "a:b",
+            ],
+            env=os.environ.copy(),
+            path=ROOT,
         )
         self.assertNotEqual(code, 0)
         self.assertIn(f"cannot listen on UDP 127.0.0.1 port {port}", (out + err).decode())
-

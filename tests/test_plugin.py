@@ -57,9 +57,21 @@ class WheelTests(SynchronousTestCase):
         out = self.mktemp()
         os.makedirs(out)
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-             "-q", "-w", out, ROOT],
-            capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "-q",
+                "-w",
+                out,
+                ROOT,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         wheels = [f for f in os.listdir(out) if f.endswith(".whl")]
@@ -68,6 +80,9 @@ class WheelTests(SynchronousTestCase):
         self.assertIn("twisted/plugins/txturn_plugin.py", names)
         self.assertIn("txturn/server.py", names)
         self.assertIn("txturn/py.typed", names)
-        for bad in ["twisted/__init__.py", "twisted/plugins/__init__.py",
-                    "twisted/plugins/dropin.cache"]:
+        for bad in [
+            "twisted/__init__.py",
+            "twisted/plugins/__init__.py",
+            "twisted/plugins/dropin.cache",
+        ]:
             self.assertNotIn(bad, names)

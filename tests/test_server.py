@@ -23,7 +23,6 @@ from txturn.auth import (
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig, TurnServer
 from txturn.stun import (
-    FAMILY_IPV4,
     FAMILY_IPV6,
     NONCE_COOKIE,
     Attr,
@@ -470,9 +469,7 @@ class AllocateTests(ServerTestCase):
         self.assertEqual(port % 2, 0)
         token = response.get(Attr.RESERVATION_TOKEN)
         self.assertEqual(len(token), 8)
-        second = self.allocate(
-            [(Attr.RESERVATION_TOKEN, token)], address=("198.51.100.7", 40002)
-        )
+        second = self.allocate([(Attr.RESERVATION_TOKEN, token)], address=("198.51.100.7", 40002))
         self.assertEqual(second.get(Attr.XOR_RELAYED_ADDRESS)[1], port + 1)
         self.assertError(
             self.allocate([(Attr.RESERVATION_TOKEN, token)], address=("198.51.100.7", 40003)),
@@ -573,15 +570,14 @@ class PermissionTests(ServerTestCase):
         those peers; others are dropped.
         """
         response = self.authed(
-            Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, PEER), (Attr.XOR_PEER_ADDRESS, PEER2)]
+            Method.CREATE_PERMISSION,
+            [(Attr.XOR_PEER_ADDRESS, PEER), (Attr.XOR_PEER_ADDRESS, PEER2)],
         )
         self.assertSuccess(response)
         self.send_indication(PEER, b"hello")
         self.send_indication(("203.0.113.6", 1), b"any port")
         self.send_indication(("203.0.113.77", 1), b"no permission")
-        self.assertEqual(
-            self.relay.sent, [(b"hello", PEER), (b"any port", ("203.0.113.6", 1))]
-        )
+        self.assertEqual(self.relay.sent, [(b"hello", PEER), (b"any port", ("203.0.113.6", 1))])
         self.assertEqual(self.channel.sent, [])
 
     def test_data_indication(self) -> None:
@@ -634,7 +630,9 @@ class PermissionTests(ServerTestCase):
         """
         An IPv6 peer on an IPv4 relay gets 443.
         """
-        response = self.authed(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, ("2001:db8::5", 1))])
+        response = self.authed(
+            Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, ("2001:db8::5", 1))]
+        )
         self.assertError(response, 443)
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
+from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from txturn.auth import StaticCredentials
@@ -22,6 +23,8 @@ from txturn.testing import StunClient
 
 REALM = "test"
 
+reactor: Any = _reactor
+
 
 class Collector(DatagramProtocol):
     """
@@ -32,7 +35,7 @@ class Collector(DatagramProtocol):
         self.waiting: list[defer.Deferred[tuple[bytes, Any]]] = []
         self.received: list[tuple[bytes, Any]] = []
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
         if self.waiting:
             self.waiting.pop(0).callback((data, addr))
         else:
@@ -175,8 +178,9 @@ class AnnounceTests(TestCase):
         list naming the relay address and port.
         """
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         service = make_service(announce=("turn-user", "pw123"))
         service.startService()
         self.addCleanup(service.stopService)
@@ -185,6 +189,13 @@ class AnnounceTests(TestCase):
         port = service.ports[0].getHost().port
         self.assertEqual(
             snippet,
-            {"iceServers": [{"urls": [f"turn:127.0.0.1:{port}?transport=udp"],
-                             "username": "turn-user", "credential": "pw123"}]},
+            {
+                "iceServers": [
+                    {
+                        "urls": [f"turn:127.0.0.1:{port}?transport=udp"],
+                        "username": "turn-user",
+                        "credential": "pw123",
+                    }
+                ]
+            },
         )

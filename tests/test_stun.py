@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,7 +26,6 @@ from txturn.stun import (
     decode,
     encode,
 )
-
 
 # RFC 5769 section 2.1: sample request (short-term; password below).
 REQUEST_5769 = bytes.fromhex(
@@ -81,8 +81,7 @@ def long_term_request() -> bytes:
     return bytes.fromhex(
         "000100602112a44278ad3433c6ad72c029da412e"
         "00060012e3839ee38388e383aae38383e382afe382b90000"
-        "0015001c" + NONCE_5769.encode().hex()
-        + "0014000b6578616d706c652e6f726700"
+        "0015001c" + NONCE_5769.encode().hex() + "0014000b6578616d706c652e6f726700"
         "00080014f67024656dd64a3e02b8e0712e85c9a28ca89666"
     )
 
@@ -164,13 +163,12 @@ class VectorTests(SynchronousTestCase):
         """
         message = decode(REQUEST_8489)
         self.assertEqual(message.get(Attr.USERHASH), userhash(USERNAME_8489, "example.org"))
-        self.assertEqual(
-            message.get(Attr.PASSWORD_ALGORITHM), (PasswordAlgorithm.SHA256, b"")
-        )
+        self.assertEqual(message.get(Attr.PASSWORD_ALGORITHM), (PasswordAlgorithm.SHA256, b""))
         self.assertEqual(message.get(Attr.NONCE), NONCE_8489)
         key = long_term_key(USERNAME_8489, "example.org", "TheMatrIX", PasswordAlgorithm.SHA256)
-        self.assertEqual(key, hashlib.sha256(
-            f"{USERNAME_8489}:example.org:TheMatrIX".encode()).digest())
+        self.assertEqual(
+            key, hashlib.sha256(f"{USERNAME_8489}:example.org:TheMatrIX".encode()).digest()
+        )
         self.assertTrue(message.check_integrity(key))
         rebuilt = Message(Method.BINDING, Class.REQUEST, message.transaction_id)
         for attr_type, value in message.attributes:
@@ -222,9 +220,7 @@ class MalformedTests(SynchronousTestCase):
         """
         A type with either top bit set is not STUN.
         """
-        self.assertDecodeError(
-            self.header(0, 0x4001), "STUN message type has its top two bits set"
-        )
+        self.assertDecodeError(self.header(0, 0x4001), "STUN message type has its top two bits set")
 
     def test_length_not_multiple(self) -> None:
         """
@@ -327,6 +323,7 @@ class MalformedTests(SynchronousTestCase):
         data = struct.pack("!HH16s", 0x0001, 0, b"0123456789abcdef")
         message = decode(data)
         self.assertTrue(message.is_classic)
+        assert message.legacy_cookie is not None
         self.assertEqual(message.legacy_cookie + message.transaction_id, b"0123456789abcdef")
 
     def test_channel_data(self) -> None:
@@ -337,10 +334,12 @@ class MalformedTests(SynchronousTestCase):
         self.assertEqual(stun.decode_channel_data(b"\x40\x01\x00\x03abc\x00"), (0x4001, b"abc"))
         error = self.assertRaises(StunDecodeError, stun.decode_channel_data, b"\x40\x01\x00\x09ab")
         self.assertEqual(str(error), "ChannelData length 9 exceeds its 2 bytes")
-        self.assertEqual(stun.encode_channel_data(0x4001, b"abc", pad=True), b"\x40\x01\x00\x03abc\x00")
+        self.assertEqual(
+            stun.encode_channel_data(0x4001, b"abc", pad=True), b"\x40\x01\x00\x03abc\x00"
+        )
 
 
-_VALUES = {
+_VALUES: dict[int, st.SearchStrategy[Any]] = {
     Attr.MAPPED_ADDRESS: st.tuples(st.ip_addresses().map(str), st.integers(0, 65535)),
     Attr.XOR_PEER_ADDRESS: st.tuples(st.ip_addresses().map(str), st.integers(0, 65535)),
     Attr.USERNAME: st.text(max_size=100),

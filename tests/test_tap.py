@@ -4,7 +4,6 @@ Tests for L{txturn.tap}: option parsing, validation and makeService.
 
 from __future__ import annotations
 
-
 from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
@@ -44,9 +43,18 @@ class OptionsTests(SynchronousTestCase):
         --listen, --relay-ip and --user repeat; addresses are normalised.
         """
         options = parse(
-            "--listen", "127.0.0.1", "--listen", "[::1]",
-            "--relay-ip", "192.0.2.1", "--relay-ip", "2001:DB8::1",
-            "--user", "a:b", "-u", "c:d:e",
+            "--listen",
+            "127.0.0.1",
+            "--listen",
+            "[::1]",
+            "--relay-ip",
+            "192.0.2.1",
+            "--relay-ip",
+            "2001:DB8::1",
+            "--user",
+            "a:b",
+            "-u",
+            "c:d:e",
         )
         self.assertEqual(options["listen"], ["127.0.0.1", "::1"])
         self.assertEqual(options["relay-ip"], ["192.0.2.1", "2001:db8::1"])
@@ -65,12 +73,18 @@ class OptionsTests(SynchronousTestCase):
         for args, text in [
             (["--port", "x"], "--port must be a number, not 'x'"),
             (["--port", "70000"], "--port must be 0-65535, not 70000"),
-            (["--min-port", "6000", "--max-port", "5000"], "--min-port must be 1-65535 and not above --max-port"),
+            (
+                ["--min-port", "6000", "--max-port", "5000"],
+                "--min-port must be 1-65535 and not above --max-port",
+            ),
             (["--listen", "example.com"], "--listen must be an IP address, not 'example.com'"),
             (["--user", "nopassword"], "--user must be NAME:PASSWORD, not 'nopassword'"),
             (["--realm", ""], "--realm must not be empty"),
             (["--stale-nonce", "0"], "--stale-nonce must be positive"),
-            (["--user-db", "/nonexistent/users"], "cannot read --user-db /nonexistent/users: No such file or directory"),
+            (
+                ["--user-db", "/nonexistent/users"],
+                "cannot read --user-db /nonexistent/users: No such file or directory",
+            ),
         ]:
             error = self.assertRaises(UsageError, parse, *args)
             self.assertEqual(str(error), text)
@@ -108,8 +122,18 @@ class MakeServiceTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write("dbuser:dbpass\n")
         service = makeService(
-            parse("--user", "a:b", "--user-db", path, "--static-auth-secret", "s",
-                  "--relay-ip", "192.0.2.1", "--realm", "r"),
+            parse(
+                "--user",
+                "a:b",
+                "--user-db",
+                path,
+                "--static-auth-secret",
+                "s",
+                "--relay-ip",
+                "192.0.2.1",
+                "--realm",
+                "r",
+            ),
             reactor=Clock(),
         )
         self.assertIsInstance(service, TurnService)
@@ -129,7 +153,9 @@ class MakeServiceTests(SynchronousTestCase):
         assert service._announce is not None
         username, password = service._announce
         creds = service.server.credentials
-        self.assertEqual(creds.key_for(username, "txturn", 1, 0), long_term_key(username, "txturn", password))
+        self.assertEqual(
+            creds.key_for(username, "txturn", 1, 0), long_term_key(username, "txturn", password)
+        )
         self.assertIsNone(creds.key_for("", "txturn", 1, 0))
         self.assertIsNone(creds.key_for("anonymous", "txturn", 1, 0))
 
@@ -137,7 +163,9 @@ class MakeServiceTests(SynchronousTestCase):
         """
         --allow-loopback-peers reaches the peer policy.
         """
-        service = makeService(parse("--allow-loopback-peers", "--relay-ip", "192.0.2.1"), reactor=Clock())
+        service = makeService(
+            parse("--allow-loopback-peers", "--relay-ip", "192.0.2.1"), reactor=Clock()
+        )
         self.assertTrue(service.server.policy.allows("127.0.0.1"))
         service = makeService(parse("--relay-ip", "192.0.2.1"), reactor=Clock())
         self.assertFalse(service.server.policy.allows("127.0.0.1"))
@@ -148,5 +176,3 @@ class MakeServiceTests(SynchronousTestCase):
         """
         service = makeService(parse("--listen", "127.0.0.1"), reactor=Clock())
         self.assertEqual(service.relay_addresses, ["127.0.0.1"])
-
-

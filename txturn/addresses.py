@@ -10,7 +10,7 @@ import socket
 #: Documentation addresses (RFC 5737, RFC 3849): asking the kernel for a
 #: route to them names the interface a default route would use.  A UDP
 #: C{connect} only looks the route up; nothing is sent.
-_PROBES = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}
+_PROBES: dict[int, str] = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}
 
 
 def primary_address(family: int) -> str | None:

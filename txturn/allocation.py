@@ -265,4 +265,3 @@ def _discard(data: bytes, peer: Address) -> None:
     """
     The receiver of a closed allocation's relay: drops what is still queued.
     """
-

@@ -48,9 +48,7 @@ def opaque_string(value: str) -> str:
 
     @raise CredentialError: for control characters or an empty string.
     """
-    mapped = "".join(
-        " " if unicodedata.category(c) == "Zs" else c for c in value
-    )
+    mapped = "".join(" " if unicodedata.category(c) == "Zs" else c for c in value)
     result = unicodedata.normalize("NFC", mapped)
     if not result:
         raise CredentialError("empty string")
@@ -69,9 +67,7 @@ def long_term_key(
     """
     The long-term key: MD5 or SHA-256 of C{username:realm:password}.
     """
-    data = ":".join(
-        [username, opaque_string(realm), opaque_string(password)]
-    ).encode("utf-8")
+    data = ":".join([username, opaque_string(realm), opaque_string(password)]).encode("utf-8")
     if algorithm == PasswordAlgorithm.SHA256:
         return hashlib.sha256(data).digest()
     return hashlib.md5(data).digest()
@@ -118,9 +114,7 @@ class NonceManager:
         self.lifetime = lifetime
         self._secret = secret if secret is not None else secrets.token_bytes(32)
         self.features = features
-        self._prefix = NONCE_COOKIE + base64.b64encode(
-            features.to_bytes(3, "big")
-        ).decode("ascii")
+        self._prefix = NONCE_COOKIE + base64.b64encode(features.to_bytes(3, "big")).decode("ascii")
 
     def _mac(self, expiry: int, client_ip: str) -> bytes:
         return hmac.new(
@@ -132,9 +126,7 @@ class NonceManager:
     def issue(self, client_ip: str, now: float) -> str:
         expiry = int(now + self.lifetime)
         token = _NONCE_BODY.pack(expiry) + self._mac(expiry, client_ip)
-        return self._prefix + base64.urlsafe_b64encode(token).decode("ascii").rstrip(
-            "="
-        )
+        return self._prefix + base64.urlsafe_b64encode(token).decode("ascii").rstrip("=")
 
     def is_valid(self, nonce: str, client_ip: str, now: float) -> bool:
         """
@@ -152,7 +144,7 @@ class NonceManager:
         (expiry,) = _NONCE_BODY.unpack_from(token)
         if not hmac.compare_digest(token[_NONCE_BODY.size :], self._mac(expiry, client_ip)):
             return False
-        return now < expiry
+        return bool(now < expiry)
 
 
 class ICredentialSource(Interface):
@@ -177,9 +169,7 @@ class ICredentialSource(Interface):
 
 
 class _KeySource(Protocol):
-    def key_for(
-        self, username: str, realm: str, algorithm: int, now: float
-    ) -> bytes | None: ...
+    def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None: ...
 
     def username_for_hash(self, hashed: bytes, realm: str) -> str | None: ...
 
@@ -204,8 +194,7 @@ class StaticCredentials:
         self._passwords = dict(passwords or {})
         self._md5_keys = dict(md5_keys or {})
         self._hashes = {
-            userhash(name, realm): name
-            for name in list(self._passwords) + list(self._md5_keys)
+            userhash(name, realm): name for name in list(self._passwords) + list(self._md5_keys)
         }
 
     @classmethod
@@ -238,13 +227,9 @@ class StaticCredentials:
                 try:
                     key = bytes.fromhex(secret[2:])
                 except ValueError:
-                    raise CredentialError(
-                        f"line {number}: key is not hexadecimal"
-                    ) from None
+                    raise CredentialError(f"line {number}: key is not hexadecimal") from None
                 if len(key) != 16:
-                    raise CredentialError(
-                        f"line {number}: an MD5 key has 32 hex digits"
-                    )
+                    raise CredentialError(f"line {number}: an MD5 key has 32 hex digits")
                 keys[name] = key
             else:
                 passwords[name] = secret
@@ -253,9 +238,7 @@ class StaticCredentials:
     def __len__(self) -> int:
         return len(self._passwords) + len(self._md5_keys)
 
-    def key_for(
-        self, username: str, realm: str, algorithm: int, now: float
-    ) -> bytes | None:
+    def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
         if realm != self.realm:
             return None
         password = self._passwords.get(username)
@@ -287,9 +270,7 @@ class RestApiCredentials:
         self._secret = secret.encode("utf-8") if isinstance(secret, str) else secret
         self._separator = separator
 
-    def key_for(
-        self, username: str, realm: str, algorithm: int, now: float
-    ) -> bytes | None:
+    def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
         stamp = username.split(self._separator, 1)[0]
         if not stamp.isdigit() or int(stamp) <= now:
             return None
@@ -310,9 +291,7 @@ class CredentialChain:
     def __init__(self, sources: Sequence[_KeySource]) -> None:
         self.sources = list(sources)
 
-    def key_for(
-        self, username: str, realm: str, algorithm: int, now: float
-    ) -> bytes | None:
+    def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
         for source in self.sources:
             key = source.key_for(username, realm, algorithm, now)
             if key is not None:

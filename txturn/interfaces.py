@@ -41,8 +41,7 @@ class IRelay(Interface):
 
     address = Attribute("The (host, port) the relay socket is bound to.")
     receiver = Attribute(
-        "A callable (data, peer_address) given every datagram from a peer;"
-        " set by the core."
+        "A callable (data, peer_address) given every datagram from a peer; set by the core."
     )
 
     def send(data: bytes, address: Address) -> None:

@@ -36,9 +36,7 @@ def canonical_peer(host: str) -> IPAddress:
         return address
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
-    if address in _NAT64 or (
-        address in _COMPATIBLE and int(address) > 1
-    ):
+    if address in _NAT64 or (address in _COMPATIBLE and int(address) > 1):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address.sixtofour is not None:
         return address.sixtofour

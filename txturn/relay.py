@@ -26,6 +26,10 @@ from zope.interface import implementer
 from txturn.interfaces import Address, IRelay, IRelayAllocator, RelayUnavailable
 from txturn.stun import FAMILY_IPV4, family_of
 
+#: Twisted reads 8192 bytes per datagram unless told otherwise; a relay
+#: must carry anything UDP can.
+MAX_DATAGRAM = 65535
+
 _LOST = (BlockingIOError, ConnectionRefusedError, InterruptedError)
 
 
@@ -60,7 +64,7 @@ class UdpRelay(DatagramProtocol):
         assert self.transport is not None
         self.transport.write(data, address)
 
-    def datagramReceived(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagramReceived(self, data: bytes, addr: Address) -> None:
         self.receiver(data, addr)
 
     def send(self, data: bytes, address: Address) -> None:
@@ -71,8 +75,14 @@ class UdpRelay(DatagramProtocol):
         except OSError as e:
             # EMSGSIZE with DF set, EHOSTUNREACH, ENETUNREACH...: the
             # datagram is lost, as it would be one hop later.
-            if e.errno not in (errno.EMSGSIZE, errno.EHOSTUNREACH, errno.ENETUNREACH,
-                               errno.EPERM, errno.EACCES, errno.EINVAL):
+            if e.errno not in (
+                errno.EMSGSIZE,
+                errno.EHOSTUNREACH,
+                errno.ENETUNREACH,
+                errno.EPERM,
+                errno.EACCES,
+                errno.EINVAL,
+            ):
                 self.log.failure("Relay send failed")
 
     def set_dont_fragment(self, enabled: bool) -> None:
@@ -143,7 +153,7 @@ class UdpRelayAllocator:
             return None
         relay = UdpRelay(self, host)
         try:
-            self._reactor.listenUDP(port, relay, interface=host)
+            self._reactor.listenUDP(port, relay, interface=host, maxPacketSize=MAX_DATAGRAM)
         except CannotListenError:
             return None
         self._in_use[host].add(port)
@@ -169,4 +179,3 @@ class UdpRelayAllocator:
                 return relay, reserved
             relay.close()
         raise RelayUnavailable("relay port range exhausted")
-

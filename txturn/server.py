@@ -111,15 +111,11 @@ class TurnServer:
         self.policy = policy if policy is not None else PeerPolicy()
         self.config = config if config is not None else ServerConfig()
         self.nonces = (
-            nonces
-            if nonces is not None
-            else NonceManager(lifetime=self.config.nonce_lifetime)
+            nonces if nonces is not None else NonceManager(lifetime=self.config.nonce_lifetime)
         )
         self.allocations: dict[tuple[IClientChannel, Address], Allocation] = {}
         self._reservations: dict[bytes, tuple[IRelay, IDelayedCall]] = {}
-        self._logged_failures: collections.OrderedDict[str, None] = (
-            collections.OrderedDict()
-        )
+        self._logged_failures: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._dummy_key = secrets.token_bytes(16)
         self._handlers: dict[int, Callable[[IClientChannel, Address, Message], None]] = {
             Method.ALLOCATE: self._allocate,
@@ -130,9 +126,7 @@ class TurnServer:
 
     # -- entry point -------------------------------------------------------------
 
-    def datagram_received(
-        self, client: IClientChannel, data: bytes, address: Address
-    ) -> None:
+    def datagram_received(self, client: IClientChannel, data: bytes, address: Address) -> None:
         """
         Handle one STUN message or ChannelData frame from C{address}.
 
@@ -166,9 +160,7 @@ class TurnServer:
             if message.cls == Class.REQUEST:
                 self._reply(client, address, message, error_response(message, 400, str(e)))
 
-    def message_received(
-        self, client: IClientChannel, address: Address, message: Message
-    ) -> None:
+    def message_received(self, client: IClientChannel, address: Address, message: Message) -> None:
         if message.is_classic:
             if message.method == Method.BINDING and message.cls == Class.REQUEST:
                 response = response_to(message, Class.SUCCESS)
@@ -236,7 +228,9 @@ class TurnServer:
         realm = request.get(Attr.REALM)
         nonce = request.get(Attr.NONCE)
         if (username is None and hashed is None) or realm is None or nonce is None:
-            self._reply(client, address, request, error_response(request, 400, "Missing credentials"))
+            self._reply(
+                client, address, request, error_response(request, 400, "Missing credentials")
+            )
             return None
         algorithms = request.get(Attr.PASSWORD_ALGORITHMS)
         chosen = request.get(Attr.PASSWORD_ALGORITHM)
@@ -249,7 +243,9 @@ class TurnServer:
                 or chosen not in algorithms
             ):
                 self._reply(
-                    client, address, request,
+                    client,
+                    address,
+                    request,
                     error_response(request, 400, "Password algorithm mismatch"),
                 )
                 return None
@@ -287,7 +283,10 @@ class TurnServer:
         )
 
     def _check_unknown(
-        self, client: IClientChannel, address: Address, request: Message,
+        self,
+        client: IClientChannel,
+        address: Address,
+        request: Message,
         auth: AuthContext | None,
     ) -> bool:
         unknown = request.unknown_required()
@@ -336,7 +335,7 @@ class TurnServer:
             return 0.0
         if requested is None:
             return self.config.default_lifetime
-        return max(self.config.default_lifetime, min(requested, self.config.max_lifetime))
+        return float(max(self.config.default_lifetime, min(requested, self.config.max_lifetime)))
 
     def _allocate(self, client: IClientChannel, address: Address, request: Message) -> None:
         auth = self._authenticate(client, address, request)
@@ -393,7 +392,12 @@ class TurnServer:
         if request.has(Attr.DONT_FRAGMENT):
             relay.set_dont_fragment(True)
         allocation = Allocation(
-            self._reactor, client, address, relay, auth.username, lifetime,
+            self._reactor,
+            client,
+            address,
+            relay,
+            auth.username,
+            lifetime,
             self._expire,
         )
         self.allocations[(client, address)] = allocation
@@ -404,9 +408,7 @@ class TurnServer:
             new_token = secrets.token_bytes(8)
             self._reservations[new_token] = (
                 reserved,
-                self._reactor.callLater(
-                    RESERVATION_LIFETIME, self._reservation_expired, new_token
-                ),
+                self._reactor.callLater(RESERVATION_LIFETIME, self._reservation_expired, new_token),
             )
             response.add(Attr.RESERVATION_TOKEN, new_token)
         response.add(Attr.XOR_MAPPED_ADDRESS, address)
@@ -474,8 +476,11 @@ class TurnServer:
         peers = request.get_all(Attr.XOR_PEER_ADDRESS)
         if not peers:
             self._reply(
-                client, address, request,
-                error_response(request, 400, "Missing XOR-PEER-ADDRESS"), auth,
+                client,
+                address,
+                request,
+                error_response(request, 400, "Missing XOR-PEER-ADDRESS"),
+                auth,
             )
             return
         for peer in peers:
@@ -487,9 +492,7 @@ class TurnServer:
             allocation.install_permission(peer[0])
         self._reply(client, address, request, response_to(request, Class.SUCCESS), auth)
 
-    def _channel_bind(
-        self, client: IClientChannel, address: Address, request: Message
-    ) -> None:
+    def _channel_bind(self, client: IClientChannel, address: Address, request: Message) -> None:
         found = self._allocation_for(client, address, request)
         if found is None:
             return
@@ -512,9 +515,7 @@ class TurnServer:
         allocation.bind_channel(channel, peer)
         self._reply(client, address, request, response_to(request, Class.SUCCESS), auth)
 
-    def _send_indication(
-        self, client: IClientChannel, address: Address, message: Message
-    ) -> None:
+    def _send_indication(self, client: IClientChannel, address: Address, message: Message) -> None:
         """
         A Send indication: relayed when well formed and permitted, else
         silently dropped, as indications get no answer.

@@ -30,9 +30,7 @@ def ice_servers_snippet(hosts: Sequence[str], port: int, username: str, password
     """
     The C{RTCConfiguration.iceServers} JSON a WebRTC page pastes in.
     """
-    urls = [
-        f"turn:{'[' + h + ']' if ':' in h else h}:{port}?transport=udp" for h in hosts
-    ]
+    urls = [f"turn:{'[' + h + ']' if ':' in h else h}:{port}?transport=udp" for h in hosts]
     return json.dumps(
         {"iceServers": [{"urls": urls, "username": username, "credential": password}]}
     )
@@ -67,7 +65,7 @@ class TurnService(service.MultiService):
         config: ServerConfig | None = None,
         announce: tuple[str, str] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._reactor = reactor
         self.listen = list(listen)
         self.relay_addresses = list(relay_addresses)
@@ -78,7 +76,7 @@ class TurnService(service.MultiService):
 
     def privilegedStartService(self) -> None:
         self._bind()
-        super().privilegedStartService()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def _bind(self) -> None:
         """
@@ -105,10 +103,12 @@ class TurnService(service.MultiService):
     def startService(self) -> None:
         # twistd binds in privilegedStartService; "twist" calls only this.
         self._bind()
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         for p in self.ports:
             host = p.getHost()
-            self.log.info("TURN listening on UDP {host} port {port}", host=host.host, port=host.port)
+            self.log.info(
+                "TURN listening on UDP {host} port {port}", host=host.host, port=host.port
+            )
         self.log.info(
             "Relaying on {addresses}, ports {min_port}-{max_port}",
             addresses=", ".join(self.relay_addresses),
@@ -131,7 +131,7 @@ class TurnService(service.MultiService):
         Delete every allocation (cancelling its timers) and close every
         port; the Deferred fires once all of them are closed.
         """
-        parent_stopped = super().stopService()
+        parent_stopped = super().stopService()  # type: ignore[no-untyped-call]
         closing = [self.server.shutdown()]
         closing += [defer.maybeDeferred(p.stopListening) for p in self.ports]
         self.ports = []

@@ -147,12 +147,7 @@ def message_type(method: int, cls: int) -> int:
     """
     Interleave the 12 method bits and 2 class bits into a message type.
     """
-    return (
-        (method & 0x000F)
-        | ((method & 0x0070) << 1)
-        | ((method & 0x0F80) << 2)
-        | cls
-    )
+    return (method & 0x000F) | ((method & 0x0070) << 1) | ((method & 0x0F80) << 2) | cls
 
 
 def split_message_type(msg_type: int) -> tuple[int, int]:
@@ -160,9 +155,7 @@ def split_message_type(msg_type: int) -> tuple[int, int]:
     Undo L{message_type}: return C{(method, class)}.
     """
     cls = msg_type & 0x0110
-    method = (msg_type & 0x000F) | ((msg_type >> 1) & 0x0070) | (
-        (msg_type >> 2) & 0x0F80
-    )
+    method = (msg_type & 0x000F) | ((msg_type >> 1) & 0x0070) | ((msg_type >> 2) & 0x0F80)
     return method, cls
 
 
@@ -208,18 +201,14 @@ def pack_address(address: Address, transaction_id: bytes = b"") -> bytes:
     """
     host, port = address[0], address[1]
     if ":" in host:
-        return struct.pack("!BBH", 0, FAMILY_IPV6, port) + socket.inet_pton(
-            socket.AF_INET6, host
-        )
-    return struct.pack("!BBH", 0, FAMILY_IPV4, port) + socket.inet_pton(
-        socket.AF_INET, host
-    )
+        return struct.pack("!BBH", 0, FAMILY_IPV6, port) + socket.inet_pton(socket.AF_INET6, host)
+    return struct.pack("!BBH", 0, FAMILY_IPV4, port) + socket.inet_pton(socket.AF_INET, host)
 
 
 def _xor(data: bytes, key: bytes) -> bytes:
-    return (
-        int.from_bytes(data, "big") ^ int.from_bytes(key[: len(data)], "big")
-    ).to_bytes(len(data), "big")
+    return (int.from_bytes(data, "big") ^ int.from_bytes(key[: len(data)], "big")).to_bytes(
+        len(data), "big"
+    )
 
 
 def unpack_xor_address(value: bytes, transaction_id: bytes) -> Address:
@@ -250,9 +239,7 @@ def _text_codec(
 
     def unpack(value: bytes, transaction_id: bytes = b"") -> str:
         if len(value) > max_bytes:
-            raise StunDecodeError(
-                f"STUN {name} is longer than {max_bytes} bytes"
-            )
+            raise StunDecodeError(f"STUN {name} is longer than {max_bytes} bytes")
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
@@ -298,9 +285,7 @@ def _uint_codec(
 
     def unpack(value: bytes, transaction_id: bytes = b"") -> int:
         if len(value) != size + reserved:
-            raise StunDecodeError(
-                f"STUN {name} has invalid length {len(value)}"
-            )
+            raise StunDecodeError(f"STUN {name} has invalid length {len(value)}")
         return int.from_bytes(value[:size], "big")
 
     return pack, unpack
@@ -308,9 +293,7 @@ def _uint_codec(
 
 def pack_error_code(value: tuple[int, str], transaction_id: bytes = b"") -> bytes:
     code, reason = value
-    return (
-        struct.pack("!HBB", 0, code // 100, code % 100) + reason.encode("utf-8")
-    )
+    return struct.pack("!HBB", 0, code // 100, code % 100) + reason.encode("utf-8")
 
 
 def unpack_error_code(value: bytes, transaction_id: bytes = b"") -> tuple[int, str]:
@@ -321,9 +304,7 @@ def unpack_error_code(value: bytes, transaction_id: bytes = b"") -> tuple[int, s
     klass = value[2] & 0x07
     number = value[3]
     if not 3 <= klass <= 6 or number > 99:
-        raise StunDecodeError(
-            f"STUN ERROR-CODE has invalid code {klass}{number:02d}"
-        )
+        raise StunDecodeError(f"STUN ERROR-CODE has invalid code {klass}{number:02d}")
     try:
         reason = value[4:].decode("utf-8")
     except UnicodeDecodeError:
@@ -361,13 +342,9 @@ def unpack_flag(value: bytes, transaction_id: bytes = b"") -> bool:
     return True
 
 
-def pack_password_algorithm(
-    value: tuple[int, bytes], transaction_id: bytes = b""
-) -> bytes:
+def pack_password_algorithm(value: tuple[int, bytes], transaction_id: bytes = b"") -> bytes:
     algorithm, params = value
-    return struct.pack("!HH", algorithm, len(params)) + params + b"\x00" * padding(
-        len(params)
-    )
+    return struct.pack("!HH", algorithm, len(params)) + params + b"\x00" * padding(len(params))
 
 
 def _unpack_algorithms(value: bytes) -> list[tuple[int, bytes]]:
@@ -385,18 +362,14 @@ def _unpack_algorithms(value: bytes) -> list[tuple[int, bytes]]:
     return result
 
 
-def unpack_password_algorithm(
-    value: bytes, transaction_id: bytes = b""
-) -> tuple[int, bytes]:
+def unpack_password_algorithm(value: bytes, transaction_id: bytes = b"") -> tuple[int, bytes]:
     algorithms = _unpack_algorithms(value)
     if len(algorithms) != 1:
         raise StunDecodeError("STUN PASSWORD-ALGORITHM must hold one algorithm")
     return algorithms[0]
 
 
-def pack_password_algorithms(
-    value: list[tuple[int, bytes]], transaction_id: bytes = b""
-) -> bytes:
+def pack_password_algorithms(value: list[tuple[int, bytes]], transaction_id: bytes = b"") -> bytes:
     return b"".join(pack_password_algorithm(item) for item in value)
 
 
@@ -409,18 +382,12 @@ def unpack_password_algorithms(
     return algorithms
 
 
-def pack_address_error_code(
-    value: tuple[int, int, str], transaction_id: bytes = b""
-) -> bytes:
+def pack_address_error_code(value: tuple[int, int, str], transaction_id: bytes = b"") -> bytes:
     family, code, reason = value
-    return struct.pack("!BBBB", family, 0, code // 100, code % 100) + reason.encode(
-        "utf-8"
-    )
+    return struct.pack("!BBBB", family, 0, code // 100, code % 100) + reason.encode("utf-8")
 
 
-def unpack_address_error_code(
-    value: bytes, transaction_id: bytes = b""
-) -> tuple[int, int, str]:
+def unpack_address_error_code(value: bytes, transaction_id: bytes = b"") -> tuple[int, int, str]:
     if len(value) < 4:
         raise StunDecodeError("STUN ADDRESS-ERROR-CODE is shorter than 4 bytes")
     code, reason = unpack_error_code(b"\x00\x00" + value[2:])
@@ -588,11 +555,7 @@ class Message:
         Every value of a repeated attribute (XOR-PEER-ADDRESS), decoded.
         """
         unpack = ATTRIBUTES[attr_type].unpack
-        return [
-            unpack(v, self.transaction_id)
-            for t, v in self.attributes
-            if t == attr_type
-        ]
+        return [unpack(v, self.transaction_id) for t, v in self.attributes if t == attr_type]
 
     def unknown_required(self) -> list[int]:
         """
@@ -617,9 +580,7 @@ class Message:
         Comparison is constant-time.  A message with neither is not intact.
         """
         if self.integrity_sha256_offset is not None:
-            return _verify(
-                self.raw, self.integrity_sha256_offset, key, hashlib.sha256
-            )
+            return _verify(self.raw, self.integrity_sha256_offset, key, hashlib.sha256)
         if self.integrity_offset is not None:
             return _verify(self.raw, self.integrity_offset, key, hashlib.sha1)
         return False
@@ -628,11 +589,7 @@ class Message:
 def _verify(raw: bytes, offset: int, key: bytes, digest: Any) -> bool:
     length = _U16.unpack_from(raw, offset + 2)[0]
     expected = raw[offset + 4 : offset + 4 + length]
-    covered = (
-        raw[:2]
-        + _U16.pack(offset - HEADER_LENGTH + 4 + length)
-        + raw[4:offset]
-    )
+    covered = raw[:2] + _U16.pack(offset - HEADER_LENGTH + 4 + length) + raw[4:offset]
     mac = hmac.new(key, covered, digest).digest()[:length]
     return hmac.compare_digest(mac, expected)
 
@@ -678,9 +635,7 @@ def decode(data: bytes) -> Message:
         attr_type, attr_length = _ATTR_HEADER.unpack_from(data, offset)
         end = offset + 4 + attr_length
         if end > len(data):
-            raise StunDecodeError(
-                f"STUN attribute 0x{attr_type:04x} is longer than the message"
-            )
+            raise StunDecodeError(f"STUN attribute 0x{attr_type:04x} is longer than the message")
         value = data[offset + 4 : end]
         if attr_type == Attr.FINGERPRINT:
             if end + padding(attr_length) != len(data):
@@ -749,9 +704,7 @@ def encode(
         body += _ATTR_HEADER.pack(attr_type, size) + mac
     if add_fingerprint:
         covered = _set_length(head, len(body) + 8) + body
-        body += _ATTR_HEADER.pack(Attr.FINGERPRINT, 4) + _U32.pack(
-            fingerprint(bytes(covered))
-        )
+        body += _ATTR_HEADER.pack(Attr.FINGERPRINT, 4) + _U32.pack(fingerprint(bytes(covered)))
     return bytes(_set_length(head, len(body)) + body)
 
 
@@ -800,9 +753,7 @@ def decode_channel_data(data: bytes) -> tuple[int, bytes]:
         raise StunDecodeError("ChannelData is shorter than its 4-byte header")
     channel, length = CHANNEL_DATA_HEADER.unpack_from(data)
     if CHANNEL_HEADER_LENGTH + length > len(data):
-        raise StunDecodeError(
-            f"ChannelData length {length} exceeds its {len(data) - 4} bytes"
-        )
+        raise StunDecodeError(f"ChannelData length {length} exceeds its {len(data) - 4} bytes")
     return channel, data[4 : 4 + length]
 
 

@@ -63,7 +63,7 @@ class Options(usage.Options):
         "ready-to-paste WebRTC iceServers snippet; it never relays anonymously."
     )
 
-    optParameters = [
+    optParameters: list[list[Any]] = [
         ["port", "p", "3478", "UDP port to listen on for STUN and TURN."],
         ["min-port", None, "49152", "Lowest relay port."],
         ["max-port", None, "65535", "Highest relay port."],
@@ -79,13 +79,13 @@ class Options(usage.Options):
         ["stale-nonce", None, "600", "Seconds a nonce stays valid."],
         ["software", None, f"txturn {__version__}", "SOFTWARE attribute sent."],
     ]
-    optFlags = [
+    optFlags: list[list[Any]] = [
         ["allow-loopback-peers", None, "Let relays reach loopback peers (testing)."],
         ["no-software", None, "Send no SOFTWARE attribute."],
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
         self["relay-ip"] = []
         self["user"] = []
@@ -118,7 +118,7 @@ class Options(usage.Options):
         """
         Grouped help, like coturn's man page, from the same option tables.
         """
-        docs: dict[str, tuple[str | None, str, Any]] = {}
+        docs: dict[str, tuple[str | None, str, str | None]] = {}
         for long, short, default, doc in self.optParameters:
             docs[long] = (short, f"{long}=VALUE", f"{doc} [default: {default}]" if default else doc)
         for long, short, doc in self.optFlags:
@@ -161,7 +161,9 @@ class Options(usage.Options):
                 with open(self["user-db"], encoding="utf-8") as f:
                     self["user-db-lines"] = f.read().splitlines()
             except OSError as e:
-                raise usage.UsageError(f"cannot read --user-db {self['user-db']}: {e.strerror}") from e
+                raise usage.UsageError(
+                    f"cannot read --user-db {self['user-db']}: {e.strerror}"
+                ) from e
             try:
                 StaticCredentials.from_lines(self["realm"], self["user-db-lines"])
             except CredentialError as e:

@@ -113,7 +113,9 @@ class FakeRelayAllocator:
         self.opened.append(relay)
         return relay
 
-    def open(self, family: int, even: bool, reserve_next: bool) -> tuple[FakeRelay, FakeRelay | None]:
+    def open(
+        self, family: int, even: bool, reserve_next: bool
+    ) -> tuple[FakeRelay, FakeRelay | None]:
         if family not in self.hosts:
             raise RelayUnavailable("no such family", family_unsupported=True)
         if len(self.open_relays) + (2 if reserve_next else 1) > self.capacity:

@@ -14,6 +14,7 @@ from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
 
 from txturn.interfaces import Address, IClientChannel
+from txturn.relay import MAX_DATAGRAM
 from txturn.server import TurnServer
 
 _LOST = (BlockingIOError, ConnectionRefusedError, InterruptedError)
@@ -39,7 +40,7 @@ class TurnDatagramProtocol(DatagramProtocol):
         sock = getattr(self.transport, "socket", None)
         self._sendto = sock.sendto if sock is not None else self.transport.write
 
-    def datagramReceived(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagramReceived(self, data: bytes, addr: Address) -> None:
         self._server.datagram_received(self, data, addr)
 
     def send(self, data: bytes, address: Address) -> None:
@@ -51,9 +52,7 @@ class TurnDatagramProtocol(DatagramProtocol):
             pass
 
 
-def bind_udp(
-    reactor: IReactorSocket, host: str, port: int, protocol: DatagramProtocol
-) -> Any:
+def bind_udp(reactor: IReactorSocket, host: str, port: int, protocol: DatagramProtocol) -> Any:
     """
     Bind a UDP socket ourselves and adopt it, so an IPv6 listener can be
     C{IPV6_V6ONLY} and sit beside an IPv4 one on the same port (Twisted's
@@ -68,6 +67,6 @@ def bind_udp(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
         sock.setblocking(False)
-        return reactor.adoptDatagramPort(sock.fileno(), family, protocol)
+        return reactor.adoptDatagramPort(sock.fileno(), family, protocol, MAX_DATAGRAM)
     finally:
         sock.close()

@@ -53,12 +53,17 @@ async def main() -> None:
     turn.close()
     echo_transport.close()
     await asyncio.sleep(0.1)
-    print(json.dumps({  # noqa: T201 - this script's output is its result
-        "relayed": list(relayed),
-        "sent": len(sent),
-        "received": len(collector.received),
-        "intact": sorted(collector.received) == sorted(sent),
-    }))
+    sys.stdout.write(
+        json.dumps(
+            {
+                "relayed": list(relayed),
+                "sent": len(sent),
+                "received": len(collector.received),
+                "intact": sorted(collector.received) == sorted(sent),
+            }
+        )
+        + "\n"
+    )
 
 
 asyncio.run(main())
