@@ -29,6 +29,27 @@ def primary_address(family: int) -> str | None:
     return host
 
 
+def ipv6_available() -> bool:
+    """
+    Whether this host can bind IPv6 sockets at all (containers and some
+    hosts have IPv6 disabled, and a default C{::} listener must not then
+    stop the server from starting).
+    """
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def default_listen_addresses() -> list[str]:
+    """
+    All IPv4 addresses, and all IPv6 addresses where IPv6 works.
+    """
+    return ["0.0.0.0", "::"] if ipv6_available() else ["0.0.0.0"]
+
+
 def default_relay_addresses(listen: list[str]) -> list[str]:
     """
     Relay on the specific addresses the server listens on; for a wildcard

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from twisted.python import usage
 
 from txturn import __version__
-from txturn.addresses import default_relay_addresses
+from txturn.addresses import default_listen_addresses, default_relay_addresses
 from txturn.auth import (
     CredentialChain,
     CredentialError,
@@ -155,7 +155,7 @@ class Options(usage.Options):
         if not self["realm"]:
             raise usage.UsageError("--realm must not be empty")
         if not self["listen"]:
-            self["listen"] = ["0.0.0.0", "::"]
+            self["listen"] = default_listen_addresses()
         if self["user-db"] is not None:
             try:
                 with open(self["user-db"], encoding="utf-8") as f:

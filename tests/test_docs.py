@@ -1,0 +1,55 @@
+"""
+The library example in doc/ runs as documented.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet import reactor as _reactor
+from twisted.trial.unittest import TestCase
+
+from txturn.auth import long_term_key, rest_api_password
+from txturn.stun import PasswordAlgorithm
+
+reactor: Any = _reactor
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "doc", "examples", "embed.py")
+
+
+class LibraryExampleTests(TestCase):
+    """
+    doc/examples/embed.py builds a working service inside a host tree.
+    """
+
+    @defer.inlineCallbacks
+    def test_embed(self) -> Any:
+        """
+        The example's service joins the parent, listens when the parent
+        starts, knows both kinds of user, and stops with the parent.
+        """
+        spec = importlib.util.spec_from_file_location("embed_example", EXAMPLE)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        parent = MultiService()
+        turn = module.add_turn_server(reactor, parent, [("127.0.0.1", 0)], ["127.0.0.1"])
+        self.assertIs(turn.parent, parent)
+        parent.startService()
+        self.assertEqual(len(turn.ports), 1)
+        creds = turn.server.credentials
+        self.assertEqual(
+            creds.key_for("alice", "example.org", PasswordAlgorithm.MD5, 0),
+            long_term_key("alice", "example.org", "correct horse battery staple"),
+        )
+        name = "4000000000:bob"
+        password = rest_api_password("shared secret with the web backend", name)
+        self.assertEqual(
+            creds.key_for(name, "example.org", PasswordAlgorithm.MD5, 0),
+            long_term_key(name, "example.org", password),
+        )
+        yield parent.stopService()
+        self.assertEqual(turn.ports, [])
