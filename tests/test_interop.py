@@ -105,6 +105,43 @@ def uclient_totals(output: str) -> tuple[int, int, int]:
     return int(sent[-1][0]), int(sent[-1][1]), int(lost.group(1))
 
 
+def twistd_turn(port: int, *options: str) -> list[str]:
+    """
+    The command line of C{twistd -n turn} on 127.0.0.1, run from the
+    source tree by this interpreter.
+    """
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        "turn",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *options,
+    ]
+
+
+@defer.inlineCallbacks
+def run_aioice(test: TestCase, port: int, username: str, password: str, count: int) -> Any:
+    """
+    Relay C{count} datagrams with aioice's TURN client to an echo peer;
+    returns the client script's JSON result.
+    """
+    script = os.path.join(HERE, "clients", "aioice_echo.py")
+    out, err, code = yield getProcessOutputAndValue(
+        sys.executable,
+        [script, "127.0.0.1", str(port), username, password, str(count)],
+        env=os.environ.copy(),
+        path=ROOT,
+    )
+    test.assertEqual(code, 0, err.decode())
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
 class InProcessServer:
     """
     A TurnService on the test's reactor, on a free loopback port.
@@ -142,21 +179,7 @@ class AioiceTests(TestCase):
         100 datagrams sent through aioice's relay to an echo peer all come
         back intact, and the allocation is deleted when aioice closes.
         """
-        out, err, code = yield getProcessOutputAndValue(
-            sys.executable,
-            [
-                os.path.join(HERE, "clients", "aioice_echo.py"),
-                "127.0.0.1",
-                str(self.server.port),
-                "test",
-                "secret",
-                "100",
-            ],
-            env=os.environ.copy(),
-            path=ROOT,
-        )
-        self.assertEqual(code, 0, err.decode())
-        result = json.loads(out.decode().strip().splitlines()[-1])
+        result = yield run_aioice(self, self.server.port, "test", "secret", 100)
         self.assertEqual(result["received"], 100, result)
         self.assertTrue(result["intact"])
         self.assertEqual(result["relayed"][0], "127.0.0.1")
@@ -235,40 +258,12 @@ class TwistdTests(TestCase):
         iceServers snippet; aioice relays with exactly those credentials.
         """
         port = free_udp_port()
-        watcher = spawn(
-            [
-                sys.executable,
-                "-c",
-                "from twisted.scripts.twistd import run; run()",
-                "-n",
-                "--pidfile=",
-                "turn",
-                "--listen",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--allow-loopback-peers",
-            ],
-            self,
-        )
+        watcher = spawn(twistd_turn(port, "--allow-loopback-peers"), self)
         match = yield watcher.wait_for(rb"(\{\"iceServers\".*?\}\]\})")
         servers = json.loads(match.group(1))["iceServers"][0]
         self.assertEqual(servers["urls"], [f"turn:127.0.0.1:{port}?transport=udp"])
-        out, err, code = yield getProcessOutputAndValue(
-            sys.executable,
-            [
-                os.path.join(HERE, "clients", "aioice_echo.py"),
-                "127.0.0.1",
-                str(port),
-                servers["username"],
-                servers["credential"],
-                "20",
-            ],
-            env=os.environ.copy(),
-            path=ROOT,
-        )
-        self.assertEqual(code, 0, err.decode())
-        self.assertEqual(json.loads(out.decode().strip().splitlines()[-1])["received"], 20)
+        result = yield run_aioice(self, port, servers["username"], servers["credential"], 20)
+        self.assertEqual(result["received"], 20)
 
     @defer.inlineCallbacks
     def test_bind_failure_exits(self) -> Any:
@@ -280,23 +275,9 @@ class TwistdTests(TestCase):
         blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         blocker.bind(("127.0.0.1", port))
         self.addCleanup(blocker.close)
+        argv = twistd_turn(port, "--user", "a:b")
         out, err, code = yield getProcessOutputAndValue(
-            sys.executable,
-            [
-                "-c",
-                "from twisted.scripts.twistd import run; run()",
-                "-n",
-                "--pidfile=",
-                "turn",
-                "--listen",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--user",
-                "a:b",
-            ],
-            env=os.environ.copy(),
-            path=ROOT,
+            argv[0], argv[1:], env=os.environ.copy(), path=ROOT
         )
         self.assertNotEqual(code, 0)
         self.assertIn(f"cannot listen on UDP 127.0.0.1 port {port}", (out + err).decode())
