@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from txturn import __version__
 from txturn.allocation import Allocation
-from txturn.auth import ICredentialSource, NonceManager
+from txturn.auth import CredentialError, ICredentialSource, NonceManager
 from txturn.interfaces import (
     Address,
     IClientChannel,
@@ -156,9 +156,18 @@ class TurnServer:
         try:
             self.message_received(client, address, message)
         except StunDecodeError as e:
-            # A well-framed message with a malformed attribute value.
+            # A well-framed message with a malformed attribute value.  The
+            # precise reason is for our log, not for the sender.
+            self.log.debug(
+                "Malformed attribute from {client}: {error}", client=address, error=str(e)
+            )
             if message.cls == Class.REQUEST:
-                self._reply(client, address, message, error_response(message, 400, str(e)))
+                self._reply(client, address, message, error_response(message, 400))
+        except Exception:
+            # A bug, not bad input: say so loudly, answer 500, keep serving.
+            self.log.failure("Unexpected error handling a message from {client}", client=address)
+            if message.cls == Class.REQUEST:
+                self._reply(client, address, message, error_response(message, 500))
 
     def message_received(self, client: IClientChannel, address: Address, message: Message) -> None:
         if message.is_classic:
@@ -258,7 +267,10 @@ class TurnServer:
             username = self.credentials.username_for_hash(hashed, realm)
         key = None
         if username is not None:
-            key = self.credentials.key_for(username, realm, algorithm, now)
+            try:
+                key = self.credentials.key_for(username, realm, algorithm, now)
+            except CredentialError:
+                key = None  # a realm or name OpaqueString refuses: unknown user
         intact = request.check_integrity(key if key is not None else self._dummy_key)
         if key is None or not intact:
             self._log_failure(address, username, nonce)
