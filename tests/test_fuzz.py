@@ -26,7 +26,7 @@ def seeds(client: StunClient) -> list[bytes]:
     Real requests of every kind, unauthenticated and authenticated.
     """
     peer = ("203.0.113.1", 9)
-    requests = [
+    requests: list[tuple[int, list[tuple[int, Any]]]] = [
         (Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17), (Attr.LIFETIME, 900)]),
         (Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17), (Attr.EVEN_PORT, True)]),
         (Method.REFRESH, [(Attr.LIFETIME, 0)]),
