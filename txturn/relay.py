@@ -45,6 +45,9 @@ class UdpRelay(DatagramProtocol):
     """
 
     log = Logger()
+    #: The core logs each allocation; two lines per relay port from
+    #: Twisted as well would only be noise.
+    noisy = False
 
     def __init__(self, allocator: "UdpRelayAllocator", host: str) -> None:
         self._allocator = allocator

@@ -118,12 +118,17 @@ class TurnService(service.MultiService):
         if self._announce is not None:
             username, password = self._announce
             port = self.ports[0].getHost().port if self.ports else 3478
+            # Clients reach the server where it listens; a wildcard listener
+            # is reached on the host's own addresses, which relays use too.
+            hosts = [h for h, _ in self.listen if h not in ("0.0.0.0", "::")]
             self.log.warn(
                 "No credentials configured: generated user {username} with "
                 "password {password}. Use it in a WebRTC page as:\n{snippet}",
                 username=username,
                 password=password,
-                snippet=ice_servers_snippet(self.relay_addresses, port, username, password),
+                snippet=ice_servers_snippet(
+                    hosts or self.relay_addresses, port, username, password
+                ),
             )
 
     def stopService(self) -> defer.Deferred[Any]:
