@@ -23,6 +23,7 @@ from txturn.auth import (
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig, TurnServer
 from txturn.stun import (
+    FAMILY_IPV4,
     FAMILY_IPV6,
     NONCE_COOKIE,
     Attr,
@@ -693,7 +694,7 @@ class ChannelTests(ServerTestCase):
         self.clock.advance(500)
         self.assertSuccess(self.bind(0x4001, PEER))
         self.clock.advance(500)
-        self.assertEqual(self.allocation.channels, {0x4001: PEER})
+        self.assertEqual({c: p for c, (p, _) in self.allocation.channels.items()}, {0x4001: PEER})
 
     def test_channel_installs_permission(self) -> None:
         """
@@ -735,3 +736,169 @@ class ChannelTests(ServerTestCase):
         """
         self.assertError(self.bind(0x4001, ("127.0.0.1", 9)), 403)
         self.assertEqual(self.allocation.channels, {})
+
+
+PEER6 = ("2001:db8::5", 7000)
+
+
+class DualAllocationTests(ServerTestCase):
+    """
+    Address families and dual allocations (RFC 8656 sections 7.2 and 8).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.relays.hosts[FAMILY_IPV6] = "2001:db8::1"
+        self.relays.families = frozenset(self.relays.hosts)
+
+    def test_dual(self) -> None:
+        """
+        ADDITIONAL-ADDRESS-FAMILY IPv6 gets an IPv4 and an IPv6 relay, two
+        XOR-RELAYED-ADDRESS attributes, and peers of both families work.
+        """
+        response = self.allocate([(Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)])
+        self.assertSuccess(response)
+        relayed = response.get_all(Attr.XOR_RELAYED_ADDRESS)
+        self.assertEqual([host for host, _ in relayed], ["192.0.2.1", "2001:db8::1"])
+        self.assertIsNone(response.get(Attr.ADDRESS_ERROR_CODE))
+        self.assertSuccess(
+            self.authed(
+                Method.CREATE_PERMISSION,
+                [(Attr.XOR_PEER_ADDRESS, PEER), (Attr.XOR_PEER_ADDRESS, PEER6)],
+            )
+        )
+        v4, v6 = self.relays.opened
+        self.send(
+            self.client.request(
+                Method.SEND,
+                [(Attr.XOR_PEER_ADDRESS, PEER6), (Attr.DATA, b"six")],
+                authenticate=False,
+                cls=Class.INDICATION,
+            )
+        )
+        self.assertEqual((v4.sent, v6.sent), ([], [(b"six", PEER6)]))
+
+    def test_partial(self) -> None:
+        """
+        When one family cannot be had, the other is still allocated and
+        ADDRESS-ERROR-CODE says which and why.
+        """
+        del self.relays.hosts[FAMILY_IPV6]
+        self.relays.families = frozenset(self.relays.hosts)
+        response = self.allocate([(Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)])
+        self.assertSuccess(response)
+        self.assertEqual(len(response.get_all(Attr.XOR_RELAYED_ADDRESS)), 1)
+        self.assertEqual(
+            response.get(Attr.ADDRESS_ERROR_CODE),
+            (FAMILY_IPV6, 440, "Address Family not Supported"),
+        )
+
+    def test_bad_combinations(self) -> None:
+        """
+        The 400 cases of RFC 8656 section 7.2: both family attributes,
+        ADDITIONAL-ADDRESS-FAMILY IPv4, an EVEN-PORT reservation with it,
+        and RESERVATION-TOKEN with a family attribute.
+        """
+        cases: list[list[tuple[int, Any]]] = [
+            [
+                (Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV4),
+                (Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6),
+            ],
+            [(Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV4)],
+            [(Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6), (Attr.EVEN_PORT, True)],
+            [(Attr.RESERVATION_TOKEN, b"t" * 8), (Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)],
+            [(Attr.RESERVATION_TOKEN, b"t" * 8), (Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV4)],
+        ]
+        for attrs in cases:
+            self.assertError(self.allocate(attrs), 400)
+        self.assertEqual(self.relays.opened, [])
+
+    def test_refresh_one_family(self) -> None:
+        """
+        Refresh with REQUESTED-ADDRESS-FAMILY and LIFETIME 0 deletes just
+        that family's relay with its permissions; the other family keeps
+        relaying, and a Refresh for the deleted family then gets 443.
+        """
+        self.allocate([(Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6), (Attr.LIFETIME, 3600)])
+        self.authed(
+            Method.CREATE_PERMISSION,
+            [(Attr.XOR_PEER_ADDRESS, PEER), (Attr.XOR_PEER_ADDRESS, PEER6)],
+        )
+        v4, v6 = self.relays.opened
+        response = self.authed(
+            Method.REFRESH, [(Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6), (Attr.LIFETIME, 0)]
+        )
+        self.assertSuccess(response)
+        self.assertTrue(v6.closed)
+        self.assertFalse(v4.closed)
+        self.assertEqual(list(self.allocation.permissions), [PEER[0]])
+        self.assertError(
+            self.authed(Method.REFRESH, [(Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6)]), 443
+        )
+        self.assertError(
+            self.authed(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, PEER6)]), 443
+        )
+
+    def test_families_expire_separately(self) -> None:
+        """
+        Each family has its own lifetime: refreshing one lets the other
+        expire, and the allocation ends with the last.
+        """
+        self.allocate([(Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)])
+        self.clock.advance(500)
+        self.authed(
+            Method.REFRESH, [(Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV4), (Attr.LIFETIME, 600)]
+        )
+        self.clock.advance(100)
+        v4, v6 = self.relays.opened
+        self.assertEqual((v4.closed, v6.closed), (False, True))
+        self.clock.advance(500)
+        self.assertTrue(v4.closed)
+        self.assertEqual(self.server.allocations, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_ipv6_only_server(self) -> None:
+        """
+        Without REQUESTED-ADDRESS-FAMILY on a server with no IPv4 relay,
+        the relay takes the family of the client's own address.
+        """
+        del self.relays.hosts[FAMILY_IPV4]
+        self.relays.families = frozenset(self.relays.hosts)
+        client6 = ("2001:db8::99", 4000)
+        response = self.allocate(address=client6)
+        self.assertEqual(response.get(Attr.XOR_RELAYED_ADDRESS)[0], "2001:db8::1")
+        self.assertEqual(response.get(Attr.XOR_MAPPED_ADDRESS), client6)
+
+    def test_channel_to_ipv6_peer(self) -> None:
+        """
+        A channel bound to an IPv6 peer on a dual allocation uses the IPv6
+        relay both ways.
+        """
+        self.allocate([(Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)])
+        response = self.authed(
+            Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x4005), (Attr.XOR_PEER_ADDRESS, PEER6)]
+        )
+        self.assertSuccess(response)
+        v4, v6 = self.relays.opened
+        self.send(b"\x40\x05\x00\x02hi")
+        self.assertEqual(v6.sent, [(b"hi", PEER6)])
+        v6.receiver(b"yo", PEER6)
+        self.assertEqual(self.channel.pop(), b"\x40\x05\x00\x02yo")
+
+    def test_icmp(self) -> None:
+        """
+        An ICMP error about a permitted peer becomes a Data indication
+        with XOR-PEER-ADDRESS and ICMP and no DATA; for other peers,
+        nothing.
+        """
+        self.allocate()
+        self.authed(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, PEER)])
+        relay = self.relays.opened[0]
+        relay.icmp_receiver(("203.0.113.200", 1), 3, 3, 0)
+        self.assertEqual(self.channel.sent, [])
+        relay.icmp_receiver(PEER, 3, 4, 1400)
+        indication = decode(self.channel.pop())
+        self.assertEqual((indication.method, indication.cls), (Method.DATA, Class.INDICATION))
+        self.assertEqual(indication.get(Attr.XOR_PEER_ADDRESS), PEER)
+        self.assertEqual(indication.get(Attr.ICMP), (3, 4, 1400))
+        self.assertIsNone(indication.get(Attr.DATA))

@@ -155,6 +155,32 @@ class ServiceTests(TestCase):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind(address)
 
+    @defer.inlineCallbacks
+    def test_icmp(self) -> Any:
+        """
+        A datagram relayed to a closed port earns an ICMP port unreachable,
+        which reaches the client as a Data indication with ICMP (3, 3);
+        the relay keeps working afterwards.
+        """
+        yield self.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+        closed = ("127.0.0.1", free_udp_port())
+        peer = ("127.0.0.1", self.peer_port.getHost().port)
+        yield self.request(
+            Method.CREATE_PERMISSION,
+            [(Attr.XOR_PEER_ADDRESS, closed), (Attr.XOR_PEER_ADDRESS, peer)],
+        )
+        for target, data in [(closed, b"nobody"), (peer, b"somebody")]:
+            send = Message(Method.SEND, Class.INDICATION, b"s" * 12)
+            send.add(Attr.XOR_PEER_ADDRESS, target).add(Attr.DATA, data)
+            self.client_port.write(encode(send), self.server_address)
+            if target == closed:
+                raw, _ = yield self.client_proto.next()
+                indication = decode(raw)
+                self.assertEqual(indication.get(Attr.XOR_PEER_ADDRESS), closed)
+                self.assertEqual(indication.get(Attr.ICMP), (3, 3, 0))
+        data, _ = yield self.peer_proto.next()
+        self.assertEqual(data, b"somebody")
+
     def test_bind_failure(self) -> None:
         """
         A listener that cannot bind stops startup with an error naming the
@@ -165,6 +191,35 @@ class ServiceTests(TestCase):
         self.assertIn(f"cannot listen on UDP 127.0.0.1 port {self.server_address[1]}", str(error))
         self.assertEqual(other.ports, [])
         self.assertFalse(other.running)
+
+
+class ExternalAddressTests(TestCase):
+    """
+    --external-ip: relays behind a 1:1 NAT advertise the public address.
+    """
+
+    @defer.inlineCallbacks
+    def test_advertised(self) -> Any:
+        """
+        XOR-RELAYED-ADDRESS carries the public address with the relay's
+        real port.
+        """
+        service = make_service(external_ips={"127.0.0.1": "203.0.113.77"})
+        service.startService()
+        self.addCleanup(service.stopService)
+        proto = Collector()
+        port = reactor.listenUDP(0, proto, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = StunClient("alice", "secret")
+        server = ("127.0.0.1", service.ports[0].getHost().port)
+        for _ in range(2):
+            port.write(client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]), server)
+            raw, _ = yield proto.next()
+            response = client.learn(raw)
+        host, relay_port = response.get(Attr.XOR_RELAYED_ADDRESS)
+        self.assertEqual(host, "203.0.113.77")
+        [allocation] = service.server.allocations.values()
+        self.assertEqual(allocation.relays[1].address, ("127.0.0.1", relay_port))
 
 
 class AnnounceTests(TestCase):

@@ -1,11 +1,16 @@
 # -*- test-case-name: tests.test_server -*-
 """
-One TURN allocation: its relay, permissions and channel bindings, and the
-timers that expire them.
+One TURN allocation: its relays (one per address family, two for a dual
+allocation), permissions and channel bindings, and the timers that expire
+them.
 
 Every lifetime is an C{IDelayedCall} on the injected reactor, reset when
 refreshed, so the relay hot path never reads a clock: a permission or a
 channel exists in its dict exactly as long as it is valid.
+
+Permissions and channels are keyed by peer address, and a peer address
+has one family, so each belongs to exactly one of the relays; deleting one
+family of a dual allocation (RFC 8656 section 8) drops just its own.
 
 The two relay directions live here as the two methods the hot path calls
 (L{Allocation.from_client_channel} and L{Allocation.from_peer}); each is a
@@ -25,11 +30,14 @@ from twisted.logger import Logger
 from txturn.interfaces import Address, IClientChannel, IRelay
 from txturn.stun import (
     CHANNEL_DATA_HEADER,
+    FAMILY_IPV4,
+    FAMILY_IPV6,
     MAGIC_COOKIE_BYTES,
     Attr,
     Class,
     Method,
     message_type,
+    pack_icmp,
     pack_xor_address,
     padding,
 )
@@ -40,10 +48,20 @@ CHANNEL_LIFETIME = 600.0
 #: bound to anything else for this long (RFC 8656 section 12).
 CHANNEL_COOLDOWN = 300.0
 
+#: Client transports on which ChannelData is padded to 4 bytes.
+STREAM_TRANSPORTS = frozenset(["tcp", "tls"])
+
 _DATA_INDICATION_TYPE = message_type(Method.DATA, Class.INDICATION)
 _INDICATION_HEADER = struct.Struct("!HH4s8sI")
 _ATTR_HEADER = struct.Struct("!HH")
 _txid_counter = itertools.count()
+
+
+def host_family(host: str) -> int:
+    """
+    The STUN family of an address literal, cheaply (hot path).
+    """
+    return FAMILY_IPV6 if ":" in host else FAMILY_IPV4
 
 
 class Allocation:
@@ -52,8 +70,9 @@ class Allocation:
 
     @ivar client: the channel the client speaks on; with C{client_address}
         the 5-tuple.
+    @ivar relays: family -> the relay of that family.
     @ivar permissions: peer IP -> the timer that removes it.
-    @ivar channels: channel number -> peer address.
+    @ivar channels: channel number -> (peer address, relay that reaches it).
     @ivar peer_channels: peer address -> channel number.
     """
 
@@ -64,24 +83,22 @@ class Allocation:
         reactor: IReactorTime,
         client: IClientChannel,
         client_address: Address,
-        relay: IRelay,
         username: str,
-        lifetime: float,
-        on_expire: Callable[["Allocation"], None],
+        on_empty: Callable[["Allocation"], None],
     ) -> None:
         self._reactor = reactor
         self.client = client
         self.client_address = client_address
-        self.relay = relay
         self.username = username
+        self.relays: dict[int, IRelay] = {}
+        self._expiry: dict[int, IDelayedCall] = {}
         self.permissions: dict[str, IDelayedCall] = {}
-        self.channels: dict[int, Address] = {}
+        self.channels: dict[int, tuple[Address, IRelay]] = {}
         self.peer_channels: dict[Address, int] = {}
         self._channel_timers: dict[int, IDelayedCall] = {}
         self._cooldown_channels: dict[int, tuple[Address, IDelayedCall]] = {}
         self._cooldown_peers: dict[Address, int] = {}
-        self._on_expire = on_expire
-        self._expiry: IDelayedCall = reactor.callLater(lifetime, self._expired)
+        self._on_empty = on_empty
         #: The Allocate transaction that made this allocation and the
         #: response it got, so a retransmission gets the same answer.
         self.allocate_transaction: bytes = b""
@@ -89,49 +106,78 @@ class Allocation:
         self.closed = False
         self._txid_prefix = os.urandom(8)
         self._send_to_client = client.send
+        self._pad = client.transport_name in STREAM_TRANSPORTS
+
+    # -- relays and lifetimes --------------------------------------------------
+
+    def add_relay(self, family: int, relay: IRelay, lifetime: float) -> None:
+        self.relays[family] = relay
         relay.receiver = self.from_peer
+        relay.icmp_receiver = self.icmp_from_peer
+        self._expiry[family] = self._reactor.callLater(lifetime, self._expired, family)
 
-    # -- lifetime --------------------------------------------------------------
+    def relay_for(self, host: str) -> IRelay | None:
+        """
+        The relay that reaches peer C{host}, or C{None} (443).
+        """
+        return self.relays.get(host_family(host))
 
-    def refresh(self, lifetime: float) -> None:
-        self._expiry.reset(lifetime)
+    def refresh(self, lifetime: float, family: int | None = None) -> None:
+        for f in [family] if family is not None else list(self._expiry):
+            self._expiry[f].reset(lifetime)
 
     def expires_in(self) -> float:
-        return self._expiry.getTime() - self._reactor.seconds()
+        return max(call.getTime() for call in self._expiry.values()) - self._reactor.seconds()
 
-    def _expired(self) -> None:
+    def _expired(self, family: int) -> None:
         self.log.info(
             "Allocation for {user} from {client} on relay {relay} expired",
             user=self.username,
             client=self.client_address,
-            relay=self.relay.address,
+            relay=self.relays[family].address,
         )
-        self._on_expire(self)
+        del self._expiry[family]
+        self.remove_family(family)
 
-    def close(self) -> object:
+    def remove_family(self, family: int) -> object:
         """
-        Cancel every timer and close the relay; returns what the relay's
-        close returns (a Deferred for a real port).
+        Delete one family's relay with its permissions and channels; when
+        none is left the whole allocation goes (C{on_empty}).
         """
-        if self.closed:
-            return None
-        self.closed = True
-        for call in itertools.chain(
-            [self._expiry],
-            self.permissions.values(),
-            self._channel_timers.values(),
-            (call for _, call in self._cooldown_channels.values()),
-        ):
-            if call.active():
-                call.cancel()
-        self.permissions.clear()
-        self.channels.clear()
-        self.peer_channels.clear()
-        self._channel_timers.clear()
-        self._cooldown_channels.clear()
-        self._cooldown_peers.clear()
-        self.relay.receiver = _discard
-        return self.relay.close()
+        relay = self.relays.pop(family)
+        call = self._expiry.pop(family, None)
+        if call is not None and call.active():
+            call.cancel()
+        for host in [h for h in self.permissions if host_family(h) == family]:
+            timer = self.permissions.pop(host)
+            if timer.active():
+                timer.cancel()
+        for channel in [
+            c for c, (peer, _) in self.channels.items() if host_family(peer[0]) == family
+        ]:
+            peer, _ = self.channels.pop(channel)
+            del self.peer_channels[peer]
+            self._channel_timers.pop(channel).cancel()
+        for channel in [
+            c for c, (peer, _) in self._cooldown_channels.items() if host_family(peer[0]) == family
+        ]:
+            peer, timer = self._cooldown_channels.pop(channel)
+            self._cooldown_peers.pop(peer, None)
+            timer.cancel()
+        relay.receiver = _discard
+        relay.icmp_receiver = _discard_icmp
+        closing = relay.close()
+        if not self.relays and not self.closed:
+            self.closed = True
+            self._on_empty(self)
+        return closing
+
+    def close(self) -> list[object]:
+        """
+        Delete every family; returns what each relay's close returned (a
+        Deferred for a real port).
+        """
+        return [self.remove_family(family) for family in list(self.relays)]
 
     # -- permissions -----------------------------------------------------------
 
@@ -155,7 +201,8 @@ class Allocation:
         a channel bound (or recently bound) to another peer, or the peer
         bound (or recently bound) to another channel.
         """
-        bound = self.channels.get(channel)
+        entry = self.channels.get(channel)
+        bound = entry[0] if entry is not None else None
         if bound is None and channel in self._cooldown_channels:
             bound = self._cooldown_channels[channel][0]
         if bound is not None and bound != peer:
@@ -163,7 +210,7 @@ class Allocation:
         other = self.peer_channels.get(peer, self._cooldown_peers.get(peer))
         return other is not None and other != channel
 
-    def bind_channel(self, channel: int, peer: Address) -> None:
+    def bind_channel(self, channel: int, peer: Address, relay: IRelay) -> None:
         """
         Bind or refresh C{channel} to C{peer} (600 s) and refresh the
         peer's permission, as a successful ChannelBind does.
@@ -176,7 +223,7 @@ class Allocation:
         if timer is not None and timer.active():
             timer.reset(CHANNEL_LIFETIME)
         else:
-            self.channels[channel] = peer
+            self.channels[channel] = (peer, relay)
             self.peer_channels[peer] = channel
             self._channel_timers[channel] = self._reactor.callLater(
                 CHANNEL_LIFETIME, self._channel_expired, channel
@@ -184,7 +231,7 @@ class Allocation:
         self.install_permission(peer[0])
 
     def _channel_expired(self, channel: int) -> None:
-        peer = self.channels.pop(channel)
+        peer, _ = self.channels.pop(channel)
         del self.peer_channels[peer]
         del self._channel_timers[channel]
         self._cooldown_peers[peer] = channel
@@ -197,6 +244,17 @@ class Allocation:
         peer, _ = self._cooldown_channels.pop(channel)
         self._cooldown_peers.pop(peer, None)
 
+    def timers(self) -> list[IDelayedCall]:
+        """
+        Every pending timer, for tests and accounting.
+        """
+        return [
+            *self._expiry.values(),
+            *self.permissions.values(),
+            *self._channel_timers.values(),
+            *(call for _, call in self._cooldown_channels.values()),
+        ]
+
     # -- the relay hot path ------------------------------------------------------
 
     def from_client_channel(self, channel: int, data: bytes, length: int) -> None:
@@ -204,19 +262,13 @@ class Allocation:
         ChannelData from the client: send its payload to the bound peer.
         Unbound channels are dropped, as RFC 8656 section 12.4 says.
         """
-        peer = self.channels.get(channel)
-        if peer is not None:
-            self.relay.send(data[4 : 4 + length], peer)
-
-    def send_to_peer(self, data: bytes, peer: Address) -> None:
-        """
-        A Send indication's DATA, already checked against the permissions.
-        """
-        self.relay.send(data, peer)
+        entry = self.channels.get(channel)
+        if entry is not None:
+            entry[1].send(data[4 : 4 + length], entry[0])
 
     def from_peer(self, data: bytes, peer: Address) -> None:
         """
-        A datagram a peer sent to the relay: dropped without a permission,
+        A datagram a peer sent to a relay: dropped without a permission,
         else ChannelData when a channel is bound to the peer, else a Data
         indication.
         """
@@ -225,15 +277,26 @@ class Allocation:
         channel = self.peer_channels.get(peer)
         if channel is not None:
             frame = CHANNEL_DATA_HEADER.pack(channel, len(data)) + data
-            if self.client.transport_name != "udp":
+            if self._pad:
                 frame += b"\x00" * padding(len(data))
             self._send_to_client(frame, self.client_address)
         else:
-            self._send_to_client(self.data_indication(data, peer), self.client_address)
+            self._send_to_client(self.data_indication(peer, Attr.DATA, data), self.client_address)
 
-    def data_indication(self, data: bytes, peer: Address) -> bytes:
+    def icmp_from_peer(self, peer: Address, icmp_type: int, icmp_code: int, info: int) -> None:
         """
-        Encode a Data indication carrying C{data} from C{peer}.
+        An ICMP error about a datagram we relayed to C{peer}: reported to
+        the client as a Data indication with an ICMP attribute (RFC 8656
+        section 11.5), if the peer has a permission.
+        """
+        if peer[0] in self.permissions:
+            value = pack_icmp((icmp_type, icmp_code, info))
+            self._send_to_client(self.data_indication(peer, Attr.ICMP, value), self.client_address)
+
+    def data_indication(self, peer: Address, attr_type: int, value: bytes) -> bytes:
+        """
+        Encode a Data indication from C{peer} carrying one more attribute
+        (DATA, or ICMP).
 
         The transaction id is a per-allocation random prefix and a counter:
         unique, as indications need, without a random draw per packet.
@@ -241,8 +304,8 @@ class Allocation:
         counter = next(_txid_counter) & 0xFFFFFFFF
         txid = self._txid_prefix + counter.to_bytes(4, "big")
         peer_value = pack_xor_address(peer, txid)
-        pad = padding(len(data))
-        body_length = 4 + len(peer_value) + 4 + len(data) + pad
+        pad = padding(len(value))
+        body_length = 4 + len(peer_value) + 4 + len(value) + pad
         return b"".join(
             (
                 _INDICATION_HEADER.pack(
@@ -254,8 +317,8 @@ class Allocation:
                 ),
                 _ATTR_HEADER.pack(Attr.XOR_PEER_ADDRESS, len(peer_value)),
                 peer_value,
-                _ATTR_HEADER.pack(Attr.DATA, len(data)),
-                data,
+                _ATTR_HEADER.pack(attr_type, len(value)),
+                value,
                 b"\x00" * pad,
             )
         )
@@ -263,5 +326,9 @@ class Allocation:
 
 def _discard(data: bytes, peer: Address) -> None:
     """
-    The receiver of a closed allocation's relay: drops what is still queued.
+    The receiver of a closed relay: drops what is still queued.
     """
+
+
+def _discard_icmp(peer: Address, icmp_type: int, icmp_code: int, info: int) -> None:
+    pass

@@ -16,6 +16,7 @@ from zope.interface import Attribute, Interface
 
 Address = tuple[str, int]
 PeerReceiver = Callable[[bytes, Address], None]
+IcmpReceiver = Callable[[Address, int, int, int], None]
 
 
 class IClientChannel(Interface):
@@ -40,8 +41,16 @@ class IRelay(Interface):
     """
 
     address = Attribute("The (host, port) the relay socket is bound to.")
+    advertised = Attribute(
+        "The (host, port) clients are told (XOR-RELAYED-ADDRESS): the bound"
+        " address, or its public side behind a 1:1 NAT (--external-ip)."
+    )
     receiver = Attribute(
         "A callable (data, peer_address) given every datagram from a peer; set by the core."
+    )
+    icmp_receiver = Attribute(
+        "A callable (peer_address, icmp_type, icmp_code, info) given every"
+        " ICMP error the OS reports for datagrams sent to peers; set by the core."
     )
 
     def send(data: bytes, address: Address) -> None:

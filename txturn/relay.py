@@ -6,8 +6,12 @@ range.
 A relay writes to peers with the socket's own C{sendto} rather than
 C{transport.write}: on the hot path that skips a layer of Python per
 datagram, and the errors C{write} would turn into exceptions or log lines
-(a full socket buffer, an ICMP port unreachable reported on the next send)
-are simply a lost datagram for a relay, which UDP allows.
+(a full socket buffer, an ICMP error reported on the next send) are simply
+a lost datagram for a relay, which UDP allows.
+
+ICMP errors for datagrams sent to peers are read from the socket's error
+queue (Linux C{IP_RECVERR}/C{IPV6_RECVERR}) by L{RelayPort} and handed to
+the allocation, which tells the client (RFC 8656 section 11.5).
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from __future__ import annotations
 import errno
 import random
 import socket
-from typing import Any, Iterable, Sequence
+import struct
+from typing import Any, Iterable, Mapping, Sequence
 
+from twisted.internet import udp
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorUDP
+from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.interfaces import Address, IRelay, IRelayAllocator, RelayUnavailable
@@ -30,18 +37,101 @@ from txturn.stun import FAMILY_IPV4, family_of
 #: must carry anything UDP can.
 MAX_DATAGRAM = 65535
 
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+_SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")
+_ORIGIN_ICMP, _ORIGIN_ICMP6 = 2, 3
+#: The ICMP types RFC 8656 section 11.5 relays: destination unreachable and
+#: time exceeded (v4); destination unreachable, packet too big and time
+#: exceeded (v6).
+_RELAYED_ICMP = {_ORIGIN_ICMP: {3, 11}, _ORIGIN_ICMP6: {1, 2, 3}}
+
 _LOST = (BlockingIOError, ConnectionRefusedError, InterruptedError)
+_QUIET_SEND_ERRORS = frozenset(
+    [
+        errno.EMSGSIZE,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EPERM,
+        errno.EACCES,
+        errno.EINVAL,
+        errno.ECONNREFUSED,
+    ]
+)
 
 
 def _discard(data: bytes, peer: Address) -> None:
     pass
 
 
+def _discard_icmp(peer: Address, icmp_type: int, icmp_code: int, info: int) -> None:
+    pass
+
+
+@implementer(IHalfCloseableDescriptor)
+class RelayPort(udp.Port):
+    """
+    A UDP port that reads ICMP errors from the socket's error queue.
+
+    With C{IP_RECVERR} set, a queued error wakes epoll with C{EPOLLERR},
+    which the reactor takes for a hang-up; declaring the port
+    half-closeable makes the reactor call L{readConnectionLost} instead of
+    closing it, and there we drain the queue and start reading again.  A
+    pending error also makes the next C{recvfrom} fail, which
+    L{doRead} treats the same way.
+    """
+
+    def _bindSocket(self) -> None:
+        super()._bindSocket()  # type: ignore[no-untyped-call]
+        level, option = (
+            (socket.IPPROTO_IPV6, IPV6_RECVERR)
+            if self.addressFamily == socket.AF_INET6
+            else (socket.IPPROTO_IP, IP_RECVERR)
+        )
+        try:
+            self.socket.setsockopt(level, option, 1)
+        except OSError:
+            pass  # not Linux: no ICMP reports, relaying is unaffected
+
+    def doRead(self) -> None:
+        try:
+            super().doRead()  # type: ignore[no-untyped-call]
+        except OSError:
+            self.drain_errors()
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        if not self.connected:
+            return
+        self.drain_errors()
+        self.reactor.addReader(self)
+
+    def writeConnectionLost(self, reason: Failure) -> None:
+        pass
+
+    def drain_errors(self) -> None:
+        """
+        Read every queued error; hand ICMP errors about peers to the relay.
+        """
+        while self.connected:
+            try:
+                _, ancillary, _, destination = self.socket.recvmsg(1, 1024, socket.MSG_ERRQUEUE)
+            except OSError:
+                return
+            for level, kind, data in ancillary:
+                if kind not in (IP_RECVERR, IPV6_RECVERR) or len(data) < _SOCK_EXTENDED_ERR.size:
+                    continue
+                _, origin, icmp_type, icmp_code, _, info, _ = _SOCK_EXTENDED_ERR.unpack_from(data)
+                if icmp_type in _RELAYED_ICMP.get(origin, ()) and destination:
+                    self.protocol.icmp_received(
+                        (destination[0], destination[1]), icmp_type, icmp_code, info
+                    )
+
+
 @implementer(IRelay)
 class UdpRelay(DatagramProtocol):
     """
-    One relay socket: datagrams from peers go to C{receiver}, C{send}
-    writes straight to the socket.
+    One relay socket: datagrams from peers go to C{receiver}, ICMP errors
+    to C{icmp_receiver}, and C{send} writes straight to the socket.
     """
 
     log = Logger()
@@ -49,17 +139,22 @@ class UdpRelay(DatagramProtocol):
     #: Twisted as well would only be noise.
     noisy = False
 
-    def __init__(self, allocator: "UdpRelayAllocator", host: str) -> None:
+    def __init__(self, allocator: "UdpRelayAllocator", host: str, public: str) -> None:
         self._allocator = allocator
         self._host = host
+        self._public = public
         self.address: Address = (host, 0)
+        self.advertised: Address = (public, 0)
         self.receiver = _discard
+        self.icmp_receiver = _discard_icmp
         self._sendto: Any = None
         self.dont_fragment = False
 
     def startProtocol(self) -> None:
         assert self.transport is not None
-        self.address = (self._host, self.transport.getHost().port)
+        port = self.transport.getHost().port
+        self.address = (self._host, port)
+        self.advertised = (self._public, port)
         sock = getattr(self.transport, "socket", None)
         self._sendto = sock.sendto if sock is not None else self._write
 
@@ -70,22 +165,18 @@ class UdpRelay(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         self.receiver(data, addr)
 
+    def icmp_received(self, peer: Address, icmp_type: int, icmp_code: int, info: int) -> None:
+        self.icmp_receiver(peer, icmp_type, icmp_code, info)
+
     def send(self, data: bytes, address: Address) -> None:
         try:
             self._sendto(data, address)
         except _LOST:
             pass
         except OSError as e:
-            # EMSGSIZE with DF set, EHOSTUNREACH, ENETUNREACH...: the
-            # datagram is lost, as it would be one hop later.
-            if e.errno not in (
-                errno.EMSGSIZE,
-                errno.EHOSTUNREACH,
-                errno.ENETUNREACH,
-                errno.EPERM,
-                errno.EACCES,
-                errno.EINVAL,
-            ):
+            # EMSGSIZE with DF set, unreachable networks...: the datagram is
+            # lost, as it would be one hop later.
+            if e.errno not in _QUIET_SEND_ERRORS:
                 self.log.failure("Relay send failed")
 
     def set_dont_fragment(self, enabled: bool) -> None:
@@ -101,6 +192,7 @@ class UdpRelay(DatagramProtocol):
 
     def close(self) -> object:
         self.receiver = _discard
+        self.icmp_receiver = _discard_icmp
         self._allocator.release(self.address)
         if self.transport is None:
             return None
@@ -115,17 +207,21 @@ class UdpRelayAllocator:
     Ports are tried at random (RFC 8656 asks for unpredictable relayed
     ports); the set of ports in use is kept so an exhausted range is
     known at once and answered 508 without a scan.
+
+    @param external: relay address -> the public address that a 1:1 NAT
+        maps it to, advertised to clients instead.
     """
 
     log = Logger()
 
     def __init__(
         self,
-        reactor: IReactorUDP,
+        reactor: Any,
         addresses: Sequence[str],
         min_port: int = 49152,
         max_port: int = 65535,
         attempts: int = 64,
+        external: Mapping[str, str] | None = None,
     ) -> None:
         self._reactor = reactor
         self._addresses: dict[int, list[str]] = {}
@@ -135,13 +231,14 @@ class UdpRelayAllocator:
         self.min_port = min_port
         self.max_port = max_port
         self._attempts = attempts
+        self._external = dict(external or {})
         self._in_use: dict[str, set[int]] = {h: set() for h in addresses}
         self._random = random.SystemRandom()
 
     def release(self, address: Address) -> None:
         self._in_use.get(address[0], set()).discard(address[1])
 
-    def _candidates(self, host: str, even: bool) -> Iterable[int]:
+    def _candidates(self, even: bool) -> Iterable[int]:
         size = self.max_port - self.min_port + 1
         for _ in range(self._attempts):
             port = self.min_port + self._random.randrange(size)
@@ -154,9 +251,12 @@ class UdpRelayAllocator:
     def _bind(self, host: str, port: int) -> UdpRelay | None:
         if port in self._in_use[host]:
             return None
-        relay = UdpRelay(self, host)
+        relay = UdpRelay(self, host, self._external.get(host, host))
+        listener = RelayPort(  # type: ignore[no-untyped-call]
+            port, relay, interface=host, maxPacketSize=MAX_DATAGRAM, reactor=self._reactor
+        )
         try:
-            self._reactor.listenUDP(port, relay, interface=host, maxPacketSize=MAX_DATAGRAM)
+            listener.startListening()  # type: ignore[no-untyped-call]
         except CannotListenError:
             return None
         self._in_use[host].add(port)
@@ -171,7 +271,7 @@ class UdpRelayAllocator:
             self.max_port - self.min_port + 1
         ):
             raise RelayUnavailable("relay port range exhausted")
-        for port in self._candidates(host, even or reserve_next):
+        for port in self._candidates(even or reserve_next):
             relay = self._bind(host, port)
             if relay is None:
                 continue

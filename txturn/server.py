@@ -35,6 +35,7 @@ from txturn.interfaces import (
 from txturn.policy import PeerPolicy
 from txturn.stun import (
     CHANNEL_DATA_HEADER,
+    ERROR_REASONS,
     FAMILY_IPV4,
     FAMILY_IPV6,
     Attr,
@@ -375,46 +376,65 @@ class TurnServer:
         token = request.get(Attr.RESERVATION_TOKEN)
         even = request.get(Attr.EVEN_PORT)
         family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
-        if token is not None and (even is not None or family is not None):
-            return fail(400, "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY")
+        additional = request.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        if token is not None and (even is not None or family is not None or additional is not None):
+            return fail(400, "RESERVATION-TOKEN with EVEN-PORT or an address family")
+        if family is not None and additional is not None:
+            return fail(400, "Both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY")
         if family is not None and family not in (FAMILY_IPV4, FAMILY_IPV6):
             return fail(440)
-        if family is None:
-            family = FAMILY_IPV4
-            if FAMILY_IPV4 not in self.relays.families:
-                family = family_of(address[0])
-        lifetime = self._lifetime(request)
-        if lifetime == 0:
-            # An Allocate asking for no lifetime at all gets the default.
-            lifetime = self.config.default_lifetime
+        if even and additional is not None:
+            return fail(400, "EVEN-PORT reservation with ADDITIONAL-ADDRESS-FAMILY")
+        if additional is not None and additional != FAMILY_IPV6:
+            return fail(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
+        lifetime = self._lifetime(request) or self.config.default_lifetime
+        relays: dict[int, IRelay] = {}
         reserved: IRelay | None = None
+        address_error: tuple[int, int] | None = None
         if token is not None:
             held = self._reservations.pop(token, None)
             if held is None:
                 return fail(508, "Unknown reservation token")
             relay, timer = held
             timer.cancel()
+            relays[family_of(relay.address[0])] = relay
+        elif additional is not None:
+            # A dual allocation: both families, or whichever can be had
+            # with ADDRESS-ERROR-CODE saying why the other could not.
+            unsupported = 0
+            for wanted in (FAMILY_IPV4, FAMILY_IPV6):
+                try:
+                    relays[wanted] = self.relays.open(
+                        wanted, even=even is not None, reserve_next=False
+                    )[0]
+                except RelayUnavailable as e:
+                    unsupported += e.family_unsupported
+                    address_error = (wanted, 440 if e.family_unsupported else 508)
+            if not relays:
+                return fail(440 if unsupported == 2 else 508)
         else:
+            if family is None:
+                family = FAMILY_IPV4
+                if FAMILY_IPV4 not in self.relays.families:
+                    family = family_of(address[0])
             try:
                 relay, reserved = self.relays.open(
                     family, even=even is not None, reserve_next=bool(even)
                 )
             except RelayUnavailable as e:
                 return fail(440 if e.family_unsupported else 508)
-        if request.has(Attr.DONT_FRAGMENT):
-            relay.set_dont_fragment(True)
-        allocation = Allocation(
-            self._reactor,
-            client,
-            address,
-            relay,
-            auth.username,
-            lifetime,
-            self._expire,
-        )
-        self.allocations[(client, address)] = allocation
+            relays[family] = relay
+        allocation = Allocation(self._reactor, client, address, auth.username, self._forget)
         response = response_to(request, Class.SUCCESS)
-        response.add(Attr.XOR_RELAYED_ADDRESS, relay.address)
+        for relay_family, relay in sorted(relays.items()):
+            if request.has(Attr.DONT_FRAGMENT):
+                relay.set_dont_fragment(True)
+            allocation.add_relay(relay_family, relay, lifetime)
+            response.add(Attr.XOR_RELAYED_ADDRESS, relay.advertised)
+        self.allocations[(client, address)] = allocation
+        if address_error is not None:
+            failed_family, code = address_error
+            response.add(Attr.ADDRESS_ERROR_CODE, (failed_family, code, ERROR_REASONS[code]))
         response.add(Attr.LIFETIME, int(lifetime))
         if reserved is not None:
             new_token = secrets.token_bytes(8)
@@ -427,10 +447,11 @@ class TurnServer:
         allocation.allocate_transaction = request.transaction_id
         allocation.allocate_response = self._reply(client, address, request, response, auth)
         self.log.info(
-            "Allocated {relay} for {user} from {client} for {lifetime:.0f}s",
-            relay=relay.address,
+            "Allocated {relays} for {user} from {client} over {transport} for {lifetime:.0f}s",
+            relays=", ".join(f"{r.address[0]}:{r.address[1]}" for r in relays.values()),
             user=auth.username,
             client=address,
+            transport=client.transport_name,
             lifetime=lifetime,
         )
 
@@ -438,11 +459,13 @@ class TurnServer:
         relay, _ = self._reservations.pop(token)
         relay.close()
 
-    def _expire(self, allocation: Allocation) -> None:
-        self._delete(allocation)
-
-    def _delete(self, allocation: Allocation) -> object:
+    def _forget(self, allocation: Allocation) -> None:
+        """
+        The allocation has no relay left (expired, or deleted by Refresh).
+        """
         self.allocations.pop((allocation.client, allocation.client_address), None)
+
+    def _delete(self, allocation: Allocation) -> list[object]:
         return allocation.close()
 
     def _refresh(self, client: IClientChannel, address: Address, request: Message) -> None:
@@ -451,19 +474,22 @@ class TurnServer:
             return
         auth, allocation = found
         family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
-        if family is not None and family != family_of(allocation.relay.address[0]):
+        if family is not None and family not in allocation.relays:
             self._reply(client, address, request, error_response(request, 443), auth)
             return
         lifetime = self._lifetime(request)
         if lifetime == 0:
-            self._delete(allocation)
+            if family is None:
+                self._delete(allocation)
+            else:
+                allocation.remove_family(family)
             self.log.info(
                 "Allocation for {user} from {client} deleted by Refresh",
                 user=auth.username,
                 client=address,
             )
         else:
-            allocation.refresh(lifetime)
+            allocation.refresh(lifetime, family)
         response = response_to(request, Class.SUCCESS)
         response.add(Attr.LIFETIME, int(lifetime))
         self._reply(client, address, request, response, auth)
@@ -472,7 +498,7 @@ class TurnServer:
         """
         The error code a peer address earns on any path, or C{None}.
         """
-        if family_of(peer[0]) != family_of(allocation.relay.address[0]):
+        if allocation.relay_for(peer[0]) is None:
             return 443
         if not self.policy.allows(peer[0]):
             return 403
@@ -524,7 +550,9 @@ class TurnServer:
             return fail(code)
         if allocation.channel_conflict(channel, peer):
             return fail(400, "Channel or peer already bound")
-        allocation.bind_channel(channel, peer)
+        relay = allocation.relay_for(peer[0])
+        assert relay is not None  # _peer_error checked the family
+        allocation.bind_channel(channel, peer, relay)
         self._reply(client, address, request, response_to(request, Class.SUCCESS), auth)
 
     def _send_indication(self, client: IClientChannel, address: Address, message: Message) -> None:
@@ -539,9 +567,10 @@ class TurnServer:
         data = message.get(Attr.DATA)
         if peer is None or data is None or peer[0] not in allocation.permissions:
             return
-        if not self.policy.allows(peer[0]):
+        relay = allocation.relay_for(peer[0])
+        if relay is None or not self.policy.allows(peer[0]):
             return
-        allocation.send_to_peer(data, peer)
+        relay.send(data, peer)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -557,7 +586,7 @@ class TurnServer:
         Delete every allocation and reservation, cancelling their timers;
         the Deferred fires when every relay port is closed.
         """
-        closing = [self._delete(a) for a in list(self.allocations.values())]
+        closing = [c for a in list(self.allocations.values()) for c in self._delete(a)]
         for relay, timer in self._reservations.values():
             timer.cancel()
             closing.append(relay.close())

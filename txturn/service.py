@@ -13,7 +13,7 @@ twistd can still bind port 3478 before dropping privileges.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from twisted.application import service
 from twisted.internet import defer
@@ -45,6 +45,8 @@ class TurnService(service.MultiService):
     @param credentials: an L{ICredentialSource}.
     @param listen: C{(host, port)} pairs to listen on.
     @param relay_addresses: the addresses relay sockets are opened on.
+    @param external_ips: relay address -> the public address a 1:1 NAT maps
+        it to, which clients are told instead (coturn's C{external-ip}).
     @param announce: C{(username, password)} to log once at startup with a
         ready-to-paste C{iceServers} snippet, for a server whose user was
         generated rather than configured.
@@ -64,12 +66,15 @@ class TurnService(service.MultiService):
         policy: PeerPolicy | None = None,
         config: ServerConfig | None = None,
         announce: tuple[str, str] | None = None,
+        external_ips: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._reactor = reactor
         self.listen = list(listen)
         self.relay_addresses = list(relay_addresses)
-        self.relays = UdpRelayAllocator(reactor, relay_addresses, min_port, max_port)
+        self.relays = UdpRelayAllocator(
+            reactor, relay_addresses, min_port, max_port, external=external_ips
+        )
         self.server = TurnServer(reactor, credentials, self.relays, policy, config)
         self._announce = announce
         self.ports: list[Any] = []

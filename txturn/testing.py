@@ -60,6 +60,10 @@ def _discard(data: bytes, peer: Address) -> None:
     pass
 
 
+def _discard_icmp(peer: Address, icmp_type: int, icmp_code: int, info: int) -> None:
+    pass
+
+
 @implementer(IRelay)
 class FakeRelay:
     """
@@ -69,7 +73,9 @@ class FakeRelay:
 
     def __init__(self, address: Address, allocator: "FakeRelayAllocator | None" = None) -> None:
         self.address = address
+        self.advertised = address
         self.receiver = _discard
+        self.icmp_receiver = _discard_icmp
         self.sent: list[tuple[bytes, Address]] = []
         self.dont_fragment = False
         self.closed = False
