@@ -39,7 +39,7 @@ class LibraryExampleTests(TestCase):
         turn = module.add_turn_server(reactor, parent, [("127.0.0.1", 0)], ["127.0.0.1"])
         self.assertIs(turn.parent, parent)
         parent.startService()
-        self.assertEqual(len(turn.ports), 1)
+        self.assertEqual([name for name, _ in turn.ports], ["udp", "tcp"])
         creds = turn.server.credentials
         self.assertEqual(
             creds.key_for("alice", "example.org", PasswordAlgorithm.MD5, 0),

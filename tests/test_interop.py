@@ -157,7 +157,7 @@ class InProcessServer:
             config=ServerConfig(realm="txturn"),
         )
         self.service.startService()
-        self.port = self.service.ports[0].getHost().port
+        self.port = self.service.port_of("udp")
 
     def stop(self) -> Any:
         return self.service.stopService()
@@ -261,7 +261,10 @@ class TwistdTests(TestCase):
         watcher = spawn(twistd_turn(port, "--allow-loopback-peers"), self)
         match = yield watcher.wait_for(rb"(\{\"iceServers\".*?\}\]\})")
         servers = json.loads(match.group(1))["iceServers"][0]
-        self.assertEqual(servers["urls"], [f"turn:127.0.0.1:{port}?transport=udp"])
+        self.assertEqual(
+            servers["urls"],
+            [f"turn:127.0.0.1:{port}?transport=udp", f"turn:127.0.0.1:{port}?transport=tcp"],
+        )
         result = yield run_aioice(self, port, servers["username"], servers["credential"], 20)
         self.assertEqual(result["received"], 20)
 

@@ -78,7 +78,7 @@ class ServiceTests(TestCase):
         self.service = make_service()
         self.service.startService()
         self.addCleanup(self.stop)
-        self.server_address = ("127.0.0.1", self.service.ports[0].getHost().port)
+        self.server_address = ("127.0.0.1", self.service.port_of("udp"))
         self.client_proto = Collector()
         self.client_port = reactor.listenUDP(0, self.client_proto, interface="127.0.0.1")
         self.addCleanup(self.client_port.stopListening)
@@ -211,7 +211,7 @@ class ExternalAddressTests(TestCase):
         port = reactor.listenUDP(0, proto, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         client = StunClient("alice", "secret")
-        server = ("127.0.0.1", service.ports[0].getHost().port)
+        server = ("127.0.0.1", service.port_of("udp"))
         for _ in range(2):
             port.write(client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]), server)
             raw, _ = yield proto.next()
@@ -241,13 +241,16 @@ class AnnounceTests(TestCase):
         self.addCleanup(service.stopService)
         [event] = [e for e in events if "snippet" in e]
         snippet = json.loads(event["snippet"])
-        port = service.ports[0].getHost().port
+        udp, tcp = service.port_of("udp"), service.port_of("tcp")
         self.assertEqual(
             snippet,
             {
                 "iceServers": [
                     {
-                        "urls": [f"turn:127.0.0.1:{port}?transport=udp"],
+                        "urls": [
+                            f"turn:127.0.0.1:{udp}?transport=udp",
+                            f"turn:127.0.0.1:{tcp}?transport=tcp",
+                        ],
                         "username": "turn-user",
                         "credential": "pw123",
                     }

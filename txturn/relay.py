@@ -31,11 +31,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.interfaces import Address, IRelay, IRelayAllocator, RelayUnavailable
+from txturn.sockets import MAX_DATAGRAM
 from txturn.stun import FAMILY_IPV4, family_of
-
-#: Twisted reads 8192 bytes per datagram unless told otherwise; a relay
-#: must carry anything UDP can.
-MAX_DATAGRAM = 65535
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)

@@ -4,33 +4,40 @@ L{TurnService}: the TURN server as a Twisted service, built from objects.
 
 This is the library entry point.  C{twistd turn} builds one from command
 line strings (L{txturn.tap}); a host application builds one from its own
-reactor, credential source and policy and adds it to its service tree.
-Listening sockets are bound in C{privilegedStartService}, so a bind
-failure stops startup instead of leaving a half-started server, and so
-twistd can still bind port 3478 before dropping privileges.
+reactor, credential source, TLS credentials and policy and adds it to its
+service tree.  Listening sockets are bound in C{privilegedStartService},
+all or none, so a bind failure stops startup instead of leaving a
+half-started server, and so twistd can still bind low ports before
+dropping privileges.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from txturn.auth import ICredentialSource
+from txturn.dtls import DtlsListener
 from txturn.policy import PeerPolicy
 from txturn.relay import UdpRelayAllocator
 from txturn.server import ServerConfig, TurnServer
-from txturn.udp import TurnDatagramProtocol, bind_udp
+from txturn.sockets import listen_tcp, listen_udp
+from txturn.stream import TurnStreamFactory
+from txturn.tls import TlsCredentials
+from txturn.udp import TurnDatagramProtocol
+
+ALL_TRANSPORTS = frozenset(["udp", "tcp", "tls", "dtls"])
 
 
-def ice_servers_snippet(hosts: Sequence[str], port: int, username: str, password: str) -> str:
+def ice_servers_snippet(urls: Sequence[str], username: str, password: str) -> str:
     """
     The C{RTCConfiguration.iceServers} JSON a WebRTC page pastes in.
     """
-    urls = [f"turn:{'[' + h + ']' if ':' in h else h}:{port}?transport=udp" for h in hosts]
     return json.dumps(
         {"iceServers": [{"urls": urls, "username": username, "credential": password}]}
     )
@@ -38,13 +45,16 @@ def ice_servers_snippet(hosts: Sequence[str], port: int, username: str, password
 
 class TurnService(service.MultiService):
     """
-    A TURN server listening on UDP.
+    A TURN server listening on UDP, TCP, TLS and DTLS.
 
     @param reactor: provides C{IReactorTime}, C{IReactorUDP} and
         C{IReactorSocket}; every timer and socket goes through it.
     @param credentials: an L{ICredentialSource}.
-    @param listen: C{(host, port)} pairs to listen on.
+    @param listen: C{(host, port)} pairs for UDP and TCP.
     @param relay_addresses: the addresses relay sockets are opened on.
+    @param tls: the certificate for TLS and DTLS, which listen on the same
+        hosts at C{tls_port}; without it neither is started.
+    @param transports: which of C{udp}, C{tcp}, C{tls}, C{dtls} to serve.
     @param external_ips: relay address -> the public address a 1:1 NAT maps
         it to, which clients are told instead (coturn's C{external-ip}).
     @param announce: C{(username, password)} to log once at startup with a
@@ -65,10 +75,16 @@ class TurnService(service.MultiService):
         max_port: int = 65535,
         policy: PeerPolicy | None = None,
         config: ServerConfig | None = None,
-        announce: tuple[str, str] | None = None,
+        tls: TlsCredentials | None = None,
+        tls_port: int = 5349,
+        transports: Collection[str] = ALL_TRANSPORTS,
         external_ips: Mapping[str, str] | None = None,
+        announce: tuple[str, str] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        unknown = set(transports) - ALL_TRANSPORTS
+        if unknown:
+            raise ValueError(f"unknown transports: {', '.join(sorted(unknown))}")
         self._reactor = reactor
         self.listen = list(listen)
         self.relay_addresses = list(relay_addresses)
@@ -76,8 +92,50 @@ class TurnService(service.MultiService):
             reactor, relay_addresses, min_port, max_port, external=external_ips
         )
         self.server = TurnServer(reactor, credentials, self.relays, policy, config)
+        self.tls = tls
+        self.tls_port = tls_port
+        self.transports = frozenset(transports)
         self._announce = announce
-        self.ports: list[Any] = []
+        #: (transport name, listening port) for every bound listener.
+        self.ports: list[tuple[str, Any]] = []
+        self._stream_factories: list[TurnStreamFactory] = []
+
+    def port_of(self, transport: str) -> int:
+        """
+        The port number the first listener of C{transport} is bound to
+        (useful when listening on port 0).
+        """
+        for name, port in self.ports:
+            if name == transport:
+                number: int = port.getHost().port
+                return number
+        raise KeyError(transport)
+
+    def _listeners(self) -> list[tuple[str, str, int, Any]]:
+        """
+        (transport, host, port, what to listen with) for every listener.
+        """
+        wanted: list[tuple[str, str, int, Any]] = []
+        server = self.server
+        for host, port in self.listen:
+            if "udp" in self.transports:
+                wanted.append(("udp", host, port, TurnDatagramProtocol(server)))
+            if "tcp" in self.transports:
+                factory = TurnStreamFactory(server, "tcp")
+                self._stream_factories.append(factory)
+                wanted.append(("tcp", host, port, factory))
+            if self.tls is None:
+                continue
+            if "tls" in self.transports:
+                factory = TurnStreamFactory(server, "tls")
+                self._stream_factories.append(factory)
+                tls_factory = TLSMemoryBIOFactory(self.tls.connection_creator(), False, factory)
+                tls_factory.noisy = False
+                wanted.append(("tls", host, self.tls_port, tls_factory))
+            if "dtls" in self.transports:
+                listener = DtlsListener(server, self.tls.dtls_context(), self._reactor)
+                wanted.append(("dtls", host, self.tls_port, listener))
+        return wanted
 
     def privilegedStartService(self) -> None:
         self._bind()
@@ -91,29 +149,35 @@ class TurnService(service.MultiService):
         if self.ports:
             return
         try:
-            for host, port in self.listen:
-                protocol = TurnDatagramProtocol(self.server)
+            for name, host, port, handler in self._listeners():
+                bind = listen_udp if name in ("udp", "dtls") else listen_tcp
                 try:
-                    self.ports.append(bind_udp(self._reactor, host, port, protocol))
+                    self.ports.append((name, bind(self._reactor, host, port, handler)))
                 except OSError as e:
                     raise RuntimeError(
-                        f"cannot listen on UDP {host} port {port}: {e.strerror}"
+                        f"cannot listen on {name.upper()} {host} port {port}: {e.strerror}"
                     ) from e
         except BaseException:
-            for bound in self.ports:
+            for _, bound in self.ports:
                 bound.stopListening()
             self.ports = []
+            self._stream_factories = []
             raise
 
     def startService(self) -> None:
         # twistd binds in privilegedStartService; "twist" calls only this.
         self._bind()
         super().startService()  # type: ignore[no-untyped-call]
-        for p in self.ports:
+        for name, p in self.ports:
             host = p.getHost()
             self.log.info(
-                "TURN listening on UDP {host} port {port}", host=host.host, port=host.port
+                "TURN listening on {transport} {host} port {port}",
+                transport=name.upper(),
+                host=host.host,
+                port=host.port,
             )
+        if self.tls is None and self.transports & {"tls", "dtls"}:
+            self.log.warn("No --cert given: TLS and DTLS listeners are not started")
         self.log.info(
             "Relaying on {addresses}, ports {min_port}-{max_port}",
             addresses=", ".join(self.relay_addresses),
@@ -121,30 +185,52 @@ class TurnService(service.MultiService):
             max_port=self.relays.max_port,
         )
         if self._announce is not None:
-            username, password = self._announce
-            port = self.ports[0].getHost().port if self.ports else 3478
-            # Clients reach the server where it listens; a wildcard listener
-            # is reached on the host's own addresses, which relays use too.
-            hosts = [h for h, _ in self.listen if h not in ("0.0.0.0", "::")]
-            self.log.warn(
-                "No credentials configured: generated user {username} with "
-                "password {password}. Use it in a WebRTC page as:\n{snippet}",
-                username=username,
-                password=password,
-                snippet=ice_servers_snippet(
-                    hosts or self.relay_addresses, port, username, password
-                ),
-            )
+            self._announce_user(*self._announce)
+
+    def ice_urls(self) -> list[str]:
+        """
+        C{turn:}/C{turns:} URLs for every listener a browser can use (all
+        but DTLS).  Clients reach the server where it listens; a wildcard
+        listener is reached on the host's own addresses, which relays use
+        too.
+        """
+        urls = []
+        for name, p in self.ports:
+            if name == "dtls":
+                continue
+            bound = p.getHost()
+            hosts = [bound.host]
+            if bound.host in ("0.0.0.0", "::"):
+                hosts = [h for h in self.relay_addresses if (":" in h) == (":" in bound.host)]
+            scheme = "turns" if name == "tls" else "turn"
+            transport = "udp" if name == "udp" else "tcp"
+            for host in hosts:
+                literal = f"[{host}]" if ":" in host else host
+                urls.append(f"{scheme}:{literal}:{bound.port}?transport={transport}")
+        return urls
+
+    def _announce_user(self, username: str, password: str) -> None:
+        self.log.warn(
+            "No credentials configured: generated user {username} with "
+            "password {password}. Use it in a WebRTC page as:\n{snippet}",
+            username=username,
+            password=password,
+            snippet=ice_servers_snippet(self.ice_urls(), username, password),
+        )
 
     def stopService(self) -> defer.Deferred[Any]:
         """
-        Delete every allocation (cancelling its timers) and close every
-        port; the Deferred fires once all of them are closed.
+        Delete every allocation (cancelling its timers), close every client
+        connection and listening port; the Deferred fires once every port
+        is closed.
         """
         parent_stopped = super().stopService()  # type: ignore[no-untyped-call]
         closing = [self.server.shutdown()]
-        closing += [defer.maybeDeferred(p.stopListening) for p in self.ports]
+        closing += [defer.maybeDeferred(p.stopListening) for _, p in self.ports]
+        for factory in self._stream_factories:
+            factory.disconnect_all()
         self.ports = []
+        self._stream_factories = []
         if isinstance(parent_stopped, defer.Deferred):
             closing.append(parent_stopped)
         return defer.gatherResults(closing, consumeErrors=True)

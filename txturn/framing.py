@@ -1,0 +1,62 @@
+# -*- test-case-name: tests.test_framing -*-
+"""
+Cutting STUN messages and ChannelData out of a TCP or TLS byte stream.
+
+On a stream, each message says its own length: STUN in its header (plus
+20), ChannelData in its length field (plus 4, padded to a multiple of 4).
+Anything else at a message boundary means the stream has lost its framing,
+and the only safe answer is to close that connection.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from txturn.stun import StunDecodeError, padding
+
+_LENGTH = struct.Struct("!H")
+
+
+class StreamFramer:
+    """
+    Buffers stream bytes and returns whole frames.
+
+    The buffer holds at most one incomplete frame, and a frame is at most
+    64 KiB plus its header, so a client cannot make it grow further.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """
+        Add C{data}; return every frame now complete, in order.
+
+        @raise StunDecodeError: if the bytes at a frame boundary are
+            neither STUN nor ChannelData.
+        """
+        buffer = self._buffer
+        buffer += data
+        frames = []
+        while len(buffer) >= 4:
+            first = buffer[0]
+            (length,) = _LENGTH.unpack_from(buffer, 2)
+            if first < 0x40:
+                if length % 4:
+                    raise StunDecodeError("STUN message length is not a multiple of 4")
+                size = 20 + length
+            elif first < 0x80:
+                size = 4 + length + padding(length)
+            else:
+                raise StunDecodeError(
+                    f"stream byte 0x{first:02x} starts neither STUN nor ChannelData"
+                )
+            if len(buffer) < size:
+                break
+            frames.append(bytes(buffer[:size]))
+            del buffer[:size]
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)

@@ -1,0 +1,67 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+Binding listening sockets ourselves and handing them to the reactor.
+
+Twisted's C{listenUDP}/C{listenTCP} cannot set socket options before
+binding, and an IPv6 wildcard socket is dual-stack by default on Linux:
+IPv4 clients would show up as C{::ffff:a.b.c.d} and an IPv4 socket on the
+same port could not be bound.  Binding IPv6 listeners C{IPV6_V6ONLY} beside
+IPv4 ones keeps every IPv4 client IPv4 everywhere (responses, policy,
+logs).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import DatagramProtocol
+
+#: Datagram size read from listeners and relays: anything UDP can carry
+#: (Twisted's default is 8192).
+MAX_DATAGRAM = 65535
+
+
+def bound_socket(host: str, port: int, kind: int) -> socket.socket:
+    """
+    A non-blocking socket of C{kind} bound to C{(host, port)}.
+
+    @raise OSError: if it cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def listen_udp(reactor: Any, host: str, port: int, protocol: DatagramProtocol) -> Any:
+    """
+    Bind a UDP listener and adopt it; returns the listening port.
+    """
+    sock = bound_socket(host, port, socket.SOCK_DGRAM)
+    try:
+        return reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol, MAX_DATAGRAM)
+    finally:
+        sock.close()  # the reactor holds its own duplicate
+
+
+def listen_tcp(reactor: Any, host: str, port: int, factory: IProtocolFactory) -> Any:
+    """
+    Bind a TCP listener and adopt it; returns the listening port.
+    """
+    sock = bound_socket(host, port, socket.SOCK_STREAM)
+    try:
+        sock.listen(128)
+        return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+    finally:
+        sock.close()

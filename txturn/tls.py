@@ -1,0 +1,133 @@
+# -*- test-case-name: tests.test_tls -*-
+"""
+The server's certificate, loaded once and used for TLS (TURN over TLS,
+C{turns:}) and DTLS alike.
+
+The contexts are built with pyOpenSSL directly: TLS 1.2 and 1.3 only
+(DTLS 1.2), forward-secret AEAD ciphers only, no compression or
+renegotiation, and ALPN C{stun.turn} (RFC 7443) chosen when the client
+offers it.  A client that offers only other protocols still connects:
+ALPN is advisory for TURN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
+
+ALPN = b"stun.turn"
+#: OpenSSL's DTLS1_2_VERSION, which pyOpenSSL does not export.
+DTLS1_2_VERSION = 0xFEFD
+#: TLS 1.2 suites; TLS 1.3 suites are all AEAD and stay at OpenSSL's default.
+CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!SHA1"
+
+
+class TlsConfigurationError(ValueError):
+    """
+    A certificate, key or chain that cannot be used; the message names the
+    file and what is wrong with it.
+    """
+
+
+def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
+    return ALPN if ALPN in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+class TlsCredentials:
+    """
+    Certificate chain and key files, checked at construction.
+
+    @param certificate: PEM file with the server certificate, optionally
+        followed by its chain.
+    @param key: PEM file with the private key.
+    @param chain: optional PEM file of further chain certificates to send
+        (C{--ca-file}).
+    """
+
+    def __init__(self, certificate: str, key: str, chain: str | None = None) -> None:
+        self.certificate = certificate
+        self.key = key
+        self.chain = chain
+        # Build one of each now, so a bad file stops startup here.
+        self.tls_context()
+        self.dtls_context()
+
+    def _configure(self, context: SSL.Context) -> SSL.Context:
+        try:
+            context.use_certificate_chain_file(self.certificate)
+        except SSL.Error as e:
+            raise TlsConfigurationError(
+                f"cannot load certificate {self.certificate}: {_reason(e)}"
+            ) from None
+        try:
+            context.use_privatekey_file(self.key)
+        except SSL.Error as e:
+            raise TlsConfigurationError(f"cannot load key {self.key}: {_reason(e)}") from None
+        try:
+            context.check_privatekey()
+        except SSL.Error:
+            raise TlsConfigurationError(
+                f"key {self.key} does not match certificate {self.certificate}"
+            ) from None
+        if self.chain is not None:
+            try:
+                with open(self.chain, "rb") as f:
+                    pem = f.read()
+            except OSError as e:
+                raise TlsConfigurationError(
+                    f"cannot read --ca-file {self.chain}: {e.strerror}"
+                ) from None
+            try:
+                chain = x509.load_pem_x509_certificates(pem)
+            except ValueError:
+                raise TlsConfigurationError(
+                    f"--ca-file {self.chain} holds no PEM certificate"
+                ) from None
+            for cert in chain:
+                context.add_extra_chain_cert(crypto.X509.from_cryptography(cert))
+        context.set_options(
+            SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
+        )
+        context.set_cipher_list(CIPHERS)
+        return context
+
+    def tls_context(self) -> SSL.Context:
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.set_alpn_select_callback(_select_alpn)
+        return self._configure(context)
+
+    def dtls_context(self) -> SSL.Context:
+        context = SSL.Context(SSL.DTLS_SERVER_METHOD)
+        context.set_min_proto_version(DTLS1_2_VERSION)
+        return self._configure(context)
+
+    def connection_creator(self) -> "ServerConnectionCreator":
+        return ServerConnectionCreator(self.tls_context())
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerConnectionCreator:
+    """
+    What Twisted's TLS layer asks for a connection per accepted socket.
+    """
+
+    def __init__(self, context: SSL.Context) -> None:
+        self.context = context
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self.context, None)
+
+
+def _reason(error: SSL.Error) -> str:
+    """
+    The most useful words of an OpenSSL error stack.
+    """
+    try:
+        return str(error.args[0][0][2])
+    except (IndexError, TypeError):
+        return str(error)
