@@ -68,6 +68,9 @@ class DtlsSession:
                 self.log.info(
                     "DTLS handshake from {client} failed: {error}", client=self.address, error=e
                 )
+                # Send the alert OpenSSL wrote (protocol_version, say), so
+                # the client gives up at once instead of retransmitting.
+                self._flush()
                 self.close()
                 return
             self._established()

@@ -377,6 +377,11 @@ class TurnServer:
         even = request.get(Attr.EVEN_PORT)
         family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
         additional = request.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        error_attr = Attr.ADDRESS_ERROR_CODE
+        if additional is None:
+            # coturn's clients speak the draft codepoints; answer in kind.
+            additional = request.get(Attr.LEGACY_ADDITIONAL_ADDRESS_FAMILY)
+            error_attr = Attr.LEGACY_ADDRESS_ERROR_CODE
         if token is not None and (even is not None or family is not None or additional is not None):
             return fail(400, "RESERVATION-TOKEN with EVEN-PORT or an address family")
         if family is not None and additional is not None:
@@ -434,7 +439,7 @@ class TurnServer:
         self.allocations[(client, address)] = allocation
         if address_error is not None:
             failed_family, code = address_error
-            response.add(Attr.ADDRESS_ERROR_CODE, (failed_family, code, ERROR_REASONS[code]))
+            response.add(error_attr, (failed_family, code, ERROR_REASONS[code]))
         response.add(Attr.LIFETIME, int(lifetime))
         if reserved is not None:
             new_token = secrets.token_bytes(8)

@@ -111,6 +111,10 @@ class Attr(enum.IntEnum):
     FINGERPRINT = 0x8028
     RESPONSE_ORIGIN = 0x802B
     OTHER_ADDRESS = 0x802C
+    #: The draft codepoints coturn still uses for dual allocation
+    #: (turnutils_uclient -Z sends these); accepted as aliases.
+    LEGACY_ADDITIONAL_ADDRESS_FAMILY = 0x8032
+    LEGACY_ADDRESS_ERROR_CODE = 0x8033
 
 
 class PasswordAlgorithm(enum.IntEnum):
@@ -457,6 +461,14 @@ def _table() -> dict[int, AttributeCodec]:
         ),
         (
             Attr.ADDRESS_ERROR_CODE,
+            (pack_address_error_code, unpack_address_error_code),
+        ),
+        (
+            Attr.LEGACY_ADDITIONAL_ADDRESS_FAMILY,
+            _uint_codec("ADDITIONAL-ADDRESS-FAMILY", 1, 3),
+        ),
+        (
+            Attr.LEGACY_ADDRESS_ERROR_CODE,
             (pack_address_error_code, unpack_address_error_code),
         ),
         (

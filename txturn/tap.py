@@ -22,12 +22,17 @@ from txturn.auth import (
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
 from txturn.service import TurnService
+from txturn.tls import TlsConfigurationError, TlsCredentials
 
 #: Option groups for --help, in the order a reader of coturn's man page
 #: expects them.
 _GROUPS: list[tuple[str, list[str]]] = [
-    ("Listening", ["port", "listen"]),
-    ("Relays", ["relay-ip", "min-port", "max-port", "max-allocate-lifetime"]),
+    ("Listening", ["port", "tls-port", "listen", "no-udp", "no-tcp", "no-tls", "no-dtls"]),
+    ("TLS and DTLS", ["cert", "key", "ca-file"]),
+    (
+        "Relays",
+        ["relay-ip", "external-ip", "min-port", "max-port", "max-allocate-lifetime"],
+    ),
     (
         "Authentication",
         ["realm", "user", "user-db", "static-auth-secret", "stale-nonce"],
@@ -58,13 +63,17 @@ def _address(value: str, name: str) -> str:
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
-        "Runs a TURN/STUN server (RFC 8656, RFC 8489) on UDP. With no "
+        "Runs a TURN/STUN server (RFC 8656, RFC 8489) on UDP, TCP, TLS and DTLS. With no "
         "credential options it generates one user and logs it with a "
         "ready-to-paste WebRTC iceServers snippet; it never relays anonymously."
     )
 
     optParameters: list[list[Any]] = [
-        ["port", "p", "3478", "UDP port to listen on for STUN and TURN."],
+        ["port", "p", "3478", "UDP and TCP port for STUN and TURN."],
+        ["tls-port", None, "5349", "TLS and DTLS port (443 works too)."],
+        ["cert", None, None, "PEM certificate (and chain) for TLS and DTLS."],
+        ["key", None, None, "PEM private key [default: the --cert file]."],
+        ["ca-file", None, None, "PEM file of further chain certificates to send."],
         ["min-port", None, "49152", "Lowest relay port."],
         ["max-port", None, "65535", "Highest relay port."],
         ["realm", "r", "txturn", "Realm for long-term credentials."],
@@ -82,6 +91,10 @@ class Options(usage.Options):
     optFlags: list[list[Any]] = [
         ["allow-loopback-peers", None, "Let relays reach loopback peers (testing)."],
         ["no-software", None, "Send no SOFTWARE attribute."],
+        ["no-udp", None, "Do not serve TURN over UDP."],
+        ["no-tcp", None, "Do not serve TURN over TCP."],
+        ["no-tls", None, "Do not serve TURN over TLS."],
+        ["no-dtls", None, "Do not serve TURN over DTLS."],
     ]
 
     def __init__(self) -> None:
@@ -89,6 +102,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["relay-ip"] = []
         self["user"] = []
+        self["external-ip"] = []
 
     def opt_listen(self, value: str) -> None:
         """
@@ -111,6 +125,16 @@ class Options(usage.Options):
             raise usage.UsageError(f"--user must be NAME:PASSWORD, not {value!r}")
         self["user"].append((name, password))
 
+    def opt_external_ip(self, value: str) -> None:
+        """
+        PUBLIC[/PRIVATE]: advertise PUBLIC for the relay address PRIVATE
+        behind a 1:1 NAT (repeatable, one per relay address).
+        """
+        public, _, private = value.partition("/")
+        self["external-ip"].append(
+            (_address(public, "external-ip"), _address(private, "external-ip") if private else None)
+        )
+
     opt_L = opt_listen
     opt_u = opt_user
 
@@ -126,6 +150,7 @@ class Options(usage.Options):
         docs["listen"] = ("L", "listen=ADDR", self.opt_listen.__doc__)
         docs["relay-ip"] = (None, "relay-ip=ADDR", self.opt_relay_ip.__doc__)
         docs["user"] = ("u", "user=NAME:PASSWORD", self.opt_user.__doc__)
+        docs["external-ip"] = (None, "external-ip=PUB[/PRIV]", self.opt_external_ip.__doc__)
         docs["help"] = (None, "help", "Show this help and exit.")
         lines = [f"Usage: twistd [twistd options] turn {self.synopsis}", "", self.longdesc, ""]
         for title, names in _GROUPS:
@@ -141,6 +166,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["port"] = _port(self["port"], "port")
+        self["tls-port"] = _port(self["tls-port"], "tls-port")
         self["min-port"] = _port(self["min-port"], "min-port")
         self["max-port"] = _port(self["max-port"], "max-port")
         if not 0 < self["min-port"] <= self["max-port"]:
@@ -170,6 +196,43 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--user-db {self['user-db']}: {e}") from e
         if self["no-software"]:
             self["software"] = None
+        self["transports"] = {t for t in ("udp", "tcp", "tls", "dtls") if not self[f"no-{t}"]}
+        if not self["transports"]:
+            raise usage.UsageError(
+                "--no-udp, --no-tcp, --no-tls and --no-dtls leave nothing to serve"
+            )
+        if self["key"] is not None and self["cert"] is None:
+            raise usage.UsageError("--key needs --cert")
+        if self["cert"] is not None:
+            try:
+                TlsCredentials(self["cert"], self["key"] or self["cert"], self["ca-file"])
+            except TlsConfigurationError as e:
+                raise usage.UsageError(str(e)) from None
+        if not self["relay-ip"]:
+            self["relay-ip"] = default_relay_addresses(self["listen"])
+        self["external-map"] = self._external_map()
+
+    def _external_map(self) -> dict[str, str]:
+        """
+        --external-ip pairs as relay address -> public address.  A PUBLIC
+        without PRIVATE stands for the only relay address of its family.
+        """
+        mapping: dict[str, str] = {}
+        for public, private in self["external-ip"]:
+            if private is None:
+                same = [r for r in self["relay-ip"] if (":" in r) == (":" in public)]
+                if len(same) != 1:
+                    raise usage.UsageError(
+                        f"--external-ip {public} without /PRIVATE needs exactly one relay "
+                        "address of its family; name the private one"
+                    )
+                private = same[0]
+            if private not in self["relay-ip"]:
+                raise usage.UsageError(f"--external-ip: {private} is not a relay address")
+            if private in mapping:
+                raise usage.UsageError(f"--external-ip: {private} is mapped twice")
+            mapping[private] = public
+        return mapping
 
 
 def makeService(options: Options, reactor: Any = None) -> TurnService:
@@ -193,12 +256,14 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
         generated, username, password = StaticCredentials.generate(realm)
         sources.append(generated)
         announce = (username, password)
-    relays = options["relay-ip"] or default_relay_addresses(options["listen"])
+    tls = None
+    if options["cert"] is not None:
+        tls = TlsCredentials(options["cert"], options["key"] or options["cert"], options["ca-file"])
     return TurnService(
         reactor,
         CredentialChain(sources),
         [(host, options["port"]) for host in options["listen"]],
-        relays,
+        options["relay-ip"],
         min_port=options["min-port"],
         max_port=options["max-port"],
         policy=PeerPolicy(allow_loopback=options["allow-loopback-peers"]),
@@ -209,4 +274,8 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
             nonce_lifetime=options["stale-nonce"],
         ),
         announce=announce,
+        tls=tls,
+        tls_port=options["tls-port"],
+        transports=options["transports"],
+        external_ips=options["external-map"],
     )

@@ -56,7 +56,7 @@ class TlsCredentials:
         self.tls_context()
         self.dtls_context()
 
-    def _configure(self, context: SSL.Context) -> SSL.Context:
+    def _configure(self, context: SSL.Context, renegotiation: bool = False) -> SSL.Context:
         try:
             context.use_certificate_chain_file(self.certificate)
         except SSL.Error as e:
@@ -89,9 +89,10 @@ class TlsCredentials:
                 ) from None
             for cert in chain:
                 context.add_extra_chain_cert(crypto.X509.from_cryptography(cert))
-        context.set_options(
-            SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
-        )
+        options = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
+        if not renegotiation:
+            options |= SSL.OP_NO_RENEGOTIATION
+        context.set_options(options)
         context.set_cipher_list(CIPHERS)
         return context
 
@@ -104,7 +105,9 @@ class TlsCredentials:
     def dtls_context(self) -> SSL.Context:
         context = SSL.Context(SSL.DTLS_SERVER_METHOD)
         context.set_min_proto_version(DTLS1_2_VERSION)
-        return self._configure(context)
+        # coturn's DTLS client renegotiates (securely, RFC 5746) early in
+        # every session; refusing that would refuse the client.
+        return self._configure(context, renegotiation=True)
 
     def connection_creator(self) -> "ServerConnectionCreator":
         return ServerConnectionCreator(self.tls_context())
