@@ -129,7 +129,11 @@ class TurnService(service.MultiService):
             if "tls" in self.transports:
                 factory = TurnStreamFactory(server, "tls")
                 self._stream_factories.append(factory)
-                tls_factory = TLSMemoryBIOFactory(self.tls.connection_creator(), False, factory)
+                # The TLS layer batches small writes until the next turn of
+                # its clock: that must be our reactor, not the global one.
+                tls_factory = TLSMemoryBIOFactory(
+                    self.tls.connection_creator(), False, factory, clock=self._reactor
+                )
                 tls_factory.noisy = False
                 wanted.append(("tls", host, self.tls_port, tls_factory))
             if "dtls" in self.transports:
