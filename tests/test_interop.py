@@ -15,12 +15,14 @@ import re
 import shutil
 import socket
 import sys
-from typing import Any
+import tempfile
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -29,6 +31,8 @@ from txturn.auth import StaticCredentials
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
 from txturn.service import TurnService
+from txturn.testing import self_signed_certificate
+from txturn.tls import TlsCredentials
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -126,7 +130,9 @@ def twistd_turn(port: int, *options: str) -> list[str]:
 
 
 @defer.inlineCallbacks
-def run_aioice(test: TestCase, port: int, username: str, password: str, count: int) -> Any:
+def run_aioice(
+    test: TestCase, port: int, username: str, password: str, count: int, *extra: str
+) -> Any:
     """
     Relay C{count} datagrams with aioice's TURN client to an echo peer;
     returns the client script's JSON result.
@@ -134,7 +140,7 @@ def run_aioice(test: TestCase, port: int, username: str, password: str, count: i
     script = os.path.join(HERE, "clients", "aioice_echo.py")
     out, err, code = yield getProcessOutputAndValue(
         sys.executable,
-        [script, "127.0.0.1", str(port), username, password, str(count)],
+        [script, "127.0.0.1", str(port), username, password, str(count), *extra],
         env=os.environ.copy(),
         path=ROOT,
     )
@@ -144,28 +150,35 @@ def run_aioice(test: TestCase, port: int, username: str, password: str, count: i
 
 class InProcessServer:
     """
-    A TurnService on the test's reactor, on a free loopback port.
+    A TurnService on the test's reactor on 127.0.0.1 and ::1, every
+    transport on free ports, relaying on both families, with a
+    self-signed certificate for TLS and DTLS.
     """
 
     def start(self) -> None:
+        self.directory = tempfile.mkdtemp()
+        self.cert, key = self_signed_certificate(self.directory)
         self.service = TurnService(
             reactor,
             StaticCredentials("txturn", {"test": "secret"}),
-            [("127.0.0.1", 0)],
-            ["127.0.0.1"],
+            [("127.0.0.1", 0), ("::1", 0)],
+            ["127.0.0.1", "::1"],
             policy=PeerPolicy(allow_loopback=True),
             config=ServerConfig(realm="txturn"),
+            tls=TlsCredentials(self.cert, key),
+            tls_port=0,
         )
         self.service.startService()
         self.port = self.service.port_of("udp")
 
     def stop(self) -> Any:
+        shutil.rmtree(self.directory, ignore_errors=True)
         return self.service.stopService()
 
 
 class AioiceTests(TestCase):
     """
-    aioice's TURN client relays through the server.
+    aioice's TURN client relays through the server over UDP, TCP and TLS.
     """
 
     def setUp(self) -> None:
@@ -174,21 +187,40 @@ class AioiceTests(TestCase):
         self.addCleanup(self.server.stop)
 
     @defer.inlineCallbacks
+    def echo(self, transport: str, *extra: str) -> Any:
+        port = self.server.service.port_of(transport)
+        result = yield run_aioice(self, port, "test", "secret", 100, *extra)
+        self.assertEqual(result["received"], 100, result)
+        self.assertTrue(result["intact"])
+        self.assertEqual(result["relayed"][0], "127.0.0.1")
+        return result
+
+    @defer.inlineCallbacks
     def test_udp_echo(self) -> Any:
         """
         100 datagrams sent through aioice's relay to an echo peer all come
         back intact, and the allocation is deleted when aioice closes.
         """
-        result = yield run_aioice(self, self.server.port, "test", "secret", 100)
-        self.assertEqual(result["received"], 100, result)
-        self.assertTrue(result["intact"])
-        self.assertEqual(result["relayed"][0], "127.0.0.1")
+        yield self.echo("udp")
         self.assertEqual(self.server.service.server.allocations, {})
+
+    def test_tcp_echo(self) -> Any:
+        """
+        The same over TURN/TCP.
+        """
+        return self.echo("tcp", "tcp")
+
+    def test_tls_echo(self) -> Any:
+        """
+        The same over TURN/TLS, aioice verifying our certificate.
+        """
+        return self.echo("tls", "tcp", self.server.cert)
 
 
 class UclientTests(TestCase):
     """
-    coturn's turnutils_uclient relays through the server to turnutils_peer.
+    coturn's turnutils_uclient relays through the server to turnutils_peer
+    over every client transport and both relay families.
     """
 
     def setUp(self) -> None:
@@ -198,52 +230,114 @@ class UclientTests(TestCase):
         self.server.start()
         self.addCleanup(self.server.stop)
         self.peer_port = free_udp_port()
-        spawn([peer, "-L", "127.0.0.1", "-p", str(self.peer_port)], self)
+        for host in ["127.0.0.1", "::1"]:
+            spawn([peer, "-L", host, "-p", str(self.peer_port)], self)
 
     @defer.inlineCallbacks
-    def run_uclient(self, *extra: str) -> Any:
+    def run_uclient(
+        self,
+        *flags: str,
+        transport: str = "udp",
+        peer: str = "127.0.0.1",
+        server: str = "127.0.0.1",
+        messages: int = 50,
+        clients: int = 5,
+    ) -> Any:
+        port = self.server.service.port_of(transport, server)
         out, err, code = yield getProcessOutputAndValue(
             self.uclient,
             [
-                *extra,
+                *flags,
                 "-u",
                 "test",
                 "-w",
                 "secret",
                 "-e",
-                "127.0.0.1",
+                peer,
                 "-r",
                 str(self.peer_port),
                 "-p",
-                str(self.server.port),
+                str(port),
                 "-n",
-                "50",
+                str(messages),
                 "-m",
-                "5",
+                str(clients),
                 "-l",
                 "120",
-                "127.0.0.1",
+                server,
             ],
             env=os.environ.copy(),
         )
         output = out.decode(errors="replace") + err.decode(errors="replace")
         sent, received, lost = uclient_totals(output)
-        self.assertGreaterEqual(sent, 250, output[-2000:])  # 50 per client, 5+ clients
+        self.assertGreaterEqual(sent, messages * clients, output[-2000:])
         self.assertEqual(received, sent, output[-2000:])
         self.assertEqual(lost, 0)
         self.assertNotIn("error 4", output)
+        return output
 
     def test_channels(self) -> Any:
         """
-        With channels (the default): every message echoed, 0 lost.
+        UDP with channels (the default): every message echoed, 0 lost.
         """
         return self.run_uclient()
 
     def test_send_indications(self) -> Any:
         """
-        With -s (Send and Data indications): every message echoed, 0 lost.
+        UDP with -s (Send and Data indications): every message echoed, 0 lost.
         """
         return self.run_uclient("-s")
+
+    def test_tcp(self) -> Any:
+        """
+        TURN over TCP (-t).
+        """
+        return self.run_uclient("-t", transport="tcp", clients=2, messages=20)
+
+    def test_tls(self) -> Any:
+        """
+        TURN over TLS (-S -t).
+        """
+        return self.run_uclient("-S", "-t", transport="tls", clients=2, messages=20)
+
+    @defer.inlineCallbacks
+    def test_dtls(self) -> Any:
+        """
+        TURN over DTLS (-S).  uclient opens half its sessions with DTLS
+        1.0, which we refuse with an alert; it retries with 1.2 at once.
+        """
+        output = yield self.run_uclient("-S", transport="dtls", clients=2, messages=20)
+        self.assertIn("method=DTLSv1.2", output)
+
+    def test_ipv6_relay(self) -> Any:
+        """
+        An IPv6 relay (-x) to an IPv6 peer, the client on IPv4.
+        """
+        return self.run_uclient("-x", peer="::1", clients=2, messages=20)
+
+    def test_ipv6_client(self) -> Any:
+        """
+        Everything over IPv6: client, server and peer on ::1, over TCP.
+        """
+        return self.run_uclient(
+            "-t", "-x", transport="tcp", peer="::1", server="::1", clients=2, messages=20
+        )
+
+    @defer.inlineCallbacks
+    def test_dual_allocation(self) -> Any:
+        """
+        Dual allocation (-Z): every allocation gets both relays (uclient
+        later deletes one family of some with a Refresh, which is allowed).
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        yield self.run_uclient("-Z", clients=2, messages=20)
+        allocated = [e["relays"] for e in events if "relays" in e]
+        self.assertTrue(allocated)
+        for relays in allocated:
+            self.assertEqual(len(relays.split(", ")), 2, relays)
 
 
 class TwistdTests(TestCase):

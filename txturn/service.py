@@ -100,14 +100,15 @@ class TurnService(service.MultiService):
         self.ports: list[tuple[str, Any]] = []
         self._stream_factories: list[TurnStreamFactory] = []
 
-    def port_of(self, transport: str) -> int:
+    def port_of(self, transport: str, host: str | None = None) -> int:
         """
-        The port number the first listener of C{transport} is bound to
-        (useful when listening on port 0).
+        The port number the first listener of C{transport} (on C{host}, if
+        given) is bound to: useful when listening on port 0.
         """
         for name, port in self.ports:
-            if name == transport:
-                number: int = port.getHost().port
+            bound = port.getHost()
+            if name == transport and host in (None, bound.host):
+                number: int = bound.port
                 return number
         raise KeyError(transport)
 
