@@ -1,5 +1,6 @@
 """
-A browser's relay-only WebRTC call through the server: headless Chromium
+A browser's relay-only WebRTC call through the server, over UDP, TCP and
+TLS: headless Chromium
 (Debian's package, which .ci/run installs) opens two peer connections with
 C{iceTransportPolicy: "relay"} and sends data-channel messages between
 them, which can only flow through two TURN allocations on our server.
@@ -73,20 +74,14 @@ class BrowserTests(TestCase):
         self.addCleanup(shutil.rmtree, self.profile, True)
 
     @defer.inlineCallbacks
-    def test_relay_only_call(self) -> Any:
+    def call(self, url: str) -> Any:
         """
-        Both peer connections gather only relay candidates on 127.0.0.1,
-        connect relay to relay, and all 50 messages arrive.
+        Run the page against C{url}: both peer connections gather only relay
+        candidates on 127.0.0.1, connect relay to relay, and all 50
+        messages arrive.
         """
-        query = urlencode(
-            {
-                "turn": f"turn:127.0.0.1:{self.turn.port}?transport=udp",
-                "user": "test",
-                "pass": "secret",
-                "count": "50",
-            }
-        )
-        url = f"http://127.0.0.1:{self.web.getHost().port}/?{query}"
+        query = urlencode({"turn": url, "user": "test", "pass": "secret", "count": "50"})
+        page = f"http://127.0.0.1:{self.web.getHost().port}/?{query}"
         spawn(
             [
                 self.chromium,
@@ -99,8 +94,11 @@ class BrowserTests(TestCase):
                 "--disable-component-update",
                 "--disable-sync",
                 "--disable-extensions",
+                # The test certificate is self-signed, and Chromium checks
+                # TURN/TLS certificates like any other.
+                "--ignore-certificate-errors",
                 f"--user-data-dir={self.profile}",
-                url,
+                page,
             ],
             self,
         )
@@ -113,3 +111,29 @@ class BrowserTests(TestCase):
             self.assertIn("typ relay", candidate)
             self.assertIn("127.0.0.1", candidate)
         self.assertEqual(len(self.turn.service.server.allocations), 2)
+        return result
+
+    def test_udp(self) -> Any:
+        """
+        A relay-only call through turn: over UDP.
+        """
+        return self.call(f"turn:127.0.0.1:{self.turn.service.port_of('udp')}?transport=udp")
+
+    @defer.inlineCallbacks
+    def test_tcp(self) -> Any:
+        """
+        A relay-only call through turn: over TCP; both allocations are on
+        TCP connections.
+        """
+        yield self.call(f"turn:127.0.0.1:{self.turn.service.port_of('tcp')}?transport=tcp")
+        for channel, _ in self.turn.service.server.allocations:
+            self.assertEqual(channel.transport_name, "tcp")
+
+    @defer.inlineCallbacks
+    def test_tls(self) -> Any:
+        """
+        A relay-only call through turns: (TURN over TLS).
+        """
+        yield self.call(f"turns:127.0.0.1:{self.turn.service.port_of('tls')}?transport=tcp")
+        for channel, _ in self.turn.service.server.allocations:
+            self.assertEqual(channel.transport_name, "tls")
