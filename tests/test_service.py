@@ -193,6 +193,41 @@ class ServiceTests(TestCase):
         self.assertFalse(other.running)
 
 
+class DualStackTests(TestCase):
+    """
+    IPv4 and IPv6 listeners share a port, and IPv4 clients stay IPv4.
+    """
+
+    @defer.inlineCallbacks
+    def test_wildcards(self) -> Any:
+        """
+        With listeners on 0.0.0.0 and :: on one port (UDP and TCP), a client
+        on 127.0.0.1 is mapped as 127.0.0.1 (not ::ffff:127.0.0.1) and one
+        on ::1 as ::1.
+        """
+        port = free_udp_port()
+        service = TurnService(
+            reactor,
+            StaticCredentials(REALM, {"alice": "secret"}),
+            [("0.0.0.0", port), ("::", port)],
+            ["127.0.0.1"],
+            transports={"udp", "tcp"},
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(len(service.ports), 4)
+        for host in ["127.0.0.1", "::1"]:
+            proto = Collector()
+            client_port = reactor.listenUDP(0, proto, interface=host)
+            self.addCleanup(client_port.stopListening)
+            client_port.write(
+                StunClient("a", "b").request(Method.BINDING, authenticate=False), (host, port)
+            )
+            raw, _ = yield proto.next()
+            mapped = decode(raw).get(Attr.XOR_MAPPED_ADDRESS)
+            self.assertEqual(mapped, (host, client_port.getHost().port))
+
+
 class ExternalAddressTests(TestCase):
     """
     --external-ip: relays behind a 1:1 NAT advertise the public address.

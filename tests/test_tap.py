@@ -4,6 +4,8 @@ Tests for L{txturn.tap}: option parsing, validation and makeService.
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
@@ -12,6 +14,7 @@ from txturn.auth import long_term_key
 from txturn.service import TurnService
 from txturn.stun import PasswordAlgorithm
 from txturn.tap import Options, makeService
+from txturn.testing import self_signed_certificate
 
 
 def parse(*args: str) -> Options:
@@ -107,6 +110,110 @@ class OptionsTests(SynchronousTestCase):
         for heading in ["Listening:", "Relays:", "Authentication:", "Peers:"]:
             self.assertIn(heading, text)
         self.assertIn("--static-auth-secret=VALUE", text)
+
+
+class TransportOptionsTests(SynchronousTestCase):
+    """
+    Options for TLS, DTLS, transports and external addresses.
+    """
+
+    def certificate(self) -> tuple[str, str]:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        return self_signed_certificate(directory)
+
+    def test_defaults(self) -> None:
+        """
+        Every transport is on by default; TLS and DTLS use port 5349.
+        """
+        options = parse("--relay-ip", "192.0.2.1")
+        self.assertEqual(options["transports"], {"udp", "tcp", "tls", "dtls"})
+        self.assertEqual(options["tls-port"], 5349)
+
+    def test_switches(self) -> None:
+        """
+        --no-udp, --no-tcp, --no-tls and --no-dtls switch each off; all four
+        is an error.
+        """
+        options = parse("--no-udp", "--no-dtls", "--relay-ip", "192.0.2.1")
+        self.assertEqual(options["transports"], {"tcp", "tls"})
+        error = self.assertRaises(
+            UsageError, parse, "--no-udp", "--no-tcp", "--no-tls", "--no-dtls"
+        )
+        self.assertEqual(
+            str(error), "--no-udp, --no-tcp, --no-tls and --no-dtls leave nothing to serve"
+        )
+
+    def test_certificate(self) -> None:
+        """
+        --cert and --key reach the service as TLS credentials; --key
+        defaults to the --cert file for a combined PEM.
+        """
+        cert, key = self.certificate()
+        service = makeService(
+            parse("--cert", cert, "--key", key, "--tls-port", "443", "--relay-ip", "192.0.2.1"),
+            reactor=Clock(),
+        )
+        assert service.tls is not None
+        self.assertEqual((service.tls.certificate, service.tls.key), (cert, key))
+        self.assertEqual(service.tls_port, 443)
+        combined = os.path.join(os.path.dirname(cert), "both.pem")
+        with open(combined, "wb") as f:
+            f.write(open(cert, "rb").read() + open(key, "rb").read())
+        self.assertEqual(parse("--cert", combined, "--relay-ip", "192.0.2.1")["key"], None)
+
+    def test_bad_certificate(self) -> None:
+        """
+        A bad certificate or key stops option parsing with a clear message.
+        """
+        cert, key = self.certificate()
+        error = self.assertRaises(UsageError, parse, "--cert", key, "--key", key)
+        self.assertTrue(str(error).startswith(f"cannot load certificate {key}"), str(error))
+        error = self.assertRaises(UsageError, parse, "--key", key)
+        self.assertEqual(str(error), "--key needs --cert")
+
+    def test_external_ip(self) -> None:
+        """
+        --external-ip PUBLIC/PRIVATE maps a relay address; PUBLIC alone maps
+        the only relay address of its family; anything else is refused.
+        """
+        options = parse(
+            "--relay-ip",
+            "10.0.0.5",
+            "--relay-ip",
+            "fd00::5",
+            "--external-ip",
+            "203.0.113.9",
+            "--external-ip",
+            "2001:db8::9/fd00::5",
+        )
+        self.assertEqual(
+            options["external-map"], {"10.0.0.5": "203.0.113.9", "fd00::5": "2001:db8::9"}
+        )
+        for args, text in [
+            (
+                [
+                    "--relay-ip",
+                    "10.0.0.5",
+                    "--relay-ip",
+                    "10.0.0.6",
+                    "--external-ip",
+                    "203.0.113.9",
+                ],
+                "--external-ip 203.0.113.9 without /PRIVATE needs exactly one relay address of its "
+                "family; name the private one",
+            ),
+            (
+                ["--relay-ip", "10.0.0.5", "--external-ip", "203.0.113.9/10.0.0.7"],
+                "--external-ip: 10.0.0.7 is not a relay address",
+            ),
+            (
+                ["--relay-ip", "10.0.0.5", "--external-ip", "bogus"],
+                "--external-ip must be an IP address, not 'bogus'",
+            ),
+        ]:
+            error = self.assertRaises(UsageError, parse, *args)
+            self.assertEqual(str(error), text)
 
 
 class MakeServiceTests(SynchronousTestCase):

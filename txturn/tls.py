@@ -63,16 +63,19 @@ class TlsCredentials:
             raise TlsConfigurationError(
                 f"cannot load certificate {self.certificate}: {_reason(e)}"
             ) from None
+        mismatch = TlsConfigurationError(
+            f"key {self.key} does not match certificate {self.certificate}"
+        )
         try:
             context.use_privatekey_file(self.key)
         except SSL.Error as e:
+            if "mismatch" in _reason(e):
+                raise mismatch from None
             raise TlsConfigurationError(f"cannot load key {self.key}: {_reason(e)}") from None
         try:
             context.check_privatekey()
         except SSL.Error:
-            raise TlsConfigurationError(
-                f"key {self.key} does not match certificate {self.certificate}"
-            ) from None
+            raise mismatch from None
         if self.chain is not None:
             try:
                 with open(self.chain, "rb") as f:
