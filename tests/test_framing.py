@@ -119,6 +119,32 @@ class StreamProtocolTests(SynchronousTestCase):
 # -- one behaviour suite, four transports ------------------------------------
 
 
+def pump(client: SSL.Connection, deliver: Any, collect: Any) -> None:
+    """
+    Shuttle bytes between a memory-BIO client and the server side until
+    neither moves: C{deliver(data)} hands client output to the server,
+    C{collect()} returns what the server sent.
+    """
+    for _ in range(10):
+        try:
+            client.do_handshake()
+        except SSL.WantReadError:
+            pass
+        moved = False
+        while True:
+            try:
+                data = client.bio_read(65536)
+            except SSL.WantReadError:
+                break
+            moved = True
+            deliver(data)
+        for data in collect():
+            moved = True
+            client.bio_write(data)
+        if not moved:
+            return
+
+
 class Link:
     """
     A client's view of one transport to the server: send bytes, get back
@@ -211,28 +237,14 @@ class TlsLink(Link):
         self.framer = StreamFramer()
         self._pump()
 
+    def _collect(self) -> list[bytes]:
+        self.clock.advance(0)  # flush the TLS layer's write batching
+        reply = self.transport.value()
+        self.transport.clear()
+        return [reply] if reply else []
+
     def _pump(self) -> None:
-        for _ in range(10):
-            try:
-                self.client.do_handshake()
-            except SSL.WantReadError:
-                pass
-            moved = False
-            while True:
-                try:
-                    chunk = self.client.bio_read(65536)
-                except SSL.WantReadError:
-                    break
-                moved = True
-                self.protocol.dataReceived(chunk)
-            self.clock.advance(0)  # flush the TLS layer's write batching
-            reply = self.transport.value()
-            self.transport.clear()
-            if reply:
-                moved = True
-                self.client.bio_write(reply)
-            if not moved:
-                return
+        pump(self.client, self.protocol.dataReceived, self._collect)
 
     def send(self, data: bytes) -> None:
         self.client.sendall(data)
@@ -283,26 +295,13 @@ class DtlsLink(Link):
         self._pump()
         assert self.listener.sessions[CLIENT].established
 
+    def _collect(self) -> list[bytes]:
+        out = [data for data, _ in self.transport.written]
+        self.transport.written.clear()
+        return out
+
     def _pump(self) -> None:
-        for _ in range(10):
-            try:
-                self.client.do_handshake()
-            except SSL.WantReadError:
-                pass
-            moved = False
-            while True:
-                try:
-                    datagram = self.client.bio_read(65536)
-                except SSL.WantReadError:
-                    break
-                moved = True
-                self.listener.datagramReceived(datagram, CLIENT)
-            for datagram, _ in self.transport.written:
-                moved = True
-                self.client.bio_write(datagram)
-            self.transport.written.clear()
-            if not moved:
-                return
+        pump(self.client, lambda data: self.listener.datagramReceived(data, CLIENT), self._collect)
 
     def send(self, data: bytes) -> None:
         self.client.send(data)

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from txturn.interfaces import Address, IClientChannel
 from txturn.server import TurnServer
+from txturn.sockets import datagram_sender
 
 #: DTLS record content type of a handshake, the only thing that may open a
 #: session.
@@ -193,8 +194,7 @@ class DtlsListener(DatagramProtocol):
         assert self.transport is not None
         host = self.transport.getHost()
         self.local_address = (host.host, host.port)
-        sock = getattr(self.transport, "socket", None)
-        self._sendto = sock.sendto if sock is not None else self.transport.write
+        self._sendto = datagram_sender(self.transport)
         self._sweep = self.reactor.callLater(self.sweep_interval, self._sweep_idle)
 
     def stopProtocol(self) -> None:

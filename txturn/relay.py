@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.interfaces import Address, IRelay, IRelayAllocator, RelayUnavailable
-from txturn.sockets import MAX_DATAGRAM
+from txturn.sockets import MAX_DATAGRAM, datagram_sender
 from txturn.stun import FAMILY_IPV4, family_of
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
@@ -152,12 +152,7 @@ class UdpRelay(DatagramProtocol):
         port = self.transport.getHost().port
         self.address = (self._host, port)
         self.advertised = (self._public, port)
-        sock = getattr(self.transport, "socket", None)
-        self._sendto = sock.sendto if sock is not None else self._write
-
-    def _write(self, data: bytes, address: Address) -> None:
-        assert self.transport is not None
-        self.transport.write(data, address)
+        self._sendto = datagram_sender(self.transport)
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         self.receiver(data, addr)

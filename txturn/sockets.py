@@ -23,6 +23,17 @@ from twisted.internet.protocol import DatagramProtocol
 MAX_DATAGRAM = 65535
 
 
+def datagram_sender(transport: Any) -> Any:
+    """
+    The fastest way to send a datagram on C{transport}: its socket's own
+    C{sendto} (one C call per datagram on the hot path), or
+    C{transport.write} for transports without a socket (test fakes).
+    The caller handles C{OSError}: for a relay, a lost datagram.
+    """
+    sock = getattr(transport, "socket", None)
+    return sock.sendto if sock is not None else transport.write
+
+
 def bound_socket(host: str, port: int, kind: int) -> socket.socket:
     """
     A non-blocking socket of C{kind} bound to C{(host, port)}.

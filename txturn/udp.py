@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from txturn.interfaces import Address, IClientChannel
 from txturn.server import TurnServer
+from txturn.sockets import datagram_sender
 
 _LOST = (BlockingIOError, ConnectionRefusedError, InterruptedError)
 
@@ -34,8 +35,7 @@ class TurnDatagramProtocol(DatagramProtocol):
         assert self.transport is not None
         host = self.transport.getHost()
         self.local_address = (host.host, host.port)
-        sock = getattr(self.transport, "socket", None)
-        self._sendto = sock.sendto if sock is not None else self.transport.write
+        self._sendto = datagram_sender(self.transport)
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         self._server.datagram_received(self, data, addr)
