@@ -324,6 +324,57 @@ class UclientTests(TestCase):
         )
 
     @defer.inlineCallbacks
+    def test_tcp_allocation_active(self) -> Any:
+        """
+        TCP allocations (-T): pairs of uclient allocations Connect to each
+        other's relayed addresses and relay both ways, 0 lost.
+        """
+        yield self.run_uclient("-T", transport="tcp", clients=2, messages=20)
+
+    def test_tcp_allocation_tls_ipv6(self) -> Any:
+        """
+        TCP allocations over TLS, with IPv6 relays.
+        """
+        return self.run_uclient("-T", "-S", "-x", transport="tls", clients=2, messages=20)
+
+    @defer.inlineCallbacks
+    def test_tcp_allocation_passive(self) -> Any:
+        """
+        Passive TCP (-P): a plain TCP peer connects to the relayed address,
+        the client answers the ConnectionAttempt.  uclient's peer socket
+        does not count what it receives (coturn's own server gives the
+        same "N sent, N/2 received"), so this asserts that the passive
+        clients received every message the peers sent; tests/
+        test_tcp_relay.py proves both directions with its own peer.
+        """
+        port = self.server.service.port_of("tcp")
+        out, err, code = yield getProcessOutputAndValue(
+            self.uclient,
+            [
+                "-P",
+                "-u",
+                "test",
+                "-w",
+                "secret",
+                "-p",
+                str(port),
+                "-n",
+                "20",
+                "-m",
+                "2",
+                "-l",
+                "120",
+                "127.0.0.1",
+            ],
+            env=os.environ.copy(),
+        )
+        output = out.decode(errors="replace") + err.decode(errors="replace")
+        sent, received, _ = uclient_totals(output)
+        # 20 messages x 2 clients sent, half of them by the peers.
+        self.assertEqual((sent, received), (40, 20), output[-2000:])
+        self.assertNotIn("error 4", output)
+
+    @defer.inlineCallbacks
     def test_dual_allocation(self) -> Any:
         """
         Dual allocation (-Z): every allocation gets both relays (uclient

@@ -104,6 +104,8 @@ class Allocation:
         self.allocate_transaction: bytes = b""
         self.allocate_response: bytes = b""
         self.closed = False
+        #: A TCP allocation (RFC 6062): no channels, Send or Data.
+        self.tcp = False
         self._txid_prefix = os.urandom(8)
         self._send_to_client = client.send
         self._pad = client.transport_name in STREAM_TRANSPORTS

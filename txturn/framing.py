@@ -35,27 +35,49 @@ class StreamFramer:
         @raise StunDecodeError: if the bytes at a frame boundary are
             neither STUN nor ChannelData.
         """
-        buffer = self._buffer
-        buffer += data
+        self.append(data)
         frames = []
-        while len(buffer) >= 4:
-            first = buffer[0]
-            (length,) = _LENGTH.unpack_from(buffer, 2)
-            if first < 0x40:
-                if length % 4:
-                    raise StunDecodeError("STUN message length is not a multiple of 4")
-                size = 20 + length
-            elif first < 0x80:
-                size = 4 + length + padding(length)
-            else:
-                raise StunDecodeError(
-                    f"stream byte 0x{first:02x} starts neither STUN nor ChannelData"
-                )
-            if len(buffer) < size:
-                break
-            frames.append(bytes(buffer[:size]))
-            del buffer[:size]
+        while (frame := self.next_frame()) is not None:
+            frames.append(frame)
         return frames
+
+    def append(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """
+        The next complete frame, or C{None} until more bytes arrive.  One
+        at a time, because after a ConnectionBind the rest of the stream
+        is not TURN at all.
+
+        @raise StunDecodeError: as L{feed}.
+        """
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return None
+        first = buffer[0]
+        (length,) = _LENGTH.unpack_from(buffer, 2)
+        if first < 0x40:
+            if length % 4:
+                raise StunDecodeError("STUN message length is not a multiple of 4")
+            size = 20 + length
+        elif first < 0x80:
+            size = 4 + length + padding(length)
+        else:
+            raise StunDecodeError(f"stream byte 0x{first:02x} starts neither STUN nor ChannelData")
+        if len(buffer) < size:
+            return None
+        frame = bytes(buffer[:size])
+        del buffer[:size]
+        return frame
+
+    def take_remaining(self) -> bytes:
+        """
+        Everything buffered and not yet framed, emptying the buffer.
+        """
+        remaining = bytes(self._buffer)
+        self._buffer.clear()
+        return remaining
 
     @property
     def buffered(self) -> int:

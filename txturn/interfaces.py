@@ -97,3 +97,71 @@ class RelayUnavailable(Exception):
     def __init__(self, message: str, family_unsupported: bool = False) -> None:
         super().__init__(message)
         self.family_unsupported = family_unsupported
+
+
+class IPeerConnection(Interface):
+    """
+    A peer data connection of a TCP allocation (RFC 6062): a TCP
+    connection between a relayed transport address and a peer.
+
+    Until it is attached to a client data connection it buffers what the
+    peer sends, up to a limit past which it closes itself.
+    """
+
+    peer_address = Attribute("The peer's (host, port).")
+    on_lost = Attribute("A callable (connection) called once when it closes; set by the core.")
+
+    def attach(client: object) -> None:
+        """
+        Join this connection to a client data connection's transport:
+        flush what was buffered to it, then relay both ways with
+        end-to-end flow control.
+        """
+
+    def write(data: bytes) -> None:
+        """
+        Send bytes from the client data connection to the peer.
+        """
+
+    def close() -> None:
+        """
+        Close the connection to the peer.
+        """
+
+
+class ITcpRelay(Interface):
+    """
+    A TCP relayed transport address: a listening socket, and outgoing
+    connections made from the same address and port.
+    """
+
+    address = Attribute("The (host, port) the relay is bound to.")
+    advertised = Attribute("The (host, port) clients are told.")
+    on_connection = Attribute(
+        "A callable (IPeerConnection) given every connection a peer opens; set by the core."
+    )
+
+    def connect(peer: Address) -> object:
+        """
+        Open a peer data connection to C{peer} from the relayed address;
+        returns a Deferred firing with an L{IPeerConnection}, or failing.
+        Cancelling the Deferred abandons the attempt.
+        """
+
+    def close() -> object:
+        """
+        Stop listening and close every data connection of this relay.
+        """
+
+
+class ITcpRelayAllocator(Interface):
+    """
+    Opens TCP relays in the configured addresses and port range.
+    """
+
+    families = Attribute("The STUN address families TCP relays can have.")
+
+    def open_tcp(family: int) -> ITcpRelay:
+        """
+        @raise RelayUnavailable: as L{IRelayAllocator.open}.
+        """

@@ -23,13 +23,16 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from txturn import __version__
-from txturn.allocation import Allocation
+from txturn.allocation import STREAM_TRANSPORTS, Allocation
 from txturn.auth import CredentialError, ICredentialSource, NonceManager
+from txturn.connections import PeerConnections
 from txturn.interfaces import (
     Address,
     IClientChannel,
+    IPeerConnection,
     IRelay,
     IRelayAllocator,
+    ITcpRelayAllocator,
     RelayUnavailable,
 )
 from txturn.policy import PeerPolicy
@@ -75,6 +78,12 @@ class ServerConfig:
     default_lifetime: float = 600.0
     max_lifetime: float = 3600.0
     nonce_lifetime: float = 600.0
+    #: Whether UDP and TCP relays may be allocated (coturn's no-udp-relay,
+    #: no-tcp-relay): a forbidden UDP relay is 403, a TCP one 442.
+    udp_relay: bool = True
+    tcp_relay: bool = True
+    #: How long a Connect may take before 447; RFC 6062 says at least 30 s.
+    tcp_connect_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ class TurnServer:
         policy: PeerPolicy | None = None,
         config: ServerConfig | None = None,
         nonces: NonceManager | None = None,
+        tcp_relays: ITcpRelayAllocator | None = None,
     ) -> None:
         self._reactor = reactor
         self.credentials = credentials
@@ -114,6 +124,8 @@ class TurnServer:
         self.nonces = (
             nonces if nonces is not None else NonceManager(lifetime=self.config.nonce_lifetime)
         )
+        self.tcp_relays = tcp_relays
+        self.peer_connections = PeerConnections(reactor)
         self.allocations: dict[tuple[IClientChannel, Address], Allocation] = {}
         self._reservations: dict[bytes, tuple[IRelay, IDelayedCall]] = {}
         self._logged_failures: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -123,6 +135,8 @@ class TurnServer:
             Method.REFRESH: self._refresh,
             Method.CREATE_PERMISSION: self._create_permission,
             Method.CHANNEL_BIND: self._channel_bind,
+            Method.CONNECT: self._connect,
+            Method.CONNECTION_BIND: self._connection_bind,
         }
 
     # -- entry point -------------------------------------------------------------
@@ -371,8 +385,12 @@ class TurnServer:
         transport = request.get(Attr.REQUESTED_TRANSPORT)
         if transport is None:
             return fail(400, "Missing REQUESTED-TRANSPORT")
+        if transport == TCP and self.tcp_relays is not None and self.config.tcp_relay:
+            return self._allocate_tcp(client, address, request, auth, fail)
         if transport != UDP:
             return fail(442)
+        if not self.config.udp_relay:
+            return fail(403, "UDP relays are disabled")
         token = request.get(Attr.RESERVATION_TOKEN)
         even = request.get(Attr.EVEN_PORT)
         family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
@@ -429,18 +447,16 @@ class TurnServer:
             except RelayUnavailable as e:
                 return fail(440 if e.family_unsupported else 508)
             relays[family] = relay
-        allocation = Allocation(self._reactor, client, address, auth.username, self._forget)
-        response = response_to(request, Class.SUCCESS)
-        for relay_family, relay in sorted(relays.items()):
-            if request.has(Attr.DONT_FRAGMENT):
+        if request.has(Attr.DONT_FRAGMENT):
+            for relay in relays.values():
                 relay.set_dont_fragment(True)
-            allocation.add_relay(relay_family, relay, lifetime)
-            response.add(Attr.XOR_RELAYED_ADDRESS, relay.advertised)
-        self.allocations[(client, address)] = allocation
+        extra: list[tuple[int, Any]] = []
         if address_error is not None:
             failed_family, code = address_error
-            response.add(error_attr, (failed_family, code, ERROR_REASONS[code]))
-        response.add(Attr.LIFETIME, int(lifetime))
+            extra.append((error_attr, (failed_family, code, ERROR_REASONS[code])))
+        allocation, response = self._allocated(
+            client, address, request, auth, relays, lifetime, extra
+        )
         if reserved is not None:
             new_token = secrets.token_bytes(8)
             self._reservations[new_token] = (
@@ -448,17 +464,197 @@ class TurnServer:
                 self._reactor.callLater(RESERVATION_LIFETIME, self._reservation_expired, new_token),
             )
             response.add(Attr.RESERVATION_TOKEN, new_token)
+        self._send_allocated(client, address, request, auth, allocation, response)
+
+    def _allocated(
+        self,
+        client: IClientChannel,
+        address: Address,
+        request: Message,
+        auth: AuthContext,
+        relays: dict[int, Any],
+        lifetime: float,
+        extra: list[tuple[int, Any]],
+        tcp: bool = False,
+    ) -> tuple[Allocation, Message]:
+        """
+        Record a new allocation over C{relays}; return it with the start of
+        its success response (relayed addresses, C{extra}, LIFETIME).
+        """
+        allocation = Allocation(self._reactor, client, address, auth.username, self._forget)
+        allocation.tcp = tcp
+        response = response_to(request, Class.SUCCESS)
+        for relay_family, relay in sorted(relays.items()):
+            allocation.add_relay(relay_family, relay, lifetime)
+            response.add(Attr.XOR_RELAYED_ADDRESS, relay.advertised)
+        self.allocations[(client, address)] = allocation
+        for attr_type, value in extra:
+            response.add(attr_type, value)
+        response.add(Attr.LIFETIME, int(lifetime))
+        return allocation, response
+
+    def _send_allocated(
+        self,
+        client: IClientChannel,
+        address: Address,
+        request: Message,
+        auth: AuthContext,
+        allocation: Allocation,
+        response: Message,
+    ) -> None:
         response.add(Attr.XOR_MAPPED_ADDRESS, address)
         allocation.allocate_transaction = request.transaction_id
         allocation.allocate_response = self._reply(client, address, request, response, auth)
         self.log.info(
             "Allocated {relays} for {user} from {client} over {transport} for {lifetime:.0f}s",
-            relays=", ".join(f"{r.address[0]}:{r.address[1]}" for r in relays.values()),
+            relays=", ".join(f"{r.address[0]}:{r.address[1]}" for r in allocation.relays.values()),
             user=auth.username,
             client=address,
             transport=client.transport_name,
-            lifetime=lifetime,
+            lifetime=allocation.expires_in(),
         )
+
+    # -- TCP allocations (RFC 6062) ----------------------------------------------
+
+    def _allocate_tcp(
+        self,
+        client: IClientChannel,
+        address: Address,
+        request: Message,
+        auth: AuthContext,
+        fail: Callable[..., None],
+    ) -> None:
+        """
+        RFC 6062 section 5.1: a TCP relayed address, over a TCP or TLS
+        control connection only.
+        """
+        assert self.tcp_relays is not None
+        if client.transport_name not in STREAM_TRANSPORTS:
+            return fail(400, "TCP allocations need a TCP or TLS connection")
+        for forbidden in (Attr.DONT_FRAGMENT, Attr.EVEN_PORT, Attr.RESERVATION_TOKEN):
+            if request.has(forbidden):
+                return fail(400, "DONT-FRAGMENT, EVEN-PORT or RESERVATION-TOKEN in a TCP Allocate")
+        if request.has(Attr.ADDITIONAL_ADDRESS_FAMILY) or request.has(
+            Attr.LEGACY_ADDITIONAL_ADDRESS_FAMILY
+        ):
+            return fail(400, "Dual TCP allocations are not supported")
+        family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
+        if family is not None and family not in (FAMILY_IPV4, FAMILY_IPV6):
+            return fail(440)
+        if family is None:
+            family = FAMILY_IPV4
+            if FAMILY_IPV4 not in self.tcp_relays.families:
+                family = family_of(address[0])
+        try:
+            relay = self.tcp_relays.open_tcp(family)
+        except RelayUnavailable as e:
+            return fail(440 if e.family_unsupported else 508)
+        lifetime = self._lifetime(request) or self.config.default_lifetime
+        allocation, response = self._allocated(
+            client, address, request, auth, {family: relay}, lifetime, [], tcp=True
+        )
+        relay.on_connection = lambda connection: self._peer_connected(allocation, connection)
+        self._send_allocated(client, address, request, auth, allocation, response)
+
+    def _peer_connected(self, allocation: Allocation, connection: IPeerConnection) -> None:
+        """
+        A peer opened a connection to a TCP relay (RFC 6062 section 5.3):
+        closed at once without a permission (or against policy), else
+        announced to the client with a ConnectionAttempt indication.
+        """
+        peer = connection.peer_address
+        if (
+            allocation.closed
+            or peer[0] not in allocation.permissions
+            or not self.policy.allows(peer[0])
+        ):
+            connection.close()
+            return
+        connection_id = self.peer_connections.add(allocation, connection)
+        indication = Message(Method.CONNECTION_ATTEMPT, Class.INDICATION, secrets.token_bytes(12))
+        indication.add(Attr.XOR_PEER_ADDRESS, peer)
+        indication.add(Attr.CONNECTION_ID, connection_id)
+        allocation.client.send(encode(indication, add_fingerprint=True), allocation.client_address)
+
+    def _connect(self, client: IClientChannel, address: Address, request: Message) -> None:
+        """
+        RFC 6062 section 5.2: open a connection from the relayed address to
+        a peer, concurrently with others, within the connect timeout.
+        """
+        found = self._allocation_for(client, address, request)
+        if found is None:
+            return
+        auth, allocation = found
+
+        def fail(code: int, reason: str | None = None) -> None:
+            self._reply(client, address, request, error_response(request, code, reason), auth)
+
+        if not allocation.tcp:
+            return fail(400, "Connect needs a TCP allocation")
+        peer = request.get(Attr.XOR_PEER_ADDRESS)
+        if peer is None:
+            return fail(400, "Missing XOR-PEER-ADDRESS")
+        code = self._peer_error(allocation, peer)
+        if code is not None:
+            return fail(code)
+        if peer in self.peer_connections.peers_of(allocation):
+            return fail(446)
+        relay = allocation.relay_for(peer[0])
+        connecting = self.peer_connections.connecting.setdefault(allocation, set())
+        connecting.add(peer)
+        attempt = relay.connect(peer)  # type: ignore[union-attr]
+        attempt.addTimeout(self.config.tcp_connect_timeout, self._reactor)
+
+        def connected(connection: IPeerConnection) -> None:
+            connecting.discard(peer)
+            if allocation.closed:
+                connection.close()
+                return
+            connection_id = self.peer_connections.add(allocation, connection)
+            response = response_to(request, Class.SUCCESS)
+            response.add(Attr.CONNECTION_ID, connection_id)
+            self._reply(client, address, request, response, auth)
+
+        def failed(reason: Any) -> None:
+            connecting.discard(peer)
+            self.log.info(
+                "Connect from {relay} to {peer} failed: {reason}",
+                relay=relay.address,  # type: ignore[union-attr]
+                peer=peer,
+                reason=reason.getErrorMessage(),
+            )
+            if not allocation.closed:
+                fail(447)
+
+        attempt.addCallbacks(connected, failed)
+
+    def _connection_bind(self, client: IClientChannel, address: Address, request: Message) -> None:
+        """
+        RFC 6062 section 5.4: turn this new connection into the client data
+        connection of a pending peer data connection.
+        """
+        auth = self._authenticate(client, address, request)
+        if auth is None or self._check_unknown(client, address, request, auth):
+            return
+
+        def fail(code: int, reason: str | None = None) -> None:
+            self._reply(client, address, request, error_response(request, code, reason), auth)
+
+        if client.transport_name not in STREAM_TRANSPORTS:
+            return fail(400, "ConnectionBind needs a TCP or TLS connection")
+        if (client, address) in self.allocations:
+            return fail(400, "A control connection cannot be a data connection")
+        connection_id = request.get(Attr.CONNECTION_ID)
+        entry = (
+            self.peer_connections.entries.get(connection_id) if connection_id is not None else None
+        )
+        if entry is None or entry.bound:
+            return fail(400, "Missing or unknown CONNECTION-ID")
+        if entry.allocation.username != auth.username:
+            return fail(441)
+        self.peer_connections.claim(entry.connection_id)
+        self._reply(client, address, request, response_to(request, Class.SUCCESS), auth)
+        client.attach(entry.connection)  # type: ignore[attr-defined]
 
     def _reservation_expired(self, token: bytes) -> None:
         relay, _ = self._reservations.pop(token)
@@ -466,9 +662,11 @@ class TurnServer:
 
     def _forget(self, allocation: Allocation) -> None:
         """
-        The allocation has no relay left (expired, or deleted by Refresh).
+        The allocation has no relay left (expired, or deleted by Refresh):
+        forget it and close its data connections, if it had any.
         """
         self.allocations.pop((allocation.client, allocation.client_address), None)
+        self.peer_connections.close_allocation(allocation)
 
     def _delete(self, allocation: Allocation) -> list[object]:
         return allocation.close()
@@ -544,6 +742,8 @@ class TurnServer:
         def fail(code: int, reason: str | None = None) -> None:
             self._reply(client, address, request, error_response(request, code, reason), auth)
 
+        if allocation.tcp:
+            return fail(400, "Channels need a UDP allocation")
         channel = request.get(Attr.CHANNEL_NUMBER)
         peer = request.get(Attr.XOR_PEER_ADDRESS)
         if channel is None or not CHANNEL_MIN <= channel <= CHANNEL_MAX:
@@ -566,7 +766,7 @@ class TurnServer:
         silently dropped, as indications get no answer.
         """
         allocation = self.allocations.get((client, address))
-        if allocation is None or message.unknown_required():
+        if allocation is None or allocation.tcp or message.unknown_required():
             return
         peer = message.get(Attr.XOR_PEER_ADDRESS)
         data = message.get(Attr.DATA)

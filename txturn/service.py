@@ -28,6 +28,7 @@ from txturn.relay import UdpRelayAllocator
 from txturn.server import ServerConfig, TurnServer
 from txturn.sockets import listen_tcp, listen_udp
 from txturn.stream import TurnStreamFactory
+from txturn.tcp_relay import DEFAULT_BUFFER_LIMIT, TcpRelayAllocator
 from txturn.tls import TlsCredentials
 from txturn.udp import TurnDatagramProtocol
 
@@ -57,6 +58,8 @@ class TurnService(service.MultiService):
     @param transports: which of C{udp}, C{tcp}, C{tls}, C{dtls} to serve.
     @param external_ips: relay address -> the public address a 1:1 NAT maps
         it to, which clients are told instead (coturn's C{external-ip}).
+    @param tcp_buffer: bytes a peer of a TCP allocation may send before
+        the client binds its data connection; past it the peer is closed.
     @param announce: C{(username, password)} to log once at startup with a
         ready-to-paste C{iceServers} snippet, for a server whose user was
         generated rather than configured.
@@ -80,6 +83,7 @@ class TurnService(service.MultiService):
         transports: Collection[str] = ALL_TRANSPORTS,
         external_ips: Mapping[str, str] | None = None,
         announce: tuple[str, str] | None = None,
+        tcp_buffer: int = DEFAULT_BUFFER_LIMIT,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         unknown = set(transports) - ALL_TRANSPORTS
@@ -91,7 +95,17 @@ class TurnService(service.MultiService):
         self.relays = UdpRelayAllocator(
             reactor, relay_addresses, min_port, max_port, external=external_ips
         )
-        self.server = TurnServer(reactor, credentials, self.relays, policy, config)
+        self.tcp_relays = TcpRelayAllocator(
+            reactor,
+            relay_addresses,
+            min_port,
+            max_port,
+            external=dict(external_ips or {}),
+            buffer_limit=tcp_buffer,
+        )
+        self.server = TurnServer(
+            reactor, credentials, self.relays, policy, config, tcp_relays=self.tcp_relays
+        )
         self.tls = tls
         self.tls_port = tls_port
         self.transports = frozenset(transports)

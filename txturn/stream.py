@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.framing import StreamFramer
-from txturn.interfaces import Address, IClientChannel
+from txturn.interfaces import Address, IClientChannel, IPeerConnection
 from txturn.server import TurnServer
 from txturn.stun import StunDecodeError
 
@@ -37,6 +37,8 @@ class TurnStreamProtocol(Protocol):
         self.local_address: Address = ("", 0)
         self.peer_address: Address = ("", 0)
         self._framer = StreamFramer()
+        #: The peer data connection, once this is a client data connection.
+        self._peer: IPeerConnection | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -48,20 +50,38 @@ class TurnStreamProtocol(Protocol):
             self.factory.connections.add(self)
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            frames = self._framer.feed(data)
-        except StunDecodeError as e:
-            self.log.info(
-                "Closing {transport} connection from {client}: {error}",
-                transport=self.transport_name,
-                client=self.peer_address,
-                error=str(e),
-            )
-            assert self.transport is not None
-            self.transport.loseConnection()
+        if self._peer is not None:
+            self._peer.write(data)
             return
-        for frame in frames:
+        self._framer.append(data)
+        while self._peer is None:
+            try:
+                frame = self._framer.next_frame()
+            except StunDecodeError as e:
+                self.log.info(
+                    "Closing {transport} connection from {client}: {error}",
+                    transport=self.transport_name,
+                    client=self.peer_address,
+                    error=str(e),
+                )
+                assert self.transport is not None
+                self.transport.loseConnection()
+                return
+            if frame is None:
+                return
             self._server.datagram_received(self, frame, self.peer_address)
+
+    def attach(self, peer: IPeerConnection) -> None:
+        """
+        After a successful ConnectionBind: this connection now carries raw
+        bytes to and from C{peer}, starting with whatever followed the
+        ConnectionBind request.
+        """
+        self._peer = peer
+        peer.attach(self.transport)
+        remaining = self._framer.take_remaining()
+        if remaining:
+            peer.write(remaining)
 
     def send(self, data: bytes, address: Address) -> None:
         if self.transport is not None:
@@ -70,6 +90,9 @@ class TurnStreamProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if isinstance(self.factory, TurnStreamFactory):
             self.factory.connections.discard(self)
+        if self._peer is not None:
+            peer, self._peer = self._peer, None
+            peer.close()
         self._server.connection_lost(self)
 
 

@@ -31,7 +31,17 @@ _GROUPS: list[tuple[str, list[str]]] = [
     ("TLS and DTLS", ["cert", "key", "ca-file"]),
     (
         "Relays",
-        ["relay-ip", "external-ip", "min-port", "max-port", "max-allocate-lifetime"],
+        [
+            "relay-ip",
+            "external-ip",
+            "min-port",
+            "max-port",
+            "max-allocate-lifetime",
+            "no-udp-relay",
+            "no-tcp-relay",
+            "tcp-connect-timeout",
+            "tcp-buffer",
+        ],
     ),
     (
         "Authentication",
@@ -85,6 +95,8 @@ class Options(usage.Options):
             "Secret for TURN REST API ephemeral credentials (expiry:user).",
         ],
         ["max-allocate-lifetime", None, "3600", "Longest allocation lifetime, seconds."],
+        ["tcp-connect-timeout", None, "30", "Seconds a TCP Connect may take (at least 30)."],
+        ["tcp-buffer", None, "65536", "Bytes a TCP peer may send before the client binds."],
         ["stale-nonce", None, "600", "Seconds a nonce stays valid."],
         ["software", None, f"txturn {__version__}", "SOFTWARE attribute sent."],
     ]
@@ -95,6 +107,8 @@ class Options(usage.Options):
         ["no-tcp", None, "Do not serve TURN over TCP."],
         ["no-tls", None, "Do not serve TURN over TLS."],
         ["no-dtls", None, "Do not serve TURN over DTLS."],
+        ["no-udp-relay", None, "Refuse UDP relays (403)."],
+        ["no-tcp-relay", None, "Refuse TCP relays, RFC 6062 (442)."],
     ]
 
     def __init__(self) -> None:
@@ -171,13 +185,23 @@ class Options(usage.Options):
         self["max-port"] = _port(self["max-port"], "max-port")
         if not 0 < self["min-port"] <= self["max-port"]:
             raise usage.UsageError("--min-port must be 1-65535 and not above --max-port")
-        for name in ("max-allocate-lifetime", "stale-nonce"):
+        for name in ("max-allocate-lifetime", "stale-nonce", "tcp-connect-timeout"):
             try:
                 self[name] = float(self[name])
             except ValueError:
                 raise usage.UsageError(f"--{name} must be a number of seconds") from None
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
+        if self["tcp-connect-timeout"] < 30:
+            raise usage.UsageError("--tcp-connect-timeout must be at least 30 (RFC 6062)")
+        try:
+            self["tcp-buffer"] = int(self["tcp-buffer"])
+        except ValueError:
+            raise usage.UsageError("--tcp-buffer must be a number of bytes") from None
+        if self["tcp-buffer"] < 1:
+            raise usage.UsageError("--tcp-buffer must be positive")
+        if self["no-udp-relay"] and self["no-tcp-relay"]:
+            raise usage.UsageError("--no-udp-relay and --no-tcp-relay leave nothing to relay")
         if not self["realm"]:
             raise usage.UsageError("--realm must not be empty")
         if not self["listen"]:
@@ -272,10 +296,14 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
             software=options["software"],
             max_lifetime=options["max-allocate-lifetime"],
             nonce_lifetime=options["stale-nonce"],
+            udp_relay=not options["no-udp-relay"],
+            tcp_relay=not options["no-tcp-relay"],
+            tcp_connect_timeout=options["tcp-connect-timeout"],
         ),
         announce=announce,
         tls=tls,
         tls_port=options["tls-port"],
         transports=options["transports"],
         external_ips=options["external-map"],
+        tcp_buffer=options["tcp-buffer"],
     )

@@ -17,14 +17,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from txturn.auth import long_term_key
 from txturn.interfaces import (
     Address,
     IClientChannel,
+    IPeerConnection,
     IRelay,
     IRelayAllocator,
+    ITcpRelay,
+    ITcpRelayAllocator,
     RelayUnavailable,
 )
 from txturn.stun import (
@@ -51,9 +55,16 @@ class RecordingClientChannel:
         self.transport_name = transport_name
         self.local_address = local_address
         self.sent: list[tuple[bytes, Address]] = []
+        self.attached: Any = None
 
     def send(self, data: bytes, address: Address) -> None:
         self.sent.append((data, address))
+
+    def attach(self, peer: Any) -> None:
+        """
+        Become a client data connection (stream transports only).
+        """
+        self.attached = peer
 
     def pop(self) -> bytes:
         """
@@ -252,3 +263,79 @@ def self_signed_certificate(directory: str, name: str = "localhost") -> tuple[st
             )
         )
     return cert_path, key_path
+
+
+@implementer(IPeerConnection)
+class FakePeerConnection:
+    """
+    A peer data connection that records what it is asked to do.
+    """
+
+    def __init__(self, peer_address: Address) -> None:
+        self.peer_address = peer_address
+        self.on_lost: Any = lambda connection: None
+        self.attached_to: Any = None
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def attach(self, client: Any) -> None:
+        self.attached_to = client
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.on_lost(self)
+
+
+@implementer(ITcpRelay)
+class FakeTcpRelay:
+    """
+    A TCP relay whose connects are Deferreds the test fires, and whose
+    incoming connections the test makes with L{peer_connects}.
+    """
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        self.advertised = address
+        self.on_connection: Any = None
+        self.receiver: Any = None
+        self.icmp_receiver: Any = None
+        self.connects: list[tuple[Address, Deferred[Any]]] = []
+        self.closed = False
+
+    def connect(self, peer: Address) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.connects.append((peer, d))
+        return d
+
+    def peer_connects(self, peer: Address) -> FakePeerConnection:
+        connection = FakePeerConnection(peer)
+        self.on_connection(connection)
+        return connection
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@implementer(ITcpRelayAllocator)
+class FakeTcpRelayAllocator:
+    """
+    Hands out L{FakeTcpRelay}s on consecutive ports.
+    """
+
+    def __init__(self, hosts: dict[int, str] | None = None, first_port: int = 60000) -> None:
+        self.hosts = hosts if hosts is not None else {FAMILY_IPV4: "192.0.2.1"}
+        self.families = frozenset(self.hosts)
+        self._next = first_port
+        self.opened: list[FakeTcpRelay] = []
+
+    def open_tcp(self, family: int) -> FakeTcpRelay:
+        if family not in self.hosts:
+            raise RelayUnavailable("no such family", family_unsupported=True)
+        relay = FakeTcpRelay((self.hosts[family], self._next))
+        self._next += 1
+        self.opened.append(relay)
+        return relay

@@ -1,0 +1,330 @@
+"""
+TCP allocations (RFC 6062) on real sockets on loopback: Connect and
+incoming connections, data both ways (including what arrives before the
+bind), the buffer limit, and end-to-end flow control.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet import reactor as _reactor
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.trial.unittest import TestCase
+
+from txturn.auth import StaticCredentials
+from txturn.framing import StreamFramer
+from txturn.policy import PeerPolicy
+from txturn.server import ServerConfig
+from txturn.service import TurnService
+from txturn.stun import Attr, Class, Method, decode
+from txturn.testing import StunClient
+
+reactor: Any = _reactor
+
+
+class StreamClient(Protocol):
+    """
+    A TURN client connection: STUN frames until told to go raw.
+    """
+
+    def __init__(self) -> None:
+        self.framer = StreamFramer()
+        self.frames: list[bytes] = []
+        self.raw = b""
+        self.is_raw = False
+        self.waiting: list[defer.Deferred[bytes]] = []
+        self.lost: defer.Deferred[None] = defer.Deferred()
+        self.ready: defer.Deferred[StreamClient] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.ready.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.is_raw:
+            self.raw += data
+            return
+        self.framer.append(data)
+        while not self.is_raw and (frame := self.framer.next_frame()) is not None:
+            self.frames.append(frame)
+            if decode(frame).method == Method.CONNECTION_BIND:
+                # After the ConnectionBind answer, the stream is raw.
+                self.is_raw = True
+                self.raw += self.framer.take_remaining()
+        while self.waiting and self.frames:
+            self.waiting.pop(0).callback(self.frames.pop(0))
+
+    def next_frame(self) -> defer.Deferred[bytes]:
+        if self.frames:
+            return defer.succeed(self.frames.pop(0))
+        d: defer.Deferred[bytes] = defer.Deferred()
+        d.addTimeout(10, reactor)
+        self.waiting.append(d)
+        return d
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.lost.called:
+            self.lost.callback(None)
+
+
+class Peer(Protocol):
+    """
+    A peer that greets on connect and echoes everything back uppercased.
+    """
+
+    greeting = b"hello from peer"
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.greeting)
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.received += data
+        self.transport.write(data.upper())
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.lost.called:
+            self.lost.callback(None)
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> defer.Deferred[None]:
+    """
+    Poll C{condition} on the real reactor; real sockets leave no clock to
+    advance.
+    """
+
+    async def poll() -> None:
+        for _ in range(int(timeout / 0.02)):
+            if condition():
+                return
+            await task.deferLater(reactor, 0.02, lambda: None)
+        raise AssertionError("condition not reached in time")
+
+    return defer.ensureDeferred(poll())
+
+
+class TcpRelayBase(TestCase):
+    """
+    A TurnService with TCP allocations on 127.0.0.1, and client helpers.
+    """
+
+    tcp_buffer = 64 * 1024
+
+    def setUp(self) -> None:
+        self.service = TurnService(
+            reactor,
+            StaticCredentials("tcp", {"alice": "secret"}),
+            [("127.0.0.1", 0)],
+            ["127.0.0.1"],
+            policy=PeerPolicy(allow_loopback=True),
+            config=ServerConfig(realm="tcp"),
+            transports={"tcp"},
+            tcp_buffer=self.tcp_buffer,
+        )
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.server_port = self.service.port_of("tcp")
+        self.client = StunClient("alice", "secret")
+        self.peers: list[Peer] = []
+        factory = Factory.forProtocol(self.make_peer)
+        self.peer_port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(self.peer_port.stopListening)
+
+    def make_peer(self) -> Peer:
+        peer = Peer()
+        self.peers.append(peer)
+        return peer
+
+    @defer.inlineCallbacks
+    def open(self) -> Any:
+        factory = ClientFactory.forProtocol(StreamClient)
+        connection: StreamClient = StreamClient()
+        factory.buildProtocol = lambda addr: connection  # type: ignore[method-assign]
+        reactor.connectTCP("127.0.0.1", self.server_port, factory)
+        yield connection.ready
+        self.addCleanup(self.close, connection)
+        return connection
+
+    def close(self, connection: StreamClient) -> Any:
+        if connection.transport is not None:
+            connection.transport.loseConnection()
+        return connection.lost
+
+    @defer.inlineCallbacks
+    def request(
+        self,
+        connection: StreamClient,
+        method: int,
+        attrs: list[tuple[int, Any]],
+        extra: bytes = b"",
+    ) -> Any:
+        for _ in range(2):
+            assert connection.transport is not None
+            connection.transport.write(self.client.request(method, attrs) + extra)
+            frame = yield connection.next_frame()
+            response = self.client.learn(frame)
+            if response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] == 401:
+                connection.is_raw = False
+                continue
+            return response
+        return response
+
+    @defer.inlineCallbacks
+    def allocate(self) -> Any:
+        control = yield self.open()
+        response = yield self.request(control, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 6)])
+        self.assertEqual(response.cls, Class.SUCCESS)
+        return control, response.get(Attr.XOR_RELAYED_ADDRESS)
+
+    @defer.inlineCallbacks
+    def bind(self, connection_id: int, extra: bytes = b"") -> Any:
+        data = yield self.open()
+        response = yield self.request(
+            data, Method.CONNECTION_BIND, [(Attr.CONNECTION_ID, connection_id)], extra
+        )
+        self.assertEqual(response.cls, Class.SUCCESS)
+        return data
+
+
+class TcpRelayTests(TcpRelayBase):
+    """
+    Both directions of RFC 6062, and flow control.
+    """
+
+    @defer.inlineCallbacks
+    def test_active(self) -> Any:
+        """
+        Connect reaches the peer from the relayed address; after
+        ConnectionBind the client gets what the peer sent before the bind,
+        bytes sent right behind the ConnectionBind reach the peer, and
+        closing the client data connection closes the peer's.
+        """
+        control, relayed = yield self.allocate()
+        peer_address = ("127.0.0.1", self.peer_port.getHost().port)
+        response = yield self.request(
+            control, Method.CONNECT, [(Attr.XOR_PEER_ADDRESS, peer_address)]
+        )
+        self.assertEqual(response.cls, Class.SUCCESS)
+        [peer] = self.peers
+        assert peer.transport is not None
+        remote: Any = peer.transport.getPeer()
+        self.assertEqual(remote.port, relayed[1])
+        yield wait_until(lambda: self.service.server.peer_connections.entries)
+        data = yield self.bind(response.get(Attr.CONNECTION_ID), extra=b"right behind")
+        yield wait_until(lambda: data.raw == Peer.greeting + b"RIGHT BEHIND")
+        assert data.transport is not None
+        data.transport.write(b"more")
+        yield wait_until(lambda: data.raw.endswith(b"MORE"))
+        self.assertEqual(peer.received, b"right behindmore")
+        data.transport.loseConnection()
+        yield peer.lost
+
+    @defer.inlineCallbacks
+    def test_passive(self) -> Any:
+        """
+        A peer connecting to the relayed address is announced with a
+        ConnectionAttempt once it has a permission; the client binds and
+        data flows both ways.  Without a permission it is closed at once.
+        """
+        control, relayed = yield self.allocate()
+        stranger = StreamClient()
+        factory = ClientFactory.forProtocol(StreamClient)
+        factory.buildProtocol = lambda addr: stranger  # type: ignore[method-assign]
+        reactor.connectTCP(relayed[0], relayed[1], factory)
+        yield stranger.lost
+        yield self.request(control, Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, relayed)])
+        peer = StreamClient()
+        peer.is_raw = True
+        factory = ClientFactory.forProtocol(StreamClient)
+        factory.buildProtocol = lambda addr: peer  # type: ignore[method-assign]
+        reactor.connectTCP(relayed[0], relayed[1], factory)
+        yield peer.ready
+        self.addCleanup(self.close, peer)
+        assert peer.transport is not None
+        peer.transport.write(b"early")
+        frame = yield control.next_frame()
+        attempt = decode(frame)
+        self.assertEqual(attempt.method, Method.CONNECTION_ATTEMPT)
+        local: Any = peer.transport.getHost()
+        self.assertEqual(attempt.get(Attr.XOR_PEER_ADDRESS)[1], local.port)
+        data = yield self.bind(attempt.get(Attr.CONNECTION_ID))
+        yield wait_until(lambda: data.raw == b"early")
+        assert data.transport is not None
+        data.transport.write(b"reply")
+        yield wait_until(lambda: peer.raw == b"reply")
+
+    @defer.inlineCallbacks
+    def test_flow_control(self) -> Any:
+        """
+        A client data connection that stops reading makes the server stop
+        reading from the peer, rather than buffer: with 8 MiB sent by the
+        peer, what the server holds stays under 1 MiB; when the client
+        reads again, all 8 MiB arrive intact.
+        """
+        control, relayed = yield self.allocate()
+        peer_address = ("127.0.0.1", self.peer_port.getHost().port)
+        response = yield self.request(
+            control, Method.CONNECT, [(Attr.XOR_PEER_ADDRESS, peer_address)]
+        )
+        data = yield self.bind(response.get(Attr.CONNECTION_ID))
+        yield wait_until(lambda: data.raw == Peer.greeting)
+        assert data.transport is not None
+        data.transport.pauseProducing()
+        payload = bytes(range(256)) * (8 * 4096)
+        [peer] = self.peers
+        assert peer.transport is not None
+        peer.transport.write(payload)
+        [allocation] = self.service.server.allocations.values()
+        relay: Any = allocation.relays[1]
+        [server_peer] = list(relay.connections)
+        server_transport: Any = server_peer.transport
+        client_transport: Any = server_peer._client
+
+        def held() -> int:
+            return int(client_transport._tempDataLen) + len(client_transport.dataBuffer)
+
+        yield wait_until(lambda: server_transport not in reactor.getReaders())
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertNotIn(server_transport, reactor.getReaders())
+        self.assertLess(held(), 1024 * 1024)
+        data.transport.resumeProducing()
+        yield wait_until(lambda: len(data.raw) == len(Peer.greeting) + len(payload), timeout=30)
+        self.assertEqual(
+            hashlib.sha256(data.raw[len(Peer.greeting) :]).digest(),
+            hashlib.sha256(payload).digest(),
+        )
+
+
+class BufferLimitTests(TcpRelayBase):
+    """
+    The pre-bind buffer limit.
+    """
+
+    tcp_buffer = 1000
+
+    @defer.inlineCallbacks
+    def test_limit(self) -> Any:
+        """
+        A peer that sends more than the limit before the client binds is
+        disconnected, and its CONNECTION-ID forgotten.
+        """
+        control, relayed = yield self.allocate()
+        yield self.request(control, Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, relayed)])
+        peer = StreamClient()
+        peer.is_raw = True
+        factory = ClientFactory.forProtocol(StreamClient)
+        factory.buildProtocol = lambda addr: peer  # type: ignore[method-assign]
+        reactor.connectTCP(relayed[0], relayed[1], factory)
+        yield peer.ready
+        yield control.next_frame()
+        assert peer.transport is not None
+        peer.transport.write(b"x" * 5000)
+        yield peer.lost
+        yield wait_until(lambda: not self.service.server.peer_connections.entries)

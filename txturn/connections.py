@@ -1,0 +1,109 @@
+# -*- test-case-name: tests.test_tcp_allocation -*-
+"""
+The peer data connections of TCP allocations (RFC 6062), by CONNECTION-ID.
+
+A connection is I{pending} from the moment it exists (a Connect succeeded,
+or a permitted peer connected to the relay) until a ConnectionBind claims
+it; a pending connection not claimed within C{bind_timeout} seconds is
+closed.  Timers are on the injected reactor.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from txturn.interfaces import Address, IPeerConnection
+
+#: RFC 6062 section 5.2/5.3: a peer data connection with no ConnectionBind
+#: after this long is closed.
+BIND_TIMEOUT = 30.0
+
+
+@dataclass
+class Entry:
+    """
+    One peer data connection and what it belongs to.
+    """
+
+    connection_id: int
+    allocation: Any
+    connection: IPeerConnection
+    timer: IDelayedCall | None
+    bound: bool = False
+
+
+@dataclass
+class PeerConnections:
+    """
+    Every peer data connection of the server, by CONNECTION-ID, and the
+    peers each allocation is connecting or connected to (for 446).
+    """
+
+    reactor: IReactorTime
+    bind_timeout: float = BIND_TIMEOUT
+    entries: dict[int, Entry] = field(default_factory=dict)
+    #: allocation -> peers with a Connect in progress.
+    connecting: dict[Any, set[Address]] = field(default_factory=dict)
+
+    def add(self, allocation: Any, connection: IPeerConnection) -> int:
+        """
+        Register a new pending connection; returns its CONNECTION-ID, a
+        random 32-bit number unique on this server.
+        """
+        while True:
+            connection_id = secrets.randbits(32)
+            if connection_id not in self.entries:
+                break
+        timer = self.reactor.callLater(self.bind_timeout, self._unclaimed, connection_id)
+        self.entries[connection_id] = Entry(connection_id, allocation, connection, timer)
+        connection.on_lost = lambda _: self._lost(connection_id)
+        return connection_id
+
+    def _unclaimed(self, connection_id: int) -> None:
+        entry = self.entries.get(connection_id)
+        if entry is not None:
+            entry.timer = None
+            entry.connection.close()
+            self._lost(connection_id)
+
+    def _lost(self, connection_id: int) -> None:
+        entry = self.entries.pop(connection_id, None)
+        if entry is not None and entry.timer is not None and entry.timer.active():
+            entry.timer.cancel()
+
+    def claim(self, connection_id: int) -> Entry | None:
+        """
+        The pending connection with this id, now bound; C{None} if there is
+        no such pending connection.
+        """
+        entry = self.entries.get(connection_id)
+        if entry is None or entry.bound:
+            return None
+        entry.bound = True
+        if entry.timer is not None and entry.timer.active():
+            entry.timer.cancel()
+        entry.timer = None
+        return entry
+
+    def peers_of(self, allocation: Any) -> set[Address]:
+        """
+        Peers this allocation has a connection to, pending or bound, or a
+        Connect in progress to.
+        """
+        peers = {
+            e.connection.peer_address for e in self.entries.values() if e.allocation is allocation
+        }
+        return peers | self.connecting.get(allocation, set())
+
+    def close_allocation(self, allocation: Any) -> None:
+        """
+        Close every data connection of an allocation that is going away.
+        """
+        for entry in [e for e in self.entries.values() if e.allocation is allocation]:
+            entry.connection.close()
+            self._lost(entry.connection_id)
+        self.connecting.pop(allocation, None)

@@ -1,0 +1,332 @@
+# -*- test-case-name: tests.test_tcp_allocation -*-
+"""
+TCP relays (RFC 6062): a listening socket on the relayed transport
+address, outgoing connections from that same address and port, and the
+peer data connections they carry.
+
+The listening socket and every outgoing socket of a relay share one
+address and port, which Linux allows with C{SO_REUSEPORT} on all of them.
+An outgoing connect is a plain non-blocking C{connect} watched for
+writability, then adopted by the reactor, because Twisted's C{connectTCP}
+cannot set socket options before binding.
+
+Before a ConnectionBind a peer data connection buffers what the peer
+sends, up to C{buffer_limit} bytes, past which it closes (RFC 6062 section
+7).  Once bound, the two connections are each other's producer and
+consumer: when one side cannot take more, Twisted stops reading the
+other, so a fast sender cannot grow the server's memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import socket
+from typing import Any, Callable, Sequence
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txturn.interfaces import (
+    Address,
+    IPeerConnection,
+    ITcpRelay,
+    ITcpRelayAllocator,
+    RelayUnavailable,
+)
+from txturn.stun import family_of
+
+
+class PeerConnectFailed(Exception):
+    """
+    A Connect to a peer could not be completed (refused, unreachable...).
+    """
+
+
+#: Bytes a peer may send before its data connection is bound.
+DEFAULT_BUFFER_LIMIT = 64 * 1024
+
+
+def _ignore(*args: Any) -> None:
+    pass
+
+
+def _reusable_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@implementer(IPeerConnection)
+class PeerDataConnection(Protocol):
+    """
+    A TCP connection between a relayed address and a peer.
+    """
+
+    log = Logger()
+
+    def __init__(self, relay: "TcpRelay", buffer_limit: int) -> None:
+        self._relay = relay
+        self._buffer_limit = buffer_limit
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._client: Any = None
+        self.peer_address: Address = ("", 0)
+        self.on_lost: Callable[[Any], None] = _ignore
+        self.announce = True
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        peer: Any = self.transport.getPeer()
+        self.peer_address = (peer.host, peer.port)
+        self._relay.connections.add(self)
+        if self.announce:
+            self._relay.on_connection(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._client is not None:
+            self._client.write(data)
+            return
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered > self._buffer_limit:
+            self.log.info(
+                "Closing unbound peer connection from {peer}: more than {limit} bytes buffered",
+                peer=self.peer_address,
+                limit=self._buffer_limit,
+            )
+            self.close()
+
+    def attach(self, client: Any) -> None:
+        """
+        Relay to and from C{client}, a client data connection's transport:
+        first what the peer sent before the bind, then everything, each
+        side pausing the other when it cannot keep up.
+        """
+        assert self.transport is not None
+        self._client = client
+        buffered, self._buffer = self._buffer, []
+        self._buffered = 0
+        for data in buffered:
+            client.write(data)
+        transport: Any = self.transport
+        client.registerProducer(transport, True)
+        transport.registerProducer(client, True)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._relay.connections.discard(self)
+        client, self._client = self._client, None
+        if client is not None:
+            client.loseConnection()
+        on_lost, self.on_lost = self.on_lost, _ignore
+        on_lost(self)
+
+
+class _PeerFactory(Factory):
+    noisy = False
+
+    def __init__(self, relay: "TcpRelay", announce: bool) -> None:
+        self._relay = relay
+        self._announce = announce
+        #: The last protocol built: adoptStreamConnection returns nothing.
+        self.built: PeerDataConnection | None = None
+
+    def buildProtocol(self, addr: object) -> PeerDataConnection:
+        protocol = PeerDataConnection(self._relay, self._relay.buffer_limit)
+        protocol.announce = self._announce
+        self.built = protocol
+        return protocol
+
+
+@implementer(IReadWriteDescriptor)
+class _Connecting:
+    """
+    A non-blocking connect in progress: writable means finished.
+    """
+
+    def __init__(
+        self, reactor: Any, sock: socket.socket, relay: "TcpRelay", result: defer.Deferred[Any]
+    ) -> None:
+        self._reactor = reactor
+        self._socket = sock
+        self._relay = relay
+        self._result = result
+        reactor.addWriter(self)
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def logPrefix(self) -> str:
+        return "TcpRelayConnect"
+
+    def doRead(self) -> None:
+        pass
+
+    def doWrite(self) -> None:
+        self._reactor.removeWriter(self)
+        error = self._socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self._fail(PeerConnectFailed(errno.errorcode.get(error, str(error))))
+            return
+        factory = _PeerFactory(self._relay, False)
+        try:
+            self._reactor.adoptStreamConnection(self._socket.fileno(), self._socket.family, factory)
+        except OSError as e:
+            self._fail(PeerConnectFailed(str(e)))
+            return
+        self._socket.close()  # the reactor holds its own duplicate
+        self._result.callback(factory.built)
+
+    def cancel(self) -> None:
+        self._reactor.removeWriter(self)
+        self._socket.close()
+
+    def _fail(self, error: Exception) -> None:
+        self._socket.close()
+        self._result.errback(error)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._fail(PeerConnectFailed("connection attempt lost"))
+
+
+@implementer(ITcpRelay)
+class TcpRelay:
+    """
+    One TCP relayed transport address.
+    """
+
+    def __init__(
+        self, allocator: "TcpRelayAllocator", reactor: Any, host: str, port: int, public: str
+    ) -> None:
+        self._allocator = allocator
+        self._reactor = reactor
+        self.address: Address = (host, port)
+        self.advertised: Address = (public, port)
+        self.on_connection: Callable[[Any], None] = lambda connection: connection.close()
+        self.receiver: Any = None
+        self.icmp_receiver: Any = None
+        self.buffer_limit = allocator.buffer_limit
+        self.connections: set[PeerDataConnection] = set()
+        self._port: Any = None
+        self._attempts: set[_Connecting] = set()
+
+    def listen(self) -> None:
+        sock = _reusable_socket(*self.address)
+        try:
+            sock.listen(128)
+            self._port = self._reactor.adoptStreamPort(
+                sock.fileno(), sock.family, _PeerFactory(self, True)
+            )
+        finally:
+            sock.close()
+
+    def connect(self, peer: Address) -> defer.Deferred[Any]:
+        def cancel(d: defer.Deferred[Any]) -> None:
+            attempt.cancel()
+            self._attempts.discard(attempt)
+
+        result: defer.Deferred[Any] = defer.Deferred(cancel)
+        try:
+            sock = _reusable_socket(*self.address)
+        except OSError as e:
+            return defer.fail(PeerConnectFailed(str(e)))
+        error = sock.connect_ex(peer)
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            return defer.fail(PeerConnectFailed(errno.errorcode.get(error, str(error))))
+        attempt = _Connecting(self._reactor, sock, self, result)
+        self._attempts.add(attempt)
+        result.addBoth(self._settled, attempt)
+        return result
+
+    def _settled(self, result: Any, attempt: _Connecting) -> Any:
+        self._attempts.discard(attempt)
+        return result
+
+    def close(self) -> object:
+        for attempt in list(self._attempts):
+            attempt.cancel()
+        self._attempts.clear()
+        for connection in list(self.connections):
+            connection.close()
+        self._allocator.release(self.address)
+        if self._port is None:
+            return None
+        port, self._port = self._port, None
+        return port.stopListening()
+
+
+@implementer(ITcpRelayAllocator)
+class TcpRelayAllocator:
+    """
+    Opens TCP relays on the relay addresses in [min_port, max_port].
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        addresses: Sequence[str],
+        min_port: int = 49152,
+        max_port: int = 65535,
+        external: dict[str, str] | None = None,
+        buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+        attempts: int = 64,
+    ) -> None:
+        self._reactor = reactor
+        self._addresses: dict[int, list[str]] = {}
+        for host in addresses:
+            self._addresses.setdefault(family_of(host), []).append(host)
+        self.families = frozenset(self._addresses)
+        self.min_port = min_port
+        self.max_port = max_port
+        self._external = dict(external or {})
+        self.buffer_limit = buffer_limit
+        self._attempts = attempts
+        self._in_use: dict[str, set[int]] = {h: set() for h in addresses}
+        self._random = random.SystemRandom()
+
+    def release(self, address: Address) -> None:
+        self._in_use.get(address[0], set()).discard(address[1])
+
+    def open_tcp(self, family: int) -> TcpRelay:
+        hosts = self._addresses.get(family)
+        if not hosts:
+            raise RelayUnavailable("no relay address of that family", family_unsupported=True)
+        host = hosts[self._random.randrange(len(hosts))]
+        size = self.max_port - self.min_port + 1
+        if len(self._in_use[host]) >= size:
+            raise RelayUnavailable("relay port range exhausted")
+        for _ in range(self._attempts):
+            port = self.min_port + self._random.randrange(size)
+            if port in self._in_use[host]:
+                continue
+            relay = TcpRelay(self, self._reactor, host, port, self._external.get(host, host))
+            try:
+                relay.listen()
+            except OSError:
+                continue
+            self._in_use[host].add(port)
+            return relay
+        raise RelayUnavailable("relay port range exhausted")
