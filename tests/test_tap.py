@@ -216,6 +216,63 @@ class TransportOptionsTests(SynchronousTestCase):
             self.assertEqual(str(error), text)
 
 
+class TcpRelayOptionsTests(SynchronousTestCase):
+    """
+    Options for TCP allocations.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Both relay kinds on, a 30 s connect timeout, 64 KiB before a bind.
+        """
+        service = makeService(parse("--relay-ip", "192.0.2.1"), reactor=Clock())
+        config = service.server.config
+        self.assertEqual((config.udp_relay, config.tcp_relay), (True, True))
+        self.assertEqual(config.tcp_connect_timeout, 30.0)
+        self.assertEqual(service.tcp_relays.buffer_limit, 65536)
+
+    def test_values(self) -> None:
+        """
+        The options reach the core and the TCP relay allocator.
+        """
+        service = makeService(
+            parse(
+                "--relay-ip",
+                "192.0.2.1",
+                "--no-udp-relay",
+                "--tcp-connect-timeout",
+                "45",
+                "--tcp-buffer",
+                "1000",
+            ),
+            reactor=Clock(),
+        )
+        config = service.server.config
+        self.assertEqual((config.udp_relay, config.tcp_relay), (False, True))
+        self.assertEqual(config.tcp_connect_timeout, 45.0)
+        self.assertEqual(service.tcp_relays.buffer_limit, 1000)
+
+    def test_errors(self) -> None:
+        """
+        A connect timeout under 30 s, a bad buffer size, or both relay
+        kinds off are refused.
+        """
+        for args, text in [
+            (
+                ["--tcp-connect-timeout", "10"],
+                "--tcp-connect-timeout must be at least 30 (RFC 6062)",
+            ),
+            (["--tcp-buffer", "lots"], "--tcp-buffer must be a number of bytes"),
+            (["--tcp-buffer", "0"], "--tcp-buffer must be positive"),
+            (
+                ["--no-udp-relay", "--no-tcp-relay"],
+                "--no-udp-relay and --no-tcp-relay leave nothing to relay",
+            ),
+        ]:
+            error = self.assertRaises(UsageError, parse, *args)
+            self.assertEqual(str(error), text)
+
+
 class MakeServiceTests(SynchronousTestCase):
     """
     Tests for L{makeService}.
