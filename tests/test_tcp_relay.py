@@ -231,7 +231,8 @@ class TcpRelayTests(TcpRelayBase):
         """
         A peer connecting to the relayed address is announced with a
         ConnectionAttempt once it has a permission; the client binds and
-        data flows both ways.  Without a permission it is closed at once.
+        data flows both ways, and when the peer closes, so does the client
+        data connection.  Without a permission it is closed at once.
         """
         control, relayed = yield self.allocate()
         stranger = StreamClient()
@@ -259,6 +260,8 @@ class TcpRelayTests(TcpRelayBase):
         assert data.transport is not None
         data.transport.write(b"reply")
         yield wait_until(lambda: peer.raw == b"reply")
+        peer.transport.loseConnection()
+        yield data.lost
 
     @defer.inlineCallbacks
     def test_flow_control(self) -> Any:
