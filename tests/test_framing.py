@@ -27,6 +27,7 @@ from txturn.testing import (
     FakeRelayAllocator,
     RecordingClientChannel,
     StunClient,
+    documentation_peers,
     self_signed_certificate,
 )
 from txturn.tls import TlsCredentials
@@ -93,6 +94,7 @@ class StreamProtocolTests(SynchronousTestCase):
             StaticCredentials(REALM, {"u": "p"}),
             FakeRelayAllocator(),
             config=ServerConfig(realm=REALM),
+            policy=documentation_peers(),
         )
 
     def connect(self) -> tuple[TurnStreamProtocol, StringTransport]:
@@ -342,6 +344,7 @@ class BehaviourMixin:
             StaticCredentials(REALM, {"u": "p"}),
             self.relays,
             config=ServerConfig(realm=REALM),
+            policy=documentation_peers(),
         )
         self.link = self.link_class(self.server, self.clock)
         self.client = StunClient("u", "p")
@@ -479,6 +482,7 @@ class DtlsListenerTests(SynchronousTestCase):
             StaticCredentials(REALM, {"u": "p"}),
             FakeRelayAllocator(),
             config=ServerConfig(realm=REALM),
+            policy=documentation_peers(),
         )
         self.listener = DtlsListener(
             self.server, CREDENTIALS.dtls_context(), self.clock, max_handshakes=3

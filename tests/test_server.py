@@ -20,7 +20,6 @@ from txturn.auth import (
     rest_api_password,
     userhash,
 )
-from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig, TurnServer
 from txturn.stun import (
     FAMILY_IPV4,
@@ -34,7 +33,12 @@ from txturn.stun import (
     decode,
     encode,
 )
-from txturn.testing import FakeRelayAllocator, RecordingClientChannel, StunClient
+from txturn.testing import (
+    FakeRelayAllocator,
+    RecordingClientChannel,
+    StunClient,
+    documentation_peers,
+)
 
 REALM = "example.org"
 CLIENT = ("198.51.100.7", 40000)
@@ -61,7 +65,7 @@ class ServerTestCase(SynchronousTestCase):
             self.clock,
             self.credentials,
             self.relays,
-            PeerPolicy(),
+            documentation_peers(),
             ServerConfig(realm=REALM, software="txturn test"),
         )
         self.channel = RecordingClientChannel()

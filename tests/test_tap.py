@@ -273,6 +273,51 @@ class TcpRelayOptionsTests(SynchronousTestCase):
             self.assertEqual(str(error), text)
 
 
+class PeerPolicyOptionsTests(SynchronousTestCase):
+    """
+    --allowed-peer-ip, --denied-peer-ip, and the server's own addresses.
+    """
+
+    def test_ranges(self) -> None:
+        """
+        Allowed ranges lift the default refusal; denied ones win; the
+        service's own listening and relay addresses are refused as peers
+        except on relay ports.
+        """
+        service = makeService(
+            parse(
+                "--listen",
+                "8.8.4.4",
+                "--relay-ip",
+                "8.8.4.4",
+                "--allowed-peer-ip",
+                "10.0.0.0/8",
+                "--denied-peer-ip",
+                "10.1.0.0-10.1.255.255",
+                "--min-port",
+                "50000",
+                "--max-port",
+                "50100",
+            ),
+            reactor=Clock(),
+        )
+        policy = service.server.policy
+        self.assertTrue(policy.allows("10.2.3.4"))
+        self.assertFalse(policy.allows("10.1.2.3"))
+        self.assertFalse(policy.allows("192.168.1.1"))
+        self.assertFalse(policy.allows_peer("8.8.4.4", 3478))
+        self.assertTrue(policy.allows_peer("8.8.4.4", 50050))
+
+    def test_bad_range(self) -> None:
+        """
+        A malformed range is refused naming the option.
+        """
+        error = self.assertRaises(UsageError, parse, "--denied-peer-ip", "10.0.0.9-10.0.0.1")
+        self.assertEqual(
+            str(error), "--denied-peer-ip: 10.0.0.9-10.0.0.1: the range ends before it starts"
+        )
+
+
 class MakeServiceTests(SynchronousTestCase):
     """
     Tests for L{makeService}.

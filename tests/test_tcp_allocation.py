@@ -11,7 +11,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txturn.auth import StaticCredentials
-from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig, TurnServer
 from txturn.stun import Attr, Class, Message, Method, decode
 from txturn.testing import (
@@ -20,6 +19,7 @@ from txturn.testing import (
     FakeTcpRelayAllocator,
     RecordingClientChannel,
     StunClient,
+    documentation_peers,
 )
 
 REALM = "tcp"
@@ -45,7 +45,7 @@ class TcpAllocationTests(SynchronousTestCase):
             self.clock,
             StaticCredentials(REALM, {"alice": "secret", "bob": "pw"}),
             FakeRelayAllocator(),
-            PeerPolicy(),
+            documentation_peers(),
             ServerConfig(realm=REALM, **config),
             tcp_relays=self.tcp_relays,
         )

@@ -2,25 +2,68 @@
 """
 Which peers a relay may reach.
 
-Every path that names a peer (CreatePermission, ChannelBind, Send, and
-later Connect and inbound traffic) asks L{PeerPolicy.allows}, after
+Every path that names a peer (CreatePermission, ChannelBind, Send,
+Connect, incoming TCP connections) asks L{PeerPolicy.allows}, after
 L{canonical_peer} has turned every IPv4-in-IPv6 spelling into the IPv4
 address it carries: the field's worst TURN bugs (relays into 127.0.0.1 via
 C{::ffff:127.0.0.1}, C{0.0.0.0}, C{[::]}) were all a check that looked at
-one spelling and a socket that accepted another.
+one spelling and a socket that accepted another.  Incoming UDP from peers
+needs a permission, and permissions are only installed for addresses this
+policy allowed.
+
+By default a relay reaches only public unicast addresses: loopback,
+unspecified, link-local (with the cloud metadata address), private,
+unique-local, site-local, CGNAT, benchmarking, documentation, multicast,
+reserved and broadcast ranges are refused.  C{allowed} ranges lift the
+default refusal; C{denied} ranges win over everything.
+
+The server's own addresses are refused on every port outside the relay
+port range: its listeners, its metrics, anything else on the host.  Its
+relay ports stay reachable, because two clients of one TURN server (two
+browsers in one call, both relay-only) reach each other exactly there.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Union
+from typing import Iterable, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _COMPATIBLE = ipaddress.ip_network("::/96")
-#: "This network": Linux delivers 0.0.0.0/8 to the host itself.
-_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
+#: Refused unless explicitly allowed.  Loopback is listed apart so that
+#: C{allow_loopback} can lift just it.
+LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+DEFAULT_DENIED: list[IPNetwork] = [
+    ipaddress.ip_network(n)
+    for n in [
+        "0.0.0.0/8",  # "this network"; Linux delivers 0.x to the host itself
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # CGNAT
+        "169.254.0.0/16",  # link-local, with 169.254.169.254 cloud metadata
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # TEST-NET-1
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "192.168.0.0/16",
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # TEST-NET-2
+        "203.0.113.0/24",  # TEST-NET-3
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, with 255.255.255.255 broadcast
+        "::/128",
+        "100::/64",  # discard-only
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation (RFC 9637)
+        "fc00::/7",  # unique-local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local
+        "ff00::/8",  # multicast
+    ]
+]
 
 
 def canonical_peer(host: str) -> IPAddress:
@@ -45,27 +88,111 @@ def canonical_peer(host: str) -> IPAddress:
     return address
 
 
+def parse_range(text: str) -> list[IPNetwork]:
+    """
+    A CIDR (C{10.0.0.0/8}), a single address, or an inclusive range
+    C{A-B}, as networks.
+
+    @raise ValueError: naming what is wrong.
+    """
+    text = text.strip()
+    if "-" in text:
+        first_text, _, last_text = text.partition("-")
+        first = ipaddress.ip_address(first_text.strip())
+        last = ipaddress.ip_address(last_text.strip())
+        if first.version != last.version:
+            raise ValueError(f"{text}: both ends must be of one family")
+        if int(first) > int(last):
+            raise ValueError(f"{text}: the range ends before it starts")
+        return list(ipaddress.summarize_address_range(first, last))
+    return [ipaddress.ip_network(text, strict=False)]
+
+
 class PeerPolicy:
     """
-    The peer address check, in one place.
+    The peer address check, in one place, with its decisions cached.
 
-    For now the refusals are loopback and unspecified addresses, lifted by
-    C{allow_loopback} (for tests and same-host deployments).
+    @param allowed: ranges reachable despite the default refusal.
+    @param denied: ranges never reachable, whatever else is allowed.
+    @param own_addresses: the server's own addresses (listening, relay,
+        metrics): as peers, reachable only on C{relay_ports}.
+    @param relay_ports: the relay port range.
     """
 
-    def __init__(self, allow_loopback: bool = False) -> None:
+    #: Decisions remembered; the cache is emptied when it fills, so its
+    #: memory is bounded whatever addresses peers use.
+    CACHE_SIZE = 65536
+
+    def __init__(
+        self,
+        allow_loopback: bool = False,
+        allowed: Iterable[IPNetwork] = (),
+        denied: Iterable[IPNetwork] = (),
+        own_addresses: Iterable[str] = (),
+        relay_ports: range = range(49152, 65536),
+    ) -> None:
         self.allow_loopback = allow_loopback
+        self.allowed = list(allowed)
+        if allow_loopback:
+            self.allowed += LOOPBACK
+        self.denied = list(denied)
+        self.relay_ports = relay_ports
+        self.own: set[IPAddress] = set()
+        self._cache: dict[str, tuple[bool, bool]] = {}
+        for host in own_addresses:
+            self.add_own_address(host)
+
+    def add_own_address(self, host: str) -> None:
+        """
+        Refuse C{host} as a peer: one of the server's own addresses.
+        Wildcards are not addresses a peer can have and are skipped.
+        """
+        address = canonical_peer(host)
+        if not address.is_unspecified:
+            self.own.add(address)
+        self._cache.clear()
+
+    def _lookup(self, host: str) -> tuple[bool, bool]:
+        decision = self._cache.get(host)
+        if decision is None:
+            decision = self._decide(host)
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            self._cache[host] = decision
+        return decision
 
     def allows(self, host: str) -> bool:
         """
-        Whether a relay may exchange traffic with C{host}.
+        Whether a relay may exchange traffic with IP C{host} at all (the
+        question CreatePermission asks).
+        """
+        return self._lookup(host)[0]
+
+    def allows_peer(self, host: str, port: int) -> bool:
+        """
+        Whether a relay may reach C{(host, port)}: L{allows}, and for the
+        server's own addresses only their relay ports.
+        """
+        allowed, own = self._lookup(host)
+        return allowed and (not own or port in self.relay_ports)
+
+    def _decide(self, host: str) -> tuple[bool, bool]:
+        """
+        (allowed, one of the server's own addresses) for C{host}.
         """
         try:
             address = canonical_peer(host)
         except ValueError:
-            return False
-        if address.is_unspecified or address in _THIS_NETWORK:
-            return False
-        if address.is_loopback:
-            return self.allow_loopback
-        return True
+            return False, False
+        # With loopback peers allowed (same-host testing), the host's own
+        # loopback services are fair game too.
+        own = address in self.own and not (self.allow_loopback and address.is_loopback)
+        if any(address in network for network in self.denied):
+            return False, own
+        if address.is_unspecified:
+            return False, own
+        if any(address in network for network in self.allowed):
+            return True, own
+        if any(address in network for network in LOOPBACK):
+            return False, own
+        return not any(address in network for network in DEFAULT_DENIED), own

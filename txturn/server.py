@@ -125,6 +125,8 @@ class TurnServer:
             nonces if nonces is not None else NonceManager(lifetime=self.config.nonce_lifetime)
         )
         self.tcp_relays = tcp_relays
+        #: Counters of what was refused or dropped, for operators.
+        self.stats: collections.Counter[str] = collections.Counter()
         self.peer_connections = PeerConnections(reactor)
         self.allocations: dict[tuple[IClientChannel, Address], Allocation] = {}
         self._reservations: dict[bytes, tuple[IRelay, IDelayedCall]] = {}
@@ -566,8 +568,10 @@ class TurnServer:
         if (
             allocation.closed
             or peer[0] not in allocation.permissions
-            or not self.policy.allows(peer[0])
+            or not self.policy.allows_peer(peer[0], peer[1])
         ):
+            if not allocation.closed:
+                self.stats["refused_peer"] += 1
             connection.close()
             return
         connection_id = self.peer_connections.add(allocation, connection)
@@ -697,13 +701,23 @@ class TurnServer:
         response.add(Attr.LIFETIME, int(lifetime))
         self._reply(client, address, request, response, auth)
 
-    def _peer_error(self, allocation: Allocation, peer: Address) -> int | None:
+    def _peer_error(
+        self, allocation: Allocation, peer: Address, port_matters: bool = True
+    ) -> int | None:
         """
         The error code a peer address earns on any path, or C{None}.
+        CreatePermission ignores the port (a permission is per IP).
         """
         if allocation.relay_for(peer[0]) is None:
             return 443
-        if not self.policy.allows(peer[0]):
+        allowed = (
+            self.policy.allows_peer(peer[0], peer[1])
+            if port_matters
+            else self.policy.allows(peer[0])
+        )
+        if not allowed:
+            self.stats["refused_peer"] += 1
+            self.log.info("Refused peer {peer} for {user}", peer=peer, user=allocation.username)
             return 403
         return None
 
@@ -725,7 +739,7 @@ class TurnServer:
             )
             return
         for peer in peers:
-            code = self._peer_error(allocation, peer)
+            code = self._peer_error(allocation, peer, port_matters=False)
             if code is not None:
                 self._reply(client, address, request, error_response(request, code), auth)
                 return
@@ -773,7 +787,10 @@ class TurnServer:
         if peer is None or data is None or peer[0] not in allocation.permissions:
             return
         relay = allocation.relay_for(peer[0])
-        if relay is None or not self.policy.allows(peer[0]):
+        if relay is None:
+            return
+        if not self.policy.allows_peer(peer[0], peer[1]):
+            self.stats["refused_peer"] += 1
             return
         relay.send(data, peer)
 

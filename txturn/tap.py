@@ -19,7 +19,7 @@ from txturn.auth import (
     RestApiCredentials,
     StaticCredentials,
 )
-from txturn.policy import PeerPolicy
+from txturn.policy import PeerPolicy, parse_range
 from txturn.server import ServerConfig
 from txturn.service import TurnService
 from txturn.tls import TlsConfigurationError, TlsCredentials
@@ -47,7 +47,7 @@ _GROUPS: list[tuple[str, list[str]]] = [
         "Authentication",
         ["realm", "user", "user-db", "static-auth-secret", "stale-nonce"],
     ),
-    ("Peers", ["allow-loopback-peers"]),
+    ("Peers", ["allowed-peer-ip", "denied-peer-ip", "allow-loopback-peers"]),
     ("Identity", ["software", "no-software"]),
     ("", ["help"]),
 ]
@@ -68,6 +68,13 @@ def _address(value: str, name: str) -> str:
         return str(ipaddress.ip_address(value.strip("[]")))
     except ValueError:
         raise usage.UsageError(f"--{name} must be an IP address, not {value!r}") from None
+
+
+def _range(value: str, name: str) -> list[Any]:
+    try:
+        return parse_range(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--{name}: {e}") from None
 
 
 class Options(usage.Options):
@@ -117,6 +124,8 @@ class Options(usage.Options):
         self["relay-ip"] = []
         self["user"] = []
         self["external-ip"] = []
+        self["allowed-peer-ip"] = []
+        self["denied-peer-ip"] = []
 
     def opt_listen(self, value: str) -> None:
         """
@@ -149,6 +158,19 @@ class Options(usage.Options):
             (_address(public, "external-ip"), _address(private, "external-ip") if private else None)
         )
 
+    def opt_allowed_peer_ip(self, value: str) -> None:
+        """
+        CIDR or A-B range relays may reach despite the default refusal of
+        private, loopback, link-local... ranges (repeatable).
+        """
+        self["allowed-peer-ip"] += _range(value, "allowed-peer-ip")
+
+    def opt_denied_peer_ip(self, value: str) -> None:
+        """
+        CIDR or A-B range relays never reach; wins over everything (repeatable).
+        """
+        self["denied-peer-ip"] += _range(value, "denied-peer-ip")
+
     opt_L = opt_listen
     opt_u = opt_user
 
@@ -165,6 +187,8 @@ class Options(usage.Options):
         docs["relay-ip"] = (None, "relay-ip=ADDR", self.opt_relay_ip.__doc__)
         docs["user"] = ("u", "user=NAME:PASSWORD", self.opt_user.__doc__)
         docs["external-ip"] = (None, "external-ip=PUB[/PRIV]", self.opt_external_ip.__doc__)
+        docs["allowed-peer-ip"] = (None, "allowed-peer-ip=RANGE", self.opt_allowed_peer_ip.__doc__)
+        docs["denied-peer-ip"] = (None, "denied-peer-ip=RANGE", self.opt_denied_peer_ip.__doc__)
         docs["help"] = (None, "help", "Show this help and exit.")
         lines = [f"Usage: twistd [twistd options] turn {self.synopsis}", "", self.longdesc, ""]
         for title, names in _GROUPS:
@@ -290,7 +314,11 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
         options["relay-ip"],
         min_port=options["min-port"],
         max_port=options["max-port"],
-        policy=PeerPolicy(allow_loopback=options["allow-loopback-peers"]),
+        policy=PeerPolicy(
+            allow_loopback=options["allow-loopback-peers"],
+            allowed=options["allowed-peer-ip"],
+            denied=options["denied-peer-ip"],
+        ),
         config=ServerConfig(
             realm=realm,
             software=options["software"],

@@ -31,6 +31,7 @@ from txturn.interfaces import (
     ITcpRelayAllocator,
     RelayUnavailable,
 )
+from txturn.policy import PeerPolicy, parse_range
 from txturn.stun import (
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -216,6 +217,20 @@ class StunClient:
                 message.add(Attr.PASSWORD_ALGORITHM, (self.algorithm, b""))
             key = self.key
         return encode(message, key, sha256=sha256, add_fingerprint=self.fingerprint)
+
+
+def documentation_peers() -> PeerPolicy:
+    """
+    The default peer policy, but letting relays reach the documentation
+    ranges (203.0.113.0/24, 198.51.100.0/24, 2001:db8::/32) that tests use
+    as peers, the way an operator would with C{--allowed-peer-ip}.
+    """
+    allowed = [
+        r
+        for text in ("203.0.113.0/24", "198.51.100.0/24", "2001:db8::/32")
+        for r in parse_range(text)
+    ]
+    return PeerPolicy(allowed=allowed)
 
 
 def peer_family(host: str) -> int:
