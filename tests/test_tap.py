@@ -262,8 +262,9 @@ class TcpRelayOptionsTests(SynchronousTestCase):
                 ["--tcp-connect-timeout", "10"],
                 "--tcp-connect-timeout must be at least 30 (RFC 6062)",
             ),
-            (["--tcp-buffer", "lots"], "--tcp-buffer must be a number of bytes"),
-            (["--tcp-buffer", "0"], "--tcp-buffer must be positive"),
+            (["--tcp-buffer", "lots"], "--tcp-buffer must be a whole number"),
+            (["--tcp-buffer", "0"], "--tcp-buffer must be at least 1"),
+            (["--user-quota", "-1"], "--user-quota must be at least 0"),
             (
                 ["--no-udp-relay", "--no-tcp-relay"],
                 "--no-udp-relay and --no-tcp-relay leave nothing to relay",
@@ -315,6 +316,38 @@ class PeerPolicyOptionsTests(SynchronousTestCase):
         error = self.assertRaises(UsageError, parse, "--denied-peer-ip", "10.0.0.9-10.0.0.1")
         self.assertEqual(
             str(error), "--denied-peer-ip: 10.0.0.9-10.0.0.1: the range ends before it starts"
+        )
+
+
+class QuotaOptionsTests(SynchronousTestCase):
+    """
+    Quota and limit options reach the core.
+    """
+
+    def test_values(self) -> None:
+        """
+        --user-quota, --total-quota, --max-permissions and --max-bps become
+        the core's configuration.
+        """
+        service = makeService(
+            parse(
+                "--relay-ip",
+                "192.0.2.1",
+                "--user-quota",
+                "3",
+                "--total-quota",
+                "100",
+                "--max-permissions",
+                "10",
+                "--max-bps",
+                "125000",
+            ),
+            reactor=Clock(),
+        )
+        config = service.server.config
+        self.assertEqual(
+            (config.user_quota, config.total_quota, config.max_permissions, config.max_bps),
+            (3, 100, 10, 125000),
         )
 
 

@@ -19,6 +19,7 @@ couple of dict lookups and one socket send.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import struct
@@ -28,6 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from txturn.interfaces import Address, IClientChannel, IRelay
+from txturn.limits import TokenBucket
 from txturn.stun import (
     CHANNEL_DATA_HEADER,
     FAMILY_IPV4,
@@ -85,6 +87,7 @@ class Allocation:
         client_address: Address,
         username: str,
         on_empty: Callable[["Allocation"], None],
+        stats: collections.Counter[str] | None = None,
     ) -> None:
         self._reactor = reactor
         self.client = client
@@ -106,6 +109,9 @@ class Allocation:
         self.closed = False
         #: A TCP allocation (RFC 6062): no channels, Send or Data.
         self.tcp = False
+        #: Relayed bytes per second, both directions (--max-bps), or None.
+        self.bandwidth: TokenBucket | None = None
+        self._stats = stats if stats is not None else collections.Counter()
         self._txid_prefix = os.urandom(8)
         self._send_to_client = client.send
         self._pad = client.transport_name in STREAM_TRANSPORTS
@@ -266,6 +272,9 @@ class Allocation:
         """
         entry = self.channels.get(channel)
         if entry is not None:
+            if self.bandwidth is not None and not self.bandwidth.take(length):
+                self._stats["dropped_bandwidth"] += 1
+                return
             entry[1].send(data[4 : 4 + length], entry[0])
 
     def from_peer(self, data: bytes, peer: Address) -> None:
@@ -275,6 +284,10 @@ class Allocation:
         indication.
         """
         if peer[0] not in self.permissions:
+            self._stats["dropped_no_permission"] += 1
+            return
+        if self.bandwidth is not None and not self.bandwidth.take(len(data)):
+            self._stats["dropped_bandwidth"] += 1
             return
         channel = self.peer_channels.get(peer)
         if channel is not None:

@@ -35,6 +35,7 @@ from txturn.interfaces import (
     ITcpRelayAllocator,
     RelayUnavailable,
 )
+from txturn.limits import SourceLimiter, TokenBucket
 from txturn.policy import PeerPolicy
 from txturn.stun import (
     CHANNEL_DATA_HEADER,
@@ -84,6 +85,18 @@ class ServerConfig:
     tcp_relay: bool = True
     #: How long a Connect may take before 447; RFC 6062 says at least 30 s.
     tcp_connect_timeout: float = 30.0
+    #: Concurrent allocations per user (486) and on the server (508);
+    #: permissions per allocation (508); relayed bytes per second per
+    #: allocation, both directions, excess dropped.  0 means no limit.
+    user_quota: int = 0
+    total_quota: int = 0
+    max_permissions: int = 0
+    max_bps: int = 0
+    #: 401 and 438 answers per second (and burst) to one source address:
+    #: beyond it the server stays silent, so it cannot be used to reflect
+    #: traffic at a spoofed address.
+    challenge_rate: float = 10.0
+    challenge_burst: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,10 @@ class TurnServer:
         self.tcp_relays = tcp_relays
         #: Counters of what was refused or dropped, for operators.
         self.stats: collections.Counter[str] = collections.Counter()
+        self._user_allocations: collections.Counter[str] = collections.Counter()
+        self._challenges = SourceLimiter(
+            reactor, self.config.challenge_rate, self.config.challenge_burst
+        )
         self.peer_connections = PeerConnections(reactor)
         self.allocations: dict[tuple[IClientChannel, Address], Allocation] = {}
         self._reservations: dict[bytes, tuple[IRelay, IDelayedCall]] = {}
@@ -236,6 +253,17 @@ class TurnServer:
         response.add(Attr.PASSWORD_ALGORITHMS, PASSWORD_ALGORITHMS)
         return response
 
+    def _send_challenge(
+        self, client: IClientChannel, address: Address, request: Message, code: int
+    ) -> None:
+        """
+        Answer 401 or 438, unless this source has had its share of them.
+        """
+        if not self._challenges.allow(address[0]):
+            self.stats["challenges_limited"] += 1
+            return
+        self._reply(client, address, request, self._challenge(request, address, code))
+
     def _authenticate(
         self, client: IClientChannel, address: Address, request: Message
     ) -> AuthContext | None:
@@ -247,7 +275,7 @@ class TurnServer:
         same and gets the same 401 as a wrong password.
         """
         if request.integrity_offset is None and request.integrity_sha256_offset is None:
-            self._reply(client, address, request, self._challenge(request, address, 401))
+            self._send_challenge(client, address, request, 401)
             return None
         username = request.get(Attr.USERNAME)
         hashed = request.get(Attr.USERHASH)
@@ -278,7 +306,7 @@ class TurnServer:
             algorithm = chosen[0]
         now = self._reactor.seconds()
         if not self.nonces.is_valid(nonce, address[0], now):
-            self._reply(client, address, request, self._challenge(request, address, 438))
+            self._send_challenge(client, address, request, 438)
             return None
         if username is None:
             username = self.credentials.username_for_hash(hashed, realm)
@@ -291,7 +319,7 @@ class TurnServer:
         intact = request.check_integrity(key if key is not None else self._dummy_key)
         if key is None or not intact:
             self._log_failure(address, username, nonce)
-            self._reply(client, address, request, self._challenge(request, address, 401))
+            self._send_challenge(client, address, request, 401)
             return None
         return AuthContext(username, key, request.integrity_sha256_offset is not None)
 
@@ -387,6 +415,9 @@ class TurnServer:
         transport = request.get(Attr.REQUESTED_TRANSPORT)
         if transport is None:
             return fail(400, "Missing REQUESTED-TRANSPORT")
+        quota = self._quota_error(auth)
+        if quota is not None:
+            return fail(quota)
         if transport == TCP and self.tcp_relays is not None and self.config.tcp_relay:
             return self._allocate_tcp(client, address, request, auth, fail)
         if transport != UDP:
@@ -468,6 +499,20 @@ class TurnServer:
             response.add(Attr.RESERVATION_TOKEN, new_token)
         self._send_allocated(client, address, request, auth, allocation, response)
 
+    def _quota_error(self, auth: AuthContext) -> int | None:
+        """
+        486 when the user has all the allocations they may, 508 when the
+        server has.
+        """
+        config = self.config
+        if config.user_quota and self._user_allocations[auth.username] >= config.user_quota:
+            self.stats["user_quota"] += 1
+            return 486
+        if config.total_quota and len(self.allocations) >= config.total_quota:
+            self.stats["total_quota"] += 1
+            return 508
+        return None
+
     def _allocated(
         self,
         client: IClientChannel,
@@ -483,8 +528,13 @@ class TurnServer:
         Record a new allocation over C{relays}; return it with the start of
         its success response (relayed addresses, C{extra}, LIFETIME).
         """
-        allocation = Allocation(self._reactor, client, address, auth.username, self._forget)
+        allocation = Allocation(
+            self._reactor, client, address, auth.username, self._forget, stats=self.stats
+        )
         allocation.tcp = tcp
+        if self.config.max_bps:
+            allocation.bandwidth = TokenBucket(self._reactor, self.config.max_bps)
+        self._user_allocations[auth.username] += 1
         response = response_to(request, Class.SUCCESS)
         for relay_family, relay in sorted(relays.items()):
             allocation.add_relay(relay_family, relay, lifetime)
@@ -669,7 +719,10 @@ class TurnServer:
         The allocation has no relay left (expired, or deleted by Refresh):
         forget it and close its data connections, if it had any.
         """
-        self.allocations.pop((allocation.client, allocation.client_address), None)
+        if self.allocations.pop((allocation.client, allocation.client_address), None):
+            self._user_allocations[allocation.username] -= 1
+            if self._user_allocations[allocation.username] <= 0:
+                del self._user_allocations[allocation.username]
         self.peer_connections.close_allocation(allocation)
 
     def _delete(self, allocation: Allocation) -> list[object]:
@@ -721,6 +774,16 @@ class TurnServer:
             return 403
         return None
 
+    def _too_many_permissions(self, allocation: Allocation, hosts: set[str]) -> bool:
+        limit = self.config.max_permissions
+        if not limit:
+            return False
+        new = hosts - allocation.permissions.keys()
+        if len(allocation.permissions) + len(new) > limit:
+            self.stats["max_permissions"] += 1
+            return True
+        return False
+
     def _create_permission(
         self, client: IClientChannel, address: Address, request: Message
     ) -> None:
@@ -743,6 +806,9 @@ class TurnServer:
             if code is not None:
                 self._reply(client, address, request, error_response(request, code), auth)
                 return
+        if self._too_many_permissions(allocation, {peer[0] for peer in peers}):
+            self._reply(client, address, request, error_response(request, 508), auth)
+            return
         for peer in peers:
             allocation.install_permission(peer[0])
         self._reply(client, address, request, response_to(request, Class.SUCCESS), auth)
@@ -769,6 +835,8 @@ class TurnServer:
             return fail(code)
         if allocation.channel_conflict(channel, peer):
             return fail(400, "Channel or peer already bound")
+        if self._too_many_permissions(allocation, {peer[0]}):
+            return fail(508)
         relay = allocation.relay_for(peer[0])
         assert relay is not None  # _peer_error checked the family
         allocation.bind_channel(channel, peer, relay)
@@ -791,6 +859,9 @@ class TurnServer:
             return
         if not self.policy.allows_peer(peer[0], peer[1]):
             self.stats["refused_peer"] += 1
+            return
+        if allocation.bandwidth is not None and not allocation.bandwidth.take(len(data)):
+            self.stats["dropped_bandwidth"] += 1
             return
         relay.send(data, peer)
 

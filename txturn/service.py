@@ -60,6 +60,9 @@ class TurnService(service.MultiService):
         it to, which clients are told instead (coturn's C{external-ip}).
     @param tcp_buffer: bytes a peer of a TCP allocation may send before
         the client binds its data connection; past it the peer is closed.
+    @param max_tcp_buffer: bytes held for a TCP/TLS client that reads
+        slowly before relayed frames to it are dropped (default: Twisted's
+        64 KiB).
     @param announce: C{(username, password)} to log once at startup with a
         ready-to-paste C{iceServers} snippet, for a server whose user was
         generated rather than configured.
@@ -84,6 +87,7 @@ class TurnService(service.MultiService):
         external_ips: Mapping[str, str] | None = None,
         announce: tuple[str, str] | None = None,
         tcp_buffer: int = DEFAULT_BUFFER_LIMIT,
+        max_tcp_buffer: int | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         unknown = set(transports) - ALL_TRANSPORTS
@@ -118,6 +122,7 @@ class TurnService(service.MultiService):
         self.tls_port = tls_port
         self.transports = frozenset(transports)
         self._announce = announce
+        self._max_tcp_buffer = max_tcp_buffer
         #: (transport name, listening port) for every bound listener.
         self.ports: list[tuple[str, Any]] = []
         self._stream_factories: list[TurnStreamFactory] = []
@@ -144,13 +149,13 @@ class TurnService(service.MultiService):
             if "udp" in self.transports:
                 wanted.append(("udp", host, port, TurnDatagramProtocol(server)))
             if "tcp" in self.transports:
-                factory = TurnStreamFactory(server, "tcp")
+                factory = TurnStreamFactory(server, "tcp", self._max_tcp_buffer)
                 self._stream_factories.append(factory)
                 wanted.append(("tcp", host, port, factory))
             if self.tls is None:
                 continue
             if "tls" in self.transports:
-                factory = TurnStreamFactory(server, "tls")
+                factory = TurnStreamFactory(server, "tls", self._max_tcp_buffer)
                 self._stream_factories.append(factory)
                 # The TLS layer batches small writes until the next turn of
                 # its clock: that must be our reactor, not the global one.

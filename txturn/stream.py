@@ -6,12 +6,20 @@ stream and hands each frame to the core with itself as the client channel.
 The connection is the allocation's 5-tuple: when it closes, its
 allocation is deleted (RFC 8656 section 3.4).  TLS is the same protocol
 behind Twisted's C{TLSMemoryBIOFactory}.
+
+What the server writes to a client that reads slowly is capped: the
+protocol registers itself as a push producer on its own transport, which
+pauses it when its buffer passes the transport's C{bufferSize} (64 KiB by
+default, or C{max_buffer}), and while paused relayed frames are dropped,
+as they would be on UDP.  So a client that stops reading cannot make the
+server hold more than that for it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,7 +31,7 @@ from txturn.server import TurnServer
 from txturn.stun import StunDecodeError
 
 
-@implementer(IClientChannel)
+@implementer(IClientChannel, IPushProducer)
 class TurnStreamProtocol(Protocol):
     """
     One TCP or TLS connection from a client.
@@ -31,9 +39,14 @@ class TurnStreamProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, server: TurnServer, transport_name: str) -> None:
+    def __init__(
+        self, server: TurnServer, transport_name: str, max_buffer: int | None = None
+    ) -> None:
         self._server = server
         self.transport_name = transport_name
+        self._max_buffer = max_buffer
+        #: Whether the transport's buffer is full: relayed frames are dropped.
+        self.congested = False
         self.local_address: Address = ("", 0)
         self.peer_address: Address = ("", 0)
         self._framer = StreamFramer()
@@ -46,6 +59,10 @@ class TurnStreamProtocol(Protocol):
         host: Any = self.transport.getHost()
         self.peer_address = (peer.host, peer.port)
         self.local_address = (host.host, host.port)
+        transport: Any = self.transport
+        if self._max_buffer is not None and hasattr(transport, "bufferSize"):
+            transport.bufferSize = self._max_buffer
+        transport.registerProducer(self, True)
         if isinstance(self.factory, TurnStreamFactory):
             self.factory.connections.add(self)
 
@@ -75,17 +92,35 @@ class TurnStreamProtocol(Protocol):
         """
         After a successful ConnectionBind: this connection now carries raw
         bytes to and from C{peer}, starting with whatever followed the
-        ConnectionBind request.
+        ConnectionBind request.  The peer connection becomes this
+        transport's producer, for end-to-end flow control.
         """
         self._peer = peer
+        assert self.transport is not None
+        transport: Any = self.transport
+        transport.unregisterProducer()
         peer.attach(self.transport)
         remaining = self._framer.take_remaining()
         if remaining:
             peer.write(remaining)
 
     def send(self, data: bytes, address: Address) -> None:
+        if self.congested:
+            self._server.stats["dropped_congested"] += 1
+            return
         if self.transport is not None:
             self.transport.write(data)
+
+    # IPushProducer: the transport tells us when its buffer is full.
+
+    def pauseProducing(self) -> None:
+        self.congested = True
+
+    def resumeProducing(self) -> None:
+        self.congested = False
+
+    def stopProducing(self) -> None:
+        self.congested = True
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if isinstance(self.factory, TurnStreamFactory):
@@ -103,13 +138,16 @@ class TurnStreamFactory(Factory):
 
     noisy = False
 
-    def __init__(self, server: TurnServer, transport_name: str) -> None:
+    def __init__(
+        self, server: TurnServer, transport_name: str, max_buffer: int | None = None
+    ) -> None:
         self._server = server
         self._transport_name = transport_name
+        self._max_buffer = max_buffer
         self.connections: set[TurnStreamProtocol] = set()
 
     def buildProtocol(self, addr: object) -> TurnStreamProtocol:
-        protocol = TurnStreamProtocol(self._server, self._transport_name)
+        protocol = TurnStreamProtocol(self._server, self._transport_name, self._max_buffer)
         protocol.factory = self
         return protocol
 

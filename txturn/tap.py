@@ -48,6 +48,10 @@ _GROUPS: list[tuple[str, list[str]]] = [
         ["realm", "user", "user-db", "static-auth-secret", "stale-nonce"],
     ),
     ("Peers", ["allowed-peer-ip", "denied-peer-ip", "allow-loopback-peers"]),
+    (
+        "Quotas and limits",
+        ["user-quota", "total-quota", "max-permissions", "max-bps", "max-tcp-buffer"],
+    ),
     ("Identity", ["software", "no-software"]),
     ("", ["help"]),
 ]
@@ -104,6 +108,11 @@ class Options(usage.Options):
         ["max-allocate-lifetime", None, "3600", "Longest allocation lifetime, seconds."],
         ["tcp-connect-timeout", None, "30", "Seconds a TCP Connect may take (at least 30)."],
         ["tcp-buffer", None, "65536", "Bytes a TCP peer may send before the client binds."],
+        ["user-quota", None, "0", "Concurrent allocations per user, 0 for no limit (486)."],
+        ["total-quota", None, "0", "Allocations on the server, 0 for no limit (508)."],
+        ["max-permissions", None, "0", "Permissions per allocation, 0 for no limit (508)."],
+        ["max-bps", None, "0", "Relayed bytes/s per allocation, both ways; 0 for none."],
+        ["max-tcp-buffer", None, "65536", "Bytes held for a slow TCP/TLS client before dropping."],
         ["stale-nonce", None, "600", "Seconds a nonce stays valid."],
         ["software", None, f"txturn {__version__}", "SOFTWARE attribute sent."],
     ]
@@ -218,12 +227,20 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be positive")
         if self["tcp-connect-timeout"] < 30:
             raise usage.UsageError("--tcp-connect-timeout must be at least 30 (RFC 6062)")
-        try:
-            self["tcp-buffer"] = int(self["tcp-buffer"])
-        except ValueError:
-            raise usage.UsageError("--tcp-buffer must be a number of bytes") from None
-        if self["tcp-buffer"] < 1:
-            raise usage.UsageError("--tcp-buffer must be positive")
+        for name, minimum in [
+            ("tcp-buffer", 1),
+            ("max-tcp-buffer", 1),
+            ("user-quota", 0),
+            ("total-quota", 0),
+            ("max-permissions", 0),
+            ("max-bps", 0),
+        ]:
+            try:
+                self[name] = int(self[name])
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be a whole number") from None
+            if self[name] < minimum:
+                raise usage.UsageError(f"--{name} must be at least {minimum}")
         if self["no-udp-relay"] and self["no-tcp-relay"]:
             raise usage.UsageError("--no-udp-relay and --no-tcp-relay leave nothing to relay")
         if not self["realm"]:
@@ -327,6 +344,10 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
             udp_relay=not options["no-udp-relay"],
             tcp_relay=not options["no-tcp-relay"],
             tcp_connect_timeout=options["tcp-connect-timeout"],
+            user_quota=options["user-quota"],
+            total_quota=options["total-quota"],
+            max_permissions=options["max-permissions"],
+            max_bps=options["max-bps"],
         ),
         announce=announce,
         tls=tls,
@@ -334,4 +355,5 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
         transports=options["transports"],
         external_ips=options["external-map"],
         tcp_buffer=options["tcp-buffer"],
+        max_tcp_buffer=options["max-tcp-buffer"],
     )

@@ -8,6 +8,7 @@ dance.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import ipaddress
 import os
@@ -17,7 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from txturn.auth import long_term_key
@@ -108,7 +111,7 @@ class FakeRelay:
     def close(self) -> None:
         self.closed = True
         if self._allocator is not None:
-            self._allocator.open_relays.discard(self)
+            self._allocator.release(self)
 
 
 @implementer(IRelayAllocator)
@@ -125,17 +128,25 @@ class FakeRelayAllocator:
     ) -> None:
         self.hosts = hosts if hosts is not None else {FAMILY_IPV4: "192.0.2.1"}
         self.families = frozenset(self.hosts)
-        self._next = first_port
+        self._first = self._next = first_port
+        self._ports_in_use: set[int] = set()
         self.capacity = capacity
         self.open_relays: set[FakeRelay] = set()
         self.opened: list[FakeRelay] = []
 
     def _one(self, family: int) -> FakeRelay:
+        while self._next in self._ports_in_use:
+            self._next = self._next + 1 if self._next < 65535 else self._first
         relay = FakeRelay((self.hosts[family], self._next), self)
-        self._next += 1
+        self._next = self._next + 1 if self._next < 65535 else self._first
         self.open_relays.add(relay)
+        self._ports_in_use.add(relay.address[1])
         self.opened.append(relay)
         return relay
+
+    def release(self, relay: FakeRelay) -> None:
+        self.open_relays.discard(relay)
+        self._ports_in_use.discard(relay.address[1])
 
     def open(
         self, family: int, even: bool, reserve_next: bool
@@ -354,3 +365,54 @@ class FakeTcpRelayAllocator:
         self._next += 1
         self.opened.append(relay)
         return relay
+
+
+class _TrackedCall(DelayedCall):
+    """
+    A DelayedCall that reports every reset, even to a later time (Twisted's
+    own defers those silently, which is fine for a reactor's heap but not
+    for a list kept sorted incrementally).
+    """
+
+    def reset(self, secondsFromNow: float) -> None:
+        super().reset(secondsFromNow)
+        self.resetter(self)
+
+
+class FastClock(Clock):
+    """
+    A L{Clock} for tests with tens of thousands of timers.
+
+    Twisted's Clock re-sorts its whole list of calls on every callLater
+    and after every call it fires, which is quadratic in the number of
+    timers; this one inserts in order and sorts only after a reset.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._unsorted = False
+
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
+        call = _TrackedCall(
+            self.seconds() + delay,
+            callable,
+            args,
+            kw,
+            self.calls.remove,
+            self._reset,
+            self.seconds,
+        )
+        bisect.insort(self.calls, call, key=_due)
+        return call
+
+    def _reset(self, call: DelayedCall) -> None:
+        self._unsorted = True
+
+    def _sortCalls(self) -> None:
+        if self._unsorted:
+            self.calls.sort(key=_due)
+            self._unsorted = False
+
+
+def _due(call: DelayedCall) -> float:
+    return call.getTime()
