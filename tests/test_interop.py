@@ -375,6 +375,57 @@ class UclientTests(TestCase):
         self.assertNotIn("error 4", output)
 
     @defer.inlineCallbacks
+    def test_negative_and_abuse(self) -> Any:
+        """
+        uclient's negative tests (-N) and protocol-abuse tests (-R, which
+        corrupts random bytes of one message in ten) leave the server
+        running and serving: afterwards a normal run relays with 0 lost,
+        and nothing reached the last-resort error handler.
+
+        -N ends with the 400 it provokes (rebinding a peer to another
+        channel) and exit status 255, as it does against coturn.  -R waits
+        forever for answers to messages whose FINGERPRINT it broke, which
+        RFC 8489 says to discard silently, so it is stopped after 10 s.
+        """
+        failures: list[Any] = []
+        allocated: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_failure") is not None:
+                failures.append(event["log_failure"])
+            if "relays" in event:
+                allocated.append(event["relays"])
+
+        observer = cast(ILogObserver, observe)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        port = str(self.server.service.port_of("udp"))
+        common = [
+            "-u",
+            "test",
+            "-w",
+            "secret",
+            "-e",
+            "127.0.0.1",
+            "-r",
+            str(self.peer_port),
+            "-p",
+            port,
+            "-n",
+            "10",
+            "-m",
+            "2",
+            "127.0.0.1",
+        ]
+        out, err, code = yield getProcessOutputAndValue(self.uclient, ["-N", *common])
+        self.assertIn(b"error 400", out + err)
+        before = len(allocated)
+        yield getProcessOutputAndValue("/usr/bin/timeout", ["10", self.uclient, "-R", *common])
+        self.assertGreater(len(allocated), before)  # -R did reach the server
+        yield self.run_uclient(clients=2, messages=20)
+        self.assertEqual(failures, [])
+
+    @defer.inlineCallbacks
     def test_dual_allocation(self) -> Any:
         """
         Dual allocation (-Z): every allocation gets both relays (uclient
