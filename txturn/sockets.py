@@ -22,6 +22,26 @@ from twisted.internet.protocol import DatagramProtocol
 #: (Twisted's default is 8192).
 MAX_DATAGRAM = 65535
 
+#: Receive buffer for UDP listeners: a burst of a few thousand datagrams
+#: (a flood, or many clients at once) must not push out a client's
+#: packets before the reactor gets to them.  Forced past net.core.rmem_max
+#: where the process may (root), else as large as the system allows.
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def enlarge_receive_buffer(sock: socket.socket, size: int = UDP_RECEIVE_BUFFER) -> None:
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    if force is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+            return
+        except OSError:
+            pass
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError:
+        pass
+
 
 def datagram_sender(transport: Any) -> Any:
     """
@@ -60,6 +80,7 @@ def listen_udp(reactor: Any, host: str, port: int, protocol: DatagramProtocol) -
     Bind a UDP listener and adopt it; returns the listening port.
     """
     sock = bound_socket(host, port, socket.SOCK_DGRAM)
+    enlarge_receive_buffer(sock)
     try:
         return reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol, MAX_DATAGRAM)
     finally:
