@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from relay import free_port, rss_mib, transact, wait_for_server  # noqa: E402
+
 from txturn.stun import Attr, Method  # noqa: E402
 from txturn.testing import StunClient  # noqa: E402
 
