@@ -94,9 +94,10 @@ class ServerConfig:
     max_bps: int = 0
     #: 401 and 438 answers per second (and burst) to one source address:
     #: beyond it the server stays silent, so it cannot be used to reflect
-    #: traffic at a spoofed address.
-    challenge_rate: float = 10.0
-    challenge_burst: float = 20.0
+    #: traffic at a spoofed address.  Generous enough for hundreds of
+    #: clients starting at once behind one NAT.
+    challenge_rate: float = 100.0
+    challenge_burst: float = 200.0
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,14 @@ _GROUPS: list[tuple[str, list[str]]] = [
     ("Peers", ["allowed-peer-ip", "denied-peer-ip", "allow-loopback-peers"]),
     (
         "Quotas and limits",
-        ["user-quota", "total-quota", "max-permissions", "max-bps", "max-tcp-buffer"],
+        [
+            "user-quota",
+            "total-quota",
+            "max-permissions",
+            "max-bps",
+            "max-tcp-buffer",
+            "challenge-rate",
+        ],
     ),
     ("Identity", ["software", "no-software"]),
     ("", ["help"]),
@@ -113,6 +120,7 @@ class Options(usage.Options):
         ["max-permissions", None, "0", "Permissions per allocation, 0 for no limit (508)."],
         ["max-bps", None, "0", "Relayed bytes/s per allocation, both ways; 0 for none."],
         ["max-tcp-buffer", None, "65536", "Bytes held for a slow TCP/TLS client before dropping."],
+        ["challenge-rate", None, "100", "401/438 answers per second to one address (burst 2x)."],
         ["stale-nonce", None, "600", "Seconds a nonce stays valid."],
         ["software", None, f"txturn {__version__}", "SOFTWARE attribute sent."],
     ]
@@ -234,6 +242,7 @@ class Options(usage.Options):
             ("total-quota", 0),
             ("max-permissions", 0),
             ("max-bps", 0),
+            ("challenge-rate", 1),
         ]:
             try:
                 self[name] = int(self[name])
@@ -348,6 +357,8 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
             total_quota=options["total-quota"],
             max_permissions=options["max-permissions"],
             max_bps=options["max-bps"],
+            challenge_rate=options["challenge-rate"],
+            challenge_burst=2 * options["challenge-rate"],
         ),
         announce=announce,
         tls=tls,
