@@ -17,10 +17,9 @@ the allocation, which tells the client (RFC 8656 section 11.5).
 from __future__ import annotations
 
 import errno
-import random
 import socket
 import struct
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from twisted.internet import udp
 from twisted.internet.error import CannotListenError
@@ -31,6 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.interfaces import Address, IRelay, IRelayAllocator, RelayUnavailable
+from txturn.ports import PortPool
 from txturn.sockets import MAX_DATAGRAM, datagram_sender
 from txturn.stun import FAMILY_IPV4, family_of
 
@@ -194,14 +194,7 @@ class UdpRelay(DatagramProtocol):
 @implementer(IRelayAllocator)
 class UdpRelayAllocator:
     """
-    Opens relay sockets on the relay addresses, in [min_port, max_port].
-
-    Ports are tried at random (RFC 8656 asks for unpredictable relayed
-    ports); the set of ports in use is kept so an exhausted range is
-    known at once and answered 508 without a scan.
-
-    @param external: relay address -> the public address that a 1:1 NAT
-        maps it to, advertised to clients instead.
+    Opens relay sockets in a L{PortPool}.
     """
 
     log = Logger()
@@ -216,34 +209,16 @@ class UdpRelayAllocator:
         external: Mapping[str, str] | None = None,
     ) -> None:
         self._reactor = reactor
-        self._addresses: dict[int, list[str]] = {}
-        for host in addresses:
-            self._addresses.setdefault(family_of(host), []).append(host)
-        self.families = frozenset(self._addresses)
+        self.pool = PortPool(addresses, min_port, max_port, external, attempts)
+        self.families = self.pool.families
         self.min_port = min_port
         self.max_port = max_port
-        self._attempts = attempts
-        self._external = dict(external or {})
-        self._in_use: dict[str, set[int]] = {h: set() for h in addresses}
-        self._random = random.SystemRandom()
 
     def release(self, address: Address) -> None:
-        self._in_use.get(address[0], set()).discard(address[1])
-
-    def _candidates(self, even: bool) -> Iterable[int]:
-        size = self.max_port - self.min_port + 1
-        for _ in range(self._attempts):
-            port = self.min_port + self._random.randrange(size)
-            if even:
-                port &= ~1
-                if port < self.min_port or port + 1 > self.max_port:
-                    continue
-            yield port
+        self.pool.release(address)
 
     def _bind(self, host: str, port: int) -> UdpRelay | None:
-        if port in self._in_use[host]:
-            return None
-        relay = UdpRelay(self, host, self._external.get(host, host))
+        relay = UdpRelay(self, host, self.pool.public(host))
         listener = RelayPort(  # type: ignore[no-untyped-call]
             port, relay, interface=host, maxPacketSize=MAX_DATAGRAM, reactor=self._reactor
         )
@@ -251,19 +226,12 @@ class UdpRelayAllocator:
             listener.startListening()  # type: ignore[no-untyped-call]
         except CannotListenError:
             return None
-        self._in_use[host].add(port)
+        self.pool.take(host, port)
         return relay
 
     def open(self, family: int, even: bool, reserve_next: bool) -> tuple[UdpRelay, UdpRelay | None]:
-        hosts = self._addresses.get(family)
-        if not hosts:
-            raise RelayUnavailable("no relay address of that family", family_unsupported=True)
-        host = hosts[self._random.randrange(len(hosts))]
-        if len(self._in_use[host]) + (2 if reserve_next else 1) > (
-            self.max_port - self.min_port + 1
-        ):
-            raise RelayUnavailable("relay port range exhausted")
-        for port in self._candidates(even or reserve_next):
+        host = self.pool.host(family, 2 if reserve_next else 1)
+        for port in self.pool.candidates(host, even or reserve_next):
             relay = self._bind(host, port)
             if relay is None:
                 continue

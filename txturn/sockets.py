@@ -54,9 +54,11 @@ def datagram_sender(transport: Any) -> Any:
     return sock.sendto if sock is not None else transport.write
 
 
-def bound_socket(host: str, port: int, kind: int) -> socket.socket:
+def bound_socket(host: str, port: int, kind: int, reuse_port: bool = False) -> socket.socket:
     """
-    A non-blocking socket of C{kind} bound to C{(host, port)}.
+    A non-blocking socket of C{kind} bound to C{(host, port)}; with
+    C{reuse_port}, one of several sharing that address (a TCP relay's
+    listener and its outgoing connections).
 
     @raise OSError: if it cannot be bound.
     """
@@ -67,6 +69,8 @@ def bound_socket(host: str, port: int, kind: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.setblocking(False)
     except BaseException:

@@ -20,7 +20,6 @@ other, so a fast sender cannot grow the server's memory.
 from __future__ import annotations
 
 import errno
-import random
 import socket
 from typing import Any, Callable, Sequence
 
@@ -38,7 +37,8 @@ from txturn.interfaces import (
     ITcpRelayAllocator,
     RelayUnavailable,
 )
-from txturn.stun import family_of
+from txturn.ports import PortPool
+from txturn.sockets import bound_socket
 
 
 class PeerConnectFailed(Exception):
@@ -56,19 +56,7 @@ def _ignore(*args: Any) -> None:
 
 
 def _reusable_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return bound_socket(host, port, socket.SOCK_STREAM, reuse_port=True)
 
 
 @implementer(IPeerConnection)
@@ -281,7 +269,7 @@ class TcpRelay:
 @implementer(ITcpRelayAllocator)
 class TcpRelayAllocator:
     """
-    Opens TCP relays on the relay addresses in [min_port, max_port].
+    Opens TCP relays in a L{PortPool}.
     """
 
     def __init__(
@@ -295,38 +283,21 @@ class TcpRelayAllocator:
         attempts: int = 64,
     ) -> None:
         self._reactor = reactor
-        self._addresses: dict[int, list[str]] = {}
-        for host in addresses:
-            self._addresses.setdefault(family_of(host), []).append(host)
-        self.families = frozenset(self._addresses)
-        self.min_port = min_port
-        self.max_port = max_port
-        self._external = dict(external or {})
+        self.pool = PortPool(addresses, min_port, max_port, external, attempts)
+        self.families = self.pool.families
         self.buffer_limit = buffer_limit
-        self._attempts = attempts
-        self._in_use: dict[str, set[int]] = {h: set() for h in addresses}
-        self._random = random.SystemRandom()
 
     def release(self, address: Address) -> None:
-        self._in_use.get(address[0], set()).discard(address[1])
+        self.pool.release(address)
 
     def open_tcp(self, family: int) -> TcpRelay:
-        hosts = self._addresses.get(family)
-        if not hosts:
-            raise RelayUnavailable("no relay address of that family", family_unsupported=True)
-        host = hosts[self._random.randrange(len(hosts))]
-        size = self.max_port - self.min_port + 1
-        if len(self._in_use[host]) >= size:
-            raise RelayUnavailable("relay port range exhausted")
-        for _ in range(self._attempts):
-            port = self.min_port + self._random.randrange(size)
-            if port in self._in_use[host]:
-                continue
-            relay = TcpRelay(self, self._reactor, host, port, self._external.get(host, host))
+        host = self.pool.host(family)
+        for port in self.pool.candidates(host):
+            relay = TcpRelay(self, self._reactor, host, port, self.pool.public(host))
             try:
                 relay.listen()
             except OSError:
                 continue
-            self._in_use[host].add(port)
+            self.pool.take(host, port)
             return relay
         raise RelayUnavailable("relay port range exhausted")
