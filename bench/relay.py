@@ -57,28 +57,19 @@ def pinned(cpu: int, argv: list[str]) -> list[str]:
     return argv
 
 
-def start_txturn(port: int) -> subprocess.Popen[bytes]:
+def start_txturn(port: int, *extra: str, cpu: int | None = 0) -> subprocess.Popen[bytes]:
+    """
+    C{twistd -n turn} on 127.0.0.1 with the benchmark user, pinned to
+    C{cpu} (or not, with C{None}); C{extra} options are appended.
+    """
     argv = [
-        sys.executable,
-        "-c",
-        "from twisted.scripts.twistd import run; run()",
-        "-n",
-        "--pidfile=",
-        "turn",
-        "--listen",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--relay-ip",
-        "127.0.0.1",
-        "--realm",
-        REALM,
-        "--user",
-        f"{USER}:{PASSWORD}",
-        "--allow-loopback-peers",
-    ]
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        "-n", "--pidfile=", "turn", "--listen", "127.0.0.1", "--port", str(port),
+        "--relay-ip", "127.0.0.1", "--realm", REALM, "--user", f"{USER}:{PASSWORD}",
+        "--allow-loopback-peers", *extra,
+    ]  # fmt: skip
     return subprocess.Popen(
-        pinned(0, argv),
+        pinned(cpu, argv) if cpu is not None else argv,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=os.path.dirname(HERE),

@@ -13,19 +13,24 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from relay import free_port, rss_mib, transact, wait_for_server  # noqa: E402
+from relay import (  # noqa: E402
+    PASSWORD,
+    USER,
+    free_port,
+    rss_mib,
+    start_txturn,
+    transact,
+    wait_for_server,
+)
 
 from txturn.stun import Attr, Method  # noqa: E402
 from txturn.testing import StunClient  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def descriptors(pid: int) -> int:
@@ -42,7 +47,7 @@ def one_round(
     clients = []
     # One 401 for the whole round: the nonce is bound to the IP, which all
     # these clients share (as clients behind one NAT would).
-    first = StunClient("soak", "soak-password")
+    first = StunClient(USER, PASSWORD)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.settimeout(5)
         probe.connect(("127.0.0.1", port))
@@ -53,7 +58,7 @@ def one_round(
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.settimeout(5)
         sock.connect(("127.0.0.1", port))
-        client = StunClient("soak", "soak-password")
+        client = StunClient(USER, PASSWORD)
         client.realm, client.nonce = first.realm, first.nonce
         transact(sock, client, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
         transact(sock, client, Method.REFRESH, [(Attr.LIFETIME, 900)])
@@ -80,31 +85,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     port = free_port()
-    argv = [
-        sys.executable,
-        "-c",
-        "from twisted.scripts.twistd import run; run()",
-        "-n",
-        "--pidfile=",
-        "turn",
-        "--listen",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--relay-ip",
-        "127.0.0.1",
-        "--user",
-        "soak:soak-password",
-        "--realm",
-        "bench",
-        "--allow-loopback-peers",
-        "--no-tcp",
-        "--stale-nonce",
-        "3600",
-    ]
-    server = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=os.path.dirname(HERE)
-    )
+    server = start_txturn(port, "--no-tcp", "--stale-nonce", "3600", cpu=None)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
     try:
