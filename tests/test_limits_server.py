@@ -174,7 +174,10 @@ class ChallengeLimitTests(LimitTestCase):
             self.server.datagram_received(self.channel, request, address)
         self.assertEqual(self.server.allocations, {})
         self.assertEqual(self.relays.opened, [])
-        self.assertLessEqual(len(self.server._challenges), self.server._challenges.max_sources)
+        self.assertLessEqual(
+            len(self.server.authenticator.challenges),
+            self.server.authenticator.challenges.max_sources,
+        )
 
 
 class CongestionTests(SynchronousTestCase):

@@ -24,7 +24,8 @@ from twisted.logger import Logger
 
 from txturn import __version__
 from txturn.allocation import STREAM_TRANSPORTS, Allocation
-from txturn.auth import CredentialError, ICredentialSource, NonceManager
+from txturn.auth import ICredentialSource, NonceManager
+from txturn.authenticator import AuthContext, Authenticator
 from txturn.connections import PeerConnections
 from txturn.interfaces import (
     Address,
@@ -46,7 +47,6 @@ from txturn.stun import (
     Class,
     Message,
     Method,
-    PasswordAlgorithm,
     StunDecodeError,
     decode,
     encode,
@@ -63,9 +63,6 @@ CHANNEL_MIN = 0x4000
 #: accepts them; so do we.
 CHANNEL_MAX = 0x7FFF
 RESERVATION_LIFETIME = 30.0
-
-#: What the server offers in PASSWORD-ALGORITHMS, most preferred first.
-PASSWORD_ALGORITHMS = [(PasswordAlgorithm.SHA256, b""), (PasswordAlgorithm.MD5, b"")]
 
 
 @dataclass(frozen=True)
@@ -100,17 +97,6 @@ class ServerConfig:
     challenge_burst: float = 200.0
 
 
-@dataclass(frozen=True)
-class AuthContext:
-    """
-    Who sent an authenticated request, and how to sign the answer.
-    """
-
-    username: str
-    key: bytes
-    sha256: bool
-
-
 class TurnServer:
     """
     The sans-io TURN core.
@@ -142,14 +128,17 @@ class TurnServer:
         #: Counters of what was refused or dropped, for operators.
         self.stats: collections.Counter[str] = collections.Counter()
         self._user_allocations: collections.Counter[str] = collections.Counter()
-        self._challenges = SourceLimiter(
-            reactor, self.config.challenge_rate, self.config.challenge_burst
+        self.authenticator = Authenticator(
+            reactor,
+            credentials,
+            self.config.realm,
+            self.nonces,
+            SourceLimiter(reactor, self.config.challenge_rate, self.config.challenge_burst),
+            self.stats,
         )
         self.peer_connections = PeerConnections(reactor)
         self.allocations: dict[tuple[IClientChannel, Address], Allocation] = {}
         self._reservations: dict[bytes, tuple[IRelay, IDelayedCall]] = {}
-        self._logged_failures: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._dummy_key = secrets.token_bytes(16)
         self._handlers: dict[int, Callable[[IClientChannel, Address, Message], None]] = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,
@@ -247,98 +236,19 @@ class TurnServer:
         client.send(data, address)
         return data
 
-    def _challenge(self, request: Message, address: Address, code: int) -> Message:
-        response = error_response(request, code)
-        response.add(Attr.REALM, self.config.realm)
-        response.add(Attr.NONCE, self.nonces.issue(address[0], self._reactor.seconds()))
-        response.add(Attr.PASSWORD_ALGORITHMS, PASSWORD_ALGORITHMS)
-        return response
-
-    def _send_challenge(
-        self, client: IClientChannel, address: Address, request: Message, code: int
-    ) -> None:
-        """
-        Answer 401 or 438, unless this source has had its share of them.
-        """
-        if not self._challenges.allow(address[0]):
-            self.stats["challenges_limited"] += 1
-            return
-        self._reply(client, address, request, self._challenge(request, address, code))
-
     def _authenticate(
         self, client: IClientChannel, address: Address, request: Message
     ) -> AuthContext | None:
         """
-        Long-term credential check of RFC 8489 section 9.2.4.  Answers the
-        client itself and returns C{None} when the request is refused.
-
-        An unknown user is checked against a random key, so it costs the
-        same and gets the same 401 as a wrong password.
+        Authenticate C{request}; when it is refused, send the answer the
+        L{Authenticator} chose (if any) and return C{None}.
         """
-        if request.integrity_offset is None and request.integrity_sha256_offset is None:
-            self._send_challenge(client, address, request, 401)
-            return None
-        username = request.get(Attr.USERNAME)
-        hashed = request.get(Attr.USERHASH)
-        realm = request.get(Attr.REALM)
-        nonce = request.get(Attr.NONCE)
-        if (username is None and hashed is None) or realm is None or nonce is None:
-            self._reply(
-                client, address, request, error_response(request, 400, "Missing credentials")
-            )
-            return None
-        algorithms = request.get(Attr.PASSWORD_ALGORITHMS)
-        chosen = request.get(Attr.PASSWORD_ALGORITHM)
-        algorithm = PasswordAlgorithm.MD5
-        if algorithms is not None or chosen is not None:
-            if (
-                algorithms is None
-                or chosen is None
-                or algorithms != PASSWORD_ALGORITHMS
-                or chosen not in algorithms
-            ):
-                self._reply(
-                    client,
-                    address,
-                    request,
-                    error_response(request, 400, "Password algorithm mismatch"),
-                )
-                return None
-            algorithm = chosen[0]
-        now = self._reactor.seconds()
-        if not self.nonces.is_valid(nonce, address[0], now):
-            self._send_challenge(client, address, request, 438)
-            return None
-        if username is None:
-            username = self.credentials.username_for_hash(hashed, realm)
-        key = None
-        if username is not None:
-            try:
-                key = self.credentials.key_for(username, realm, algorithm, now)
-            except CredentialError:
-                key = None  # a realm or name OpaqueString refuses: unknown user
-        intact = request.check_integrity(key if key is not None else self._dummy_key)
-        if key is None or not intact:
-            self._log_failure(address, username, nonce)
-            self._send_challenge(client, address, request, 401)
-            return None
-        return AuthContext(username, key, request.integrity_sha256_offset is not None)
-
-    def _log_failure(self, address: Address, username: str | None, nonce: str) -> None:
-        """
-        Log a failed authentication once per nonce, never per packet; the
-        set of nonces already logged is bounded.
-        """
-        if nonce in self._logged_failures:
-            return
-        self._logged_failures[nonce] = None
-        if len(self._logged_failures) > 4096:
-            self._logged_failures.popitem(last=False)
-        self.log.info(
-            "Authentication failed for user {user!r} from {client}",
-            user=username,
-            client=address,
-        )
+        result = self.authenticator.check(request, address)
+        if isinstance(result, AuthContext):
+            return result
+        if result is not None:
+            self._reply(client, address, request, result)
+        return None
 
     def _check_unknown(
         self,

@@ -1,0 +1,144 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The long-term credential check of RFC 8489 section 9.2.4, as a decision:
+a request is either authenticated (an L{AuthContext}) or refused with the
+answer to send (400, 401 with a challenge, 438 with a fresh nonce), or
+refused in silence when its source has had its share of challenges.
+
+Nothing here sends anything or keeps state per client: nonces are
+stateless, the challenge limiter and the set of failures already logged
+are bounded.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from txturn.auth import CredentialError, ICredentialSource, NonceManager
+from txturn.interfaces import Address
+from txturn.limits import SourceLimiter
+from txturn.stun import Attr, Message, PasswordAlgorithm, error_response
+
+#: What the server offers in PASSWORD-ALGORITHMS, most preferred first.
+PASSWORD_ALGORITHMS = [(PasswordAlgorithm.SHA256, b""), (PasswordAlgorithm.MD5, b"")]
+
+#: Failed nonces remembered, so each failure is logged once.
+_LOGGED_FAILURES = 4096
+
+
+@dataclass(frozen=True)
+class AuthContext:
+    """
+    Who sent an authenticated request, and how to sign the answer.
+    """
+
+    username: str
+    key: bytes
+    sha256: bool
+
+
+class Authenticator:
+    """
+    Checks requests against an L{ICredentialSource}.
+
+    @ivar challenges: the per-source limit on 401 and 438 answers.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        credentials: ICredentialSource,
+        realm: str,
+        nonces: NonceManager,
+        challenges: SourceLimiter,
+        stats: collections.Counter[str],
+    ) -> None:
+        self._reactor = reactor
+        self.credentials = credentials
+        self.realm = realm
+        self.nonces = nonces
+        self.challenges = challenges
+        self._stats = stats
+        self._logged_failures: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._dummy_key = secrets.token_bytes(16)
+
+    def check(self, request: Message, address: Address) -> AuthContext | Message | None:
+        """
+        An L{AuthContext} for an authenticated request; otherwise the
+        response to send, or C{None} to stay silent.
+
+        An unknown user is checked against a random key, so it costs the
+        same and gets the same 401 as a wrong password.
+        """
+        if request.integrity_offset is None and request.integrity_sha256_offset is None:
+            return self._challenge(request, address, 401)
+        username = request.get(Attr.USERNAME)
+        hashed = request.get(Attr.USERHASH)
+        realm = request.get(Attr.REALM)
+        nonce = request.get(Attr.NONCE)
+        if (username is None and hashed is None) or realm is None or nonce is None:
+            return error_response(request, 400, "Missing credentials")
+        algorithms = request.get(Attr.PASSWORD_ALGORITHMS)
+        chosen = request.get(Attr.PASSWORD_ALGORITHM)
+        algorithm = PasswordAlgorithm.MD5
+        if algorithms is not None or chosen is not None:
+            if (
+                algorithms is None
+                or chosen is None
+                or algorithms != PASSWORD_ALGORITHMS
+                or chosen not in algorithms
+            ):
+                return error_response(request, 400, "Password algorithm mismatch")
+            algorithm = chosen[0]
+        now = self._reactor.seconds()
+        if not self.nonces.is_valid(nonce, address[0], now):
+            return self._challenge(request, address, 438)
+        if username is None:
+            username = self.credentials.username_for_hash(hashed, realm)
+        key = None
+        if username is not None:
+            try:
+                key = self.credentials.key_for(username, realm, algorithm, now)
+            except CredentialError:
+                key = None  # a realm or name OpaqueString refuses: unknown user
+        intact = request.check_integrity(key if key is not None else self._dummy_key)
+        if key is None or not intact:
+            self._log_failure(address, username, nonce)
+            return self._challenge(request, address, 401)
+        return AuthContext(username, key, request.integrity_sha256_offset is not None)
+
+    def _challenge(self, request: Message, address: Address, code: int) -> Message | None:
+        """
+        A 401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS,
+        unless this source has had its share of them.
+        """
+        if not self.challenges.allow(address[0]):
+            self._stats["challenges_limited"] += 1
+            return None
+        response = error_response(request, code)
+        response.add(Attr.REALM, self.realm)
+        response.add(Attr.NONCE, self.nonces.issue(address[0], self._reactor.seconds()))
+        response.add(Attr.PASSWORD_ALGORITHMS, PASSWORD_ALGORITHMS)
+        return response
+
+    def _log_failure(self, address: Address, username: str | None, nonce: str) -> None:
+        """
+        Log a failed authentication once per nonce, never per packet.
+        """
+        if nonce in self._logged_failures:
+            return
+        self._logged_failures[nonce] = None
+        if len(self._logged_failures) > _LOGGED_FAILURES:
+            self._logged_failures.popitem(last=False)
+        self.log.info(
+            "Authentication failed for user {user!r} from {client}",
+            user=username,
+            client=address,
+        )
