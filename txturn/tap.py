@@ -7,6 +7,7 @@ their strings into objects and calls the library constructor.
 from __future__ import annotations
 
 import ipaddress
+import textwrap
 from typing import Any, Sequence
 
 from twisted.python import usage
@@ -62,6 +63,32 @@ _GROUPS: list[tuple[str, list[str]]] = [
     ("Identity", ["software", "no-software"]),
     ("", ["help"]),
 ]
+
+
+#: What --help calls each option's value.
+_METAVARS = {
+    "port": "N",
+    "tls-port": "N",
+    "min-port": "N",
+    "max-port": "N",
+    "realm": "REALM",
+    "user-db": "FILE",
+    "static-auth-secret": "SECRET",
+    "max-allocate-lifetime": "SECONDS",
+    "stale-nonce": "SECONDS",
+    "tcp-connect-timeout": "SECONDS",
+    "software": "NAME",
+    "cert": "FILE",
+    "key": "FILE",
+    "ca-file": "FILE",
+    "tcp-buffer": "BYTES",
+    "max-tcp-buffer": "BYTES",
+    "max-bps": "BYTES",
+    "user-quota": "N",
+    "total-quota": "N",
+    "max-permissions": "N",
+    "challenge-rate": "N",
+}
 
 
 def _port(value: str, name: str) -> int:
@@ -197,7 +224,12 @@ class Options(usage.Options):
         """
         docs: dict[str, tuple[str | None, str, str | None]] = {}
         for long, short, default, doc in self.optParameters:
-            docs[long] = (short, f"{long}=VALUE", f"{doc} [default: {default}]" if default else doc)
+            metavar = _METAVARS.get(long, "VALUE")
+            docs[long] = (
+                short,
+                f"{long}={metavar}",
+                f"{doc} [default: {default}]" if default else doc,
+            )
         for long, short, doc in self.optFlags:
             docs[long] = (short, long, doc)
         docs["listen"] = ("L", "listen=ADDR", self.opt_listen.__doc__)
@@ -207,7 +239,12 @@ class Options(usage.Options):
         docs["allowed-peer-ip"] = (None, "allowed-peer-ip=RANGE", self.opt_allowed_peer_ip.__doc__)
         docs["denied-peer-ip"] = (None, "denied-peer-ip=RANGE", self.opt_denied_peer_ip.__doc__)
         docs["help"] = (None, "help", "Show this help and exit.")
-        lines = [f"Usage: twistd [twistd options] turn {self.synopsis}", "", self.longdesc, ""]
+        lines = [
+            f"Usage: twistd [twistd options] turn {self.synopsis}",
+            "",
+            textwrap.fill(self.longdesc, 78),
+            "",
+        ]
         for title, names in _GROUPS:
             if title:
                 lines.append(f"{title}:")
@@ -215,7 +252,10 @@ class Options(usage.Options):
                 short, spelling, doc = docs[name]
                 flag = f"-{short}, " if short else "    "
                 text = " ".join((doc or "").split())
-                lines.append(f"  {flag}--{spelling:<28} {text}")
+                head = f"  {flag}--{spelling:<32} "
+                lines.append(
+                    textwrap.fill(text, 100, initial_indent=head, subsequent_indent=" " * len(head))
+                )
             lines.append("")
         return "\n".join(lines)
 
