@@ -109,7 +109,8 @@ class OptionsTests(SynchronousTestCase):
         text = str(Options())
         for heading in ["Listening:", "Relays:", "Authentication:", "Peers:"]:
             self.assertIn(heading, text)
-        self.assertIn("--static-auth-secret=VALUE", text)
+        self.assertIn("--static-auth-secret=SECRET", text)
+        self.assertIn("--port=N", text)
 
 
 class TransportOptionsTests(SynchronousTestCase):
