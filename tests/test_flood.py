@@ -17,7 +17,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tests.test_interop import require, spawn, twistd_turn, uclient_totals
+from tests.test_interop import require, spawn, twistd_turn, uclient_args, uclient_totals
 from tests.test_service import free_udp_port
 from txturn.stun import Attr, Class, Method, decode
 from txturn.testing import StunClient
@@ -119,26 +119,7 @@ class FloodTests(TestCase):
     @defer.inlineCallbacks
     def relay(self, uclient: str, port: int, peer_port: int, messages: int) -> Any:
         out, err, code = yield getProcessOutputAndValue(
-            uclient,
-            [
-                "-u",
-                "test",
-                "-w",
-                "secret",
-                "-e",
-                "127.0.0.1",
-                "-r",
-                str(peer_port),
-                "-p",
-                str(port),
-                "-n",
-                str(messages),
-                "-m",
-                "2",
-                "-l",
-                "100",
-                "127.0.0.1",
-            ],
+            uclient, uclient_args(port, peer_port, messages, 2, length=100)
         )
         output = out.decode(errors="replace") + err.decode(errors="replace")
         return uclient_totals(output)

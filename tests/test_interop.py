@@ -109,6 +109,25 @@ def uclient_totals(output: str) -> tuple[int, int, int]:
     return int(sent[-1][0]), int(sent[-1][1]), int(lost.group(1))
 
 
+def uclient_args(
+    port: int,
+    peer_port: int,
+    messages: int,
+    clients: int,
+    peer: str = "127.0.0.1",
+    server: str = "127.0.0.1",
+    length: int = 120,
+) -> list[str]:
+    """
+    turnutils_uclient options for user test/secret relaying C{messages}
+    from each of C{clients} through C{server}:C{port} to C{peer}:C{peer_port}.
+    """
+    return [
+        "-u", "test", "-w", "secret", "-e", peer, "-r", str(peer_port), "-p", str(port),
+        "-n", str(messages), "-m", str(clients), "-l", str(length), server,
+    ]  # fmt: skip
+
+
 def twistd_turn(port: int, *options: str) -> list[str]:
     """
     The command line of C{twistd -n turn} on 127.0.0.1, run from the
@@ -246,26 +265,7 @@ class UclientTests(TestCase):
         port = self.server.service.port_of(transport, server)
         out, err, code = yield getProcessOutputAndValue(
             self.uclient,
-            [
-                *flags,
-                "-u",
-                "test",
-                "-w",
-                "secret",
-                "-e",
-                peer,
-                "-r",
-                str(self.peer_port),
-                "-p",
-                str(port),
-                "-n",
-                str(messages),
-                "-m",
-                str(clients),
-                "-l",
-                "120",
-                server,
-            ],
+            [*flags, *uclient_args(port, self.peer_port, messages, clients, peer, server)],
             env=os.environ.copy(),
         )
         output = out.decode(errors="replace") + err.decode(errors="replace")
@@ -399,24 +399,8 @@ class UclientTests(TestCase):
         observer = cast(ILogObserver, observe)
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
-        port = str(self.server.service.port_of("udp"))
-        common = [
-            "-u",
-            "test",
-            "-w",
-            "secret",
-            "-e",
-            "127.0.0.1",
-            "-r",
-            str(self.peer_port),
-            "-p",
-            port,
-            "-n",
-            "10",
-            "-m",
-            "2",
-            "127.0.0.1",
-        ]
+        port = self.server.service.port_of("udp")
+        common = uclient_args(port, self.peer_port, 10, 2, length=100)
         out, err, code = yield getProcessOutputAndValue(self.uclient, ["-N", *common])
         self.assertIn(b"error 400", out + err)
         before = len(handled)

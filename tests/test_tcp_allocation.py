@@ -75,6 +75,22 @@ class TcpAllocationTests(SynchronousTestCase):
         self.assertEqual(message.cls, Class.ERROR)
         self.assertEqual(message.get(Attr.ERROR_CODE)[0], code)
 
+    def bind(
+        self, connection_id: int, client: StunClient | None = None
+    ) -> tuple[Message, RecordingClientChannel]:
+        """
+        ConnectionBind on a new TCP connection; the answer and the channel.
+        """
+        data = RecordingClientChannel("tcp")
+        response = self.request(
+            Method.CONNECTION_BIND,
+            [(Attr.CONNECTION_ID, connection_id)],
+            channel=data,
+            address=DATA,
+            client=client,
+        )
+        return response, data
+
     def connect(self, peer: tuple[str, int] = PEER) -> tuple[Any, FakePeerConnection]:
         """
         Send Connect, succeed the relay's connect; return the response and
@@ -223,13 +239,7 @@ class TcpAllocationTests(SynchronousTestCase):
         """
         self.allocate()
         response, connection = self.connect()
-        data = RecordingClientChannel("tcp")
-        bound = self.request(
-            Method.CONNECTION_BIND,
-            [(Attr.CONNECTION_ID, response.get(Attr.CONNECTION_ID))],
-            channel=data,
-            address=DATA,
-        )
+        bound, data = self.bind(response.get(Attr.CONNECTION_ID))
         self.assertEqual(bound.cls, Class.SUCCESS)
         self.assertIs(data.attached, connection)
         self.clock.advance(60)
@@ -256,32 +266,9 @@ class TcpAllocationTests(SynchronousTestCase):
                 400,
             )
         bob = StunClient("bob", "pw")
-        self.assertError(
-            self.request(
-                Method.CONNECTION_BIND,
-                [(Attr.CONNECTION_ID, connection_id)],
-                channel=RecordingClientChannel("tcp"),
-                address=DATA,
-                client=bob,
-            ),
-            441,
-        )
-        first = RecordingClientChannel("tcp")
-        self.request(
-            Method.CONNECTION_BIND,
-            [(Attr.CONNECTION_ID, connection_id)],
-            channel=first,
-            address=DATA,
-        )
-        self.assertError(
-            self.request(
-                Method.CONNECTION_BIND,
-                [(Attr.CONNECTION_ID, connection_id)],
-                channel=RecordingClientChannel("tcp"),
-                address=DATA,
-            ),
-            400,
-        )
+        self.assertError(self.bind(connection_id, client=bob)[0], 441)
+        self.bind(connection_id)
+        self.assertError(self.bind(connection_id)[0], 400)
 
     def test_unbound_timeout(self) -> None:
         """
@@ -320,13 +307,7 @@ class TcpAllocationTests(SynchronousTestCase):
             (indication.method, indication.cls), (Method.CONNECTION_ATTEMPT, Class.INDICATION)
         )
         self.assertEqual(indication.get(Attr.XOR_PEER_ADDRESS), PEER)
-        data = RecordingClientChannel("tcp")
-        bound = self.request(
-            Method.CONNECTION_BIND,
-            [(Attr.CONNECTION_ID, indication.get(Attr.CONNECTION_ID))],
-            channel=data,
-            address=DATA,
-        )
+        bound, data = self.bind(indication.get(Attr.CONNECTION_ID))
         self.assertEqual(bound.cls, Class.SUCCESS)
         self.assertIs(data.attached, connection)
 
@@ -338,12 +319,7 @@ class TcpAllocationTests(SynchronousTestCase):
         """
         self.allocate()
         response, bound = self.connect()
-        self.request(
-            Method.CONNECTION_BIND,
-            [(Attr.CONNECTION_ID, response.get(Attr.CONNECTION_ID))],
-            channel=RecordingClientChannel("tcp"),
-            address=DATA,
-        )
+        self.bind(response.get(Attr.CONNECTION_ID))
         _, pending = self.connect(("203.0.113.9", 1))
         self.server.datagram_received(
             self.control,

@@ -94,6 +94,19 @@ class Peer(Protocol):
             self.lost.callback(None)
 
 
+def dial(address: tuple[str, int], raw: bool = False) -> StreamClient:
+    """
+    Connect a L{StreamClient} to C{address}; C{raw} for a plain TCP peer
+    that speaks no TURN.  Wait on its C{ready} or C{lost}.
+    """
+    client = StreamClient()
+    client.is_raw = raw
+    factory = ClientFactory.forProtocol(StreamClient)
+    factory.buildProtocol = lambda addr: client  # type: ignore[method-assign]
+    reactor.connectTCP(address[0], address[1], factory)
+    return client
+
+
 def wait_until(condition: Any, timeout: float = 10.0) -> defer.Deferred[None]:
     """
     Poll C{condition} on the real reactor; real sockets leave no clock to
@@ -144,10 +157,7 @@ class TcpRelayBase(TestCase):
 
     @defer.inlineCallbacks
     def open(self) -> Any:
-        factory = ClientFactory.forProtocol(StreamClient)
-        connection: StreamClient = StreamClient()
-        factory.buildProtocol = lambda addr: connection  # type: ignore[method-assign]
-        reactor.connectTCP("127.0.0.1", self.server_port, factory)
+        connection = dial(("127.0.0.1", self.server_port))
         yield connection.ready
         self.addCleanup(self.close, connection)
         return connection
@@ -235,17 +245,10 @@ class TcpRelayTests(TcpRelayBase):
         data connection.  Without a permission it is closed at once.
         """
         control, relayed = yield self.allocate()
-        stranger = StreamClient()
-        factory = ClientFactory.forProtocol(StreamClient)
-        factory.buildProtocol = lambda addr: stranger  # type: ignore[method-assign]
-        reactor.connectTCP(relayed[0], relayed[1], factory)
+        stranger = dial(relayed, raw=True)
         yield stranger.lost
         yield self.request(control, Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, relayed)])
-        peer = StreamClient()
-        peer.is_raw = True
-        factory = ClientFactory.forProtocol(StreamClient)
-        factory.buildProtocol = lambda addr: peer  # type: ignore[method-assign]
-        reactor.connectTCP(relayed[0], relayed[1], factory)
+        peer = dial(relayed, raw=True)
         yield peer.ready
         self.addCleanup(self.close, peer)
         assert peer.transport is not None
@@ -320,11 +323,7 @@ class BufferLimitTests(TcpRelayBase):
         """
         control, relayed = yield self.allocate()
         yield self.request(control, Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, relayed)])
-        peer = StreamClient()
-        peer.is_raw = True
-        factory = ClientFactory.forProtocol(StreamClient)
-        factory.buildProtocol = lambda addr: peer  # type: ignore[method-assign]
-        reactor.connectTCP(relayed[0], relayed[1], factory)
+        peer = dial(relayed, raw=True)
         yield peer.ready
         yield control.next_frame()
         assert peer.transport is not None

@@ -236,6 +236,23 @@ class TurnServer:
         client.send(data, address)
         return data
 
+    def _refuser(
+        self,
+        client: IClientChannel,
+        address: Address,
+        request: Message,
+        auth: AuthContext | None,
+    ) -> Callable[..., None]:
+        """
+        C{fail(code, reason=None)} for one request: answer it with that
+        error, signed when it was authenticated.
+        """
+
+        def fail(code: int, reason: str | None = None) -> None:
+            self._reply(client, address, request, error_response(request, code, reason), auth)
+
+        return fail
+
     def _authenticate(
         self, client: IClientChannel, address: Address, request: Message
     ) -> AuthContext | None:
@@ -320,8 +337,7 @@ class TurnServer:
                 self._reply(client, address, request, error_response(request, 437), auth)
             return
 
-        def fail(code: int, reason: str | None = None) -> None:
-            self._reply(client, address, request, error_response(request, code, reason), auth)
+        fail = self._refuser(client, address, request, auth)
 
         transport = request.get(Attr.REQUESTED_TRANSPORT)
         if transport is None:
@@ -551,8 +567,7 @@ class TurnServer:
             return
         auth, allocation = found
 
-        def fail(code: int, reason: str | None = None) -> None:
-            self._reply(client, address, request, error_response(request, code, reason), auth)
+        fail = self._refuser(client, address, request, auth)
 
         if not allocation.tcp:
             return fail(400, "Connect needs a TCP allocation")
@@ -602,8 +617,7 @@ class TurnServer:
         if auth is None or self._check_unknown(client, address, request, auth):
             return
 
-        def fail(code: int, reason: str | None = None) -> None:
-            self._reply(client, address, request, error_response(request, code, reason), auth)
+        fail = self._refuser(client, address, request, auth)
 
         if client.transport_name not in STREAM_TRANSPORTS:
             return fail(400, "ConnectionBind needs a TCP or TLS connection")
@@ -730,8 +744,7 @@ class TurnServer:
             return
         auth, allocation = found
 
-        def fail(code: int, reason: str | None = None) -> None:
-            self._reply(client, address, request, error_response(request, code, reason), auth)
+        fail = self._refuser(client, address, request, auth)
 
         if allocation.tcp:
             return fail(400, "Channels need a UDP allocation")
