@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     port = free_port()
-    server = start_txturn(port, "--no-tcp", "--stale-nonce", "3600", cpu=None)
+    server = start_txturn(port, "--no-tcp", "--stale-nonce", "3600", "--user-quota", "0", cpu=None)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
     try:

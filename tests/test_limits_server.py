@@ -219,7 +219,7 @@ class SoakTests(LimitTestCase):
         Afterwards every count is zero, every relay is closed, no timer is
         left, and memory is back where it was.
         """
-        self.make(challenge_rate=1e9, challenge_burst=1e9)
+        self.make(challenge_rate=1e9, challenge_burst=1e9, user_quota=0)
         client = self.clients["alice"]
         client.realm = REALM
         self.server.nonces.lifetime = 3600

@@ -355,3 +355,32 @@ class TcpAllocationTests(SynchronousTestCase):
             Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, PEER)]
         )
         self.assertError(response, 400)
+
+    def test_pending_connections_capped(self) -> None:
+        """
+        Unbound connections and Connects in progress per allocation are
+        capped (32 by default): the next Connect gets 508 and the next
+        incoming peer is closed unannounced.  A bound connection frees its
+        place.
+        """
+        self.allocate()
+        self.request(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, PEER)])
+        ids = []
+        for port in range(1, 33):
+            response, _ = self.connect(("203.0.113.5", port))
+            self.assertEqual(response.cls, Class.SUCCESS)
+            ids.append(response.get(Attr.CONNECTION_ID))
+        self.server.datagram_received(
+            self.control,
+            self.client.request(Method.CONNECT, [(Attr.XOR_PEER_ADDRESS, ("203.0.113.5", 99))]),
+            CONTROL,
+        )
+        self.assertError(self.client.learn(self.control.pop()), 508)
+        incoming = self.tcp_relays.opened[0].peer_connects(("203.0.113.5", 100))
+        self.assertTrue(incoming.closed)
+        self.assertEqual(self.control.sent, [])
+        self.assertEqual(self.server.stats["max_pending_connections"], 2)
+        bound, _ = self.bind(ids[0])
+        self.assertEqual(bound.cls, Class.SUCCESS)
+        response, _ = self.connect(("203.0.113.5", 101))
+        self.assertEqual(response.cls, Class.SUCCESS)

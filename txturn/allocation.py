@@ -57,6 +57,11 @@ _DATA_INDICATION_TYPE = message_type(Method.DATA, Class.INDICATION)
 _INDICATION_HEADER = struct.Struct("!HH4s8sI")
 _ATTR_HEADER = struct.Struct("!HH")
 _txid_counter = itertools.count()
+#: The most DATA a Data indication can carry: its STUN length field is 16
+#: bits, and XOR-PEER-ADDRESS (IPv6: 24 bytes with its header), the DATA
+#: header and padding come first.  A larger datagram from a peer (UDP
+#: allows 65,527 bytes over IPv6) cannot be relayed without a channel.
+MAX_INDICATION_DATA = 0xFFFF - 24 - 4 - 3
 
 
 def host_family(host: str) -> int:
@@ -295,8 +300,10 @@ class Allocation:
             if self._pad:
                 frame += b"\x00" * padding(len(data))
             self._send_to_client(frame, self.client_address)
-        else:
+        elif len(data) <= MAX_INDICATION_DATA:
             self._send_to_client(self.data_indication(peer, Attr.DATA, data), self.client_address)
+        else:
+            self._stats["dropped_oversize"] += 1
 
     def icmp_from_peer(self, peer: Address, icmp_type: int, icmp_code: int, info: int) -> None:
         """

@@ -196,6 +196,15 @@ class StaticCredentials:
         self._hashes = {
             userhash(name, realm): name for name in list(self._passwords) + list(self._md5_keys)
         }
+        # Every key is derived once, here: a lookup then costs one dict
+        # probe whether the user exists or not, so the time an answer takes
+        # does not tell a wrong password from an unknown name.
+        self._keys: dict[tuple[str, int], bytes] = {
+            (name, PasswordAlgorithm.MD5): key for name, key in self._md5_keys.items()
+        }
+        for name, password in self._passwords.items():
+            for algorithm in (PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256):
+                self._keys[(name, algorithm)] = long_term_key(name, realm, password, algorithm)
 
     @classmethod
     def generate(cls, realm: str) -> tuple["StaticCredentials", str, str]:
@@ -239,14 +248,8 @@ class StaticCredentials:
         return len(self._passwords) + len(self._md5_keys)
 
     def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
-        if realm != self.realm:
-            return None
-        password = self._passwords.get(username)
-        if password is not None:
-            return long_term_key(username, realm, password, algorithm)
-        if algorithm == PasswordAlgorithm.MD5:
-            return self._md5_keys.get(username)
-        return None
+        key = self._keys.get((username, algorithm))
+        return key if realm == self.realm else None
 
     def username_for_hash(self, hashed: bytes, realm: str) -> str | None:
         if realm != self.realm:
@@ -261,21 +264,27 @@ class RestApiCredentials:
     the username is C{<unix expiry>[:<user>]}, the password
     C{base64(HMAC-SHA1(secret, username))}.
 
-    A username whose timestamp has passed has no key, so it is rejected
-    like an unknown user.  USERHASH cannot be supported: the server cannot
+    A username whose timestamp has passed, or that does not start with
+    ASCII digits, has no key, so it is rejected like an unknown user; the
+    key is derived all the same, so a malformed or expired name costs what
+    a valid one does.  USERHASH cannot be supported: the server cannot
     recover an ephemeral name from its hash.
     """
+
+    #: Digits in an expiry: a Unix time, with room to spare, and no more,
+    #: so a hostile name cannot make C{int()} work on thousands of digits.
+    _MAX_STAMP_DIGITS = 12
 
     def __init__(self, secret: str | bytes, separator: str = ":") -> None:
         self._secret = secret.encode("utf-8") if isinstance(secret, str) else secret
         self._separator = separator
 
     def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
-        stamp = username.split(self._separator, 1)[0]
-        if not stamp.isdigit() or int(stamp) <= now:
-            return None
-        password = rest_api_password(self._secret, username)
-        return long_term_key(username, realm, password, algorithm)
+        stamp = username.partition(self._separator)[0]
+        # str.isdigit() alone accepts "²" and other digits int() refuses.
+        valid = stamp.isascii() and stamp.isdigit() and len(stamp) <= self._MAX_STAMP_DIGITS
+        key = long_term_key(username, realm, rest_api_password(self._secret, username), algorithm)
+        return key if valid and int(stamp) > now else None
 
     def username_for_hash(self, hashed: bytes, realm: str) -> str | None:
         return None
@@ -286,17 +295,22 @@ class CredentialChain:
     """
     Several sources consulted in order: static users and the REST secret
     served by one server at the same time.
+
+    Every source is asked every time, and the first key found wins: a
+    static user answered without asking the REST source would be told
+    apart, by time, from a name that is nobody's.
     """
 
     def __init__(self, sources: Sequence[_KeySource]) -> None:
         self.sources = list(sources)
 
     def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
+        found = None
         for source in self.sources:
             key = source.key_for(username, realm, algorithm, now)
-            if key is not None:
-                return key
-        return None
+            if found is None:
+                found = key
+        return found
 
     def username_for_hash(self, hashed: bytes, realm: str) -> str | None:
         for source in self.sources:

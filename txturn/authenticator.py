@@ -112,6 +112,9 @@ class Authenticator:
         if key is None or not intact:
             self._log_failure(address, username, nonce)
             return self._challenge(request, address, 401)
+        # The nonce was bound to this address: the source receives what we
+        # send it, so it has earned a larger share of challenges.
+        self.challenges.prove(address[0])
         return AuthContext(username, key, request.integrity_sha256_offset is not None)
 
     def _challenge(self, request: Message, address: Address, code: int) -> Message | None:

@@ -41,6 +41,10 @@ class PeerConnections:
     """
     Every peer data connection of the server, by CONNECTION-ID, and the
     peers each allocation is connecting or connected to (for 446).
+
+    Each allocation's connection ids are indexed too, so that a Connect,
+    a count, or an allocation going away costs the size of that
+    allocation's own set, never a scan of the whole server.
     """
 
     reactor: IReactorTime
@@ -48,6 +52,8 @@ class PeerConnections:
     entries: dict[int, Entry] = field(default_factory=dict)
     #: allocation -> peers with a Connect in progress.
     connecting: dict[Any, set[Address]] = field(default_factory=dict)
+    #: allocation -> the ids of its connections, pending or bound.
+    by_allocation: dict[Any, set[int]] = field(default_factory=dict)
 
     def add(self, allocation: Any, connection: IPeerConnection) -> int:
         """
@@ -60,6 +66,7 @@ class PeerConnections:
                 break
         timer = self.reactor.callLater(self.bind_timeout, self._unclaimed, connection_id)
         self.entries[connection_id] = Entry(connection_id, allocation, connection, timer)
+        self.by_allocation.setdefault(allocation, set()).add(connection_id)
         connection.on_lost = lambda _: self._lost(connection_id)
         return connection_id
 
@@ -72,16 +79,30 @@ class PeerConnections:
 
     def _lost(self, connection_id: int) -> None:
         entry = self.entries.pop(connection_id, None)
-        if entry is not None and entry.timer is not None and entry.timer.active():
+        if entry is None:
+            return
+        if entry.timer is not None and entry.timer.active():
             entry.timer.cancel()
+        ids = self.by_allocation.get(entry.allocation)
+        if ids is not None:
+            ids.discard(connection_id)
+            if not ids:
+                del self.by_allocation[entry.allocation]
+
+    def pending(self, connection_id: int | None) -> Entry | None:
+        """
+        The pending (not yet bound) connection with this id, if any.
+        """
+        entry = self.entries.get(connection_id) if connection_id is not None else None
+        return entry if entry is not None and not entry.bound else None
 
     def claim(self, connection_id: int) -> Entry | None:
         """
         The pending connection with this id, now bound; C{None} if there is
         no such pending connection.
         """
-        entry = self.entries.get(connection_id)
-        if entry is None or entry.bound:
+        entry = self.pending(connection_id)
+        if entry is None:
             return None
         entry.bound = True
         if entry.timer is not None and entry.timer.active():
@@ -89,21 +110,30 @@ class PeerConnections:
         entry.timer = None
         return entry
 
+    def unbound_count(self, allocation: Any) -> int:
+        """
+        Connections of C{allocation} not yet bound, and Connects in
+        progress: what a client can pile up without reading anything.
+        """
+        entries = self.entries
+        unbound = sum(1 for i in self.by_allocation.get(allocation, ()) if not entries[i].bound)
+        return unbound + len(self.connecting.get(allocation, ()))
+
     def peers_of(self, allocation: Any) -> set[Address]:
         """
         Peers this allocation has a connection to, pending or bound, or a
         Connect in progress to.
         """
-        peers = {
-            e.connection.peer_address for e in self.entries.values() if e.allocation is allocation
-        }
+        entries = self.entries
+        peers = {entries[i].connection.peer_address for i in self.by_allocation.get(allocation, ())}
         return peers | self.connecting.get(allocation, set())
 
     def close_allocation(self, allocation: Any) -> None:
         """
         Close every data connection of an allocation that is going away.
         """
-        for entry in [e for e in self.entries.values() if e.allocation is allocation]:
-            entry.connection.close()
-            self._lost(entry.connection_id)
         self.connecting.pop(allocation, None)
+        for connection_id in list(self.by_allocation.get(allocation, ())):
+            entry = self.entries.get(connection_id)
+            if entry is not None:
+                entry.connection.close()

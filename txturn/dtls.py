@@ -235,7 +235,7 @@ class DtlsListener(DatagramProtocol):
             if (
                 session.established
                 and self._seen.get(address) == session.packets
-                and (session, address) not in self.server.allocations
+                and not self.server.has_allocation(session)
             ):
                 session.close()
             else:

@@ -36,7 +36,7 @@ from txturn.interfaces import (
     ITcpRelayAllocator,
     RelayUnavailable,
 )
-from txturn.limits import SourceLimiter, TokenBucket
+from txturn.limits import LogThrottle, SourceLimiter, TokenBucket
 from txturn.policy import PeerPolicy
 from txturn.stun import (
     CHANNEL_DATA_HEADER,
@@ -82,12 +82,18 @@ class ServerConfig:
     tcp_relay: bool = True
     #: How long a Connect may take before 447; RFC 6062 says at least 30 s.
     tcp_connect_timeout: float = 30.0
-    #: Concurrent allocations per user (486) and on the server (508);
-    #: permissions per allocation (508); relayed bytes per second per
+    #: Concurrent allocations per user (486; EVEN-PORT reservations count
+    #: as allocations) and on the server (508); permissions and channels
+    #: per allocation (508); unbound RFC 6062 connections and Connects in
+    #: progress per TCP allocation (508); relayed bytes per second per
     #: allocation, both directions, excess dropped.  0 means no limit.
-    user_quota: int = 0
+    #: The defaults keep one user's footprint to a small share of the
+    #: server (doc/security.rst has the arithmetic).
+    user_quota: int = 100
     total_quota: int = 0
-    max_permissions: int = 0
+    max_permissions: int = 128
+    max_channels: int = 128
+    max_pending_connections: int = 32
     max_bps: int = 0
     #: 401 and 438 answers per second (and burst) to one source address:
     #: beyond it the server stays silent, so it cannot be used to reflect
@@ -95,6 +101,10 @@ class ServerConfig:
     #: clients starting at once behind one NAT.
     challenge_rate: float = 100.0
     challenge_burst: float = 200.0
+    #: The burst of a source that has answered a challenge (an
+    #: authenticated request came from it): a crowd behind one NAT pays
+    #: for its first round of challenges only.
+    challenge_proven_burst: float = 2000.0
 
 
 class TurnServer:
@@ -133,12 +143,24 @@ class TurnServer:
             credentials,
             self.config.realm,
             self.nonces,
-            SourceLimiter(reactor, self.config.challenge_rate, self.config.challenge_burst),
+            SourceLimiter(
+                reactor,
+                self.config.challenge_rate,
+                self.config.challenge_burst,
+                proven_burst=self.config.challenge_proven_burst,
+                proven_for=self.config.nonce_lifetime,
+            ),
             self.stats,
         )
         self.peer_connections = PeerConnections(reactor)
         self.allocations: dict[tuple[IClientChannel, Address], Allocation] = {}
-        self._reservations: dict[bytes, tuple[IRelay, IDelayedCall]] = {}
+        #: client channel -> the client addresses with an allocation on it,
+        #: so a closing connection finds its own allocations directly.
+        self._by_channel: dict[IClientChannel, set[Address]] = {}
+        #: token -> (reserved relay, its expiry, the user it counts against).
+        self._reservations: dict[bytes, tuple[IRelay, IDelayedCall, str]] = {}
+        #: Unexpected errors are logged once a minute per kind, not per packet.
+        self._error_log = LogThrottle(reactor)
         self._handlers: dict[int, Callable[[IClientChannel, Address, Message], None]] = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,
@@ -187,9 +209,18 @@ class TurnServer:
             )
             if message.cls == Class.REQUEST:
                 self._reply(client, address, message, error_response(message, 400))
-        except Exception:
-            # A bug, not bad input: say so loudly, answer 500, keep serving.
-            self.log.failure("Unexpected error handling a message from {client}", client=address)
+        except Exception as e:
+            # A bug, not bad input: say so (once a minute per kind, as a
+            # sender could repeat it per packet), answer 500, keep serving.
+            kind = (type(e), e.__traceback__.tb_lineno if e.__traceback__ else 0)
+            suppressed = self._error_log.allow(kind)
+            if suppressed is not None:
+                self.log.failure(
+                    "Unexpected error handling a message from {client} "
+                    "({suppressed} more like it not logged)",
+                    client=address,
+                    suppressed=suppressed,
+                )
             if message.cls == Class.REQUEST:
                 self._reply(client, address, message, error_response(message, 500))
 
@@ -342,7 +373,7 @@ class TurnServer:
         transport = request.get(Attr.REQUESTED_TRANSPORT)
         if transport is None:
             return fail(400, "Missing REQUESTED-TRANSPORT")
-        quota = self._quota_error(auth)
+        quota = self._quota_error(auth, request)
         if quota is not None:
             return fail(quota)
         if transport == TCP and self.tcp_relays is not None and self.config.tcp_relay:
@@ -378,8 +409,9 @@ class TurnServer:
             held = self._reservations.pop(token, None)
             if held is None:
                 return fail(508, "Unknown reservation token")
-            relay, timer = held
+            relay, timer, owner = held
             timer.cancel()
+            self._count_user(owner, -1)
             relays[family_of(relay.address[0])] = relay
         elif additional is not None:
             # A dual allocation: both families, or whichever can be had
@@ -422,23 +454,39 @@ class TurnServer:
             self._reservations[new_token] = (
                 reserved,
                 self._reactor.callLater(RESERVATION_LIFETIME, self._reservation_expired, new_token),
+                auth.username,
             )
+            self._count_user(auth.username, 1)
             response.add(Attr.RESERVATION_TOKEN, new_token)
         self._send_allocated(client, address, request, auth, allocation, response)
 
-    def _quota_error(self, auth: AuthContext) -> int | None:
+    def _quota_error(self, auth: AuthContext, request: Message) -> int | None:
         """
         486 when the user has all the allocations they may, 508 when the
-        server has.
+        server has.  A reservation counts as an allocation, so an Allocate
+        that asks for one (EVEN-PORT with R) needs two; one that redeems
+        the user's own reservation needs none.
         """
         config = self.config
-        if config.user_quota and self._user_allocations[auth.username] >= config.user_quota:
+        token = request.get(Attr.RESERVATION_TOKEN)
+        held = self._reservations.get(token) if token is not None else None
+        if held is not None and held[2] == auth.username:
+            return None
+        needed = 2 if request.get(Attr.EVEN_PORT) else 1
+        if config.user_quota and self._user_allocations[auth.username] + needed > config.user_quota:
             self.stats["user_quota"] += 1
             return 486
-        if config.total_quota and len(self.allocations) >= config.total_quota:
+        in_use = len(self.allocations) + len(self._reservations)
+        if config.total_quota and in_use + needed > config.total_quota:
             self.stats["total_quota"] += 1
             return 508
         return None
+
+    def _count_user(self, username: str, delta: int) -> None:
+        counts = self._user_allocations
+        counts[username] += delta
+        if counts[username] <= 0:
+            del counts[username]
 
     def _allocated(
         self,
@@ -461,12 +509,13 @@ class TurnServer:
         allocation.tcp = tcp
         if self.config.max_bps:
             allocation.bandwidth = TokenBucket(self._reactor, self.config.max_bps)
-        self._user_allocations[auth.username] += 1
+        self._count_user(auth.username, 1)
         response = response_to(request, Class.SUCCESS)
         for relay_family, relay in sorted(relays.items()):
             allocation.add_relay(relay_family, relay, lifetime)
             response.add(Attr.XOR_RELAYED_ADDRESS, relay.advertised)
         self.allocations[(client, address)] = allocation
+        self._by_channel.setdefault(client, set()).add(address)
         for attr_type, value in extra:
             response.add(attr_type, value)
         response.add(Attr.LIFETIME, int(lifetime))
@@ -551,11 +600,21 @@ class TurnServer:
                 self.stats["refused_peer"] += 1
             connection.close()
             return
+        if self._too_many_pending(allocation):
+            connection.close()
+            return
         connection_id = self.peer_connections.add(allocation, connection)
         indication = Message(Method.CONNECTION_ATTEMPT, Class.INDICATION, secrets.token_bytes(12))
         indication.add(Attr.XOR_PEER_ADDRESS, peer)
         indication.add(Attr.CONNECTION_ID, connection_id)
         allocation.client.send(encode(indication, add_fingerprint=True), allocation.client_address)
+
+    def _too_many_pending(self, allocation: Allocation) -> bool:
+        limit = self.config.max_pending_connections
+        if limit and self.peer_connections.unbound_count(allocation) >= limit:
+            self.stats["max_pending_connections"] += 1
+            return True
+        return False
 
     def _connect(self, client: IClientChannel, address: Address, request: Message) -> None:
         """
@@ -579,6 +638,8 @@ class TurnServer:
             return fail(code)
         if peer in self.peer_connections.peers_of(allocation):
             return fail(446)
+        if self._too_many_pending(allocation):
+            return fail(508)
         relay = allocation.relay_for(peer[0])
         connecting = self.peer_connections.connecting.setdefault(allocation, set())
         connecting.add(peer)
@@ -623,11 +684,8 @@ class TurnServer:
             return fail(400, "ConnectionBind needs a TCP or TLS connection")
         if (client, address) in self.allocations:
             return fail(400, "A control connection cannot be a data connection")
-        connection_id = request.get(Attr.CONNECTION_ID)
-        entry = (
-            self.peer_connections.entries.get(connection_id) if connection_id is not None else None
-        )
-        if entry is None or entry.bound:
+        entry = self.peer_connections.pending(request.get(Attr.CONNECTION_ID))
+        if entry is None:
             return fail(400, "Missing or unknown CONNECTION-ID")
         if entry.allocation.username != auth.username:
             return fail(441)
@@ -636,7 +694,8 @@ class TurnServer:
         client.attach(entry.connection)  # type: ignore[attr-defined]
 
     def _reservation_expired(self, token: bytes) -> None:
-        relay, _ = self._reservations.pop(token)
+        relay, _, owner = self._reservations.pop(token)
+        self._count_user(owner, -1)
         relay.close()
 
     def _forget(self, allocation: Allocation) -> None:
@@ -644,10 +703,14 @@ class TurnServer:
         The allocation has no relay left (expired, or deleted by Refresh):
         forget it and close its data connections, if it had any.
         """
-        if self.allocations.pop((allocation.client, allocation.client_address), None):
-            self._user_allocations[allocation.username] -= 1
-            if self._user_allocations[allocation.username] <= 0:
-                del self._user_allocations[allocation.username]
+        client = allocation.client
+        if self.allocations.pop((client, allocation.client_address), None):
+            self._count_user(allocation.username, -1)
+            addresses = self._by_channel.get(client)
+            if addresses is not None:
+                addresses.discard(allocation.client_address)
+                if not addresses:
+                    del self._by_channel[client]
         self.peer_connections.close_allocation(allocation)
 
     def _delete(self, allocation: Allocation) -> list[object]:
@@ -761,6 +824,10 @@ class TurnServer:
             return fail(400, "Channel or peer already bound")
         if self._too_many_permissions(allocation, {peer[0]}):
             return fail(508)
+        limit = self.config.max_channels
+        if limit and channel not in allocation.channels and len(allocation.channels) >= limit:
+            self.stats["max_channels"] += 1
+            return fail(508)
         relay = allocation.relay_for(peer[0])
         assert relay is not None  # _peer_error checked the family
         allocation.bind_channel(channel, peer, relay)
@@ -795,8 +862,17 @@ class TurnServer:
         """
         A stream client channel closed: its allocations go with it.
         """
-        for key in [k for k in self.allocations if k[0] is client]:
-            self._delete(self.allocations[key])
+        for address in list(self._by_channel.get(client, ())):
+            allocation = self.allocations.get((client, address))
+            if allocation is not None:
+                self._delete(allocation)
+
+    def has_allocation(self, client: IClientChannel) -> bool:
+        """
+        Whether any allocation is held over C{client}: what decides
+        whether an idle connection or DTLS session may be closed.
+        """
+        return client in self._by_channel
 
     def shutdown(self) -> defer.Deferred[Any]:
         """
@@ -804,7 +880,7 @@ class TurnServer:
         the Deferred fires when every relay port is closed.
         """
         closing = [c for a in list(self.allocations.values()) for c in self._delete(a)]
-        for relay, timer in self._reservations.values():
+        for relay, timer, _ in self._reservations.values():
             timer.cancel()
             closing.append(relay.close())
         self._reservations.clear()

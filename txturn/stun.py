@@ -45,6 +45,15 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 CHANNEL_DATA_HEADER = struct.Struct("!HH")
 
+#: Attributes one message may carry.  Real requests carry a dozen at most
+#: (a CreatePermission with several XOR-PEER-ADDRESS a few more); the cap
+#: keeps every per-attribute scan of a hostile 64 KiB message short.
+MAX_ATTRIBUTES = 128
+#: Unknown comprehension-required types named in one 420 answer, so the
+#: answer stays small whatever the request carried (RFC 8489 lets a server
+#: list only some of them).
+MAX_UNKNOWN_ATTRIBUTES = 16
+
 Address = tuple[str, int]
 
 
@@ -571,13 +580,17 @@ class Message:
 
     def unknown_required(self) -> list[int]:
         """
-        Comprehension-required attribute types this codec does not know.
+        Comprehension-required attribute types this codec does not know,
+        in order of first appearance, at most L{MAX_UNKNOWN_ATTRIBUTES} of
+        them: one pass, a set lookup per attribute.
         """
-        seen: list[int] = []
+        seen: dict[int, None] = {}
         for t, _ in self.attributes:
-            if is_comprehension_required(t) and t not in ATTRIBUTES and t not in seen:
-                seen.append(t)
-        return seen
+            if t < 0x8000 and t not in ATTRIBUTES:
+                seen[t] = None
+                if len(seen) == MAX_UNKNOWN_ATTRIBUTES:
+                    break
+        return list(seen)
 
     @property
     def is_classic(self) -> bool:
@@ -641,7 +654,11 @@ def decode(data: bytes) -> Message:
     attributes = message.attributes
     offset = HEADER_LENGTH
     after_integrity = after_sha256 = False
+    count = 0
     while offset < len(data):
+        count += 1
+        if count > MAX_ATTRIBUTES:
+            raise StunDecodeError(f"STUN message has more than {MAX_ATTRIBUTES} attributes")
         if len(data) - offset < 4:
             raise StunDecodeError("STUN attribute header is truncated")
         attr_type, attr_length = _ATTR_HEADER.unpack_from(data, offset)
