@@ -6,7 +6,6 @@ L{Clock} and fake relays.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from typing import Any
 
@@ -468,81 +467,3 @@ class DtlsBehaviourTests(BehaviourMixin, SynchronousTestCase):
     """
 
     link_class = DtlsLink
-
-
-class DtlsListenerTests(SynchronousTestCase):
-    """
-    Abandoned DTLS handshakes leave nothing behind.
-    """
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.server = TurnServer(
-            self.clock,
-            StaticCredentials(REALM, {"u": "p"}),
-            FakeRelayAllocator(),
-            config=ServerConfig(realm=REALM),
-            policy=documentation_peers(),
-        )
-        self.listener = DtlsListener(
-            self.server, CREDENTIALS.dtls_context(), self.clock, max_handshakes=3
-        )
-        self.transport = FakeDatagramTransport()
-        self.listener.transport = self.transport  # type: ignore[assignment]
-        self.listener.startProtocol()
-
-    def client_hello(self) -> bytes:
-        client = SSL.Connection(SSL.Context(SSL.DTLS_CLIENT_METHOD), None)
-        client.set_connect_state()
-        try:
-            client.do_handshake()
-        except SSL.WantReadError:
-            pass
-        return client.bio_read(65536)
-
-    def test_handshake_deadline(self) -> None:
-        """
-        A handshake that never completes is forgotten after the deadline,
-        its retransmission timers cancelled.
-        """
-        self.listener.datagramReceived(self.client_hello(), CLIENT)
-        self.assertEqual(len(self.listener.sessions), 1)
-        self.clock.advance(20)
-        self.assertEqual(self.listener.sessions, {})
-        self.assertEqual(self.listener.handshakes, 0)
-        self.assertEqual([c for c in self.clock.getDelayedCalls()], [self.listener._sweep])
-
-    def test_handshake_cap(self) -> None:
-        """
-        Past max_handshakes concurrent handshakes, new senders are ignored.
-        """
-        hello = self.client_hello()
-        for port in range(5):
-            self.listener.datagramReceived(hello, ("198.51.100.9", port))
-        self.assertEqual(len(self.listener.sessions), 3)
-
-    def test_not_a_handshake(self) -> None:
-        """
-        Anything but a handshake record from an unknown address opens no
-        session.
-        """
-        self.listener.datagramReceived(binding(), CLIENT)
-        self.listener.datagramReceived(b"\x17\xfe\xfd" + os.urandom(30), CLIENT)
-        self.assertEqual(self.listener.sessions, {})
-        self.assertEqual(self.transport.written, [])
-
-    def test_idle_sweep(self) -> None:
-        """
-        An established session with no allocation and no traffic for a
-        whole sweep interval is closed.
-        """
-        link = DtlsLink.__new__(DtlsLink)
-        link.listener, link.transport = self.listener, self.transport
-        link.client = SSL.Connection(SSL.Context(SSL.DTLS_CLIENT_METHOD), None)
-        link.client.set_connect_state()
-        link._pump()
-        self.assertTrue(self.listener.sessions[CLIENT].established)
-        self.clock.advance(120)
-        self.assertIn(CLIENT, self.listener.sessions)
-        self.clock.advance(120)
-        self.assertEqual(self.listener.sessions, {})

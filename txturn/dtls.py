@@ -1,19 +1,36 @@
-# -*- test-case-name: tests.test_dtls -*-
+# -*- test-case-name: tests.test_dtls_guard,tests.test_framing -*-
 """
 TURN over DTLS: one UDP socket, a pyOpenSSL DTLS session per client
 address over memory BIOs.
 
 Each session is the client channel of its allocation, like a TCP
 connection: decrypted datagrams go to the core one by one, and answers are
-encrypted and sent back.  A session must finish its handshake within
-C{handshake_timeout} seconds, and the number of sessions still
-handshaking is capped, so spoofed or abandoned handshakes leave nothing
-behind; an established session with no allocation and no traffic for a
-sweep interval is dropped.
+encrypted and sent back.
+
+A DTLS server on a public address is a reflector and a memory sink unless
+it is careful, so no state exists for a sender until it has proven its
+address:
+
+- A ClientHello without a valid cookie gets one HelloVerifyRequest (44
+  bytes, smaller than the hello) and nothing else: OpenSSL's
+  C{DTLSv1_listen}, stateless, with cookies that are an HMAC of the
+  client's address under a secret that rotates every C{cookie_lifetime}
+  seconds (L{CookieJar}).
+- Only a hello that comes back with its cookie opens a session, and only
+  within the caps: handshakes in progress, in all and per source address,
+  and sessions, in all and per source address.  Past a cap the hello is
+  dropped (the client retries) and the refusal logged once a minute.
+- A handshake must finish within C{handshake_timeout}; an established
+  session that holds no allocation is closed after C{session_timeout},
+  however much it talks.
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import hmac
+import secrets
 from typing import Any
 
 from OpenSSL import SSL
@@ -22,42 +39,82 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txturn.interfaces import Address, IClientChannel
+from txturn.interfaces import Address, IClientChannel, host_port
+from txturn.limits import LogThrottle
 from txturn.server import TurnServer
 from txturn.sockets import datagram_sender
 
 #: DTLS record content type of a handshake, the only thing that may open a
 #: session.
 _HANDSHAKE = 22
-_LOST = (BlockingIOError, ConnectionRefusedError, InterruptedError)
+_COOKIE_BYTES = 16
+
+
+class CookieJar:
+    """
+    Stateless HelloVerifyRequest cookies (RFC 6347 section 4.2.1): an HMAC
+    of the client's address under a secret and the current epoch of
+    C{lifetime} seconds.  A cookie verifies in its own epoch and the next,
+    so it is good for between one and two lifetimes, and a captured
+    cookie is useless from any other address.
+    """
+
+    def __init__(self, clock: IReactorTime, lifetime: float = 60.0) -> None:
+        self._clock = clock
+        self.lifetime = lifetime
+        self._secret = secrets.token_bytes(32)
+
+    def _cookie(self, address: Address, epoch: int) -> bytes:
+        message = f"{epoch}|{address[0]}|{address[1]}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).digest()[:_COOKIE_BYTES]
+
+    def _epoch(self) -> int:
+        return int(self._clock.seconds() // self.lifetime)
+
+    def issue(self, address: Address) -> bytes:
+        return self._cookie(address, self._epoch())
+
+    def verify(self, address: Address, cookie: bytes) -> bool:
+        epoch = self._epoch()
+        return any(
+            hmac.compare_digest(self._cookie(address, e), cookie) for e in (epoch, epoch - 1)
+        )
 
 
 @implementer(IClientChannel)
 class DtlsSession:
     """
-    One client's DTLS session.
+    One client's DTLS session, from the hello that brought back its
+    cookie.
     """
 
     transport_name = "dtls"
     log = Logger()
 
-    def __init__(self, listener: "DtlsListener", address: Address) -> None:
+    def __init__(
+        self, listener: "DtlsListener", address: Address, connection: SSL.Connection
+    ) -> None:
         self._listener = listener
         self.address = address
         self.local_address = listener.local_address
-        self.connection = SSL.Connection(listener.context, None)
-        self.connection.set_accept_state()
+        self.connection = connection
         self.established = False
         self.closed = False
-        self.packets = 0
+        #: When the session was last seen holding no allocation.
+        self.unallocated_since: float | None = None
         self._retransmit: IDelayedCall | None = None
         self._deadline: IDelayedCall | None = listener.reactor.callLater(
             listener.handshake_timeout, self._handshake_timed_out
         )
 
     def datagram_received(self, data: bytes) -> None:
-        self.packets += 1
         self.connection.bio_write(data)
+        self.progress()
+
+    def progress(self) -> None:
+        """
+        Move the handshake on, or read and hand on what was decrypted.
+        """
         if not self.established:
             try:
                 self.connection.do_handshake()
@@ -67,7 +124,9 @@ class DtlsSession:
                 return
             except SSL.Error as e:
                 self.log.info(
-                    "DTLS handshake from {client} failed: {error}", client=self.address, error=e
+                    "DTLS handshake from {client} failed: {error}",
+                    client=host_port(self.address),
+                    error=e,
                 )
                 # Send the alert OpenSSL wrote (protocol_version, say), so
                 # the client gives up at once instead of retransmitting.
@@ -80,9 +139,6 @@ class DtlsSession:
                 plain = self.connection.recv(65536)
             except SSL.WantReadError:
                 break
-            except SSL.ZeroReturnError:
-                self.close()
-                return
             except SSL.Error:
                 self.close()
                 return
@@ -91,11 +147,15 @@ class DtlsSession:
 
     def _established(self) -> None:
         self.established = True
+        self.unallocated_since = self._listener.reactor.seconds()
+        self._cancel_timers()
+        self._listener.handshake_done(self)
+
+    def _cancel_timers(self) -> None:
         for call in (self._deadline, self._retransmit):
             if call is not None and call.active():
                 call.cancel()
         self._deadline = self._retransmit = None
-        self._listener.handshakes -= 1
 
     def _schedule_retransmit(self) -> None:
         timeout = self.connection.DTLSv1_get_timeout()
@@ -143,12 +203,8 @@ class DtlsSession:
         if self.closed:
             return
         self.closed = True
-        for call in (self._deadline, self._retransmit):
-            if call is not None and call.active():
-                call.cancel()
-        if not self.established:
-            self._listener.handshakes -= 1
-        else:
+        self._cancel_timers()
+        if self.established:
             try:
                 self.connection.shutdown()
             except SSL.Error:
@@ -162,40 +218,77 @@ class DtlsListener(DatagramProtocol):
     """
     The UDP socket DTLS clients send to.
 
-    @param context: a pyOpenSSL DTLS server context
-        (L{txturn.tls.TlsCredentials.dtls_context}).
+    @param context: a pyOpenSSL DTLS server context not yet used for any
+        connection (L{txturn.tls.TlsCredentials.dtls_context}); the
+        listener installs its cookie callbacks on it.
+    @param max_handshakes: handshakes in progress, in all.
+    @param max_handshakes_per_source: the same per client IP address.
+    @param max_sessions: sessions (handshaking or established), in all.
+    @param max_sessions_per_source: the same per client IP address.
+    @param session_timeout: how long an established session may hold no
+        allocation before it is closed.
+    @param sweep_interval: how often sessions are checked for that.
     """
 
     noisy = False
+    log = Logger()
 
     def __init__(
         self,
         server: TurnServer,
         context: SSL.Context,
         reactor: IReactorTime,
-        handshake_timeout: float = 20.0,
-        max_handshakes: int = 1000,
-        sweep_interval: float = 120.0,
+        handshake_timeout: float = 10.0,
+        max_handshakes: int = 500,
+        max_handshakes_per_source: int = 20,
+        max_sessions: int = 2000,
+        max_sessions_per_source: int = 100,
+        session_timeout: float = 60.0,
+        sweep_interval: float = 10.0,
+        cookie_lifetime: float = 60.0,
     ) -> None:
         self.server = server
         self.context = context
         self.reactor = reactor
         self.handshake_timeout = handshake_timeout
         self.max_handshakes = max_handshakes
+        self.max_handshakes_per_source = max_handshakes_per_source
+        self.max_sessions = max_sessions
+        self.max_sessions_per_source = max_sessions_per_source
+        self.session_timeout = session_timeout
         self.sweep_interval = sweep_interval
+        self.cookies = CookieJar(reactor, cookie_lifetime)
+        context.set_cookie_generate_callback(self._generate_cookie)
+        context.set_cookie_verify_callback(self._verify_cookie)
+        context.set_options(SSL.OP_COOKIE_EXCHANGE)
         self.sessions: dict[Address, DtlsSession] = {}
         self.handshakes = 0
+        self._handshakes_from: collections.Counter[str] = collections.Counter()
+        self._sessions_from: collections.Counter[str] = collections.Counter()
+        #: What was refused or dropped, for operators and tests.
+        self.stats: collections.Counter[str] = collections.Counter()
         self.local_address: Address = ("", 0)
         self._sendto: Any = None
         self._sweep: IDelayedCall | None = None
-        self._seen: dict[Address, int] = {}
+        self._door: SSL.Connection | None = None
+        self._refusals = LogThrottle(reactor)
+
+    # -- cookies -------------------------------------------------------------
+
+    def _generate_cookie(self, connection: SSL.Connection) -> bytes:
+        return self.cookies.issue(connection.get_app_data())
+
+    def _verify_cookie(self, connection: SSL.Connection, cookie: bytes) -> bool:
+        return self.cookies.verify(connection.get_app_data(), cookie)
+
+    # -- the socket ------------------------------------------------------------
 
     def startProtocol(self) -> None:
         assert self.transport is not None
         host = self.transport.getHost()
         self.local_address = (host.host, host.port)
         self._sendto = datagram_sender(self.transport)
-        self._sweep = self.reactor.callLater(self.sweep_interval, self._sweep_idle)
+        self._sweep = self.reactor.callLater(self.sweep_interval, self._sweep_sessions)
 
     def stopProtocol(self) -> None:
         if self._sweep is not None and self._sweep.active():
@@ -206,39 +299,119 @@ class DtlsListener(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         session = self.sessions.get(addr)
-        if session is None:
-            if not data or data[0] != _HANDSHAKE or self.handshakes >= self.max_handshakes:
-                return
-            session = DtlsSession(self, addr)
-            self.sessions[addr] = session
-            self.handshakes += 1
-        session.datagram_received(data)
+        if session is not None:
+            session.datagram_received(data)
+        elif data and data[0] == _HANDSHAKE:
+            self._hello(data, addr)
 
     def write(self, data: bytes, address: Address) -> None:
         try:
             self._sendto(data, address)
-        except (OSError, *_LOST):
+        except OSError:
             pass
 
-    def forget(self, session: DtlsSession) -> None:
-        if self.sessions.get(session.address) is session:
-            del self.sessions[session.address]
+    # -- admission ----------------------------------------------------------------
 
-    def _sweep_idle(self) -> None:
+    def _hello(self, data: bytes, address: Address) -> None:
         """
-        Close established sessions that have neither an allocation nor
-        sent anything since the last sweep.  Counting packets, not reading
-        a clock per packet, keeps the hot path free of time.
+        A handshake record from an address with no session: answered
+        statelessly with a HelloVerifyRequest until its cookie comes back.
         """
-        seen = {}
-        for address, session in list(self.sessions.items()):
-            if (
-                session.established
-                and self._seen.get(address) == session.packets
-                and not self.server.has_allocation(session)
-            ):
+        door = self._door
+        if door is None:
+            door = self._door = SSL.Connection(self.context, None)
+            door.set_accept_state()
+        door.set_app_data(address)
+        door.bio_write(data)
+        try:
+            door.DTLSv1_listen()
+        except SSL.WantReadError:
+            # No valid cookie: OpenSSL wrote a HelloVerifyRequest (or, for
+            # junk, nothing).
+            self._drain(door, address)
+            return
+        except SSL.Error:
+            self._door = None
+            return
+        # The cookie came back: the sender receives at this address.  The
+        # connection that verified it carries on as the session.
+        self._door = None
+        if not self._admit(address):
+            return
+        session = DtlsSession(self, address, door)
+        self.sessions[address] = session
+        self.handshakes += 1
+        self._handshakes_from[address[0]] += 1
+        self._sessions_from[address[0]] += 1
+        session.progress()
+
+    def _drain(self, connection: SSL.Connection, address: Address) -> None:
+        while True:
+            try:
+                data = connection.bio_read(65536)
+            except SSL.WantReadError:
+                return
+            self.stats["hello_verify_requests"] += 1
+            self.write(data, address)
+
+    def _admit(self, address: Address) -> bool:
+        host = address[0]
+        refusal = None
+        if self.handshakes >= self.max_handshakes:
+            refusal = "handshakes in progress"
+        elif self._handshakes_from[host] >= self.max_handshakes_per_source:
+            refusal = "handshakes in progress from one address"
+        elif len(self.sessions) >= self.max_sessions:
+            refusal = "sessions"
+        elif self._sessions_from[host] >= self.max_sessions_per_source:
+            refusal = "sessions from one address"
+        if refusal is None:
+            return True
+        self.stats["refused_" + refusal.replace(" ", "_")] += 1
+        suppressed = self._refusals.allow(refusal)
+        if suppressed is not None:
+            self.log.warn(
+                "DTLS client {client} refused: too many {what} "
+                "({suppressed} more refusals not logged)",
+                client=host_port(address),
+                what=refusal,
+                suppressed=suppressed,
+            )
+        return False
+
+    def handshake_done(self, session: DtlsSession) -> None:
+        self.handshakes -= 1
+        _decrement(self._handshakes_from, session.address[0])
+
+    def forget(self, session: DtlsSession) -> None:
+        if self.sessions.get(session.address) is not session:
+            return
+        del self.sessions[session.address]
+        _decrement(self._sessions_from, session.address[0])
+        if not session.established:
+            self.handshake_done(session)
+
+    def _sweep_sessions(self) -> None:
+        """
+        Close established sessions that have held no allocation for
+        C{session_timeout}: talking (Bindings, say) does not keep a
+        session alive, an allocation does.
+        """
+        now = self.reactor.seconds()
+        for session in list(self.sessions.values()):
+            if not session.established:
+                continue
+            if self.server.has_allocation(session):
+                session.unallocated_since = None
+            elif session.unallocated_since is None:
+                session.unallocated_since = now
+            elif now - session.unallocated_since >= self.session_timeout:
+                self.stats["closed_without_allocation"] += 1
                 session.close()
-            else:
-                seen[address] = session.packets
-        self._seen = seen
-        self._sweep = self.reactor.callLater(self.sweep_interval, self._sweep_idle)
+        self._sweep = self.reactor.callLater(self.sweep_interval, self._sweep_sessions)
+
+
+def _decrement(counter: collections.Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

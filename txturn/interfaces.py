@@ -15,6 +15,16 @@ from typing import Callable
 from zope.interface import Attribute, Interface
 
 Address = tuple[str, int]
+
+
+def host_port(address: Address) -> str:
+    """
+    An address as logs show it: C{host:port}, C{[v6]:port}.
+    """
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 PeerReceiver = Callable[[bytes, Address], None]
 IcmpReceiver = Callable[[Address, int, int, int], None]
 
