@@ -260,7 +260,6 @@ class DtlsListener(DatagramProtocol):
         self.cookies = CookieJar(reactor, cookie_lifetime)
         context.set_cookie_generate_callback(self._generate_cookie)
         context.set_cookie_verify_callback(self._verify_cookie)
-        context.set_options(SSL.OP_COOKIE_EXCHANGE)
         self.sessions: dict[Address, DtlsSession] = {}
         self.handshakes = 0
         self._handshakes_from: collections.Counter[str] = collections.Counter()
