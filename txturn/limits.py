@@ -8,6 +8,7 @@ that keeps one kind of log line from being written per packet.
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -157,3 +158,34 @@ class LogThrottle:
             self._kinds.clear()
         self._kinds[kind] = (now, 0)
         return last[1] if last is not None else 0
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """
+    What one client connection or DTLS session may hold, and for how
+    long, before it has an allocation: the knobs of the transports'
+    defences (L{txturn.stream_guard}, L{txturn.dtls}).  doc/security.rst
+    says what each protects against.
+
+    @ivar max_connections: TCP and TLS connections in all; 0 means a
+        quarter of the descriptor limit, leaving the rest for relays.
+    @ivar max_unallocated_per_source: connections from one IP address
+        that hold no allocation (and are not RFC 6062 data connections);
+        a crowd behind one NAT is limited only while it has not allocated.
+    @ivar handshake_timeout: seconds a TLS or DTLS handshake may take.
+    @ivar idle_timeout: seconds a connection or DTLS session may hold no
+        allocation, however much it talks (coturn: 60).
+    @ivar frame_timeout: seconds a TCP/TLS client may take to finish a
+        frame once it started one.
+    """
+
+    max_connections: int = 0
+    max_unallocated_per_source: int = 256
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    frame_timeout: float = 10.0
+    dtls_max_handshakes: int = 500
+    dtls_max_handshakes_per_source: int = 20
+    dtls_max_sessions: int = 2000
+    dtls_max_sessions_per_source: int = 100

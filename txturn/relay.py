@@ -44,6 +44,8 @@ _ORIGIN_ICMP, _ORIGIN_ICMP6 = 2, 3
 _RELAYED_ICMP = {_ORIGIN_ICMP: {3, 11}, _ORIGIN_ICMP6: {1, 2, 3}}
 
 _LOST = (BlockingIOError, ConnectionRefusedError, InterruptedError)
+#: Errors that mean no socket can be had at all, whichever port is tried.
+OUT_OF_DESCRIPTORS = frozenset([errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
 _QUIET_SEND_ERRORS = frozenset(
     [
         errno.EMSGSIZE,
@@ -224,7 +226,9 @@ class UdpRelayAllocator:
         )
         try:
             listener.startListening()  # type: ignore[no-untyped-call]
-        except CannotListenError:
+        except CannotListenError as e:
+            if getattr(e.socketError, "errno", None) in OUT_OF_DESCRIPTORS:
+                raise RelayUnavailable("out of file descriptors") from None
             return None
         self.pool.take(host, port)
         return relay

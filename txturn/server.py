@@ -423,6 +423,7 @@ class TurnServer:
                         wanted, even=even is not None, reserve_next=False
                     )[0]
                 except RelayUnavailable as e:
+                    self._unavailable(e)
                     unsupported += e.family_unsupported
                     address_error = (wanted, 440 if e.family_unsupported else 508)
             if not relays:
@@ -437,6 +438,7 @@ class TurnServer:
                     family, even=even is not None, reserve_next=bool(even)
                 )
             except RelayUnavailable as e:
+                self._unavailable(e)
                 return fail(440 if e.family_unsupported else 508)
             relays[family] = relay
         if request.has(Attr.DONT_FRAGMENT):
@@ -481,6 +483,22 @@ class TurnServer:
             self.stats["total_quota"] += 1
             return 508
         return None
+
+    def _unavailable(self, error: RelayUnavailable) -> None:
+        """
+        Say why relays could not be had (a full port range, no
+        descriptors left), once a minute per reason, not per Allocate.
+        """
+        if error.family_unsupported:
+            return
+        self.stats["relay_unavailable"] += 1
+        suppressed = self._error_log.allow(("relay unavailable", str(error)))
+        if suppressed is not None:
+            self.log.warn(
+                "Allocate refused with 508: {reason} ({suppressed} more refusals not logged)",
+                reason=str(error),
+                suppressed=suppressed,
+            )
 
     def _count_user(self, username: str, delta: int) -> None:
         counts = self._user_allocations
@@ -576,6 +594,7 @@ class TurnServer:
         try:
             relay = self.tcp_relays.open_tcp(family)
         except RelayUnavailable as e:
+            self._unavailable(e)
             return fail(440 if e.family_unsupported else 508)
         lifetime = self._lifetime(request) or self.config.default_lifetime
         allocation, response = self._allocated(

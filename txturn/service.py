@@ -14,6 +14,7 @@ dropping privileges.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Collection, Mapping, Sequence
 
 from twisted.application import service
@@ -21,13 +22,16 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from txturn import descriptors
 from txturn.auth import ICredentialSource
 from txturn.dtls import DtlsListener
+from txturn.limits import ConnectionLimits
 from txturn.policy import PeerPolicy
 from txturn.relay import UdpRelayAllocator
 from txturn.server import ServerConfig, TurnServer
 from txturn.sockets import listen_tcp, listen_udp
 from txturn.stream import TurnStreamFactory
+from txturn.stream_guard import AdmissionFactory, StreamGuard
 from txturn.tcp_relay import DEFAULT_BUFFER_LIMIT, TcpRelayAllocator
 from txturn.tls import TlsCredentials
 from txturn.udp import TurnDatagramProtocol
@@ -63,6 +67,8 @@ class TurnService(service.MultiService):
     @param max_tcp_buffer: bytes held for a TCP/TLS client that reads
         slowly before relayed frames to it are dropped (default: Twisted's
         64 KiB).
+    @param limits: caps and deadlines for connections and DTLS sessions
+        that hold no allocation (L{ConnectionLimits}).
     @param announce: C{(username, password)} to log once at startup with a
         ready-to-paste C{iceServers} snippet, for a server whose user was
         generated rather than configured.
@@ -88,6 +94,7 @@ class TurnService(service.MultiService):
         announce: tuple[str, str] | None = None,
         tcp_buffer: int = DEFAULT_BUFFER_LIMIT,
         max_tcp_buffer: int | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         unknown = set(transports) - ALL_TRANSPORTS
@@ -118,6 +125,10 @@ class TurnService(service.MultiService):
         self.server = TurnServer(
             reactor, credentials, self.relays, policy, config, tcp_relays=self.tcp_relays
         )
+        self.limits = limits if limits is not None else ConnectionLimits()
+        #: Caps and deadlines for every TCP and TLS connection; its cap in
+        #: all is set from the descriptor limit when the service binds.
+        self.guard = StreamGuard(reactor, self.server, self.limits, max_connections=0)
         self.tls = tls
         self.tls_port = tls_port
         self.transports = frozenset(transports)
@@ -149,13 +160,13 @@ class TurnService(service.MultiService):
             if "udp" in self.transports:
                 wanted.append(("udp", host, port, TurnDatagramProtocol(server)))
             if "tcp" in self.transports:
-                factory = TurnStreamFactory(server, "tcp", self._max_tcp_buffer)
+                factory = TurnStreamFactory(server, "tcp", self._max_tcp_buffer, self.guard)
                 self._stream_factories.append(factory)
-                wanted.append(("tcp", host, port, factory))
+                wanted.append(("tcp", host, port, AdmissionFactory(self.guard, factory)))
             if self.tls is None:
                 continue
             if "tls" in self.transports:
-                factory = TurnStreamFactory(server, "tls", self._max_tcp_buffer)
+                factory = TurnStreamFactory(server, "tls", self._max_tcp_buffer, self.guard)
                 self._stream_factories.append(factory)
                 # The TLS layer batches small writes until the next turn of
                 # its clock: that must be our reactor, not the global one.
@@ -163,9 +174,22 @@ class TurnService(service.MultiService):
                     self.tls.connection_creator(), False, factory, clock=self._reactor
                 )
                 tls_factory.noisy = False
-                wanted.append(("tls", host, self.tls_port, tls_factory))
+                wanted.append(
+                    ("tls", host, self.tls_port, AdmissionFactory(self.guard, tls_factory))
+                )
             if "dtls" in self.transports:
-                listener = DtlsListener(server, self.tls.dtls_context(), self._reactor)
+                limits = self.limits
+                listener = DtlsListener(
+                    server,
+                    self.tls.dtls_context(),
+                    self._reactor,
+                    handshake_timeout=limits.handshake_timeout,
+                    max_handshakes=limits.dtls_max_handshakes,
+                    max_handshakes_per_source=limits.dtls_max_handshakes_per_source,
+                    max_sessions=limits.dtls_max_sessions,
+                    max_sessions_per_source=limits.dtls_max_sessions_per_source,
+                    session_timeout=limits.idle_timeout,
+                )
                 wanted.append(("dtls", host, self.tls_port, listener))
         return wanted
 
@@ -180,6 +204,7 @@ class TurnService(service.MultiService):
         """
         if self.ports:
             return
+        self._share_descriptors()
         try:
             for name, host, port, handler in self._listeners():
                 bind = listen_udp if name in ("udp", "dtls") else listen_tcp
@@ -196,10 +221,32 @@ class TurnService(service.MultiService):
             self._stream_factories = []
             raise
 
+    def _share_descriptors(self) -> None:
+        """
+        Read (and raise, where allowed) the descriptor limit, and keep
+        connections and allocations within it, so that running out is a
+        refusal at the door with a log line, not a 508 at random.
+        """
+        limit = descriptors.raise_limit()
+        self.guard.max_connections = self.limits.max_connections or (
+            descriptors.connection_budget(limit)
+        )
+        config = self.server.config
+        if not config.total_quota:
+            self.server.config = replace(config, total_quota=descriptors.allocation_budget(limit))
+        self.log.info(
+            "Descriptor limit {limit}: up to {connections} TCP/TLS connections "
+            "and {allocations} allocations",
+            limit=limit,
+            connections=self.guard.max_connections,
+            allocations=self.server.config.total_quota,
+        )
+
     def startService(self) -> None:
         # twistd binds in privilegedStartService; "twist" calls only this.
         self._bind()
         super().startService()  # type: ignore[no-untyped-call]
+        self.guard.start()
         for name, p in self.ports:
             host = p.getHost()
             self.log.info(
@@ -257,6 +304,7 @@ class TurnService(service.MultiService):
         is closed.
         """
         parent_stopped = super().stopService()  # type: ignore[no-untyped-call]
+        self.guard.stop()
         closing = [self.server.shutdown()]
         closing += [defer.maybeDeferred(p.stopListening) for _, p in self.ports]
         for factory in self._stream_factories:

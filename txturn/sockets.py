@@ -97,7 +97,10 @@ def listen_tcp(reactor: Any, host: str, port: int, factory: IProtocolFactory) ->
     """
     sock = bound_socket(host, port, socket.SOCK_STREAM)
     try:
-        sock.listen(128)
+        # A deep backlog: under a connection flood, legitimate clients wait
+        # in the queue (refused ones leave it at once) instead of losing
+        # their SYNs and retrying a second later.
+        sock.listen(1024)
         return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
     finally:
         sock.close()

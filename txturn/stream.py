@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,13 +28,19 @@ from zope.interface import implementer
 from txturn.framing import StreamFramer
 from txturn.interfaces import Address, IClientChannel, IPeerConnection
 from txturn.server import TurnServer
+from txturn.stream_guard import StreamGuard
 from txturn.stun import StunDecodeError
 
 
-@implementer(IClientChannel, IPushProducer)
+@implementer(IClientChannel, IPushProducer, IHandshakeListener)
 class TurnStreamProtocol(Protocol):
     """
     One TCP or TLS connection from a client.
+
+    @ivar frames: frames handed to the core so far; with L{buffered}, what
+        the L{StreamGuard} reads to tell a stalled frame from a slow one.
+    @ivar handshake_done: whether the TLS handshake has finished (always,
+        for TCP).
     """
 
     log = Logger()
@@ -49,6 +55,9 @@ class TurnStreamProtocol(Protocol):
         self.congested = False
         self.local_address: Address = ("", 0)
         self.peer_address: Address = ("", 0)
+        self.peer_host = ""
+        self.handshake_done = transport_name != "tls"
+        self.frames = 0
         self._framer = StreamFramer()
         #: The peer data connection, once this is a client data connection.
         self._peer: IPeerConnection | None = None
@@ -58,6 +67,7 @@ class TurnStreamProtocol(Protocol):
         peer: Any = self.transport.getPeer()
         host: Any = self.transport.getHost()
         self.peer_address = (peer.host, peer.port)
+        self.peer_host = peer.host
         self.local_address = (host.host, host.port)
         transport: Any = self.transport
         if self._max_buffer is not None and hasattr(transport, "bufferSize"):
@@ -65,6 +75,19 @@ class TurnStreamProtocol(Protocol):
         transport.registerProducer(self, True)
         if isinstance(self.factory, TurnStreamFactory):
             self.factory.connections.add(self)
+            if self.factory.guard is not None:
+                self.factory.guard.add(self)
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
+
+    @property
+    def buffered(self) -> int:
+        return self._framer.buffered
+
+    @property
+    def is_data_connection(self) -> bool:
+        return self._peer is not None
 
     def dataReceived(self, data: bytes) -> None:
         if self._peer is not None:
@@ -86,6 +109,7 @@ class TurnStreamProtocol(Protocol):
                 return
             if frame is None:
                 return
+            self.frames += 1
             self._server.datagram_received(self, frame, self.peer_address)
 
     def attach(self, peer: IPeerConnection) -> None:
@@ -125,6 +149,8 @@ class TurnStreamProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if isinstance(self.factory, TurnStreamFactory):
             self.factory.connections.discard(self)
+            if self.factory.guard is not None:
+                self.factory.guard.remove(self)
         if self._peer is not None:
             peer, self._peer = self._peer, None
             peer.close()
@@ -139,11 +165,17 @@ class TurnStreamFactory(Factory):
     noisy = False
 
     def __init__(
-        self, server: TurnServer, transport_name: str, max_buffer: int | None = None
+        self,
+        server: TurnServer,
+        transport_name: str,
+        max_buffer: int | None = None,
+        guard: StreamGuard | None = None,
     ) -> None:
         self._server = server
         self._transport_name = transport_name
         self._max_buffer = max_buffer
+        #: Deadlines and caps, when the service set them up.
+        self.guard = guard
         self.connections: set[TurnStreamProtocol] = set()
 
     def buildProtocol(self, addr: object) -> TurnStreamProtocol:

@@ -20,6 +20,7 @@ from txturn.auth import (
     RestApiCredentials,
     StaticCredentials,
 )
+from txturn.limits import ConnectionLimits
 from txturn.policy import PeerPolicy, parse_range
 from txturn.server import ServerConfig
 from txturn.service import TurnService
@@ -62,6 +63,18 @@ _GROUPS: list[tuple[str, list[str]]] = [
             "challenge-rate",
         ],
     ),
+    (
+        "Connections before they allocate",
+        [
+            "max-connections",
+            "max-connections-per-ip",
+            "handshake-timeout",
+            "idle-timeout",
+            "frame-timeout",
+            "max-dtls-sessions",
+            "max-dtls-sessions-per-ip",
+        ],
+    ),
     ("Identity", ["software", "no-software"]),
     ("", ["help"]),
 ]
@@ -92,6 +105,13 @@ _METAVARS = {
     "max-channels": "N",
     "max-pending-connections": "N",
     "challenge-rate": "N",
+    "max-connections": "N",
+    "max-connections-per-ip": "N",
+    "handshake-timeout": "SECONDS",
+    "idle-timeout": "SECONDS",
+    "frame-timeout": "SECONDS",
+    "max-dtls-sessions": "N",
+    "max-dtls-sessions-per-ip": "N",
 }
 
 
@@ -164,6 +184,28 @@ class Options(usage.Options):
         ["max-bps", None, "0", "Relayed bytes/s per allocation, both ways; 0 for none."],
         ["max-tcp-buffer", None, "65536", "Bytes held for a slow TCP/TLS client before dropping."],
         ["challenge-rate", None, "100", "401/438 answers per second to one address (burst 2x)."],
+        [
+            "max-connections",
+            None,
+            "0",
+            "TCP/TLS connections in all; 0 for a quarter of the descriptor limit.",
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            "256",
+            "TCP/TLS connections from one address holding no allocation; 0 for no limit.",
+        ],
+        ["handshake-timeout", None, "10", "Seconds a TLS or DTLS handshake may take."],
+        [
+            "idle-timeout",
+            None,
+            "60",
+            "Seconds a connection or DTLS session may hold no allocation.",
+        ],
+        ["frame-timeout", None, "10", "Seconds a TCP/TLS client may take to finish a frame."],
+        ["max-dtls-sessions", None, "2000", "DTLS sessions in all."],
+        ["max-dtls-sessions-per-ip", None, "100", "DTLS sessions from one address."],
         ["stale-nonce", None, "600", "Seconds a nonce stays valid."],
         ["software", None, f"txturn {__version__}", "SOFTWARE attribute sent."],
     ]
@@ -282,7 +324,14 @@ class Options(usage.Options):
         self["max-port"] = _port(self["max-port"], "max-port")
         if not 0 < self["min-port"] <= self["max-port"]:
             raise usage.UsageError("--min-port must be 1-65535 and not above --max-port")
-        for name in ("max-allocate-lifetime", "stale-nonce", "tcp-connect-timeout"):
+        for name in (
+            "max-allocate-lifetime",
+            "stale-nonce",
+            "tcp-connect-timeout",
+            "handshake-timeout",
+            "idle-timeout",
+            "frame-timeout",
+        ):
             try:
                 self[name] = float(self[name])
             except ValueError:
@@ -301,6 +350,10 @@ class Options(usage.Options):
             ("max-pending-connections", 0),
             ("max-bps", 0),
             ("challenge-rate", 1),
+            ("max-connections", 0),
+            ("max-connections-per-ip", 0),
+            ("max-dtls-sessions", 1),
+            ("max-dtls-sessions-per-ip", 1),
         ]:
             try:
                 self[name] = int(self[name])
@@ -427,4 +480,13 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
         external_ips=options["external-map"],
         tcp_buffer=options["tcp-buffer"],
         max_tcp_buffer=options["max-tcp-buffer"],
+        limits=ConnectionLimits(
+            max_connections=options["max-connections"],
+            max_unallocated_per_source=options["max-connections-per-ip"],
+            handshake_timeout=options["handshake-timeout"],
+            idle_timeout=options["idle-timeout"],
+            frame_timeout=options["frame-timeout"],
+            dtls_max_sessions=options["max-dtls-sessions"],
+            dtls_max_sessions_per_source=options["max-dtls-sessions-per-ip"],
+        ),
     )

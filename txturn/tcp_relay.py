@@ -38,6 +38,7 @@ from txturn.interfaces import (
     RelayUnavailable,
 )
 from txturn.ports import PortPool
+from txturn.relay import OUT_OF_DESCRIPTORS
 from txturn.sockets import bound_socket
 
 
@@ -296,7 +297,9 @@ class TcpRelayAllocator:
             relay = TcpRelay(self, self._reactor, host, port, self.pool.public(host))
             try:
                 relay.listen()
-            except OSError:
+            except OSError as e:
+                if e.errno in OUT_OF_DESCRIPTORS:
+                    raise RelayUnavailable("out of file descriptors") from None
                 continue
             self.pool.take(host, port)
             return relay

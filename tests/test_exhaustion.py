@@ -1,0 +1,166 @@
+"""
+Connections that never authenticate, against a real C{twistd turn}
+process with 1,024 descriptors: idle TCP connections, TLS handshakes that
+stop halfway and connections stalled mid-frame are refused past the caps
+and closed on time, while turnutils_uclient relays over UDP and TCP with
+nothing lost.  Before, 1,100 idle connections took every descriptor and
+legitimate clients got 508.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import tempfile
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet import defer, task
+from twisted.internet import reactor as _reactor
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from tests.test_interop import require, spawn, twistd_turn, uclient_args, uclient_totals
+from tests.test_service import free_udp_port
+from txturn.testing import self_signed_certificate
+
+reactor: Any = _reactor
+
+#: Addresses the hostile connections come from, 100 each: all loopback.
+ATTACKERS = [f"127.0.0.{i}" for i in range(2, 13)]
+PER_ATTACKER = 100
+STALLED_HEADER = b"\x00\x01\x00\x64\x21\x12\xa4\x42" + b"s" * 12
+
+
+def open_connections(target: tuple[str, int], sources: list[str], each: int) -> list[socket.socket]:
+    """
+    C{each} non-blocking TCP connections to C{target} from every source
+    address.
+    """
+    sockets = []
+    for source in sources:
+        for _ in range(each):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.bind((source, 0))
+            try:
+                s.connect(target)
+            except BlockingIOError:
+                pass
+            sockets.append(s)
+    return sockets
+
+
+def closed_by_server(s: socket.socket) -> bool:
+    """
+    Whether the server has closed (or reset) this connection.
+    """
+    while True:
+        try:
+            data = s.recv(65536)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            return e.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ECONNREFUSED)
+        if not data:
+            return True
+
+
+def tls_client_hello() -> bytes:
+    """
+    The first flight of a real TLS client.
+    """
+    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    client.set_connect_state()
+    try:
+        client.do_handshake()
+    except SSL.WantReadError:
+        pass
+    data: bytes = client.bio_read(65536)
+    return data
+
+
+class ExhaustionTests(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_connections_that_never_authenticate(self) -> Any:
+        uclient = require("turnutils_uclient")
+        peer = require("turnutils_peer")
+        port = free_udp_port()
+        tls_port = free_udp_port()
+        peer_port = free_udp_port()
+        cert, key = self_signed_certificate(tempfile.mkdtemp())
+        command = twistd_turn(
+            port,
+            "--user", "test:secret",
+            "--allow-loopback-peers",
+            "--relay-ip", "127.0.0.1",
+            "--tls-port", str(tls_port),
+            "--cert", cert, "--key", key,
+            "--no-dtls",
+            "--max-connections-per-ip", str(PER_ATTACKER // 2),
+            "--idle-timeout", "4",
+            "--handshake-timeout", "3",
+            "--frame-timeout", "3",
+        )  # fmt: skip
+        # The process may not raise its own limit past 1,024.
+        server = spawn(["prlimit", "--nofile=1024:1024", *command], self)
+        started = yield server.wait_for(rb"Descriptor limit (\d+): up to (\d+) TCP/TLS connections")
+        self.assertEqual(started.group(1), b"1024")
+        self.assertEqual(started.group(2), b"240")
+        yield server.wait_for(rb"TURN listening on TLS")
+        spawn([peer, "-L", "127.0.0.1", "-p", str(peer_port)], self)
+
+        # 1,100 idle TCP connections, 100 from each of 11 addresses; 300
+        # TLS connections that start a handshake and stop; 300 that send
+        # the header of a frame and nothing more.
+        idle: list[socket.socket] = []
+        for source in ATTACKERS:
+            idle += open_connections(("127.0.0.1", port), [source], PER_ATTACKER)
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        half_tls = open_connections(("127.0.0.1", tls_port), ATTACKERS[:3], PER_ATTACKER)
+        stalled = open_connections(("127.0.0.1", port), ["127.0.0.20"] * 3, PER_ATTACKER)
+        hostile = idle + half_tls + stalled
+        for s in hostile:
+            self.addCleanup(s.close)
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        hello = tls_client_hello()
+        for s in half_tls:
+            try:
+                s.send(hello[: len(hello) // 2])
+            except OSError:
+                pass
+        for s in stalled:
+            try:
+                s.send(STALLED_HEADER)
+            except OSError:
+                pass
+        # Connections past the backlog are retried by the kernel after a
+        # second or so; give every one time to be accepted or refused.
+        yield task.deferLater(reactor, 3, lambda: None)
+        pid = server.transport.pid  # type: ignore[union-attr]
+        held = len(os.listdir(f"/proc/{pid}/fd"))
+        # At most 240 connections in all: three quarters of the
+        # descriptors stay free for relays.
+        self.assertLess(held, 240 + 64)
+
+        # Legitimate clients, over UDP and TCP, lose nothing meanwhile.
+        for extra in ([], ["-t"]):
+            out, err, code = yield getProcessOutputAndValue(
+                uclient, extra + uclient_args(port, peer_port, 50, 2, length=100)
+            )
+            sent, received, lost = uclient_totals((out + err).decode(errors="replace"))
+            self.assertEqual((received, lost), (sent, 0))
+
+        # Every hostile connection is closed within its deadline plus a
+        # sweep (idle 4 s, handshake and frame 3 s, sweeps every 2 s).
+        still_open = hostile
+        for _ in range(12):
+            yield task.deferLater(reactor, 1, lambda: None)
+            still_open = [s for s in still_open if not closed_by_server(s)]
+            if not still_open:
+                break
+        self.assertEqual(len(still_open), 0)
+        yield server.wait_for(rb"Refused a TCP/TLS connection from 127\.0\.0\.\d+: too many")

@@ -1,0 +1,241 @@
+# -*- test-case-name: tests.test_stream_guard -*-
+"""
+Admission and deadlines for TCP and TLS client connections.
+
+An accepted connection costs a descriptor and up to a frame of buffer
+before it has proven anything, so:
+
+- L{AdmissionFactory} wraps each stream listener's factory (outside the
+  TLS layer, so a refused connection costs no handshake) and refuses a
+  connection, closing it at once, past C{max_connections} in all or past
+  C{max_unallocated_per_source} connections from one address that hold
+  no allocation.  Connections that hold an allocation are not counted
+  against their address: a crowd behind one NAT is limited only while it
+  has not authenticated.
+- L{StreamGuard} sweeps the connections every couple of seconds and
+  aborts those past a deadline: a TLS handshake not finished within
+  C{handshake_timeout}; a frame started and not finished within
+  C{frame_timeout}; no allocation (and not an RFC 6062 data connection)
+  for C{idle_timeout}, however much the connection talks.
+
+The sweep reads the clock once and looks at each connection's counters;
+nothing here runs per packet.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from txturn.limits import ConnectionLimits, LogThrottle
+
+
+class GuardedConnection(Protocol):
+    """
+    What the guard reads of a connection (L{txturn.stream.TurnStreamProtocol}).
+    """
+
+    peer_host: str
+    handshake_done: bool
+    frames: int
+    transport: Any
+
+    @property
+    def buffered(self) -> int: ...
+
+    @property
+    def is_data_connection(self) -> bool: ...
+
+
+class AllocationLookup(Protocol):
+    def has_allocation(self, client: Any) -> bool: ...
+
+
+@dataclass
+class _Watch:
+    """
+    The guard's own notes on one connection.
+    """
+
+    host: str
+    since: float
+    unallocated_since: float | None
+    frames_seen: int = -1
+    partial_since: float | None = None
+
+
+class StreamGuard:
+    """
+    Every TCP and TLS client connection of a service, with the limits of
+    L{ConnectionLimits}.
+
+    @param max_connections: the resolved cap in all (the service derives
+        it from the descriptor limit when C{limits} leaves it at 0).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        server: AllocationLookup,
+        limits: ConnectionLimits,
+        max_connections: int,
+        sweep_interval: float = 2.0,
+    ) -> None:
+        self._reactor = reactor
+        self._server = server
+        self.limits = limits
+        self.max_connections = max_connections
+        self.sweep_interval = sweep_interval
+        self._watches: dict[GuardedConnection, _Watch] = {}
+        self._from: dict[str, set[GuardedConnection]] = {}
+        self._sweep: IDelayedCall | None = None
+        self._refusals = LogThrottle(reactor)
+        #: What was refused or closed, for operators and tests.
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    def __len__(self) -> int:
+        return len(self._watches)
+
+    def start(self) -> None:
+        if self._sweep is None:
+            self._sweep = self._reactor.callLater(self.sweep_interval, self._sweep_connections)
+
+    def stop(self) -> None:
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+
+    # -- admission ---------------------------------------------------------------
+
+    def admit(self, host: str) -> bool:
+        """
+        Whether a new connection from C{host} may be accepted.
+        """
+        refusal = None
+        if len(self._watches) >= self.max_connections:
+            refusal = "connections"
+        else:
+            limit = self.limits.max_unallocated_per_source
+            mine = self._from.get(host, ())
+            # Counting the unallocated ones walks only this address's own
+            # connections, and only once it has many.
+            if limit and len(mine) >= limit and self._unallocated(mine) >= limit:
+                refusal = "connections without an allocation from one address"
+        if refusal is None:
+            return True
+        self.stats["refused"] += 1
+        suppressed = self._refusals.allow(refusal)
+        if suppressed is not None:
+            self.log.warn(
+                "Refused a TCP/TLS connection from {host}: too many {what} "
+                "({suppressed} more refusals not logged)",
+                host=host,
+                what=refusal,
+                suppressed=suppressed,
+            )
+        return False
+
+    def _unallocated(self, connections: Any) -> int:
+        return sum(1 for c in connections if not self._holds_something(c))
+
+    def _holds_something(self, connection: GuardedConnection) -> bool:
+        return connection.is_data_connection or self._server.has_allocation(connection)
+
+    def add(self, connection: GuardedConnection) -> None:
+        now = self._reactor.seconds()
+        self._watches[connection] = _Watch(connection.peer_host, now, now)
+        self._from.setdefault(connection.peer_host, set()).add(connection)
+
+    def remove(self, connection: GuardedConnection) -> None:
+        watch = self._watches.pop(connection, None)
+        if watch is None:
+            return
+        mine = self._from.get(watch.host)
+        if mine is not None:
+            mine.discard(connection)
+            if not mine:
+                del self._from[watch.host]
+
+    # -- deadlines -----------------------------------------------------------------
+
+    def _sweep_connections(self) -> None:
+        now = self._reactor.seconds()
+        limits = self.limits
+        for connection, watch in list(self._watches.items()):
+            reason = None
+            if not connection.handshake_done:
+                if now - watch.since >= limits.handshake_timeout:
+                    reason = "handshake_timeout"
+            elif self._holds_something(connection):
+                watch.unallocated_since = None
+            elif watch.unallocated_since is None:
+                watch.unallocated_since = now
+            elif now - watch.unallocated_since >= limits.idle_timeout:
+                reason = "idle_timeout"
+            if reason is None and not connection.is_data_connection:
+                reason = self._check_frame(connection, watch, now)
+            if reason is not None:
+                self.stats[reason] += 1
+                self.remove(connection)
+                _abort(connection)
+        self._sweep = self._reactor.callLater(self.sweep_interval, self._sweep_connections)
+
+    def _check_frame(self, connection: GuardedConnection, watch: _Watch, now: float) -> str | None:
+        """
+        A frame started and not finished: its clock starts at the first
+        sweep that sees it and stops when a frame completes.
+        """
+        if connection.buffered == 0:
+            watch.partial_since = None
+        elif connection.frames != watch.frames_seen or watch.partial_since is None:
+            watch.partial_since = now
+        elif now - watch.partial_since >= self.limits.frame_timeout:
+            return "frame_timeout"
+        watch.frames_seen = connection.frames
+        return None
+
+
+def _abort(connection: GuardedConnection) -> None:
+    """
+    Drop a connection now, without waiting to flush what it has not read.
+    """
+    transport = connection.transport
+    if transport is None:
+        return
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()
+
+
+class AdmissionFactory(Factory):
+    """
+    Wraps a listener's factory (the TLS layer's, or the plain stream
+    factory) and refuses connections the guard will not admit: Twisted
+    closes a connection whose factory builds no protocol.
+    """
+
+    noisy = False
+
+    def __init__(self, guard: StreamGuard, inner: Any) -> None:
+        self.guard = guard
+        self.inner = inner
+
+    def doStart(self) -> None:
+        self.inner.doStart()
+
+    def doStop(self) -> None:
+        self.inner.doStop()
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        if not self.guard.admit(getattr(addr, "host", "")):
+            return None
+        return self.inner.buildProtocol(addr)
