@@ -69,6 +69,13 @@ def embedded(v4: str) -> dict[str, str]:
         "mapped": f"::ffff:{v4}",
         "compatible": str(ipaddress.IPv6Address(value)) if value > 1 else f"::{v4}",
         "nat64": str(ipaddress.IPv6Address((0x64FF9B << 96) | value)),
+        # RFC 8215 local-use prefix, /48: the address straddles the u octet.
+        "nat64 local-use": str(
+            ipaddress.IPv6Address(
+                (0x0064FF9B0001 << 80) | ((value >> 16) << 64) | ((value & 0xFFFF) << 40)
+            )
+        ),
+        "siit": f"::ffff:0:{v4}",
         "6to4": str(ipaddress.IPv6Address((0x2002 << 112) | (value << 80) | 1)),
         "teredo": str(
             ipaddress.IPv6Address(
@@ -104,6 +111,29 @@ class CanonicalTests(SynchronousTestCase):
             for form, spelled in embedded(v4).items():
                 self.assertEqual(canonical_peer(spelled), ipaddress.IPv4Address(v4), form)
 
+    def test_nat64_prefix_layouts(self) -> None:
+        """
+        An operator's NAT64 prefix of any RFC 6052 length unwraps, skipping
+        the u octet.
+        """
+        examples = {
+            "2001:db8::/32": "2001:db8:c000:221::",
+            "2001:db8:100::/40": "2001:db8:1c0:2:21::",
+            "2001:db8:122::/48": "2001:db8:122:c000:2:2100::",
+            "2001:db8:122:300::/56": "2001:db8:122:3c0:0:221::",
+            "2001:db8:122:344::/64": "2001:db8:122:344:c0:2:2100:0",
+            "2001:db8:122:344::/96": "2001:db8:122:344::192.0.2.33",
+        }  # RFC 6052 section 2.4's table
+        for prefix, spelled in examples.items():
+            network = ipaddress.IPv6Network(prefix)
+            self.assertEqual(
+                canonical_peer(spelled, [network]), ipaddress.IPv4Address("192.0.2.33"), prefix
+            )
+            policy = PeerPolicy(nat64_prefixes=[network])
+            self.assertFalse(policy.allows(spelled), prefix)
+        with self.assertRaises(ValueError):
+            PeerPolicy(nat64_prefixes=[ipaddress.IPv6Network("2001:db8::/80")])
+
     def test_plain(self) -> None:
         """
         Plain IPv4 and IPv6 addresses stay as they are.
@@ -116,6 +146,19 @@ class PolicyTests(SynchronousTestCase):
     """
     Tests for L{PeerPolicy} on its own.
     """
+
+    def test_host_addresses(self) -> None:
+        """
+        The host's interface addresses are its own, in every spelling,
+        until a refresh no longer lists them.
+        """
+        policy = PeerPolicy(allowed=parse_range("192.0.2.0/24"))
+        policy.set_host_addresses(["192.0.2.80", "0.0.0.0"])
+        for spelled in ["192.0.2.80", "::ffff:192.0.2.80", "64:ff9b::192.0.2.80"]:
+            self.assertFalse(policy.allows_peer(spelled, 3478), spelled)
+            self.assertTrue(policy.allows_peer(spelled, 50000), spelled)
+        policy.set_host_addresses([])
+        self.assertTrue(policy.allows_peer("192.0.2.80", 3478))
 
     def test_every_range_covered(self) -> None:
         """

@@ -14,8 +14,9 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from txturn import service as service_module
 from txturn.auth import StaticCredentials
-from txturn.policy import PeerPolicy
+from txturn.policy import PeerPolicy, parse_range
 from txturn.server import ServerConfig
 from txturn.service import TurnService
 from txturn.stun import Attr, Class, Message, Method, decode, encode
@@ -226,6 +227,36 @@ class DualStackTests(TestCase):
             raw, _ = yield proto.next()
             mapped = decode(raw).get(Attr.XOR_MAPPED_ADDRESS)
             self.assertEqual(mapped, (host, client_port.getHost().port))
+
+    def test_wildcard_owns_every_host_address(self) -> None:
+        """
+        A wildcard listener answers on every address of the host, so each
+        is the server's own: refused as a peer except on relay ports, and
+        read again every minute (the timer stops with the service).
+        """
+        listed = ["192.0.2.80", "2001:db8::80"]
+        self.patch(service_module, "host_addresses", lambda: list(listed))
+        policy = PeerPolicy(allowed=parse_range("192.0.2.0/24") + parse_range("2001:db8::/32"))
+        service = TurnService(
+            reactor,
+            StaticCredentials(REALM, {"alice": "secret"}),
+            [("0.0.0.0", 0)],
+            ["127.0.0.1"],
+            policy=policy,
+            transports={"udp"},
+        )
+        self.assertTrue(policy.allows_peer("192.0.2.80", 3478))
+        service.startService()
+        for host in listed:
+            self.assertFalse(policy.allows_peer(host, 3478), host)
+            self.assertTrue(policy.allows_peer(host, 50000), host)
+        listed[:] = ["192.0.2.81"]
+        service._refresh_host_addresses()
+        self.assertTrue(policy.allows_peer("192.0.2.80", 3478))
+        self.assertFalse(policy.allows_peer("192.0.2.81", 3478))
+        service.stopService()
+        self.assertIsNone(service._address_refresh)
+        self.assertEqual([c for c in reactor.getDelayedCalls() if "refresh" in repr(c.func)], [])
 
 
 class ExternalAddressTests(TestCase):

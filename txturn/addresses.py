@@ -1,11 +1,15 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-Finding this host's addresses, for a relay started without C{--relay-ip}.
+Finding this host's addresses: for a relay started without C{--relay-ip},
+and for the peer policy, which must know every address a wildcard
+listener answers on.
 """
 
 from __future__ import annotations
 
 import socket
+
+import ifaddr
 
 #: Documentation addresses (RFC 5737, RFC 3849): asking the kernel for a
 #: route to them names the interface a default route would use.  A UDP
@@ -68,3 +72,17 @@ def default_relay_addresses(listen: list[str]) -> list[str]:
         elif host not in relays:
             relays.append(host)
     return relays
+
+
+def host_addresses() -> list[str]:
+    """
+    Every address on this host's interfaces, IPv4 and IPv6 (without
+    scope), as C{ifaddr} reads them from the kernel.
+    """
+    found: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            host = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            if host not in found:
+                found.append(host)
+    return found

@@ -31,8 +31,17 @@ from typing import Iterable, Union
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: NAT64 prefixes unwrapped by default: the well-known prefix (RFC 6052)
+#: and the local-use prefix (RFC 8215).  Operators add their own network's.
+DEFAULT_NAT64: tuple[ipaddress.IPv6Network, ...] = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+)
 _COMPATIBLE = ipaddress.ip_network("::/96")
+#: IPv4-translated addresses of SIIT (RFC 2765, C{::ffff:0:a.b.c.d}).
+_SIIT = ipaddress.ip_network("::ffff:0:0:0/96")
+#: RFC 6052 prefix lengths, the only ones an IPv4 address embeds after.
+_NAT64_LENGTHS = frozenset([32, 40, 48, 56, 64, 96])
 
 #: Refused unless explicitly allowed.  Loopback is listed apart so that
 #: C{allow_loopback} can lift just it.
@@ -66,11 +75,27 @@ DEFAULT_DENIED: list[IPNetwork] = [
 ]
 
 
-def canonical_peer(host: str) -> IPAddress:
+def nat64_embedded(
+    address: ipaddress.IPv6Address, prefix: ipaddress.IPv6Network
+) -> ipaddress.IPv4Address:
     """
-    Parse C{host} and unwrap IPv4-mapped (C{::ffff:a.b.c.d}),
-    IPv4-compatible (C{::a.b.c.d}), 6to4 (C{2002:AABB:CCDD::/48}), NAT64
-    (C{64:ff9b::/96}) and Teredo (C{2001::/32}, the client address) forms.
+    The IPv4 address embedded in C{address} after NAT64 C{prefix}, as
+    RFC 6052 section 2.2 lays it out: right after the prefix, skipping
+    bits 64-71 (the "u" octet).
+    """
+    packed = address.packed
+    start = prefix.prefixlen // 8
+    octets = [i for i in range(start, 16) if i != 8][:4]
+    return ipaddress.IPv4Address(bytes(packed[i] for i in octets))
+
+
+def canonical_peer(host: str, nat64: Iterable[ipaddress.IPv6Network] = DEFAULT_NAT64) -> IPAddress:
+    """
+    Parse C{host} and unwrap IPv4-mapped (C{::ffff:a.b.c.d}), SIIT
+    (C{::ffff:0:a.b.c.d}), IPv4-compatible (C{::a.b.c.d}), 6to4
+    (C{2002:AABB:CCDD::/48}), NAT64 (C{64:ff9b::/96}, C{64:ff9b:1::/48}
+    and any prefix in C{nat64}) and Teredo (C{2001::/32}, the client
+    address) forms.
 
     @raise ValueError: if C{host} is not an IP address literal.
     """
@@ -79,8 +104,11 @@ def canonical_peer(host: str) -> IPAddress:
         return address
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
-    if address in _NAT64 or (address in _COMPATIBLE and int(address) > 1):
+    if address in _SIIT or (address in _COMPATIBLE and int(address) > 1):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    for prefix in nat64:
+        if address in prefix:
+            return nat64_embedded(address, prefix)
     if address.sixtofour is not None:
         return address.sixtofour
     if address.teredo is not None:
@@ -130,6 +158,7 @@ class PeerPolicy:
         denied: Iterable[IPNetwork] = (),
         own_addresses: Iterable[str] = (),
         relay_ports: range = range(49152, 65536),
+        nat64_prefixes: Iterable[ipaddress.IPv6Network] = (),
     ) -> None:
         self.allow_loopback = allow_loopback
         self.allowed = list(allowed)
@@ -137,7 +166,16 @@ class PeerPolicy:
             self.allowed += LOOPBACK
         self.denied = list(denied)
         self.relay_ports = relay_ports
+        self.nat64 = tuple(DEFAULT_NAT64) + tuple(nat64_prefixes)
+        for prefix in self.nat64:
+            if prefix.prefixlen not in _NAT64_LENGTHS:
+                raise ValueError(
+                    f"NAT64 prefix {prefix}: the length must be 32, 40, 48, 56, 64 or 96"
+                )
         self.own: set[IPAddress] = set()
+        #: Own addresses found on the host's interfaces (a wildcard
+        #: listener listens on all of them), replaced at each refresh.
+        self.host_addresses: set[IPAddress] = set()
         self._cache: dict[str, tuple[bool, bool]] = {}
         for host in own_addresses:
             self.add_own_address(host)
@@ -147,10 +185,21 @@ class PeerPolicy:
         Refuse C{host} as a peer: one of the server's own addresses.
         Wildcards are not addresses a peer can have and are skipped.
         """
-        address = canonical_peer(host)
+        address = canonical_peer(host, self.nat64)
         if not address.is_unspecified:
             self.own.add(address)
         self._cache.clear()
+
+    def set_host_addresses(self, hosts: Iterable[str]) -> None:
+        """
+        The addresses on the host's interfaces now: with a wildcard
+        listener each of them reaches the server, so each is its own.
+        """
+        addresses = {canonical_peer(h, self.nat64) for h in hosts}
+        addresses = {a for a in addresses if not a.is_unspecified}
+        if addresses != self.host_addresses:
+            self.host_addresses = addresses
+            self._cache.clear()
 
     def _lookup(self, host: str) -> tuple[bool, bool]:
         decision = self._cache.get(host)
@@ -181,12 +230,14 @@ class PeerPolicy:
         (allowed, one of the server's own addresses) for C{host}.
         """
         try:
-            address = canonical_peer(host)
+            address = canonical_peer(host, self.nat64)
         except ValueError:
             return False, False
         # With loopback peers allowed (same-host testing), the host's own
         # loopback services are fair game too.
-        own = address in self.own and not (self.allow_loopback and address.is_loopback)
+        own = (address in self.own or address in self.host_addresses) and not (
+            self.allow_loopback and address.is_loopback
+        )
         if any(address in network for network in self.denied):
             return False, own
         if address.is_unspecified:

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from txturn import descriptors
+from txturn.addresses import host_addresses
 from txturn.auth import ICredentialSource
 from txturn.dtls import DtlsListener
 from txturn.limits import ConnectionLimits
@@ -46,6 +47,12 @@ def ice_servers_snippet(urls: Sequence[str], username: str, password: str) -> st
     return json.dumps(
         {"iceServers": [{"urls": urls, "username": username, "credential": password}]}
     )
+
+
+#: Listening on one of these means listening on every address of the host.
+WILDCARDS = frozenset(["0.0.0.0", "::"])
+#: Seconds between two readings of the host's addresses.
+ADDRESS_REFRESH = 60.0
 
 
 class TurnService(service.MultiService):
@@ -115,6 +122,7 @@ class TurnService(service.MultiService):
             buffer_limit=tcp_buffer,
         )
         policy = policy if policy is not None else PeerPolicy()
+        self.policy = policy
         # A relay must not reach this server's own listeners: register our
         # addresses, reachable as peers only on relay ports.
         policy.relay_ports = range(min_port, max_port + 1)
@@ -137,6 +145,7 @@ class TurnService(service.MultiService):
         #: (transport name, listening port) for every bound listener.
         self.ports: list[tuple[str, Any]] = []
         self._stream_factories: list[TurnStreamFactory] = []
+        self._address_refresh: Any = None
 
     def port_of(self, transport: str, host: str | None = None) -> int:
         """
@@ -242,11 +251,31 @@ class TurnService(service.MultiService):
             allocations=self.server.config.total_quota,
         )
 
+    def _refresh_host_addresses(self) -> None:
+        """
+        A wildcard listener answers on every address of the host, so each
+        is one of the server's own for the peer policy; interfaces come
+        and go, so the list is read again every minute.
+        """
+        try:
+            found = host_addresses()
+        except OSError as e:
+            self.log.warn("Cannot list this host's addresses: {error}", error=e)
+            found = []
+        self.policy.set_host_addresses(found)
+        if self._address_refresh is not None and self._address_refresh.active():
+            self._address_refresh.cancel()
+        self._address_refresh = self._reactor.callLater(
+            ADDRESS_REFRESH, self._refresh_host_addresses
+        )
+
     def startService(self) -> None:
         # twistd binds in privilegedStartService; "twist" calls only this.
         self._bind()
         super().startService()  # type: ignore[no-untyped-call]
         self.guard.start()
+        if any(host in WILDCARDS for host, _ in self.listen):
+            self._refresh_host_addresses()
         for name, p in self.ports:
             host = p.getHost()
             self.log.info(
@@ -305,6 +334,9 @@ class TurnService(service.MultiService):
         """
         parent_stopped = super().stopService()  # type: ignore[no-untyped-call]
         self.guard.stop()
+        if self._address_refresh is not None and self._address_refresh.active():
+            self._address_refresh.cancel()
+        self._address_refresh = None
         closing = [self.server.shutdown()]
         closing += [defer.maybeDeferred(p.stopListening) for _, p in self.ports]
         for factory in self._stream_factories:

@@ -49,7 +49,7 @@ _GROUPS: list[tuple[str, list[str]]] = [
         "Authentication",
         ["realm", "user", "user-db", "static-auth-secret", "stale-nonce"],
     ),
-    ("Peers", ["allowed-peer-ip", "denied-peer-ip", "allow-loopback-peers"]),
+    ("Peers", ["allowed-peer-ip", "denied-peer-ip", "nat64-prefix", "allow-loopback-peers"]),
     (
         "Quotas and limits",
         [
@@ -228,6 +228,7 @@ class Options(usage.Options):
         self["external-ip"] = []
         self["allowed-peer-ip"] = []
         self["denied-peer-ip"] = []
+        self["nat64-prefix"] = []
 
     def opt_listen(self, value: str) -> None:
         """
@@ -273,6 +274,22 @@ class Options(usage.Options):
         """
         self["denied-peer-ip"] += _range(value, "denied-peer-ip")
 
+    def opt_nat64_prefix(self, value: str) -> None:
+        """
+        Your network's NAT64 prefix (/32-/96): the IPv4 peer in it is what
+        the peer policy judges; 64:ff9b::/96 and 64:ff9b:1::/48 always are
+        (repeatable).
+        """
+        try:
+            prefix = ipaddress.IPv6Network(value.strip())
+        except ValueError:
+            raise usage.UsageError(
+                f"--nat64-prefix must be an IPv6 prefix, not {value!r}"
+            ) from None
+        if prefix.prefixlen not in (32, 40, 48, 56, 64, 96):
+            raise usage.UsageError("--nat64-prefix length must be 32, 40, 48, 56, 64 or 96")
+        self["nat64-prefix"].append(prefix)
+
     opt_L = opt_listen
     opt_u = opt_user
 
@@ -296,6 +313,7 @@ class Options(usage.Options):
         docs["external-ip"] = (None, "external-ip=PUB[/PRIV]", self.opt_external_ip.__doc__)
         docs["allowed-peer-ip"] = (None, "allowed-peer-ip=RANGE", self.opt_allowed_peer_ip.__doc__)
         docs["denied-peer-ip"] = (None, "denied-peer-ip=RANGE", self.opt_denied_peer_ip.__doc__)
+        docs["nat64-prefix"] = (None, "nat64-prefix=PREFIX", self.opt_nat64_prefix.__doc__)
         docs["help"] = (None, "help", "Show this help and exit.")
         lines = [
             f"Usage: twistd [twistd options] turn {self.synopsis}",
@@ -455,6 +473,7 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
             allow_loopback=options["allow-loopback-peers"],
             allowed=options["allowed-peer-ip"],
             denied=options["denied-peer-ip"],
+            nat64_prefixes=options["nat64-prefix"],
         ),
         config=ServerConfig(
             realm=realm,
