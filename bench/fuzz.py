@@ -1,11 +1,12 @@
 """
-The long fuzz run over the server core: mutations of real requests (UDP
+The long fuzz run: mutations of real requests into the server core (UDP
 datagrams, and stream chunks cut at random through TCP framing), by
-default 1,000,000 of them, then the figures: how many, how fast, and what
-escaped, reached the last-resort handler or stayed behind for senders
-that never authenticated (all three should be 0).
+default 1,000,000 of them, then mutated DTLS and TLS records into the
+transports (another 1,000,000), and the figures: how many, how fast, and
+what escaped, reached the last-resort handler or stayed behind for
+senders that never authenticated (all should be 0).
 
-usage: python bench/fuzz.py [--iterations 1000000] [--seed 1]
+usage: python bench/fuzz.py [--iterations 1000000] [--transports 1000000] [--seed 1]
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.test_fuzz import fuzz  # noqa: E402
+from tests.test_fuzz_transports import fuzz_transports  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iterations", type=int, default=1_000_000)
+    parser.add_argument("--transports", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     start = time.perf_counter()
@@ -39,7 +42,26 @@ def main() -> None:
     )
     for failure in result["failures"][:3]:
         print(failure.getTraceback())  # noqa: T201
-    if result["escaped"] or result["failures"] or result["strangers"]:
+    start = time.perf_counter()
+    transports = fuzz_transports(args.transports, args.seed)
+    elapsed = time.perf_counter() - start
+    print(  # noqa: T201
+        f"{transports['iterations']:,} DTLS/TLS records in {elapsed:.1f} s "
+        f"({transports['iterations'] / elapsed:,.0f}/s): "
+        f"escaped={len(transports['escaped'])} failures={len(transports['failures'])} "
+        f"most DTLS sessions={transports['most_sessions']} (cap {transports['max_sessions']})"
+    )
+    for failure in transports["failures"][:3]:
+        print(failure.getTraceback())  # noqa: T201
+    for escape in sorted(set(transports["escaped"]))[:5]:
+        print("escaped:", escape)  # noqa: T201
+    if (
+        result["escaped"]
+        or result["failures"]
+        or result["strangers"]
+        or transports["escaped"]
+        or transports["failures"]
+    ):
         raise SystemExit(1)
 
 

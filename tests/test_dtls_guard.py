@@ -111,6 +111,17 @@ class DtlsGuardTests(SynchronousTestCase):
         self.assertEqual(self.sent(), [])
         self.establish()
 
+    def test_empty_datagram(self) -> None:
+        """
+        An empty datagram (UDP allows them) to a live session's address is
+        ignored; it used to raise from OpenSSL's BIO for every datagram.
+        """
+        client = self.establish()
+        self.listener.datagramReceived(b"", CLIENT)
+        client.send(binding())
+        pump(client, lambda data: self.listener.datagramReceived(data, CLIENT), self.sent)
+        self.assertEqual(decode(client.recv(65536)).cls, Class.SUCCESS)
+
     def test_cookie_bound_to_address(self) -> None:
         """
         A cookie earned at one address opens nothing from another: the

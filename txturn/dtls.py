@@ -297,10 +297,13 @@ class DtlsListener(DatagramProtocol):
             session.close()
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
+        if not data:
+            # UDP allows empty datagrams; OpenSSL's BIO refuses them.
+            return
         session = self.sessions.get(addr)
         if session is not None:
             session.datagram_received(data)
-        elif data and data[0] == _HANDSHAKE:
+        elif data[0] == _HANDSHAKE:
             self._hello(data, addr)
 
     def write(self, data: bytes, address: Address) -> None:
