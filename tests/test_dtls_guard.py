@@ -14,7 +14,14 @@ from OpenSSL import SSL
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_framing import CREDENTIALS, REALM, FakeDatagramTransport, binding, pump
+from tests.test_framing import (
+    CREDENTIALS,
+    REALM,
+    FakeDatagramTransport,
+    binding,
+    first_flight,
+    pump,
+)
 from txturn.auth import StaticCredentials
 from txturn.dtls import DtlsListener
 from txturn.server import ServerConfig, TurnServer
@@ -28,15 +35,6 @@ def client_connection() -> SSL.Connection:
     client = SSL.Connection(SSL.Context(SSL.DTLS_CLIENT_METHOD), None)
     client.set_connect_state()
     return client
-
-
-def first_flight(client: SSL.Connection) -> bytes:
-    try:
-        client.do_handshake()
-    except SSL.WantReadError:
-        pass
-    data: bytes = client.bio_read(65536)
-    return data
 
 
 class DtlsGuardTests(SynchronousTestCase):

@@ -120,6 +120,18 @@ class StreamProtocolTests(SynchronousTestCase):
 # -- one behaviour suite, four transports ------------------------------------
 
 
+def first_flight(client: SSL.Connection) -> bytes:
+    """
+    What a memory-BIO TLS or DTLS client sends first (its hello).
+    """
+    try:
+        client.do_handshake()
+    except SSL.WantReadError:
+        pass
+    data: bytes = client.bio_read(65536)
+    return data
+
+
 def pump(client: SSL.Connection, deliver: Any, collect: Any) -> None:
     """
     Shuttle bytes between a memory-BIO client and the server side until

@@ -7,7 +7,8 @@ that never authenticated.
 from __future__ import annotations
 
 import random
-from typing import Any, cast
+from contextlib import contextmanager
+from typing import Any, Iterator, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
@@ -125,6 +126,26 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(buf)
 
 
+@contextmanager
+def logged_failures() -> Iterator[list[Any]]:
+    """
+    Collect every failure logged while the block runs: what reached a
+    last-resort handler.
+    """
+    failures: list[Any] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_failure") is not None:
+            failures.append(event["log_failure"])
+
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield failures
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
 def fuzz(iterations: int, seed: int) -> dict[str, Any]:
     """
     Feed C{iterations} mutated requests to a fresh core, alternately as
@@ -149,18 +170,10 @@ def fuzz(iterations: int, seed: int) -> dict[str, Any]:
     client.nonce = server.nonces.issue("198.51.100.1", clock.seconds())
     corpus = seeds(client)
     rng = random.Random(seed)
-    failures: list[Any] = []
     escaped: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("log_failure") is not None:
-            failures.append(event["log_failure"])
-
-    observer = cast(ILogObserver, observe)
-    globalLogPublisher.addObserver(observer)
     stream: Any = None
     successes = 0
-    try:
+    with logged_failures() as failures:
         for i in range(iterations):
             original = rng.choice(corpus)
             if i % 3 == 1 and original[0] < 0x40 and decode(original).integrity_offset is not None:
@@ -192,8 +205,6 @@ def fuzz(iterations: int, seed: int) -> dict[str, Any]:
             channel.sent.clear()
             if i % 1000 == 0:
                 clock.advance(1)
-    finally:
-        globalLogPublisher.removeObserver(observer)
     strangers = [a for _, a in server.allocations if a != ("198.51.100.1", 1000)]
     return {
         "successes": successes,

@@ -10,17 +10,16 @@ listener holds stays within its caps.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, cast
+from typing import Any, Callable
 
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
-from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_framing import CREDENTIALS, FakeDatagramTransport, binding, pump
-from tests.test_fuzz import mutate
+from tests.test_fuzz import logged_failures, mutate
 from txturn.auth import StaticCredentials
 from txturn.dtls import DtlsListener
 from txturn.server import ServerConfig, TurnServer
@@ -72,16 +71,8 @@ def fuzz_transports(iterations: int, seed: int) -> dict[str, Any]:
         documentation_peers(),
         config=ServerConfig(realm=REALM),
     )
-    failures: list[Any] = []
     escaped: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("log_failure") is not None:
-            failures.append(event["log_failure"])
-
-    observer = cast(ILogObserver, observe)
-    globalLogPublisher.addObserver(observer)
-    try:
+    with logged_failures() as failures:
         listener, dtls_corpus = _dtls_target(server, clock)
         tls_corpus = _tls_corpus(server, clock)
         most_sessions = 0
@@ -104,8 +95,6 @@ def fuzz_transports(iterations: int, seed: int) -> dict[str, Any]:
             if i % 1000 == 0:
                 clock.advance(1)
         listener.stopProtocol()
-    finally:
-        globalLogPublisher.removeObserver(observer)
     return {
         "iterations": iterations,
         "escaped": escaped,

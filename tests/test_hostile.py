@@ -38,6 +38,7 @@ from txturn.testing import (
     FakeRelayAllocator,
     RecordingClientChannel,
     StunClient,
+    authenticated_request,
     documentation_peers,
 )
 
@@ -131,15 +132,9 @@ class CoreTestCase(SynchronousTestCase):
         client: StunClient | None = None,
         channel: Any = None,
     ) -> Message:
-        client = client or self.alice
-        channel = channel or self.channel
-        for _ in range(2):
-            self.server.datagram_received(channel, client.request(method, attrs), address)
-            response = client.learn(channel.pop())
-            if response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] in (401, 438):
-                continue
-            return response
-        return response
+        return authenticated_request(
+            self.server, channel or self.channel, client or self.alice, method, attrs, address
+        )
 
     def code(self, response: Message) -> int:
         return 0 if response.cls == Class.SUCCESS else int(response.get(Attr.ERROR_CODE)[0])
@@ -392,29 +387,31 @@ class ChallengeCrowdTests(SynchronousTestCase):
 
     def test_crowd_behind_one_address(self) -> None:
         """
-        1,000 clients behind one address starting at once: the first 200
-        are challenged at once; once they have authenticated, the rest are
-        challenged on their first retransmission (500 ms later), where a
-        plain 100/s limit took 8 s.
+        1,000 clients behind one address starting at once are all
+        challenged at once (a plain 100/s limit with a burst of 200 took
+        8 s), and once they have authenticated their address has proven
+        itself: 2,000 more are answered at once too.
         """
         clients = {port: StunClient("alice", "a") for port in range(1000, 2000)}
-        self.assertEqual(self.challenges(clients, "198.51.100.1"), 200)
-        self.authenticate(clients, "198.51.100.1")
-        self.clock.advance(0.5)
-        self.assertEqual(self.challenges(clients, "198.51.100.1"), 800)
+        self.assertEqual(self.challenges(clients, "198.51.100.1"), 1000)
         self.authenticate(clients, "198.51.100.1")
         self.assertEqual(len(self.server.allocations), 1000)
+        more = {port: StunClient("alice", "a") for port in range(2000, 4000)}
+        self.assertEqual(self.challenges(more, "198.51.100.1"), 2000)
 
     def test_spoofed_source_stays_bounded(self) -> None:
         """
-        An address that never answers a challenge gets the burst of 200,
-        then 100 a second, however many requests claim to be from it.
+        An address that never answers a challenge gets the burst of 1,000,
+        then 100 a second, however many requests claim to be from it: over
+        a minute, no more than the rate plus one burst.
         """
-        clients = {port: StunClient("alice", "a") for port in range(1000, 3000)}
-        self.assertEqual(self.challenges(clients, "203.0.113.66"), 200)
-        self.clock.advance(1)
-        self.assertEqual(self.challenges(clients, "203.0.113.66"), 100)
-        self.assertEqual(self.server.stats["challenges_limited"], 2000 - 200 + 1800 - 100)
+        clients = {port: StunClient("alice", "a") for port in range(1000, 9000)}
+        self.assertEqual(self.challenges(clients, "203.0.113.66"), 1000)
+        answered = 0
+        for _ in range(60):
+            self.clock.advance(1)
+            answered += self.challenges(clients, "203.0.113.66")
+        self.assertEqual(answered, 6000)
 
 
 class LimiterTests(SynchronousTestCase):

@@ -23,6 +23,7 @@ from txturn.testing import (
     FastClock,
     RecordingClientChannel,
     StunClient,
+    authenticated_request,
     documentation_peers,
 )
 
@@ -52,14 +53,9 @@ class LimitTestCase(SynchronousTestCase):
         address: tuple[str, int] = ("198.51.100.1", 1),
         user: str = "alice",
     ) -> Message:
-        client = self.clients[user]
-        for _ in range(2):
-            self.server.datagram_received(self.channel, client.request(method, attrs), address)
-            response = client.learn(self.channel.pop())
-            if response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] in (401, 438):
-                continue
-            return response
-        return response
+        return authenticated_request(
+            self.server, self.channel, self.clients[user], method, attrs, address
+        )
 
     def code(self, response: Message) -> int:
         return 0 if response.cls == Class.SUCCESS else response.get(Attr.ERROR_CODE)[0]

@@ -78,13 +78,24 @@ class GuardTestCase(SynchronousTestCase):
 class AdmissionTests(GuardTestCase):
     def test_cap_in_all(self) -> None:
         """
-        Past max_connections, a new connection is refused (no protocol, so
-        Twisted closes it) and the refusal counted.
+        At max_connections, a new connection evicts the oldest one that
+        holds no allocation; when every connection holds one, the newcomer
+        is refused (no protocol, so Twisted closes it) and counted.
         """
         self.make(max_connections=3)
-        for port in range(3):
-            self.assertIsNotNone(self.connect(f"198.51.100.{port}", port))
-        self.assertIsNone(self.connect("198.51.100.9", 9))
+        held = [self.connect(f"198.51.100.{port}", port) for port in range(3)]
+        assert held[0] is not None and held[1] is not None and held[2] is not None
+        self.allocate(held[0][0])
+        newcomer = self.connect("198.51.100.9", 9)
+        self.assertIsNotNone(newcomer)
+        self.assertFalse(held[0][1].disconnecting)
+        self.assertTrue(held[1][1].disconnecting)
+        self.assertEqual(self.guard.stats["evicted"], 1)
+        self.assertEqual(len(self.guard), 3)
+        assert newcomer is not None
+        self.allocate(held[2][0])
+        self.allocate(newcomer[0])
+        self.assertIsNone(self.connect("198.51.100.10", 10))
         self.assertEqual(self.guard.stats["refused"], 1)
 
     def test_cap_per_source_counts_only_unallocated(self) -> None:

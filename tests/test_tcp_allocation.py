@@ -19,6 +19,7 @@ from txturn.testing import (
     FakeTcpRelayAllocator,
     RecordingClientChannel,
     StunClient,
+    authenticated_request,
     documentation_peers,
 )
 
@@ -58,15 +59,9 @@ class TcpAllocationTests(SynchronousTestCase):
         address: tuple[str, int] = CONTROL,
         client: StunClient | None = None,
     ) -> Message:
-        channel = channel or self.control
-        client = client or self.client
-        for _ in range(2):
-            self.server.datagram_received(channel, client.request(method, attrs), address)
-            response = client.learn(channel.pop())
-            if response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] in (401, 438):
-                continue
-            return response
-        return response
+        return authenticated_request(
+            self.server, channel or self.control, client or self.client, method, attrs, address
+        )
 
     def allocate(self, **kwargs: Any) -> Message:
         return self.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 6)], **kwargs)

@@ -370,15 +370,13 @@ class DtlsListener(DatagramProtocol):
         if refusal is None:
             return True
         self.stats["refused_" + refusal.replace(" ", "_")] += 1
-        suppressed = self._refusals.allow(refusal)
-        if suppressed is not None:
-            self.log.warn(
-                "DTLS client {client} refused: too many {what} "
-                "({suppressed} more refusals not logged)",
-                client=host_port(address),
-                what=refusal,
-                suppressed=suppressed,
-            )
+        self._refusals.emit(
+            refusal,
+            self.log.warn,
+            "DTLS client {client} refused: too many {what}",
+            client=host_port(address),
+            what=refusal,
+        )
         return False
 
     def handshake_done(self, session: DtlsSession) -> None:

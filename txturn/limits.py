@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -158,6 +159,16 @@ class LogThrottle:
             self._kinds.clear()
         self._kinds[kind] = (now, 0)
         return last[1] if last is not None else 0
+
+    def emit(self, kind: object, log: Callable[..., None], format: str, **fields: Any) -> None:
+        """
+        C{log(format, **fields)} if this kind may be logged now, with
+        C{suppressed} (how many were not) among the fields and said at the
+        end of the line.
+        """
+        suppressed = self.allow(kind)
+        if suppressed is not None:
+            log(format + " ({suppressed} more not logged)", suppressed=suppressed, **fields)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from txturn.interfaces import (
     IRelayAllocator,
     ITcpRelayAllocator,
     RelayUnavailable,
+    host_port,
 )
 from txturn.limits import LogThrottle, SourceLimiter, TokenBucket
 from txturn.policy import PeerPolicy
@@ -95,16 +96,17 @@ class ServerConfig:
     max_channels: int = 128
     max_pending_connections: int = 32
     max_bps: int = 0
-    #: 401 and 438 answers per second (and burst) to one source address:
-    #: beyond it the server stays silent, so it cannot be used to reflect
-    #: traffic at a spoofed address.  Generous enough for hundreds of
-    #: clients starting at once behind one NAT.
+    #: 401 and 438 answers per second to one source address, and the
+    #: burst (ten seconds' worth): beyond it the server stays silent, so
+    #: over time a spoofed address gets at most the rate, whatever the
+    #: burst, while 1,000 clients starting at once behind one NAT are all
+    #: answered at once.
     challenge_rate: float = 100.0
-    challenge_burst: float = 200.0
+    challenge_burst: float = 1000.0
     #: The burst of a source that has answered a challenge (an
-    #: authenticated request came from it): a crowd behind one NAT pays
-    #: for its first round of challenges only.
-    challenge_proven_burst: float = 2000.0
+    #: authenticated request came from it, with a nonce bound to its
+    #: address): a crowd behind one NAT keeps being answered.
+    challenge_proven_burst: float = 4000.0
 
 
 class TurnServer:
@@ -147,7 +149,7 @@ class TurnServer:
                 reactor,
                 self.config.challenge_rate,
                 self.config.challenge_burst,
-                proven_burst=self.config.challenge_proven_burst,
+                proven_burst=max(self.config.challenge_proven_burst, self.config.challenge_burst),
                 proven_for=self.config.nonce_lifetime,
             ),
             self.stats,
@@ -213,14 +215,12 @@ class TurnServer:
             # A bug, not bad input: say so (once a minute per kind, as a
             # sender could repeat it per packet), answer 500, keep serving.
             kind = (type(e), e.__traceback__.tb_lineno if e.__traceback__ else 0)
-            suppressed = self._error_log.allow(kind)
-            if suppressed is not None:
-                self.log.failure(
-                    "Unexpected error handling a message from {client} "
-                    "({suppressed} more like it not logged)",
-                    client=address,
-                    suppressed=suppressed,
-                )
+            self._error_log.emit(
+                kind,
+                self.log.failure,
+                "Unexpected error handling a message from {client}",
+                client=host_port(address),
+            )
             if message.cls == Class.REQUEST:
                 self._reply(client, address, message, error_response(message, 500))
 
@@ -492,13 +492,12 @@ class TurnServer:
         if error.family_unsupported:
             return
         self.stats["relay_unavailable"] += 1
-        suppressed = self._error_log.allow(("relay unavailable", str(error)))
-        if suppressed is not None:
-            self.log.warn(
-                "Allocate refused with 508: {reason} ({suppressed} more refusals not logged)",
-                reason=str(error),
-                suppressed=suppressed,
-            )
+        self._error_log.emit(
+            ("relay unavailable", str(error)),
+            self.log.warn,
+            "Allocate refused with 508: {reason}",
+            reason=str(error),
+        )
 
     def _count_user(self, username: str, delta: int) -> None:
         counts = self._user_allocations

@@ -7,11 +7,14 @@ before it has proven anything, so:
 
 - L{AdmissionFactory} wraps each stream listener's factory (outside the
   TLS layer, so a refused connection costs no handshake) and refuses a
-  connection, closing it at once, past C{max_connections} in all or past
-  C{max_unallocated_per_source} connections from one address that hold
-  no allocation.  Connections that hold an allocation are not counted
-  against their address: a crowd behind one NAT is limited only while it
-  has not authenticated.
+  connection, closing it at once, past C{max_unallocated_per_source}
+  connections from one address that hold no allocation.  Connections
+  that hold an allocation are not counted against their address: a crowd
+  behind one NAT is limited only while it has not authenticated.
+- At C{max_connections} in all, a new connection evicts the oldest one
+  that holds no allocation, so connections that never authenticate,
+  from however many addresses, cannot lock real clients out; only when
+  every connection holds an allocation is the newcomer refused.
 - L{StreamGuard} sweeps the connections every couple of seconds and
   aborts those past a deadline: a TLS handshake not finished within
   C{handshake_timeout}; a frame started and not finished within
@@ -79,6 +82,8 @@ class StreamGuard:
     """
 
     log = Logger()
+    #: Connections looked at, oldest first, to find one to evict.
+    EVICTION_SCAN = 64
 
     def __init__(
         self,
@@ -116,30 +121,46 @@ class StreamGuard:
 
     def admit(self, host: str) -> bool:
         """
-        Whether a new connection from C{host} may be accepted.
+        Whether a new connection from C{host} may be accepted (evicting an
+        older one that holds nothing, if the server is full).
         """
         refusal = None
-        if len(self._watches) >= self.max_connections:
+        limit = self.limits.max_unallocated_per_source
+        mine = self._from.get(host, ())
+        # Counting the unallocated ones walks only this address's own
+        # connections, and only once it has many.
+        if limit and len(mine) >= limit and self._unallocated(mine) >= limit:
+            refusal = "connections without an allocation from one address"
+        elif len(self._watches) >= self.max_connections and not self._evict_one():
             refusal = "connections"
-        else:
-            limit = self.limits.max_unallocated_per_source
-            mine = self._from.get(host, ())
-            # Counting the unallocated ones walks only this address's own
-            # connections, and only once it has many.
-            if limit and len(mine) >= limit and self._unallocated(mine) >= limit:
-                refusal = "connections without an allocation from one address"
         if refusal is None:
             return True
         self.stats["refused"] += 1
-        suppressed = self._refusals.allow(refusal)
-        if suppressed is not None:
-            self.log.warn(
-                "Refused a TCP/TLS connection from {host}: too many {what} "
-                "({suppressed} more refusals not logged)",
-                host=host,
-                what=refusal,
-                suppressed=suppressed,
-            )
+        self._refusals.emit(
+            refusal,
+            self.log.warn,
+            "Refused a TCP/TLS connection from {host}: too many {what}",
+            host=host,
+            what=refusal,
+        )
+        return False
+
+    def _evict_one(self) -> bool:
+        """
+        Abort the oldest connection that holds no allocation; C{False} if
+        none is found among the oldest C{EVICTION_SCAN}.  Connections
+        found holding an allocation move to the back, so the next scan does
+        not walk them again.
+        """
+        for _ in range(min(self.EVICTION_SCAN, len(self._watches))):
+            oldest = next(iter(self._watches))
+            if self._holds_something(oldest):
+                self._watches[oldest] = self._watches.pop(oldest)
+                continue
+            self.stats["evicted"] += 1
+            self.remove(oldest)
+            _abort(oldest)
+            return True
         return False
 
     def _unallocated(self, connections: Any) -> int:

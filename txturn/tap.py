@@ -183,7 +183,12 @@ class Options(usage.Options):
         ],
         ["max-bps", None, "0", "Relayed bytes/s per allocation, both ways; 0 for none."],
         ["max-tcp-buffer", None, "65536", "Bytes held for a slow TCP/TLS client before dropping."],
-        ["challenge-rate", None, "100", "401/438 answers per second to one address (burst 2x)."],
+        [
+            "challenge-rate",
+            None,
+            "100",
+            "401/438 answers per second to one address (burst: 10 s worth).",
+        ],
         [
             "max-connections",
             None,
@@ -490,7 +495,7 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
             max_pending_connections=options["max-pending-connections"],
             max_bps=options["max-bps"],
             challenge_rate=options["challenge-rate"],
-            challenge_burst=2 * options["challenge-rate"],
+            challenge_burst=10 * options["challenge-rate"],
         ),
         announce=announce,
         tls=tls,

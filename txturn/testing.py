@@ -230,6 +230,27 @@ class StunClient:
         return encode(message, key, sha256=sha256, add_fingerprint=self.fingerprint)
 
 
+def authenticated_request(
+    server: Any,
+    channel: RecordingClientChannel,
+    client: StunClient,
+    method: int,
+    attributes: list[tuple[int, Any]] | None,
+    address: Address,
+) -> Message:
+    """
+    Send a request as C{client} and return the answer, answering a 401 or
+    438 once first, as a real client does.
+    """
+    for _ in range(2):
+        server.datagram_received(channel, client.request(method, attributes), address)
+        response = client.learn(channel.pop())
+        if response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] in (401, 438):
+            continue
+        return response
+    return response
+
+
 def documentation_peers() -> PeerPolicy:
     """
     The default peer policy, but letting relays reach the documentation
