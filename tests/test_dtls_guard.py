@@ -144,8 +144,9 @@ class DtlsGuardTests(SynchronousTestCase):
 
     def test_handshake_caps(self) -> None:
         """
-        Handshakes in progress are capped per source address and in all;
-        past either cap a hello with a valid cookie is dropped and counted.
+        Handshakes in progress are capped per source address (past it a
+        hello with a valid cookie is dropped and counted) and in all (where
+        the oldest handshake makes room for the newcomer).
         """
         self.make(max_handshakes=3, max_handshakes_per_source=2)
         for port in range(3):
@@ -156,8 +157,12 @@ class DtlsGuardTests(SynchronousTestCase):
         for host in ("198.51.100.2", "198.51.100.3"):
             _, hello = self.cookied_hello((host, 1))
             self.listener.datagramReceived(hello, (host, 1))
-        self.assertEqual(len(self.listener.sessions), 3)
-        self.assertEqual(self.listener.stats["refused_handshakes_in_progress"], 1)
+        self.assertEqual(self.listener.handshakes, 3)
+        self.assertEqual(
+            sorted(self.listener.sessions),
+            [("198.51.100.1", 1), ("198.51.100.2", 1), ("198.51.100.3", 1)],
+        )
+        self.assertEqual(self.listener.stats["evicted_handshakes"], 1)
 
     def test_handshake_deadline(self) -> None:
         """
@@ -175,22 +180,40 @@ class DtlsGuardTests(SynchronousTestCase):
 
     def test_session_caps(self) -> None:
         """
-        Sessions are capped per source address and in all.
+        Sessions are capped per source address (the next is refused); in
+        all, the oldest session holding no allocation makes room, and when
+        every session holds one the newcomer is refused.
         """
         self.make(max_sessions=3, max_sessions_per_source=2)
-        for port in range(2):
-            self.establish(("198.51.100.1", port))
+        first = self.establish(("198.51.100.1", 0))
+        self.allocate(first, ("198.51.100.1", 0))
+        self.establish(("198.51.100.1", 1))
         _, hello = self.cookied_hello(("198.51.100.1", 2))
         self.listener.datagramReceived(hello, ("198.51.100.1", 2))
         self.assertNotIn(("198.51.100.1", 2), self.listener.sessions)
-        self.establish(("198.51.100.2", 1))
-        _, hello = self.cookied_hello(("198.51.100.3", 1))
-        self.listener.datagramReceived(hello, ("198.51.100.3", 1))
-        self.assertEqual(len(self.listener.sessions), 3)
-        self.assertEqual(self.listener.stats["refused_sessions"], 1)
         self.assertEqual(self.listener.stats["refused_sessions_from_one_address"], 1)
-        self.listener.sessions[("198.51.100.1", 0)].close()
+        third = self.establish(("198.51.100.2", 1))
         self.establish(("198.51.100.3", 1))
+        self.assertEqual(
+            sorted(self.listener.sessions),
+            [("198.51.100.1", 0), ("198.51.100.2", 1), ("198.51.100.3", 1)],
+        )
+        self.assertEqual(self.listener.stats["evicted_sessions"], 1)
+        self.allocate(third, ("198.51.100.2", 1))
+        last = self.establish(("198.51.100.4", 1))
+        self.allocate(last, ("198.51.100.4", 1))
+        _, hello = self.cookied_hello(("198.51.100.5", 1))
+        self.listener.datagramReceived(hello, ("198.51.100.5", 1))
+        self.assertNotIn(("198.51.100.5", 1), self.listener.sessions)
+        self.assertEqual(self.listener.stats["refused_sessions"], 1)
+
+    def allocate(self, client: SSL.Connection, address: Any) -> None:
+        stun = StunClient("u", "p")
+        for _ in range(2):
+            client.send(stun.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
+            pump(client, lambda d: self.listener.datagramReceived(d, address), self.sent)
+            stun.learn(client.recv(65536))
+        self.assertTrue(self.server.has_allocation(self.listener.sessions[address]))
 
     def test_talking_without_allocation(self) -> None:
         """
@@ -199,16 +222,7 @@ class DtlsGuardTests(SynchronousTestCase):
         """
         talker = self.establish(("198.51.100.1", 1))
         allocating = self.establish(("198.51.100.2", 1))
-        stun = StunClient("u", "p")
-        for _ in range(2):
-            allocating.send(stun.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
-            pump(
-                allocating,
-                lambda d: self.listener.datagramReceived(d, ("198.51.100.2", 1)),
-                self.sent,
-            )
-            stun.learn(allocating.recv(65536))
-        self.assertTrue(self.server.has_allocation(self.listener.sessions[("198.51.100.2", 1)]))
+        self.allocate(allocating, ("198.51.100.2", 1))
         for _ in range(13):
             talker.send(binding())
             pump(

@@ -14,6 +14,7 @@ import errno
 import os
 import socket
 import tempfile
+import time
 from typing import Any
 
 from OpenSSL import SSL
@@ -22,6 +23,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from tests.test_flood import rss_kib
 from tests.test_framing import first_flight
 from tests.test_interop import require, spawn, twistd_turn, uclient_args, uclient_totals
 from tests.test_service import free_udp_port
@@ -163,3 +165,105 @@ class ExhaustionTests(TestCase):
                 break
         self.assertEqual(len(still_open), 0)
         yield server.wait_for(rb"Refused a TCP/TLS connection from 127\.0\.0\.\d+: too many")
+
+
+def stalled_dtls_handshake(host: str, port: int) -> socket.socket | None:
+    """
+    A DTLS client from C{host} that does the cookie exchange, sends its
+    second hello and then goes quiet, holding a handshake slot.
+    """
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    s.settimeout(2)
+    client = SSL.Connection(SSL.Context(SSL.DTLS_CLIENT_METHOD), None)
+    client.set_connect_state()
+    s.sendto(first_flight(client), ("127.0.0.1", port))
+    try:
+        client.bio_write(s.recv(65536))
+    except OSError:
+        s.close()
+        return None
+    s.sendto(first_flight(client), ("127.0.0.1", port))
+    return s
+
+
+class DtlsFloodTests(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_dtls_flood(self) -> Any:
+        """
+        5,000 cookieless hellos get 44-byte answers and leave nothing;
+        1,200 junk handshake records get nothing; 600 handshakes that stall
+        after the cookie, from 30 addresses, fill every handshake slot;
+        meanwhile turnutils_uclient relays over DTLS with nothing lost, at
+        once, and the server's RSS grows by less than 40 MiB.
+        """
+        uclient = require("turnutils_uclient")
+        peer = require("turnutils_peer")
+        port = free_udp_port()
+        tls_port = free_udp_port()
+        peer_port = free_udp_port()
+        cert, key = self_signed_certificate(tempfile.mkdtemp())
+        command = twistd_turn(
+            port,
+            "--user", "test:secret",
+            "--allow-loopback-peers",
+            "--relay-ip", "127.0.0.1",
+            "--tls-port", str(tls_port),
+            "--cert", cert, "--key", key,
+            "--no-tcp", "--no-tls",
+        )  # fmt: skip
+        server = spawn(command, self)
+        yield server.wait_for(rb"TURN listening on DTLS")
+        spawn([peer, "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        pid = server.transport.pid  # type: ignore[union-attr]
+        before = rss_kib(pid)
+
+        client = SSL.Connection(SSL.Context(SSL.DTLS_CLIENT_METHOD), None)
+        client.set_connect_state()
+        hello = first_flight(client)
+        answered = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            for i in range(5000):
+                s.sendto(hello, ("127.0.0.1", tls_port))
+                if i % 100 == 99:
+                    yield task.deferLater(reactor, 0.01, lambda: None)
+                    while True:
+                        try:
+                            answered += len(s.recv(65536))
+                        except BlockingIOError:
+                            break
+            for _ in range(1200):
+                s.sendto(b"\x16\xfe\xfd" + os.urandom(60), ("127.0.0.1", tls_port))
+            yield task.deferLater(reactor, 0.3, lambda: None)
+            while True:
+                try:
+                    answered += len(s.recv(65536))
+                except BlockingIOError:
+                    break
+        self.assertLessEqual(answered, 5000 * len(hello))
+
+        stalled = []
+        for i in range(600):
+            stalled_socket = stalled_dtls_handshake(f"127.0.1.{1 + i // 20}", tls_port)
+            if stalled_socket is not None:
+                stalled.append(stalled_socket)
+                self.addCleanup(stalled_socket.close)
+        self.assertGreater(len(stalled), 500)
+
+        started = time.monotonic()
+        out, err, code = yield getProcessOutputAndValue(
+            uclient, ["-S", *uclient_args(tls_port, peer_port, 50, 2, length=100)]
+        )
+        took = time.monotonic() - started
+        output = (out + err).decode(errors="replace")
+        sent, received, lost = uclient_totals(output)
+        self.assertEqual((received, lost), (sent, 0), output[-2000:])
+        # The stalled handshakes made room at once: the clients did not
+        # wait for them to time out (10 s), as a full listener that
+        # refused newcomers would have made them.
+        self.assertLess(took, 8, f"uclient took {took:.1f} s")
+        grown = rss_kib(pid) - before
+        self.assertLess(grown, 40 * 1024, f"RSS grew by {grown} KiB")

@@ -17,9 +17,10 @@ address:
   client's address under a secret that rotates every C{cookie_lifetime}
   seconds (L{CookieJar}).
 - Only a hello that comes back with its cookie opens a session, and only
-  within the caps: handshakes in progress, in all and per source address,
-  and sessions, in all and per source address.  Past a cap the hello is
-  dropped (the client retries) and the refusal logged once a minute.
+  within the caps: handshakes in progress and sessions per source
+  address (past them the hello is dropped, and the refusal logged once a
+  minute), and in all (where the oldest handshake, or the oldest session
+  holding no allocation, makes room for the newcomer).
 - A handshake must finish within C{handshake_timeout}; an established
   session that holds no allocation is closed after C{session_timeout},
   however much it talks.
@@ -232,6 +233,8 @@ class DtlsListener(DatagramProtocol):
 
     noisy = False
     log = Logger()
+    #: Sessions looked at, oldest first, to find one to evict.
+    EVICTION_SCAN = 64
 
     def __init__(
         self,
@@ -261,7 +264,8 @@ class DtlsListener(DatagramProtocol):
         context.set_cookie_generate_callback(self._generate_cookie)
         context.set_cookie_verify_callback(self._verify_cookie)
         self.sessions: dict[Address, DtlsSession] = {}
-        self.handshakes = 0
+        #: Sessions still handshaking, oldest first.
+        self._handshaking: dict[Address, DtlsSession] = {}
         self._handshakes_from: collections.Counter[str] = collections.Counter()
         self._sessions_from: collections.Counter[str] = collections.Counter()
         #: What was refused or dropped, for operators and tests.
@@ -342,7 +346,7 @@ class DtlsListener(DatagramProtocol):
             return
         session = DtlsSession(self, address, door)
         self.sessions[address] = session
-        self.handshakes += 1
+        self._handshaking[address] = session
         self._handshakes_from[address[0]] += 1
         self._sessions_from[address[0]] += 1
         session.progress()
@@ -356,17 +360,32 @@ class DtlsListener(DatagramProtocol):
             self.stats["hello_verify_requests"] += 1
             self.write(data, address)
 
+    @property
+    def handshakes(self) -> int:
+        """
+        Handshakes in progress.
+        """
+        return len(self._handshaking)
+
     def _admit(self, address: Address) -> bool:
+        """
+        Whether a client that returned its cookie may open a session.  An
+        address past its own caps is refused; when the listener is full,
+        the oldest handshake (or session holding no allocation) makes room,
+        so senders from many addresses cannot lock real clients out.
+        """
         host = address[0]
         refusal = None
-        if self.handshakes >= self.max_handshakes:
-            refusal = "handshakes in progress"
-        elif self._handshakes_from[host] >= self.max_handshakes_per_source:
+        if self._handshakes_from[host] >= self.max_handshakes_per_source:
             refusal = "handshakes in progress from one address"
-        elif len(self.sessions) >= self.max_sessions:
-            refusal = "sessions"
         elif self._sessions_from[host] >= self.max_sessions_per_source:
             refusal = "sessions from one address"
+        else:
+            if len(self._handshaking) >= self.max_handshakes:
+                self.stats["evicted_handshakes"] += 1
+                next(iter(self._handshaking.values())).close()
+            if len(self.sessions) >= self.max_sessions and not self._evict_session():
+                refusal = "sessions"
         if refusal is None:
             return True
         self.stats["refused_" + refusal.replace(" ", "_")] += 1
@@ -379,9 +398,24 @@ class DtlsListener(DatagramProtocol):
         )
         return False
 
+    def _evict_session(self) -> bool:
+        """
+        Close the oldest session that holds no allocation, looking at the
+        oldest C{EVICTION_SCAN}; those holding one move to the back.
+        """
+        for _ in range(min(self.EVICTION_SCAN, len(self.sessions))):
+            address, oldest = next(iter(self.sessions.items()))
+            if oldest.established and self.server.has_allocation(oldest):
+                self.sessions[address] = self.sessions.pop(address)
+                continue
+            self.stats["evicted_sessions"] += 1
+            oldest.close()
+            return True
+        return False
+
     def handshake_done(self, session: DtlsSession) -> None:
-        self.handshakes -= 1
-        _decrement(self._handshakes_from, session.address[0])
+        if self._handshaking.pop(session.address, None) is session:
+            _decrement(self._handshakes_from, session.address[0])
 
     def forget(self, session: DtlsSession) -> None:
         if self.sessions.get(session.address) is not session:
