@@ -214,9 +214,8 @@ class TurnServer:
         except Exception as e:
             # A bug, not bad input: say so (once a minute per kind, as a
             # sender could repeat it per packet), answer 500, keep serving.
-            kind = (type(e), e.__traceback__.tb_lineno if e.__traceback__ else 0)
             self._error_log.emit(
-                kind,
+                _error_kind(e),
                 self.log.failure,
                 "Unexpected error handling a message from {client}",
                 client=host_port(address),
@@ -905,3 +904,16 @@ class TurnServer:
         return defer.gatherResults(
             [d for d in closing if isinstance(d, defer.Deferred)], consumeErrors=True
         )
+
+
+def _error_kind(error: BaseException) -> tuple[object, ...]:
+    """
+    What makes two unexpected errors the same for the log: their type and
+    the line that raised them.
+    """
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return (type(error),)
+    return (type(error), tb.tb_frame.f_code.co_filename, tb.tb_lineno)
