@@ -172,7 +172,7 @@ class Options(usage.Options):
             "100",
             "Concurrent allocations (and EVEN-PORT reservations) per user, 0 for no limit (486).",
         ],
-        ["total-quota", None, "0", "Allocations on the server, 0 for no limit (508)."],
+        ["total-quota", None, "0", "Allocations in all; 0 for what the descriptors allow (508)."],
         ["max-permissions", None, "128", "Permissions per allocation, 0 for no limit (508)."],
         ["max-channels", None, "128", "Channels per allocation, 0 for no limit (508)."],
         [
