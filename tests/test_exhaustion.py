@@ -15,7 +15,7 @@ import os
 import socket
 import tempfile
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from OpenSSL import SSL
 from twisted.internet import defer, task
@@ -25,7 +25,14 @@ from twisted.trial.unittest import TestCase
 
 from tests.test_flood import rss_kib
 from tests.test_framing import first_flight
-from tests.test_interop import require, spawn, twistd_turn, uclient_args, uclient_totals
+from tests.test_interop import (
+    OutputWatcher,
+    require,
+    spawn,
+    twistd_turn,
+    uclient_args,
+    uclient_totals,
+)
 from tests.test_service import free_udp_port
 from txturn.testing import self_signed_certificate
 
@@ -71,6 +78,31 @@ def closed_by_server(s: socket.socket) -> bool:
             return True
 
 
+def start_server(
+    test: TestCase, *options: str, prefix: Sequence[str] = ()
+) -> tuple[OutputWatcher, int, int, int]:
+    """
+    A real C{twistd turn} with user test/secret, a certificate, relays on
+    127.0.0.1 and C{options}, run under C{prefix}; and a turnutils_peer.
+    Returns the server and its UDP/TCP, TLS/DTLS and peer ports.
+    """
+    peer = require("turnutils_peer")
+    port, tls_port, peer_port = free_udp_port(), free_udp_port(), free_udp_port()
+    cert, key = self_signed_certificate(tempfile.mkdtemp())
+    command = twistd_turn(
+        port,
+        "--user", "test:secret",
+        "--allow-loopback-peers",
+        "--relay-ip", "127.0.0.1",
+        "--tls-port", str(tls_port),
+        "--cert", cert, "--key", key,
+        *options,
+    )  # fmt: skip
+    server = spawn([*prefix, *command], test)
+    spawn([peer, "-L", "127.0.0.1", "-p", str(peer_port)], test)
+    return server, port, tls_port, peer_port
+
+
 def tls_client_hello() -> bytes:
     """
     The first flight of a real TLS client.
@@ -86,31 +118,20 @@ class ExhaustionTests(TestCase):
     @defer.inlineCallbacks
     def test_connections_that_never_authenticate(self) -> Any:
         uclient = require("turnutils_uclient")
-        peer = require("turnutils_peer")
-        port = free_udp_port()
-        tls_port = free_udp_port()
-        peer_port = free_udp_port()
-        cert, key = self_signed_certificate(tempfile.mkdtemp())
-        command = twistd_turn(
-            port,
-            "--user", "test:secret",
-            "--allow-loopback-peers",
-            "--relay-ip", "127.0.0.1",
-            "--tls-port", str(tls_port),
-            "--cert", cert, "--key", key,
+        # The process may not raise its own limit past 1,024.
+        server, port, tls_port, peer_port = start_server(
+            self,
             "--no-dtls",
             "--max-connections-per-ip", str(PER_ATTACKER // 2),
             "--idle-timeout", "10",
             "--handshake-timeout", "3",
             "--frame-timeout", "3",
+            prefix=["prlimit", "--nofile=1024:1024"],
         )  # fmt: skip
-        # The process may not raise its own limit past 1,024.
-        server = spawn(["prlimit", "--nofile=1024:1024", *command], self)
         started = yield server.wait_for(rb"Descriptor limit (\d+): up to (\d+) TCP/TLS connections")
         self.assertEqual(started.group(1), b"1024")
         self.assertEqual(started.group(2), b"240")
         yield server.wait_for(rb"TURN listening on TLS")
-        spawn([peer, "-L", "127.0.0.1", "-p", str(peer_port)], self)
 
         # 1,100 idle TCP connections, 100 from each of 11 addresses; 300
         # TLS connections that start a handshake and stop; 300 that send
@@ -200,23 +221,8 @@ class DtlsFloodTests(TestCase):
         once, and the server's RSS grows by less than 40 MiB.
         """
         uclient = require("turnutils_uclient")
-        peer = require("turnutils_peer")
-        port = free_udp_port()
-        tls_port = free_udp_port()
-        peer_port = free_udp_port()
-        cert, key = self_signed_certificate(tempfile.mkdtemp())
-        command = twistd_turn(
-            port,
-            "--user", "test:secret",
-            "--allow-loopback-peers",
-            "--relay-ip", "127.0.0.1",
-            "--tls-port", str(tls_port),
-            "--cert", cert, "--key", key,
-            "--no-tcp", "--no-tls",
-        )  # fmt: skip
-        server = spawn(command, self)
+        server, port, tls_port, peer_port = start_server(self, "--no-tcp", "--no-tls")
         yield server.wait_for(rb"TURN listening on DTLS")
-        spawn([peer, "-L", "127.0.0.1", "-p", str(peer_port)], self)
         pid = server.transport.pid  # type: ignore[union-attr]
         before = rss_kib(pid)
 
