@@ -22,7 +22,7 @@ from zope.interface import implementer
 from txturn.allocation import MAX_INDICATION_DATA
 from txturn.auth import CredentialChain, NonceManager, RestApiCredentials, StaticCredentials
 from txturn.authenticator import AuthContext, Authenticator
-from txturn.limits import LogThrottle, SourceLimiter
+from txturn.limits import LogThrottle, SourceLimiter, source_of
 from txturn.server import ServerConfig, TurnServer
 from txturn.stun import (
     MAX_ATTRIBUTES,
@@ -497,3 +497,27 @@ class ConstantTimeTests(SynchronousTestCase):
             spreads.append(max(medians.values()) - min(medians.values()))
         # Before, a wrong password cost some 11 us more than an unknown name.
         self.assertLess(min(spreads), 3.0, f"median microseconds per refusal: {medians}")
+
+
+class SourceTests(SynchronousTestCase):
+    def test_source_of(self) -> None:
+        """
+        Per-source limits count an IPv4 address, or an IPv6 /64: every
+        address of one /64 is one source, and an IPv4-mapped address is
+        its IPv4 address.
+        """
+        self.assertEqual(source_of("198.51.100.7"), "198.51.100.7")
+        self.assertEqual(source_of("2001:db8:1:2::1"), source_of("2001:db8:1:2:ffff::9"))
+        self.assertNotEqual(source_of("2001:db8:1:2::1"), source_of("2001:db8:1:3::1"))
+        self.assertEqual(source_of("::ffff:198.51.100.7"), "198.51.100.7")
+        self.assertEqual(source_of("fe80::1%eth0"), source_of("fe80::2"))
+
+    def test_ipv6_sender_is_one_source(self) -> None:
+        """
+        A sender spreading over its /64 still gets one source's share of
+        challenges.
+        """
+        limiter = SourceLimiter(Clock(), rate=1, burst=10)
+        allowed = sum(limiter.allow(f"2001:db8::{i:x}") for i in range(1, 100))
+        self.assertEqual(allowed, 10)
+        self.assertEqual(len(limiter), 1)

@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txturn.interfaces import Address, IClientChannel, host_port
-from txturn.limits import LogThrottle
+from txturn.limits import LogThrottle, source_of
 from txturn.server import TurnServer
 from txturn.sockets import datagram_sender
 
@@ -347,8 +347,9 @@ class DtlsListener(DatagramProtocol):
         session = DtlsSession(self, address, door)
         self.sessions[address] = session
         self._handshaking[address] = session
-        self._handshakes_from[address[0]] += 1
-        self._sessions_from[address[0]] += 1
+        source = source_of(address[0])
+        self._handshakes_from[source] += 1
+        self._sessions_from[source] += 1
         session.progress()
 
     def _drain(self, connection: SSL.Connection, address: Address) -> None:
@@ -374,11 +375,11 @@ class DtlsListener(DatagramProtocol):
         the oldest handshake (or session holding no allocation) makes room,
         so senders from many addresses cannot lock real clients out.
         """
-        host = address[0]
+        source = source_of(address[0])
         refusal = None
-        if self._handshakes_from[host] >= self.max_handshakes_per_source:
+        if self._handshakes_from[source] >= self.max_handshakes_per_source:
             refusal = "handshakes in progress from one address"
-        elif self._sessions_from[host] >= self.max_sessions_per_source:
+        elif self._sessions_from[source] >= self.max_sessions_per_source:
             refusal = "sessions from one address"
         else:
             if len(self._handshaking) >= self.max_handshakes:
@@ -415,13 +416,13 @@ class DtlsListener(DatagramProtocol):
 
     def handshake_done(self, session: DtlsSession) -> None:
         if self._handshaking.pop(session.address, None) is session:
-            _decrement(self._handshakes_from, session.address[0])
+            _decrement(self._handshakes_from, source_of(session.address[0]))
 
     def forget(self, session: DtlsSession) -> None:
         if self.sessions.get(session.address) is not session:
             return
         del self.sessions[session.address]
-        _decrement(self._sessions_from, session.address[0])
+        _decrement(self._sessions_from, source_of(session.address[0]))
         if not session.established:
             self.handshake_done(session)
 

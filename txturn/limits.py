@@ -8,10 +8,29 @@ that keeps one kind of log line from being written per packet.
 from __future__ import annotations
 
 import collections
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
+
+
+def source_of(host: str) -> str:
+    """
+    What a per-source limit counts for C{host}: the IPv4 address, or the
+    /64 an IPv6 address is in.  A host or a home network is given a whole
+    /64, so counting single IPv6 addresses would let one sender be
+    billions of sources.
+    """
+    if ":" not in host:
+        return host
+    try:
+        packed = ipaddress.IPv6Address(host.split("%", 1)[0]).packed
+    except ValueError:
+        return host
+    if packed[:12] == b"\x00" * 10 + b"\xff\xff":
+        return str(ipaddress.IPv4Address(packed[12:]))
+    return packed[:8].hex() + "/64"
 
 
 class TokenBucket:
@@ -64,7 +83,8 @@ class _SourceBucket(TokenBucket):
 
 class SourceLimiter:
     """
-    A token bucket per source address, for at most C{max_sources}
+    A token bucket per source (an IPv4 address or an IPv6 /64,
+    L{source_of}), for at most C{max_sources}
     sources: the least recently seen is forgotten first, so a flood from
     many addresses costs bounded memory (and a forgotten source simply
     starts again with a full bucket).
@@ -107,7 +127,7 @@ class SourceLimiter:
         return bucket
 
     def allow(self, source: str) -> bool:
-        bucket = self._bucket(source)
+        bucket = self._bucket(source_of(source))
         if bucket.proven_until and bucket.proven_until <= self._clock.seconds():
             bucket.proven_until = 0.0
             bucket.burst = self.burst
@@ -118,7 +138,7 @@ class SourceLimiter:
         C{source} answered a challenge: raise its burst (topping it up the
         first time) and give back the token its challenge cost.
         """
-        bucket = self._bucket(source)
+        bucket = self._bucket(source_of(source))
         now = self._clock.seconds()
         if bucket.burst < self.proven_burst:
             bucket.burst = self.proven_burst

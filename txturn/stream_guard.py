@@ -35,7 +35,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from txturn.limits import ConnectionLimits, LogThrottle
+from txturn.limits import ConnectionLimits, LogThrottle, source_of
 
 
 class GuardedConnection(Protocol):
@@ -65,6 +65,7 @@ class _Watch:
     The guard's own notes on one connection.
     """
 
+    #: The connection's source: its address, or its IPv6 /64.
     host: str
     since: float
     unallocated_since: float | None
@@ -126,7 +127,7 @@ class StreamGuard:
         """
         refusal = None
         limit = self.limits.max_unallocated_per_source
-        mine = self._from.get(host, ())
+        mine = self._from.get(source_of(host), ())
         # Counting the unallocated ones walks only this address's own
         # connections, and only once it has many.
         if limit and len(mine) >= limit and self._unallocated(mine) >= limit:
@@ -171,8 +172,9 @@ class StreamGuard:
 
     def add(self, connection: GuardedConnection) -> None:
         now = self._reactor.seconds()
-        self._watches[connection] = _Watch(connection.peer_host, now, now)
-        self._from.setdefault(connection.peer_host, set()).add(connection)
+        source = source_of(connection.peer_host)
+        self._watches[connection] = _Watch(source, now, now)
+        self._from.setdefault(source, set()).add(connection)
 
     def remove(self, connection: GuardedConnection) -> None:
         watch = self._watches.pop(connection, None)
