@@ -228,6 +228,32 @@ class DualStackTests(TestCase):
             mapped = decode(raw).get(Attr.XOR_MAPPED_ADDRESS)
             self.assertEqual(mapped, (host, client_port.getHost().port))
 
+    def test_policy_not_changed(self) -> None:
+        """
+        Two services built from one policy each get a copy with their own
+        addresses; the caller's policy is left as it was.
+        """
+        shared = PeerPolicy(allowed=parse_range("192.0.2.0/24"))
+        services = [
+            TurnService(
+                reactor,
+                StaticCredentials(REALM, {"alice": "secret"}),
+                [(host, 3478)],
+                [host],
+                policy=shared,
+                min_port=60000 + i,
+                max_port=60000 + i,
+                transports={"udp"},
+            )
+            for i, host in enumerate(["192.0.2.1", "192.0.2.2"])
+        ]
+        self.assertEqual(shared.own, set())
+        self.assertEqual(shared.relay_ports, range(49152, 65536))
+        self.assertFalse(services[0].policy.allows_peer("192.0.2.1", 3478))
+        self.assertTrue(services[0].policy.allows_peer("192.0.2.2", 3478))
+        self.assertFalse(services[1].policy.allows_peer("192.0.2.2", 3478))
+        self.assertTrue(services[1].policy.allows_peer("192.0.2.2", 60001))
+
     def test_wildcard_owns_every_host_address(self) -> None:
         """
         A wildcard listener answers on every address of the host, so each
@@ -245,8 +271,8 @@ class DualStackTests(TestCase):
             policy=policy,
             transports={"udp"},
         )
-        self.assertTrue(policy.allows_peer("192.0.2.80", 3478))
         service.startService()
+        policy = service.policy
         for host in listed:
             self.assertFalse(policy.allows_peer(host, 3478), host)
             self.assertTrue(policy.allows_peer(host, 50000), host)

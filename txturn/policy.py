@@ -180,6 +180,25 @@ class PeerPolicy:
         for host in own_addresses:
             self.add_own_address(host)
 
+    def for_server(self, own_addresses: Iterable[str], relay_ports: range) -> "PeerPolicy":
+        """
+        A copy of this policy for one server, with its own addresses and
+        relay ports added; this policy is left as it is, so two servers
+        built from one policy do not change each other's.
+        """
+        policy = PeerPolicy(
+            allowed=[n for n in self.allowed if not (self.allow_loopback and n in LOOPBACK)],
+            denied=self.denied,
+            relay_ports=relay_ports,
+            nat64_prefixes=self.nat64[len(DEFAULT_NAT64) :],
+            allow_loopback=self.allow_loopback,
+        )
+        policy.own = set(self.own)
+        policy.host_addresses = set(self.host_addresses)
+        for host in own_addresses:
+            policy.add_own_address(host)
+        return policy
+
     def add_own_address(self, host: str) -> None:
         """
         Refuse C{host} as a peer: one of the server's own addresses.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_relay -*-
+# -*- test-case-name: tests.test_service -*-
 """
 UDP relay sockets and the allocator that opens them in the configured port
 range.

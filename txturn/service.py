@@ -121,15 +121,14 @@ class TurnService(service.MultiService):
             external=dict(external_ips or {}),
             buffer_limit=tcp_buffer,
         )
-        policy = policy if policy is not None else PeerPolicy()
+        # A relay must not reach this server's own listeners: a copy of the
+        # caller's policy learns our addresses, reachable as peers only on
+        # relay ports.
+        caller_policy = policy if policy is not None else PeerPolicy()
+        own = [h for h, _ in self.listen] + list(relay_addresses)
+        own += list((external_ips or {}).values())
+        policy = caller_policy.for_server(own, range(min_port, max_port + 1))
         self.policy = policy
-        # A relay must not reach this server's own listeners: register our
-        # addresses, reachable as peers only on relay ports.
-        policy.relay_ports = range(min_port, max_port + 1)
-        for host in [h for h, _ in self.listen] + list(relay_addresses):
-            policy.add_own_address(host)
-        for public in (external_ips or {}).values():
-            policy.add_own_address(public)
         self.server = TurnServer(
             reactor, credentials, self.relays, policy, config, tcp_relays=self.tcp_relays
         )
