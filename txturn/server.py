@@ -14,15 +14,15 @@ opened through the L{IRelayAllocator}.
 from __future__ import annotations
 
 import collections
-import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from txturn import __version__
+from txturn.allocate_request import AllocateRequest, Refusal, parse_allocate
 from txturn.allocation import STREAM_TRANSPORTS, Allocation
 from txturn.auth import ICredentialSource, NonceManager
 from txturn.authenticator import AuthContext, Authenticator
@@ -30,7 +30,6 @@ from txturn.connections import PeerConnections
 from txturn.interfaces import (
     Address,
     IClientChannel,
-    IPeerConnection,
     IRelay,
     IRelayAllocator,
     ITcpRelayAllocator,
@@ -39,6 +38,8 @@ from txturn.interfaces import (
 )
 from txturn.limits import LogThrottle, SourceLimiter, TokenBucket
 from txturn.policy import PeerPolicy
+from txturn.request import Request
+from txturn.reservations import Reservations
 from txturn.stun import (
     CHANNEL_DATA_HEADER,
     ERROR_REASONS,
@@ -51,19 +52,16 @@ from txturn.stun import (
     StunDecodeError,
     decode,
     encode,
-    error_response,
     family_of,
     response_to,
 )
+from txturn.tcp_allocations import TcpAllocations
 
-UDP = 17
-TCP = 6
 CHANNEL_MIN = 0x4000
 #: RFC 8656 narrowed channels to 0x4FFF, but RFC 5766 clients (coturn's
 #: turnutils_uclient among them) pick numbers up to 0x7FFF, and coturn
 #: accepts them; so do we.
 CHANNEL_MAX = 0x7FFF
-RESERVATION_LIFETIME = 30.0
 
 
 @dataclass(frozen=True)
@@ -154,23 +152,30 @@ class TurnServer:
             ),
             self.stats,
         )
-        self.peer_connections = PeerConnections(reactor)
         self.allocations: dict[tuple[IClientChannel, Address], Allocation] = {}
         #: client channel -> the client addresses with an allocation on it,
         #: so a closing connection finds its own allocations directly.
         self._by_channel: dict[IClientChannel, set[Address]] = {}
-        #: token -> (reserved relay, its expiry, the user it counts against).
-        self._reservations: dict[bytes, tuple[IRelay, IDelayedCall, str]] = {}
+        self.reservations = Reservations(reactor, lambda owner: self._count_user(owner, -1))
+        self.tcp_allocations = TcpAllocations(self)
         #: Unexpected errors are logged once a minute per kind, not per packet.
         self._error_log = LogThrottle(reactor)
-        self._handlers: dict[int, Callable[[IClientChannel, Address, Message], None]] = {
+        self._handlers: dict[int, Callable[[Request], None]] = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,
             Method.CREATE_PERMISSION: self._create_permission,
             Method.CHANNEL_BIND: self._channel_bind,
-            Method.CONNECT: self._connect,
-            Method.CONNECTION_BIND: self._connection_bind,
+            Method.CONNECT: self.tcp_allocations.connect,
+            Method.CONNECTION_BIND: self.tcp_allocations.connection_bind,
         }
+
+    @property
+    def reactor(self) -> IReactorTime:
+        return self._reactor
+
+    @property
+    def peer_connections(self) -> PeerConnections:
+        return self.tcp_allocations.peer_connections
 
     # -- entry point -------------------------------------------------------------
 
@@ -197,20 +202,23 @@ class TurnServer:
         except StunDecodeError as e:
             self.log.debug(
                 "Dropped malformed STUN from {client}: {error}",
-                client=address,
+                client=host_port(address),
                 error=str(e),
             )
             return
+        request = self._request(client, address, message)
         try:
-            self.message_received(client, address, message)
+            self._dispatch(request)
         except StunDecodeError as e:
             # A well-framed message with a malformed attribute value.  The
             # precise reason is for our log, not for the sender.
             self.log.debug(
-                "Malformed attribute from {client}: {error}", client=address, error=str(e)
+                "Malformed attribute from {client}: {error}",
+                client=host_port(address),
+                error=str(e),
             )
-            if message.cls == Class.REQUEST:
-                self._reply(client, address, message, error_response(message, 400))
+            if message.cls == Class.REQUEST and request.result is None:
+                request.fail(400)
         except Exception as e:
             # A bug, not bad input: say so (once a minute per kind, as a
             # sender could repeat it per packet), answer 500, keep serving.
@@ -220,127 +228,83 @@ class TurnServer:
                 "Unexpected error handling a message from {client}",
                 client=host_port(address),
             )
-            if message.cls == Class.REQUEST:
-                self._reply(client, address, message, error_response(message, 500))
+            if message.cls == Class.REQUEST and request.result is None:
+                request.fail(500)
 
-    def message_received(self, client: IClientChannel, address: Address, message: Message) -> None:
+    def _dispatch(self, request: Request) -> None:
+        message = request.message
         if message.is_classic:
+            # RFC 3489: no SOFTWARE, no FINGERPRINT, MAPPED-ADDRESS only.
             if message.method == Method.BINDING and message.cls == Class.REQUEST:
                 response = response_to(message, Class.SUCCESS)
-                response.add(Attr.MAPPED_ADDRESS, address)
-                client.send(encode(response), address)
+                response.add(Attr.MAPPED_ADDRESS, request.address)
+                request.client.send(encode(response), request.address)
             return
         if message.cls == Class.INDICATION:
             if message.method == Method.SEND:
-                self._send_indication(client, address, message)
+                self._send_indication(request)
             return
         if message.cls != Class.REQUEST:
             return
         if message.method == Method.BINDING:
-            self._binding(client, address, message)
+            self._binding(request)
             return
         handler = self._handlers.get(message.method)
         if handler is None:
-            self._reply(client, address, message, error_response(message, 400, "Unknown method"))
+            request.fail(400, "Unknown method")
             return
-        handler(client, address, message)
+        handler(request)
 
-    # -- answering ---------------------------------------------------------------
+    # -- requests ------------------------------------------------------------------
 
-    def _reply(
-        self,
-        client: IClientChannel,
-        address: Address,
-        request: Message,
-        response: Message,
-        auth: AuthContext | None = None,
-    ) -> bytes:
-        if self.config.software:
-            response.add(Attr.SOFTWARE, self.config.software)
-        data = encode(
-            response,
-            auth.key if auth is not None else None,
-            sha256=auth.sha256 if auth is not None else False,
-            add_fingerprint=request.has_fingerprint,
-        )
-        client.send(data, address)
-        return data
+    def _request(self, client: IClientChannel, address: Address, message: Message) -> Request:
+        return Request(client, address, message, self.config.software)
 
-    def _refuser(
-        self,
-        client: IClientChannel,
-        address: Address,
-        request: Message,
-        auth: AuthContext | None,
-    ) -> Callable[..., None]:
+    def authenticate(self, request: Request) -> bool:
         """
-        C{fail(code, reason=None)} for one request: answer it with that
-        error, signed when it was authenticated.
+        Authenticate C{request} and check it carries no unknown
+        comprehension-required attribute; when it fails either, answer as
+        the L{Authenticator} chose (if at all) or with 420, and return
+        C{False}.
         """
+        result = self.authenticator.check(request.message, request.address)
+        if not isinstance(result, AuthContext):
+            if result is not None:
+                request.answer(result)
+            return False
+        request.auth = result
+        return not self._unknown_attributes(request)
 
-        def fail(code: int, reason: str | None = None) -> None:
-            self._reply(client, address, request, error_response(request, code, reason), auth)
-
-        return fail
-
-    def _authenticate(
-        self, client: IClientChannel, address: Address, request: Message
-    ) -> AuthContext | None:
-        """
-        Authenticate C{request}; when it is refused, send the answer the
-        L{Authenticator} chose (if any) and return C{None}.
-        """
-        result = self.authenticator.check(request, address)
-        if isinstance(result, AuthContext):
-            return result
-        if result is not None:
-            self._reply(client, address, request, result)
-        return None
-
-    def _check_unknown(
-        self,
-        client: IClientChannel,
-        address: Address,
-        request: Message,
-        auth: AuthContext | None,
-    ) -> bool:
-        unknown = request.unknown_required()
+    def _unknown_attributes(self, request: Request) -> bool:
+        unknown = request.message.unknown_required()
         if unknown:
-            response = error_response(request, 420)
-            response.add(Attr.UNKNOWN_ATTRIBUTES, unknown)
-            self._reply(client, address, request, response, auth)
+            request.fail(420, None, (Attr.UNKNOWN_ATTRIBUTES, unknown))
             return True
         return False
 
-    def _allocation_for(
-        self, client: IClientChannel, address: Address, request: Message
-    ) -> tuple[AuthContext, Allocation] | None:
+    def allocation_for(self, request: Request) -> Allocation | None:
         """
         Authenticate a request that needs an existing allocation; answer
         437 (none) or 441 (another user's) and return C{None} otherwise.
         """
-        auth = self._authenticate(client, address, request)
-        if auth is None or self._check_unknown(client, address, request, auth):
+        if not self.authenticate(request):
             return None
-        allocation = self.allocations.get((client, address))
+        allocation = self.allocations.get((request.client, request.address))
         if allocation is None:
-            self._reply(client, address, request, error_response(request, 437), auth)
+            request.fail(437)
             return None
-        if allocation.username != auth.username:
-            self._reply(client, address, request, error_response(request, 441), auth)
+        if allocation.username != request.username:
+            request.fail(441)
             return None
-        return auth, allocation
+        return allocation
 
     # -- methods -------------------------------------------------------------------
 
-    def _binding(self, client: IClientChannel, address: Address, request: Message) -> None:
-        if self._check_unknown(client, address, request, None):
-            return
-        response = response_to(request, Class.SUCCESS)
-        response.add(Attr.XOR_MAPPED_ADDRESS, address)
-        self._reply(client, address, request, response)
+    def _binding(self, request: Request) -> None:
+        if not self._unknown_attributes(request):
+            request.succeed((Attr.XOR_MAPPED_ADDRESS, request.address))
 
-    def _lifetime(self, request: Message) -> float:
+    def _lifetime(self, request: Request) -> float:
         """
         RFC 8656 sections 7.2 and 7.3: the requested lifetime capped at the
         maximum, and never below the default; 0 only when asked for.
@@ -352,116 +316,101 @@ class TurnServer:
             return self.config.default_lifetime
         return float(max(self.config.default_lifetime, min(requested, self.config.max_lifetime)))
 
-    def _allocate(self, client: IClientChannel, address: Address, request: Message) -> None:
-        auth = self._authenticate(client, address, request)
-        if auth is None or self._check_unknown(client, address, request, auth):
+    def _allocate(self, request: Request) -> None:
+        if not self.authenticate(request):
             return
-        existing = self.allocations.get((client, address))
+        existing = self.allocations.get((request.client, request.address))
         if existing is not None:
             if (
                 existing.allocate_transaction == request.transaction_id
-                and existing.username == auth.username
+                and existing.username == request.username
             ):
-                client.send(existing.allocate_response, address)
+                # A retransmission gets the same answer, byte for byte.
+                request.client.send(existing.allocate_response, request.address)
             else:
-                self._reply(client, address, request, error_response(request, 437), auth)
+                request.fail(437)
             return
-
-        fail = self._refuser(client, address, request, auth)
-
-        transport = request.get(Attr.REQUESTED_TRANSPORT)
-        if transport is None:
-            return fail(400, "Missing REQUESTED-TRANSPORT")
-        quota = self._quota_error(auth, request)
+        meaning = parse_allocate(
+            request.message,
+            udp_relays=self.config.udp_relay,
+            tcp_relays=self.tcp_relays is not None and self.config.tcp_relay,
+            over_stream=request.client.transport_name in STREAM_TRANSPORTS,
+        )
+        if isinstance(meaning, Refusal):
+            return request.fail(meaning.code, meaning.reason)
+        quota = self._quota_error(request, meaning)
         if quota is not None:
-            return fail(quota)
-        if transport == TCP and self.tcp_relays is not None and self.config.tcp_relay:
-            return self._allocate_tcp(client, address, request, auth, fail)
-        if transport != UDP:
-            return fail(442)
-        if not self.config.udp_relay:
-            return fail(403, "UDP relays are disabled")
-        token = request.get(Attr.RESERVATION_TOKEN)
-        even = request.get(Attr.EVEN_PORT)
-        family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
-        additional = request.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
-        error_attr = Attr.ADDRESS_ERROR_CODE
-        if additional is None:
-            # coturn's clients speak the draft codepoints; answer in kind.
-            additional = request.get(Attr.LEGACY_ADDITIONAL_ADDRESS_FAMILY)
-            error_attr = Attr.LEGACY_ADDRESS_ERROR_CODE
-        if token is not None and (even is not None or family is not None or additional is not None):
-            return fail(400, "RESERVATION-TOKEN with EVEN-PORT or an address family")
-        if family is not None and additional is not None:
-            return fail(400, "Both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY")
-        if family is not None and family not in (FAMILY_IPV4, FAMILY_IPV6):
-            return fail(440)
-        if even and additional is not None:
-            return fail(400, "EVEN-PORT reservation with ADDITIONAL-ADDRESS-FAMILY")
-        if additional is not None and additional != FAMILY_IPV6:
-            return fail(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
+            return request.fail(quota)
+        if meaning.tcp:
+            return self._allocate_tcp(request, meaning)
         lifetime = self._lifetime(request) or self.config.default_lifetime
         relays: dict[int, IRelay] = {}
         reserved: IRelay | None = None
-        address_error: tuple[int, int] | None = None
-        if token is not None:
-            held = self._reservations.pop(token, None)
-            if held is None:
-                return fail(508, "Unknown reservation token")
-            relay, timer, owner = held
-            timer.cancel()
-            self._count_user(owner, -1)
-            relays[family_of(relay.address[0])] = relay
-        elif additional is not None:
-            # A dual allocation: both families, or whichever can be had
-            # with ADDRESS-ERROR-CODE saying why the other could not.
-            unsupported = 0
-            for wanted in (FAMILY_IPV4, FAMILY_IPV6):
-                try:
-                    relays[wanted] = self.relays.open(
-                        wanted, even=even is not None, reserve_next=False
-                    )[0]
-                except RelayUnavailable as e:
-                    self._unavailable(e)
-                    unsupported += e.family_unsupported
-                    address_error = (wanted, 440 if e.family_unsupported else 508)
+        extra: list[tuple[int, Any]] = []
+        if meaning.token is not None:
+            redeemed = self.reservations.redeem(meaning.token)
+            if redeemed is None:
+                return request.fail(508, "Unknown reservation token")
+            relays[family_of(redeemed.address[0])] = redeemed
+        elif meaning.dual:
+            address_error = self._open_both(relays, meaning.even_port)
             if not relays:
-                return fail(440 if unsupported == 2 else 508)
+                return request.fail(address_error[1] if address_error else 508)
+            if address_error is not None:
+                failed_family, code = address_error
+                extra.append((meaning.error_attribute, (failed_family, code, ERROR_REASONS[code])))
         else:
-            if family is None:
-                family = FAMILY_IPV4
-                if FAMILY_IPV4 not in self.relays.families:
-                    family = family_of(address[0])
+            family = self._family(meaning.family, request, self.relays.families)
             try:
                 relay, reserved = self.relays.open(
-                    family, even=even is not None, reserve_next=bool(even)
+                    family, even=meaning.even_port, reserve_next=meaning.reserve
                 )
             except RelayUnavailable as e:
                 self._unavailable(e)
-                return fail(440 if e.family_unsupported else 508)
+                return request.fail(440 if e.family_unsupported else 508)
             relays[family] = relay
-        if request.has(Attr.DONT_FRAGMENT):
+        if meaning.dont_fragment:
             for relay in relays.values():
                 relay.set_dont_fragment(True)
-        extra: list[tuple[int, Any]] = []
-        if address_error is not None:
-            failed_family, code = address_error
-            extra.append((error_attr, (failed_family, code, ERROR_REASONS[code])))
-        allocation, response = self._allocated(
-            client, address, request, auth, relays, lifetime, extra
-        )
         if reserved is not None:
-            new_token = secrets.token_bytes(8)
-            self._reservations[new_token] = (
-                reserved,
-                self._reactor.callLater(RESERVATION_LIFETIME, self._reservation_expired, new_token),
-                auth.username,
-            )
-            self._count_user(auth.username, 1)
-            response.add(Attr.RESERVATION_TOKEN, new_token)
-        self._send_allocated(client, address, request, auth, allocation, response)
+            token = self.reservations.hold(reserved, request.username)
+            self._count_user(request.username, 1)
+            extra.append((Attr.RESERVATION_TOKEN, token))
+        self._allocated(request, relays, lifetime, extra)
 
-    def _quota_error(self, auth: AuthContext, request: Message) -> int | None:
+    def _open_both(self, relays: dict[int, IRelay], even: bool) -> tuple[int, int] | None:
+        """
+        A dual allocation: a relay of each family into C{relays}, or
+        whichever can be had; returns (family, code) for one that could
+        not (440 if the server has no such family, else 508).  With
+        neither, the code says what to answer.
+        """
+        address_error = None
+        unsupported = 0
+        for wanted in (FAMILY_IPV4, FAMILY_IPV6):
+            try:
+                relays[wanted] = self.relays.open(wanted, even=even, reserve_next=False)[0]
+            except RelayUnavailable as e:
+                self._unavailable(e)
+                unsupported += e.family_unsupported
+                address_error = (wanted, 440 if e.family_unsupported else 508)
+        if not relays:
+            return (0, 440 if unsupported == 2 else 508)
+        return address_error
+
+    @staticmethod
+    def _family(requested: int | None, request: Request, available: frozenset[int]) -> int:
+        """
+        The family to relay in: the requested one; else IPv4, or the
+        client's own family when the server has no IPv4 relay.
+        """
+        if requested is not None:
+            return requested
+        if FAMILY_IPV4 in available:
+            return FAMILY_IPV4
+        return family_of(request.address[0])
+
+    def _quota_error(self, request: Request, meaning: AllocateRequest) -> int | None:
         """
         486 when the user has all the allocations they may, 508 when the
         server has.  A reservation counts as an allocation, so an Allocate
@@ -469,15 +418,14 @@ class TurnServer:
         the user's own reservation needs none.
         """
         config = self.config
-        token = request.get(Attr.RESERVATION_TOKEN)
-        held = self._reservations.get(token) if token is not None else None
-        if held is not None and held[2] == auth.username:
+        username = request.username
+        if meaning.token is not None and self.reservations.owner(meaning.token) == username:
             return None
-        needed = 2 if request.get(Attr.EVEN_PORT) else 1
-        if config.user_quota and self._user_allocations[auth.username] + needed > config.user_quota:
+        needed = meaning.places
+        if config.user_quota and self._user_allocations[username] + needed > config.user_quota:
             self.stats["user_quota"] += 1
             return 486
-        in_use = len(self.allocations) + len(self._reservations)
+        in_use = len(self.allocations) + len(self.reservations)
         if config.total_quota and in_use + needed > config.total_quota:
             self.stats["total_quota"] += 1
             return 508
@@ -506,214 +454,61 @@ class TurnServer:
 
     def _allocated(
         self,
-        client: IClientChannel,
-        address: Address,
-        request: Message,
-        auth: AuthContext,
+        request: Request,
         relays: dict[int, Any],
         lifetime: float,
         extra: list[tuple[int, Any]],
         tcp: bool = False,
-    ) -> tuple[Allocation, Message]:
+    ) -> Allocation:
         """
-        Record a new allocation over C{relays}; return it with the start of
-        its success response (relayed addresses, C{extra}, LIFETIME).
+        Record a new allocation over C{relays} and answer the request with
+        its relayed addresses, C{extra}, LIFETIME and XOR-MAPPED-ADDRESS;
+        the answer is kept for retransmissions.
         """
+        client, address, username = request.client, request.address, request.username
         allocation = Allocation(
-            self._reactor, client, address, auth.username, self._forget, stats=self.stats
+            self._reactor, client, address, username, self._forget, stats=self.stats
         )
         allocation.tcp = tcp
         if self.config.max_bps:
             allocation.bandwidth = TokenBucket(self._reactor, self.config.max_bps)
-        self._count_user(auth.username, 1)
-        response = response_to(request, Class.SUCCESS)
+        self._count_user(username, 1)
+        attributes: list[tuple[int, Any]] = []
         for relay_family, relay in sorted(relays.items()):
             allocation.add_relay(relay_family, relay, lifetime)
-            response.add(Attr.XOR_RELAYED_ADDRESS, relay.advertised)
+            attributes.append((Attr.XOR_RELAYED_ADDRESS, relay.advertised))
         self.allocations[(client, address)] = allocation
         self._by_channel.setdefault(client, set()).add(address)
-        for attr_type, value in extra:
-            response.add(attr_type, value)
-        response.add(Attr.LIFETIME, int(lifetime))
-        return allocation, response
-
-    def _send_allocated(
-        self,
-        client: IClientChannel,
-        address: Address,
-        request: Message,
-        auth: AuthContext,
-        allocation: Allocation,
-        response: Message,
-    ) -> None:
-        response.add(Attr.XOR_MAPPED_ADDRESS, address)
+        attributes += extra
+        attributes += [(Attr.LIFETIME, int(lifetime)), (Attr.XOR_MAPPED_ADDRESS, address)]
         allocation.allocate_transaction = request.transaction_id
-        allocation.allocate_response = self._reply(client, address, request, response, auth)
+        allocation.allocate_response = request.succeed(*attributes)
         self.log.info(
             "Allocated {relays} for {user} from {client} over {transport} for {lifetime:.0f}s",
-            relays=", ".join(f"{r.address[0]}:{r.address[1]}" for r in allocation.relays.values()),
-            user=auth.username,
-            client=address,
+            relays=", ".join(host_port(r.address) for r in allocation.relays.values()),
+            user=username,
+            client=host_port(address),
             transport=client.transport_name,
             lifetime=allocation.expires_in(),
         )
+        return allocation
 
-    # -- TCP allocations (RFC 6062) ----------------------------------------------
-
-    def _allocate_tcp(
-        self,
-        client: IClientChannel,
-        address: Address,
-        request: Message,
-        auth: AuthContext,
-        fail: Callable[..., None],
-    ) -> None:
+    def _allocate_tcp(self, request: Request, meaning: AllocateRequest) -> None:
         """
-        RFC 6062 section 5.1: a TCP relayed address, over a TCP or TLS
-        control connection only.
+        RFC 6062 section 5.1: a TCP relayed address.
         """
         assert self.tcp_relays is not None
-        if client.transport_name not in STREAM_TRANSPORTS:
-            return fail(400, "TCP allocations need a TCP or TLS connection")
-        for forbidden in (Attr.DONT_FRAGMENT, Attr.EVEN_PORT, Attr.RESERVATION_TOKEN):
-            if request.has(forbidden):
-                return fail(400, "DONT-FRAGMENT, EVEN-PORT or RESERVATION-TOKEN in a TCP Allocate")
-        if request.has(Attr.ADDITIONAL_ADDRESS_FAMILY) or request.has(
-            Attr.LEGACY_ADDITIONAL_ADDRESS_FAMILY
-        ):
-            return fail(400, "Dual TCP allocations are not supported")
-        family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
-        if family is not None and family not in (FAMILY_IPV4, FAMILY_IPV6):
-            return fail(440)
-        if family is None:
-            family = FAMILY_IPV4
-            if FAMILY_IPV4 not in self.tcp_relays.families:
-                family = family_of(address[0])
+        family = self._family(meaning.family, request, self.tcp_relays.families)
         try:
             relay = self.tcp_relays.open_tcp(family)
         except RelayUnavailable as e:
             self._unavailable(e)
-            return fail(440 if e.family_unsupported else 508)
+            return request.fail(440 if e.family_unsupported else 508)
         lifetime = self._lifetime(request) or self.config.default_lifetime
-        allocation, response = self._allocated(
-            client, address, request, auth, {family: relay}, lifetime, [], tcp=True
+        allocation = self._allocated(request, {family: relay}, lifetime, [], tcp=True)
+        relay.on_connection = lambda connection: self.tcp_allocations.peer_connected(
+            allocation, connection
         )
-        relay.on_connection = lambda connection: self._peer_connected(allocation, connection)
-        self._send_allocated(client, address, request, auth, allocation, response)
-
-    def _peer_connected(self, allocation: Allocation, connection: IPeerConnection) -> None:
-        """
-        A peer opened a connection to a TCP relay (RFC 6062 section 5.3):
-        closed at once without a permission (or against policy), else
-        announced to the client with a ConnectionAttempt indication.
-        """
-        peer = connection.peer_address
-        if (
-            allocation.closed
-            or peer[0] not in allocation.permissions
-            or not self.policy.allows_peer(peer[0], peer[1])
-        ):
-            if not allocation.closed:
-                self.stats["refused_peer"] += 1
-            connection.close()
-            return
-        if self._too_many_pending(allocation):
-            connection.close()
-            return
-        connection_id = self.peer_connections.add(allocation, connection)
-        indication = Message(Method.CONNECTION_ATTEMPT, Class.INDICATION, secrets.token_bytes(12))
-        indication.add(Attr.XOR_PEER_ADDRESS, peer)
-        indication.add(Attr.CONNECTION_ID, connection_id)
-        allocation.client.send(encode(indication, add_fingerprint=True), allocation.client_address)
-
-    def _too_many_pending(self, allocation: Allocation) -> bool:
-        limit = self.config.max_pending_connections
-        if limit and self.peer_connections.unbound_count(allocation) >= limit:
-            self.stats["max_pending_connections"] += 1
-            return True
-        return False
-
-    def _connect(self, client: IClientChannel, address: Address, request: Message) -> None:
-        """
-        RFC 6062 section 5.2: open a connection from the relayed address to
-        a peer, concurrently with others, within the connect timeout.
-        """
-        found = self._allocation_for(client, address, request)
-        if found is None:
-            return
-        auth, allocation = found
-
-        fail = self._refuser(client, address, request, auth)
-
-        if not allocation.tcp:
-            return fail(400, "Connect needs a TCP allocation")
-        peer = request.get(Attr.XOR_PEER_ADDRESS)
-        if peer is None:
-            return fail(400, "Missing XOR-PEER-ADDRESS")
-        code = self._peer_error(allocation, peer)
-        if code is not None:
-            return fail(code)
-        if peer in self.peer_connections.peers_of(allocation):
-            return fail(446)
-        if self._too_many_pending(allocation):
-            return fail(508)
-        relay = allocation.relay_for(peer[0])
-        connecting = self.peer_connections.connecting.setdefault(allocation, set())
-        connecting.add(peer)
-        attempt = relay.connect(peer)  # type: ignore[union-attr]
-        attempt.addTimeout(self.config.tcp_connect_timeout, self._reactor)
-
-        def connected(connection: IPeerConnection) -> None:
-            connecting.discard(peer)
-            if allocation.closed:
-                connection.close()
-                return
-            connection_id = self.peer_connections.add(allocation, connection)
-            response = response_to(request, Class.SUCCESS)
-            response.add(Attr.CONNECTION_ID, connection_id)
-            self._reply(client, address, request, response, auth)
-
-        def failed(reason: Any) -> None:
-            connecting.discard(peer)
-            self.log.info(
-                "Connect from {relay} to {peer} failed: {reason}",
-                relay=relay.address,  # type: ignore[union-attr]
-                peer=peer,
-                reason=reason.getErrorMessage(),
-            )
-            if not allocation.closed:
-                fail(447)
-
-        attempt.addCallbacks(connected, failed)
-
-    def _connection_bind(self, client: IClientChannel, address: Address, request: Message) -> None:
-        """
-        RFC 6062 section 5.4: turn this new connection into the client data
-        connection of a pending peer data connection.
-        """
-        auth = self._authenticate(client, address, request)
-        if auth is None or self._check_unknown(client, address, request, auth):
-            return
-
-        fail = self._refuser(client, address, request, auth)
-
-        if client.transport_name not in STREAM_TRANSPORTS:
-            return fail(400, "ConnectionBind needs a TCP or TLS connection")
-        if (client, address) in self.allocations:
-            return fail(400, "A control connection cannot be a data connection")
-        entry = self.peer_connections.pending(request.get(Attr.CONNECTION_ID))
-        if entry is None:
-            return fail(400, "Missing or unknown CONNECTION-ID")
-        if entry.allocation.username != auth.username:
-            return fail(441)
-        self.peer_connections.claim(entry.connection_id)
-        self._reply(client, address, request, response_to(request, Class.SUCCESS), auth)
-        client.attach(entry.connection)  # type: ignore[attr-defined]
-
-    def _reservation_expired(self, token: bytes) -> None:
-        relay, _, owner = self._reservations.pop(token)
-        self._count_user(owner, -1)
-        relay.close()
 
     def _forget(self, allocation: Allocation) -> None:
         """
@@ -728,20 +523,18 @@ class TurnServer:
                 addresses.discard(allocation.client_address)
                 if not addresses:
                     del self._by_channel[client]
-        self.peer_connections.close_allocation(allocation)
+        self.tcp_allocations.allocation_closed(allocation)
 
     def _delete(self, allocation: Allocation) -> list[object]:
         return allocation.close()
 
-    def _refresh(self, client: IClientChannel, address: Address, request: Message) -> None:
-        found = self._allocation_for(client, address, request)
-        if found is None:
+    def _refresh(self, request: Request) -> None:
+        allocation = self.allocation_for(request)
+        if allocation is None:
             return
-        auth, allocation = found
         family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
         if family is not None and family not in allocation.relays:
-            self._reply(client, address, request, error_response(request, 443), auth)
-            return
+            return request.fail(443)
         lifetime = self._lifetime(request)
         if lifetime == 0:
             if family is None:
@@ -750,16 +543,14 @@ class TurnServer:
                 allocation.remove_family(family)
             self.log.info(
                 "Allocation for {user} from {client} deleted by Refresh",
-                user=auth.username,
-                client=address,
+                user=request.username,
+                client=host_port(request.address),
             )
         else:
             allocation.refresh(lifetime, family)
-        response = response_to(request, Class.SUCCESS)
-        response.add(Attr.LIFETIME, int(lifetime))
-        self._reply(client, address, request, response, auth)
+        request.succeed((Attr.LIFETIME, int(lifetime)))
 
-    def _peer_error(
+    def peer_error(
         self, allocation: Allocation, peer: Address, port_matters: bool = True
     ) -> int | None:
         """
@@ -775,7 +566,9 @@ class TurnServer:
         )
         if not allowed:
             self.stats["refused_peer"] += 1
-            self.log.info("Refused peer {peer} for {user}", peer=peer, user=allocation.username)
+            self.log.info(
+                "Refused peer {peer} for {user}", peer=host_port(peer), user=allocation.username
+            )
             return 403
         return None
 
@@ -789,77 +582,66 @@ class TurnServer:
             return True
         return False
 
-    def _create_permission(
-        self, client: IClientChannel, address: Address, request: Message
-    ) -> None:
-        found = self._allocation_for(client, address, request)
-        if found is None:
+    def _create_permission(self, request: Request) -> None:
+        allocation = self.allocation_for(request)
+        if allocation is None:
             return
-        auth, allocation = found
         peers = request.get_all(Attr.XOR_PEER_ADDRESS)
         if not peers:
-            self._reply(
-                client,
-                address,
-                request,
-                error_response(request, 400, "Missing XOR-PEER-ADDRESS"),
-                auth,
-            )
-            return
+            return request.fail(400, "Missing XOR-PEER-ADDRESS")
         for peer in peers:
-            code = self._peer_error(allocation, peer, port_matters=False)
+            code = self.peer_error(allocation, peer, port_matters=False)
             if code is not None:
-                self._reply(client, address, request, error_response(request, code), auth)
-                return
+                return request.fail(code)
         if self._too_many_permissions(allocation, {peer[0] for peer in peers}):
-            self._reply(client, address, request, error_response(request, 508), auth)
-            return
+            return request.fail(508)
         for peer in peers:
             allocation.install_permission(peer[0])
-        self._reply(client, address, request, response_to(request, Class.SUCCESS), auth)
+        request.succeed()
 
-    def _channel_bind(self, client: IClientChannel, address: Address, request: Message) -> None:
-        found = self._allocation_for(client, address, request)
-        if found is None:
+    def _channel_bind(self, request: Request) -> None:
+        allocation = self.allocation_for(request)
+        if allocation is None:
             return
-        auth, allocation = found
-
-        fail = self._refuser(client, address, request, auth)
-
         if allocation.tcp:
-            return fail(400, "Channels need a UDP allocation")
+            return request.fail(400, "Channels need a UDP allocation")
         channel = request.get(Attr.CHANNEL_NUMBER)
         peer = request.get(Attr.XOR_PEER_ADDRESS)
         if channel is None or not CHANNEL_MIN <= channel <= CHANNEL_MAX:
-            return fail(400, "Missing or invalid CHANNEL-NUMBER")
+            return request.fail(400, "Missing or invalid CHANNEL-NUMBER")
         if peer is None:
-            return fail(400, "Missing XOR-PEER-ADDRESS")
-        code = self._peer_error(allocation, peer)
+            return request.fail(400, "Missing XOR-PEER-ADDRESS")
+        code = self.peer_error(allocation, peer)
         if code is not None:
-            return fail(code)
+            return request.fail(code)
         if allocation.channel_conflict(channel, peer):
-            return fail(400, "Channel or peer already bound")
-        if self._too_many_permissions(allocation, {peer[0]}):
-            return fail(508)
+            return request.fail(400, "Channel or peer already bound")
+        if self._too_many_permissions(allocation, {peer[0]}) or self._too_many_channels(
+            allocation, channel
+        ):
+            return request.fail(508)
+        relay = allocation.relay_for(peer[0])
+        assert relay is not None  # peer_error checked the family
+        allocation.bind_channel(channel, peer, relay)
+        request.succeed()
+
+    def _too_many_channels(self, allocation: Allocation, channel: int) -> bool:
         limit = self.config.max_channels
         if limit and channel not in allocation.channels and len(allocation.channels) >= limit:
             self.stats["max_channels"] += 1
-            return fail(508)
-        relay = allocation.relay_for(peer[0])
-        assert relay is not None  # _peer_error checked the family
-        allocation.bind_channel(channel, peer, relay)
-        self._reply(client, address, request, response_to(request, Class.SUCCESS), auth)
+            return True
+        return False
 
-    def _send_indication(self, client: IClientChannel, address: Address, message: Message) -> None:
+    def _send_indication(self, request: Request) -> None:
         """
         A Send indication: relayed when well formed and permitted, else
         silently dropped, as indications get no answer.
         """
-        allocation = self.allocations.get((client, address))
-        if allocation is None or allocation.tcp or message.unknown_required():
+        allocation = self.allocations.get((request.client, request.address))
+        if allocation is None or allocation.tcp or request.message.unknown_required():
             return
-        peer = message.get(Attr.XOR_PEER_ADDRESS)
-        data = message.get(Attr.DATA)
+        peer = request.get(Attr.XOR_PEER_ADDRESS)
+        data = request.get(Attr.DATA)
         if peer is None or data is None or peer[0] not in allocation.permissions:
             return
         relay = allocation.relay_for(peer[0])
@@ -897,10 +679,7 @@ class TurnServer:
         the Deferred fires when every relay port is closed.
         """
         closing = [c for a in list(self.allocations.values()) for c in self._delete(a)]
-        for relay, timer, _ in self._reservations.values():
-            timer.cancel()
-            closing.append(relay.close())
-        self._reservations.clear()
+        closing += self.reservations.close()
         return defer.gatherResults(
             [d for d in closing if isinstance(d, defer.Deferred)], consumeErrors=True
         )

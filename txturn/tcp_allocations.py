@@ -1,0 +1,142 @@
+# -*- test-case-name: tests.test_tcp_allocation -*-
+"""
+TCP allocations (RFC 6062): Connect, ConnectionBind and the
+ConnectionAttempt a peer's connection earns, next to the peer data
+connections they create (L{PeerConnections}).
+
+The allocation itself (a TCP relay, its lifetime, its permissions) is the
+core's, like any other; this module holds what only TCP allocations do.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from txturn.allocation import STREAM_TRANSPORTS, Allocation
+from txturn.connections import PeerConnections
+from txturn.interfaces import IPeerConnection, host_port
+from txturn.request import Request
+from txturn.stun import Attr, Class, Message, Method, encode
+
+if TYPE_CHECKING:
+    from txturn.server import TurnServer
+
+
+class TcpAllocations:
+    """
+    The RFC 6062 methods of one server.
+    """
+
+    log = Logger()
+
+    def __init__(self, server: "TurnServer") -> None:
+        self._server = server
+        self.peer_connections = PeerConnections(server.reactor)
+
+    def peer_connected(self, allocation: Allocation, connection: IPeerConnection) -> None:
+        """
+        A peer opened a connection to a TCP relay (RFC 6062 section 5.3):
+        closed at once without a permission (or against policy), else
+        announced to the client with a ConnectionAttempt indication.
+        """
+        server = self._server
+        peer = connection.peer_address
+        if (
+            allocation.closed
+            or peer[0] not in allocation.permissions
+            or not server.policy.allows_peer(peer[0], peer[1])
+        ):
+            if not allocation.closed:
+                server.stats["refused_peer"] += 1
+            connection.close()
+            return
+        if self._too_many_pending(allocation):
+            connection.close()
+            return
+        connection_id = self.peer_connections.add(allocation, connection)
+        indication = Message(Method.CONNECTION_ATTEMPT, Class.INDICATION, secrets.token_bytes(12))
+        indication.add(Attr.XOR_PEER_ADDRESS, peer)
+        indication.add(Attr.CONNECTION_ID, connection_id)
+        allocation.client.send(encode(indication, add_fingerprint=True), allocation.client_address)
+
+    def _too_many_pending(self, allocation: Allocation) -> bool:
+        limit = self._server.config.max_pending_connections
+        if limit and self.peer_connections.unbound_count(allocation) >= limit:
+            self._server.stats["max_pending_connections"] += 1
+            return True
+        return False
+
+    def connect(self, request: Request) -> None:
+        """
+        RFC 6062 section 5.2: open a connection from the relayed address to
+        a peer, concurrently with others, within the connect timeout.
+        """
+        server = self._server
+        allocation = server.allocation_for(request)
+        if allocation is None:
+            return
+        if not allocation.tcp:
+            return request.fail(400, "Connect needs a TCP allocation")
+        peer = request.get(Attr.XOR_PEER_ADDRESS)
+        if peer is None:
+            return request.fail(400, "Missing XOR-PEER-ADDRESS")
+        code = server.peer_error(allocation, peer)
+        if code is not None:
+            return request.fail(code)
+        if peer in self.peer_connections.peers_of(allocation):
+            return request.fail(446)
+        if self._too_many_pending(allocation):
+            return request.fail(508)
+        relay: Any = allocation.relay_for(peer[0])
+        connecting = self.peer_connections.connecting.setdefault(allocation, set())
+        connecting.add(peer)
+        attempt = relay.connect(peer)
+        attempt.addTimeout(server.config.tcp_connect_timeout, server.reactor)
+
+        def connected(connection: IPeerConnection) -> None:
+            connecting.discard(peer)
+            if allocation.closed:
+                connection.close()
+                return
+            connection_id = self.peer_connections.add(allocation, connection)
+            request.succeed((Attr.CONNECTION_ID, connection_id))
+
+        def failed(reason: Any) -> None:
+            connecting.discard(peer)
+            self.log.info(
+                "Connect from {relay} to {peer} failed: {reason}",
+                relay=host_port(relay.address),
+                peer=host_port(peer),
+                reason=reason.getErrorMessage(),
+            )
+            if not allocation.closed:
+                request.fail(447)
+
+        attempt.addCallbacks(connected, failed)
+
+    def connection_bind(self, request: Request) -> None:
+        """
+        RFC 6062 section 5.4: turn this new connection into the client data
+        connection of a pending peer data connection.
+        """
+        server = self._server
+        if not server.authenticate(request):
+            return
+        if request.client.transport_name not in STREAM_TRANSPORTS:
+            return request.fail(400, "ConnectionBind needs a TCP or TLS connection")
+        if server.has_allocation(request.client):
+            return request.fail(400, "A control connection cannot be a data connection")
+        entry = self.peer_connections.pending(request.get(Attr.CONNECTION_ID))
+        if entry is None:
+            return request.fail(400, "Missing or unknown CONNECTION-ID")
+        if entry.allocation.username != request.username:
+            return request.fail(441)
+        self.peer_connections.claim(entry.connection_id)
+        request.succeed()
+        request.client.attach(entry.connection)  # type: ignore[attr-defined]
+
+    def allocation_closed(self, allocation: Allocation) -> None:
+        self.peer_connections.close_allocation(allocation)
