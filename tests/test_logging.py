@@ -107,7 +107,7 @@ class SecretsTests(SynchronousTestCase):
         failures = [e for e in self.events if "Authentication failed" in e.get("log_format", "")]
         self.assertEqual(len(failures), 1)
         self.assertEqual(failures[0]["user"], "alice")
-        self.assertEqual(failures[0]["client"], ("198.51.100.1", 7))
+        self.assertEqual(failures[0]["client"], "198.51.100.1:7")
 
     def exchange(self, server: Any, channel: RecordingClientChannel, data: bytes) -> bytes:
         server.datagram_received(channel, data, ("198.51.100.1", 7))

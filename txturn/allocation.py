@@ -28,6 +28,7 @@ from typing import Callable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from txturn.events import ChannelBound, ChannelExpired, PermissionExpired, PermissionInstalled
 from txturn.interfaces import Address, IClientChannel, IRelay
 from txturn.limits import TokenBucket
 from txturn.stun import (
@@ -64,6 +65,10 @@ _txid_counter = itertools.count()
 MAX_INDICATION_DATA = 0xFFFF - 24 - 4 - 3
 
 
+def _ignore(event: object) -> None:
+    pass
+
+
 def host_family(host: str) -> int:
     """
     The STUN family of an address literal, cheaply (hot path).
@@ -93,8 +98,19 @@ class Allocation:
         username: str,
         on_empty: Callable[["Allocation"], None],
         stats: collections.Counter[str] | None = None,
+        allocation_id: int = 0,
+        emit: Callable[[object], None] | None = None,
     ) -> None:
         self._reactor = reactor
+        #: A number unique on the server, naming it in lifecycle events.
+        self.id = allocation_id
+        self._emit = emit if emit is not None else _ignore
+        self.created = reactor.seconds()
+        #: Why it ended, for the deletion event; whoever deletes it says.
+        self.end_reason = "expired"
+        #: Packets and bytes relayed each way (the hot path's counters).
+        self.to_peers_packets = self.to_peers_bytes = 0
+        self.to_client_packets = self.to_client_bytes = 0
         self.client = client
         self.client_address = client_address
         self.username = username
@@ -143,12 +159,7 @@ class Allocation:
         return max(call.getTime() for call in self._expiry.values()) - self._reactor.seconds()
 
     def _expired(self, family: int) -> None:
-        self.log.info(
-            "Allocation for {user} from {client} on relay {relay} expired",
-            user=self.username,
-            client=self.client_address,
-            relay=self.relays[family].address,
-        )
+        self.end_reason = "expired"
         del self._expiry[family]
         self.remove_family(family)
 
@@ -203,8 +214,13 @@ class Allocation:
             call.reset(PERMISSION_LIFETIME)
         else:
             self.permissions[host] = self._reactor.callLater(
-                PERMISSION_LIFETIME, self.permissions.pop, host, None
+                PERMISSION_LIFETIME, self._permission_expired, host
             )
+            self._emit(PermissionInstalled(self.id, host))
+
+    def _permission_expired(self, host: str) -> None:
+        self.permissions.pop(host, None)
+        self._emit(PermissionExpired(self.id, host))
 
     # -- channels --------------------------------------------------------------
 
@@ -241,10 +257,12 @@ class Allocation:
             self._channel_timers[channel] = self._reactor.callLater(
                 CHANNEL_LIFETIME, self._channel_expired, channel
             )
+            self._emit(ChannelBound(self.id, channel, peer))
         self.install_permission(peer[0])
 
     def _channel_expired(self, channel: int) -> None:
         peer, _ = self.channels.pop(channel)
+        self._emit(ChannelExpired(self.id, channel, peer))
         del self.peer_channels[peer]
         del self._channel_timers[channel]
         self._cooldown_peers[peer] = channel
@@ -281,6 +299,8 @@ class Allocation:
                 self._stats["dropped_bandwidth"] += 1
                 return
             entry[1].send(data[4 : 4 + length], entry[0])
+            self.to_peers_packets += 1
+            self.to_peers_bytes += length
 
     def from_peer(self, data: bytes, peer: Address) -> None:
         """
@@ -304,6 +324,9 @@ class Allocation:
             self._send_to_client(self.data_indication(peer, Attr.DATA, data), self.client_address)
         else:
             self._stats["dropped_oversize"] += 1
+            return
+        self.to_client_packets += 1
+        self.to_client_bytes += len(data)
 
     def icmp_from_peer(self, peer: Address, icmp_type: int, icmp_code: int, info: int) -> None:
         """

@@ -257,6 +257,23 @@ class StaticCredentials:
         return self._hashes.get(hashed)
 
 
+#: Digits in a REST expiry: a Unix time, with room to spare, and no more,
+#: so a hostile name cannot make C{int()} work on thousands of digits.
+_MAX_STAMP_DIGITS = 12
+
+
+def rest_expiry(username: str, separator: str = ":") -> int | None:
+    """
+    The expiry a TURN REST API username starts with, or C{None} if it does
+    not start with one (C{str.isdigit} alone accepts "²", which C{int}
+    refuses).
+    """
+    stamp = username.partition(separator)[0]
+    if stamp.isascii() and stamp.isdigit() and len(stamp) <= _MAX_STAMP_DIGITS:
+        return int(stamp)
+    return None
+
+
 @implementer(ICredentialSource)
 class RestApiCredentials:
     """
@@ -271,20 +288,14 @@ class RestApiCredentials:
     recover an ephemeral name from its hash.
     """
 
-    #: Digits in an expiry: a Unix time, with room to spare, and no more,
-    #: so a hostile name cannot make C{int()} work on thousands of digits.
-    _MAX_STAMP_DIGITS = 12
-
     def __init__(self, secret: str | bytes, separator: str = ":") -> None:
         self._secret = secret.encode("utf-8") if isinstance(secret, str) else secret
         self._separator = separator
 
     def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
-        stamp = username.partition(self._separator)[0]
-        # str.isdigit() alone accepts "²" and other digits int() refuses.
-        valid = stamp.isascii() and stamp.isdigit() and len(stamp) <= self._MAX_STAMP_DIGITS
+        expiry = rest_expiry(username, self._separator)
         key = long_term_key(username, realm, rest_api_password(self._secret, username), algorithm)
-        return key if valid and int(stamp) > now else None
+        return key if expiry is not None and expiry > now else None
 
     def username_for_hash(self, hashed: bytes, realm: str) -> str | None:
         return None

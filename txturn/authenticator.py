@@ -15,11 +15,13 @@ from __future__ import annotations
 import collections
 import secrets
 from dataclasses import dataclass
+from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from txturn.auth import CredentialError, ICredentialSource, NonceManager
+from txturn.auth import CredentialError, ICredentialSource, NonceManager, rest_expiry
+from txturn.events import AuthenticationFailed
 from txturn.interfaces import Address
 from txturn.limits import SourceLimiter
 from txturn.stun import Attr, Message, PasswordAlgorithm, error_response
@@ -59,6 +61,7 @@ class Authenticator:
         nonces: NonceManager,
         challenges: SourceLimiter,
         stats: collections.Counter[str],
+        emit: Callable[[object], None] | None = None,
     ) -> None:
         self._reactor = reactor
         self.credentials = credentials
@@ -66,6 +69,7 @@ class Authenticator:
         self.nonces = nonces
         self.challenges = challenges
         self._stats = stats
+        self._emit = emit
         self._logged_failures: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._dummy_key = secrets.token_bytes(16)
 
@@ -99,6 +103,7 @@ class Authenticator:
             algorithm = chosen[0]
         now = self._reactor.seconds()
         if not self.nonces.is_valid(nonce, address[0], now):
+            self._failed(address, username, nonce, "stale nonce")
             return self._challenge(request, address, 438)
         if username is None:
             username = self.credentials.username_for_hash(hashed, realm)
@@ -110,7 +115,14 @@ class Authenticator:
                 key = None  # a realm or name OpaqueString refuses: unknown user
         intact = request.check_integrity(key if key is not None else self._dummy_key)
         if key is None or not intact:
-            self._log_failure(address, username, nonce)
+            expiry = rest_expiry(username) if username is not None else None
+            if key is not None:
+                reason = "bad integrity"
+            elif expiry is not None and expiry <= now:
+                reason = "expired credential"
+            else:
+                reason = "unknown user"
+            self._failed(address, username, nonce, reason)
             return self._challenge(request, address, 401)
         # The nonce was bound to this address: the source receives what we
         # send it, so it has earned a larger share of challenges.
@@ -131,17 +143,13 @@ class Authenticator:
         response.add(Attr.PASSWORD_ALGORITHMS, PASSWORD_ALGORITHMS)
         return response
 
-    def _log_failure(self, address: Address, username: str | None, nonce: str) -> None:
+    def _failed(self, address: Address, username: str | None, nonce: str, reason: str) -> None:
         """
-        Log a failed authentication once per nonce, never per packet.
+        Announce a failed authentication once per nonce, never per packet.
         """
-        if nonce in self._logged_failures:
+        if nonce in self._logged_failures or self._emit is None:
             return
         self._logged_failures[nonce] = None
         if len(self._logged_failures) > _LOGGED_FAILURES:
             self._logged_failures.popitem(last=False)
-        self.log.info(
-            "Authentication failed for user {user!r} from {client}",
-            user=username,
-            client=address,
-        )
+        self._emit(AuthenticationFailed(address, username, reason))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -54,6 +54,9 @@ class PeerConnections:
     connecting: dict[Any, set[Address]] = field(default_factory=dict)
     #: allocation -> the ids of its connections, pending or bound.
     by_allocation: dict[Any, set[int]] = field(default_factory=dict)
+    #: Called with each entry that goes (closed, timed out, its allocation
+    #: deleted).
+    on_closed: Callable[[Entry], None] | None = None
 
     def add(self, allocation: Any, connection: IPeerConnection) -> int:
         """
@@ -88,6 +91,8 @@ class PeerConnections:
             ids.discard(connection_id)
             if not ids:
                 del self.by_allocation[entry.allocation]
+        if self.on_closed is not None:
+            self.on_closed(entry)
 
     def pending(self, connection_id: int | None) -> Entry | None:
         """

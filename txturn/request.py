@@ -14,9 +14,10 @@ else the error code), for whatever watches the server.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from txturn.authenticator import AuthContext
+from txturn.events import RequestAnswered
 from txturn.interfaces import Address, IClientChannel
 from txturn.stun import Attr, Class, Message, encode, error_response, response_to
 
@@ -39,6 +40,8 @@ class Request:
     software: str | None = None
     auth: AuthContext | None = None
     result: int | None = field(default=None)
+    #: Where the L{RequestAnswered} event goes, once.
+    emit: Callable[[object], None] | None = None
 
     # -- what the request says ---------------------------------------------------
 
@@ -83,9 +86,19 @@ class Request:
             sha256=auth.sha256 if auth is not None else False,
             add_fingerprint=self.message.has_fingerprint,
         )
+        self.client.send(data, self.address)
         if self.result is None:
             self.result = response.get(Attr.ERROR_CODE)[0] if response.cls == Class.ERROR else 0
-        self.client.send(data, self.address)
+            if self.emit is not None:
+                self.emit(
+                    RequestAnswered(
+                        self.message.method,
+                        self.result,
+                        self.address,
+                        self.client.transport_name,
+                        auth.username if auth is not None else None,
+                    )
+                )
         return data
 
     def succeed(self, *attributes: tuple[int, Any]) -> bytes:

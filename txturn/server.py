@@ -14,8 +14,9 @@ opened through the L{IRelayAllocator}.
 from __future__ import annotations
 
 import collections
+import itertools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -27,6 +28,14 @@ from txturn.allocation import STREAM_TRANSPORTS, Allocation
 from txturn.auth import ICredentialSource, NonceManager
 from txturn.authenticator import AuthContext, Authenticator
 from txturn.connections import PeerConnections
+from txturn.event_log import EventLog
+from txturn.events import (
+    AllocationCreated,
+    AllocationDeleted,
+    AllocationRefreshed,
+    IServerObserver,
+    Traffic,
+)
 from txturn.interfaces import (
     Address,
     IClientChannel,
@@ -125,8 +134,14 @@ class TurnServer:
         config: ServerConfig | None = None,
         nonces: NonceManager | None = None,
         tcp_relays: ITcpRelayAllocator | None = None,
+        observers: Sequence[IServerObserver] | None = None,
     ) -> None:
         self._reactor = reactor
+        #: What watches the server (L{txturn.events}); by default the log.
+        self.observers: list[IServerObserver] = (
+            list(observers) if observers is not None else [EventLog()]
+        )
+        self._allocation_ids = itertools.count(1)
         self.credentials = credentials
         self.relays = relays
         self.policy = policy if policy is not None else PeerPolicy()
@@ -151,6 +166,7 @@ class TurnServer:
                 proven_for=self.config.nonce_lifetime,
             ),
             self.stats,
+            emit=self.emit,
         )
         self.allocations: dict[tuple[IClientChannel, Address], Allocation] = {}
         #: client channel -> the client addresses with an allocation on it,
@@ -172,6 +188,26 @@ class TurnServer:
     @property
     def reactor(self) -> IReactorTime:
         return self._reactor
+
+    def add_observer(self, observer: IServerObserver) -> None:
+        self.observers.append(observer)
+
+    def emit(self, event: object) -> None:
+        """
+        Announce C{event} to every observer; one that raises is logged
+        (once a minute) and does not stop the others or the server.
+        """
+        for observer in self.observers:
+            try:
+                observer.observe(event)
+            except Exception as e:
+                self._error_log.emit(
+                    _error_kind(e),
+                    self.log.failure,
+                    "Observer {observer!r} failed on {event!r}",
+                    observer=observer,
+                    event=event,
+                )
 
     @property
     def peer_connections(self) -> PeerConnections:
@@ -258,7 +294,7 @@ class TurnServer:
     # -- requests ------------------------------------------------------------------
 
     def _request(self, client: IClientChannel, address: Address, message: Message) -> Request:
-        return Request(client, address, message, self.config.software)
+        return Request(client, address, message, self.config.software, emit=self.emit)
 
     def authenticate(self, request: Request) -> bool:
         """
@@ -467,7 +503,14 @@ class TurnServer:
         """
         client, address, username = request.client, request.address, request.username
         allocation = Allocation(
-            self._reactor, client, address, username, self._forget, stats=self.stats
+            self._reactor,
+            client,
+            address,
+            username,
+            self._forget,
+            stats=self.stats,
+            allocation_id=next(self._allocation_ids),
+            emit=self.emit,
         )
         allocation.tcp = tcp
         if self.config.max_bps:
@@ -483,13 +526,16 @@ class TurnServer:
         attributes += [(Attr.LIFETIME, int(lifetime)), (Attr.XOR_MAPPED_ADDRESS, address)]
         allocation.allocate_transaction = request.transaction_id
         allocation.allocate_response = request.succeed(*attributes)
-        self.log.info(
-            "Allocated {relays} for {user} from {client} over {transport} for {lifetime:.0f}s",
-            relays=", ".join(host_port(r.address) for r in allocation.relays.values()),
-            user=username,
-            client=host_port(address),
-            transport=client.transport_name,
-            lifetime=allocation.expires_in(),
+        self.emit(
+            AllocationCreated(
+                allocation.id,
+                username,
+                address,
+                client.transport_name,
+                tuple(r.address for r in allocation.relays.values()),
+                lifetime,
+                tcp,
+            )
         )
         return allocation
 
@@ -523,9 +569,22 @@ class TurnServer:
                 addresses.discard(allocation.client_address)
                 if not addresses:
                     del self._by_channel[client]
+            self.emit(
+                AllocationDeleted(
+                    allocation.id,
+                    allocation.username,
+                    allocation.client_address,
+                    client.transport_name,
+                    allocation.end_reason,
+                    self._reactor.seconds() - allocation.created,
+                    Traffic(allocation.to_peers_packets, allocation.to_peers_bytes),
+                    Traffic(allocation.to_client_packets, allocation.to_client_bytes),
+                )
+            )
         self.tcp_allocations.allocation_closed(allocation)
 
-    def _delete(self, allocation: Allocation) -> list[object]:
+    def _delete(self, allocation: Allocation, reason: str) -> list[object]:
+        allocation.end_reason = reason
         return allocation.close()
 
     def _refresh(self, request: Request) -> None:
@@ -537,17 +596,16 @@ class TurnServer:
             return request.fail(443)
         lifetime = self._lifetime(request)
         if lifetime == 0:
+            allocation.end_reason = "refresh"
             if family is None:
-                self._delete(allocation)
+                self._delete(allocation, "refresh")
             else:
                 allocation.remove_family(family)
-            self.log.info(
-                "Allocation for {user} from {client} deleted by Refresh",
-                user=request.username,
-                client=host_port(request.address),
-            )
         else:
             allocation.refresh(lifetime, family)
+            self.emit(
+                AllocationRefreshed(allocation.id, request.username, request.address, lifetime)
+            )
         request.succeed((Attr.LIFETIME, int(lifetime)))
 
     def peer_error(
@@ -654,6 +712,8 @@ class TurnServer:
             self.stats["dropped_bandwidth"] += 1
             return
         relay.send(data, peer)
+        allocation.to_peers_packets += 1
+        allocation.to_peers_bytes += len(data)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -664,7 +724,7 @@ class TurnServer:
         for address in list(self._by_channel.get(client, ())):
             allocation = self.allocations.get((client, address))
             if allocation is not None:
-                self._delete(allocation)
+                self._delete(allocation, "connection closed")
 
     def has_allocation(self, client: IClientChannel) -> bool:
         """
@@ -678,7 +738,9 @@ class TurnServer:
         Delete every allocation and reservation, cancelling their timers;
         the Deferred fires when every relay port is closed.
         """
-        closing = [c for a in list(self.allocations.values()) for c in self._delete(a)]
+        closing = [
+            c for a in list(self.allocations.values()) for c in self._delete(a, "server stopping")
+        ]
         closing += self.reservations.close()
         return defer.gatherResults(
             [d for d in closing if isinstance(d, defer.Deferred)], consumeErrors=True

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from txturn.allocation import STREAM_TRANSPORTS, Allocation
-from txturn.connections import PeerConnections
+from txturn.connections import Entry, PeerConnections
+from txturn.events import DataConnectionClosed, DataConnectionOpened
 from txturn.interfaces import IPeerConnection, host_port
 from txturn.request import Request
 from txturn.stun import Attr, Class, Message, Method, encode
@@ -34,7 +35,7 @@ class TcpAllocations:
 
     def __init__(self, server: "TurnServer") -> None:
         self._server = server
-        self.peer_connections = PeerConnections(server.reactor)
+        self.peer_connections = PeerConnections(server.reactor, on_closed=self._closed)
 
     def peer_connected(self, allocation: Allocation, connection: IPeerConnection) -> None:
         """
@@ -137,6 +138,19 @@ class TcpAllocations:
         self.peer_connections.claim(entry.connection_id)
         request.succeed()
         request.client.attach(entry.connection)  # type: ignore[attr-defined]
+        server.emit(
+            DataConnectionOpened(
+                entry.allocation.id, entry.connection_id, entry.connection.peer_address
+            )
+        )
+
+    def _closed(self, entry: Entry) -> None:
+        if entry.bound:
+            self._server.emit(
+                DataConnectionClosed(
+                    entry.allocation.id, entry.connection_id, entry.connection.peer_address
+                )
+            )
 
     def allocation_closed(self, allocation: Allocation) -> None:
         self.peer_connections.close_allocation(allocation)

@@ -1,0 +1,81 @@
+# -*- test-case-name: tests.test_events -*-
+"""
+The first observer of the core: one readable log line per allocation
+created and deleted, per TCP data connection opened and closed, and per
+authentication failure, with addresses as C{host:port} and every value
+also a structured field of the event.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txturn.events import (
+    AllocationCreated,
+    AllocationDeleted,
+    AllocationRefreshed,
+    AuthenticationFailed,
+    DataConnectionClosed,
+    DataConnectionOpened,
+    IServerObserver,
+)
+from txturn.interfaces import host_port
+
+
+@implementer(IServerObserver)
+class EventLog:
+    """
+    Logs lifecycle events through C{twisted.logger}.
+    """
+
+    log = Logger(namespace="txturn")
+
+    def observe(self, event: object) -> None:
+        if isinstance(event, AllocationCreated):
+            self.log.info(
+                "Allocated {relays} for {user} from {client} over {transport} for {lifetime:.0f}s",
+                allocation=event.allocation,
+                relays=", ".join(host_port(r) for r in event.relays),
+                user=event.username,
+                client=host_port(event.client),
+                transport=event.transport,
+                lifetime=event.lifetime,
+            )
+        elif isinstance(event, AllocationDeleted):
+            self.log.info(
+                "Allocation {allocation} of {user} from {client} deleted ({reason}) after "
+                "{duration:.0f}s: {to_peers_packets} packets, {to_peers_bytes} bytes to peers; "
+                "{to_client_packets} packets, {to_client_bytes} bytes to the client",
+                allocation=event.allocation,
+                user=event.username,
+                client=host_port(event.client),
+                reason=event.reason,
+                duration=event.duration,
+                to_peers_packets=event.to_peers.packets,
+                to_peers_bytes=event.to_peers.bytes,
+                to_client_packets=event.to_client.packets,
+                to_client_bytes=event.to_client.bytes,
+            )
+        elif isinstance(event, AllocationRefreshed):
+            self.log.debug(
+                "Allocation {allocation} of {user} refreshed for {lifetime:.0f}s",
+                allocation=event.allocation,
+                user=event.username,
+                lifetime=event.lifetime,
+            )
+        elif isinstance(event, (DataConnectionOpened, DataConnectionClosed)):
+            self.log.info(
+                "TCP data connection {connection_id} to {peer} of allocation {allocation} {what}",
+                connection_id=event.connection_id,
+                peer=host_port(event.peer),
+                allocation=event.allocation,
+                what="opened" if isinstance(event, DataConnectionOpened) else "closed",
+            )
+        elif isinstance(event, AuthenticationFailed):
+            self.log.info(
+                "Authentication failed for user {user!r} from {client}: {reason}",
+                user=event.username,
+                client=host_port(event.client),
+                reason=event.reason,
+            )
