@@ -339,6 +339,24 @@ class MalformedTests(SynchronousTestCase):
             stun.encode_channel_data(0x4001, b"abc", pad=True), b"\x40\x01\x00\x03abc\x00"
         )
 
+    def test_data_indication(self) -> None:
+        """
+        The hot path's Data indication encoder writes what the general
+        decoder reads: XOR-PEER-ADDRESS (IPv4 and IPv6) and DATA or ICMP,
+        padded, under the given transaction id.
+        """
+        for peer in [("203.0.113.5", 5000), ("2001:db8::5", 6000)]:
+            data = stun.encode_data_indication(b"p" * 8, 7, peer, Attr.DATA, b"hello")
+            message = decode(data)
+            self.assertEqual((message.method, message.cls), (Method.DATA, Class.INDICATION))
+            self.assertEqual(message.transaction_id, b"p" * 8 + b"\x00\x00\x00\x07")
+            self.assertEqual(message.get(Attr.XOR_PEER_ADDRESS), peer)
+            self.assertEqual(message.get(Attr.DATA), b"hello")
+        icmp = stun.encode_data_indication(
+            b"p" * 8, 8, ("203.0.113.5", 1), Attr.ICMP, stun.pack_icmp((3, 3, 0))
+        )
+        self.assertEqual(decode(icmp).get(Attr.ICMP), (3, 3, 0))
+
 
 _VALUES: dict[int, st.SearchStrategy[Any]] = {
     Attr.MAPPED_ADDRESS: st.tuples(st.ip_addresses().map(str), st.integers(0, 65535)),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import struct
 from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -32,17 +31,12 @@ from txturn.events import ChannelBound, ChannelExpired, PermissionExpired, Permi
 from txturn.interfaces import Address, IClientChannel, IRelay
 from txturn.limits import TokenBucket
 from txturn.stun import (
-    CHANNEL_DATA_HEADER,
     FAMILY_IPV4,
     FAMILY_IPV6,
-    MAGIC_COOKIE_BYTES,
     Attr,
-    Class,
-    Method,
-    message_type,
+    encode_channel_data,
+    encode_data_indication,
     pack_icmp,
-    pack_xor_address,
-    padding,
 )
 
 PERMISSION_LIFETIME = 300.0
@@ -54,9 +48,6 @@ CHANNEL_COOLDOWN = 300.0
 #: Client transports on which ChannelData is padded to 4 bytes.
 STREAM_TRANSPORTS = frozenset(["tcp", "tls"])
 
-_DATA_INDICATION_TYPE = message_type(Method.DATA, Class.INDICATION)
-_INDICATION_HEADER = struct.Struct("!HH4s8sI")
-_ATTR_HEADER = struct.Struct("!HH")
 _txid_counter = itertools.count()
 #: The most DATA a Data indication can carry: its STUN length field is 16
 #: bits, and XOR-PEER-ADDRESS (IPv6: 24 bytes with its header), the DATA
@@ -316,10 +307,7 @@ class Allocation:
             return
         channel = self.peer_channels.get(peer)
         if channel is not None:
-            frame = CHANNEL_DATA_HEADER.pack(channel, len(data)) + data
-            if self._pad:
-                frame += b"\x00" * padding(len(data))
-            self._send_to_client(frame, self.client_address)
+            self._send_to_client(encode_channel_data(channel, data, self._pad), self.client_address)
         elif len(data) <= MAX_INDICATION_DATA:
             self._send_to_client(self.data_indication(peer, Attr.DATA, data), self.client_address)
         else:
@@ -340,33 +328,11 @@ class Allocation:
 
     def data_indication(self, peer: Address, attr_type: int, value: bytes) -> bytes:
         """
-        Encode a Data indication from C{peer} carrying one more attribute
-        (DATA, or ICMP).
-
-        The transaction id is a per-allocation random prefix and a counter:
-        unique, as indications need, without a random draw per packet.
+        A Data indication from C{peer} carrying DATA or ICMP, with a
+        transaction id unique to this allocation.
         """
         counter = next(_txid_counter) & 0xFFFFFFFF
-        txid = self._txid_prefix + counter.to_bytes(4, "big")
-        peer_value = pack_xor_address(peer, txid)
-        pad = padding(len(value))
-        body_length = 4 + len(peer_value) + 4 + len(value) + pad
-        return b"".join(
-            (
-                _INDICATION_HEADER.pack(
-                    _DATA_INDICATION_TYPE,
-                    body_length,
-                    MAGIC_COOKIE_BYTES,
-                    self._txid_prefix,
-                    counter,
-                ),
-                _ATTR_HEADER.pack(Attr.XOR_PEER_ADDRESS, len(peer_value)),
-                peer_value,
-                _ATTR_HEADER.pack(attr_type, len(value)),
-                value,
-                b"\x00" * pad,
-            )
-        )
+        return encode_data_indication(self._txid_prefix, counter, peer, attr_type, value)
 
 
 def _discard(data: bytes, peer: Address) -> None:

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import struct
 
-from txturn.stun import StunDecodeError, padding
+from txturn.stun import (
+    CHANNEL_DATA_FIRST_BYTE_MAX,
+    CHANNEL_DATA_FIRST_BYTE_MIN,
+    StunDecodeError,
+    padding,
+)
 
 _LENGTH = struct.Struct("!H")
 
@@ -57,11 +62,11 @@ class StreamFramer:
             return None
         first = buffer[0]
         (length,) = _LENGTH.unpack_from(buffer, 2)
-        if first < 0x40:
+        if first < CHANNEL_DATA_FIRST_BYTE_MIN:
             if length % 4:
                 raise StunDecodeError("STUN message length is not a multiple of 4")
             size = 20 + length
-        elif first < 0x80:
+        elif first <= CHANNEL_DATA_FIRST_BYTE_MAX:
             size = 4 + length + padding(length)
         else:
             raise StunDecodeError(f"stream byte 0x{first:02x} starts neither STUN nor ChannelData")

@@ -50,7 +50,10 @@ from txturn.policy import PeerPolicy
 from txturn.request import Request
 from txturn.reservations import Reservations
 from txturn.stun import (
+    CHANNEL_DATA_FIRST_BYTE_MAX,
+    CHANNEL_DATA_FIRST_BYTE_MIN,
     CHANNEL_DATA_HEADER,
+    CHANNEL_HEADER_LENGTH,
     ERROR_REASONS,
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -224,11 +227,12 @@ class TurnServer:
         if not data:
             return
         first = data[0]
-        if 0x40 <= first <= 0x7F:
+        if CHANNEL_DATA_FIRST_BYTE_MIN <= first <= CHANNEL_DATA_FIRST_BYTE_MAX:
+            # channel_data_header(), inline: this runs for every packet.
             allocation = self.allocations.get((client, address))
-            if allocation is not None and len(data) >= 4:
+            if allocation is not None and len(data) >= CHANNEL_HEADER_LENGTH:
                 channel, length = CHANNEL_DATA_HEADER.unpack_from(data)
-                if length <= len(data) - 4:
+                if length <= len(data) - CHANNEL_HEADER_LENGTH:
                     allocation.from_client_channel(channel, data, length)
             return
         if first > 0x03:
