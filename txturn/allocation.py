@@ -45,8 +45,6 @@ CHANNEL_LIFETIME = 600.0
 #: bound to anything else for this long (RFC 8656 section 12).
 CHANNEL_COOLDOWN = 300.0
 
-#: Client transports on which ChannelData is padded to 4 bytes.
-STREAM_TRANSPORTS = frozenset(["tcp", "tls"])
 
 _txid_counter = itertools.count()
 #: The most DATA a Data indication can carry: its STUN length field is 16
@@ -126,7 +124,7 @@ class Allocation:
         self._stats = stats if stats is not None else collections.Counter()
         self._txid_prefix = os.urandom(8)
         self._send_to_client = client.send
-        self._pad = client.transport_name in STREAM_TRANSPORTS
+        self._pad = bool(client.stream)
 
     # -- relays and lifetimes --------------------------------------------------
 

@@ -90,6 +90,7 @@ class DtlsSession:
     """
 
     transport_name = "dtls"
+    stream = False
     log = Logger()
 
     def __init__(

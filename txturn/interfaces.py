@@ -35,13 +35,30 @@ class IClientChannel(Interface):
     TURN on; with the client's address it is the allocation's 5-tuple.
     """
 
-    transport_name = Attribute("'udp', 'tcp', 'tls' or 'dtls'.")
+    transport_name = Attribute("'udp', 'tcp', 'tls' or 'dtls', for logs and events.")
     local_address = Attribute("The (host, port) the client sent to.")
+    stream = Attribute(
+        "Whether this is a TCP or TLS connection: ChannelData to it is "
+        "padded to 4 bytes, and it provides IStreamClientChannel."
+    )
 
     def send(data: bytes, address: Address) -> None:
         """
         Send one STUN message or ChannelData frame to the client at
         C{address}.  Must not raise: a lost datagram is the network's.
+        """
+
+
+class IStreamClientChannel(IClientChannel):
+    """
+    A TCP or TLS connection, which RFC 6062 can turn into a client data
+    connection.
+    """
+
+    def attach(peer: "IPeerConnection") -> None:
+        """
+        From now on carry raw bytes to and from C{peer} (after a
+        successful ConnectionBind).
         """
 
 

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from txturn import __version__
 from txturn.allocate_request import AllocateRequest, Refusal, parse_allocate
-from txturn.allocation import STREAM_TRANSPORTS, Allocation
+from txturn.allocation import Allocation
 from txturn.auth import ICredentialSource, NonceManager
 from txturn.authenticator import AuthContext, Authenticator
 from txturn.connections import PeerConnections
@@ -191,6 +191,13 @@ class TurnServer:
     @property
     def reactor(self) -> IReactorTime:
         return self._reactor
+
+    def count(self, what: str) -> None:
+        """
+        Count something an adapter dropped (a relayed frame to a congested
+        stream client, say), with the core's own counters.
+        """
+        self.stats[what] += 1
 
     def add_observer(self, observer: IServerObserver) -> None:
         self.observers.append(observer)
@@ -374,7 +381,7 @@ class TurnServer:
             request.message,
             udp_relays=self.config.udp_relay,
             tcp_relays=self.tcp_relays is not None and self.config.tcp_relay,
-            over_stream=request.client.transport_name in STREAM_TRANSPORTS,
+            over_stream=bool(request.client.stream),
         )
         if isinstance(meaning, Refusal):
             return request.fail(meaning.code, meaning.reason)

@@ -26,13 +26,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.framing import StreamFramer
-from txturn.interfaces import Address, IClientChannel, IPeerConnection
+from txturn.interfaces import Address, IPeerConnection, IStreamClientChannel
 from txturn.server import TurnServer
 from txturn.stream_guard import StreamGuard
 from txturn.stun import StunDecodeError
 
 
-@implementer(IClientChannel, IPushProducer, IHandshakeListener)
+@implementer(IStreamClientChannel, IPushProducer, IHandshakeListener)
 class TurnStreamProtocol(Protocol):
     """
     One TCP or TLS connection from a client.
@@ -44,6 +44,7 @@ class TurnStreamProtocol(Protocol):
     """
 
     log = Logger()
+    stream = True
 
     def __init__(
         self, server: TurnServer, transport_name: str, max_buffer: int | None = None
@@ -130,7 +131,7 @@ class TurnStreamProtocol(Protocol):
 
     def send(self, data: bytes, address: Address) -> None:
         if self.congested:
-            self._server.stats["dropped_congested"] += 1
+            self._server.count("dropped_congested")
             return
         if self.transport is not None:
             self.transport.write(data)

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from txturn.allocation import STREAM_TRANSPORTS, Allocation
+from txturn.allocation import Allocation
 from txturn.connections import Entry, PeerConnections
 from txturn.events import DataConnectionClosed, DataConnectionOpened
-from txturn.interfaces import IPeerConnection, host_port
+from txturn.interfaces import IPeerConnection, IStreamClientChannel, host_port
 from txturn.request import Request
 from txturn.stun import Attr, Class, Message, Method, encode
 
@@ -126,7 +126,7 @@ class TcpAllocations:
         server = self._server
         if not server.authenticate(request):
             return
-        if request.client.transport_name not in STREAM_TRANSPORTS:
+        if not request.client.stream:
             return request.fail(400, "ConnectionBind needs a TCP or TLS connection")
         if server.has_allocation(request.client):
             return request.fail(400, "A control connection cannot be a data connection")
@@ -137,7 +137,7 @@ class TcpAllocations:
             return request.fail(441)
         self.peer_connections.claim(entry.connection_id)
         request.succeed()
-        request.client.attach(entry.connection)  # type: ignore[attr-defined]
+        IStreamClientChannel(request.client).attach(entry.connection)
         server.emit(
             DataConnectionOpened(
                 entry.allocation.id, entry.connection_id, entry.connection.peer_address

@@ -26,10 +26,10 @@ from zope.interface import implementer
 from txturn.auth import long_term_key
 from txturn.interfaces import (
     Address,
-    IClientChannel,
     IPeerConnection,
     IRelay,
     IRelayAllocator,
+    IStreamClientChannel,
     ITcpRelay,
     ITcpRelayAllocator,
     RelayUnavailable,
@@ -47,16 +47,19 @@ from txturn.stun import (
 )
 
 
-@implementer(IClientChannel)
+@implementer(IStreamClientChannel)
 class RecordingClientChannel:
     """
-    An L{IClientChannel} that records what the server sends.
+    An L{IClientChannel} that records what the server sends; with a
+    C{"tcp"} or C{"tls"} transport name it stands for a connection, which
+    a ConnectionBind may attach a peer to (L{IStreamClientChannel}).
     """
 
     def __init__(
         self, transport_name: str = "udp", local_address: Address = ("192.0.2.1", 3478)
     ) -> None:
         self.transport_name = transport_name
+        self.stream = transport_name in ("tcp", "tls")
         self.local_address = local_address
         self.sent: list[tuple[bytes, Address]] = []
         self.attached: Any = None

@@ -25,6 +25,7 @@ class TurnDatagramProtocol(DatagramProtocol):
     """
 
     transport_name = "udp"
+    stream = False
 
     def __init__(self, server: TurnServer) -> None:
         self._server = server
