@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet.task import Clock  # noqa: E402
 
-from txturn.auth import StaticCredentials  # noqa: E402
+from txturn.credentials import StaticCredentials  # noqa: E402
 from txturn.server import TurnServer  # noqa: E402
 from txturn.stun import Attr, Method  # noqa: E402
 from txturn.testing import FakeRelayAllocator, RecordingClientChannel, StunClient  # noqa: E402

@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import TestCase
 
-from txturn.auth import long_term_key, rest_api_password
+from txturn.credentials import long_term_key, rest_api_password
 from txturn.stun import PasswordAlgorithm
 
 reactor: Any = _reactor

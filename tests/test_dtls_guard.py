@@ -22,7 +22,7 @@ from tests.test_framing import (
     first_flight,
     pump,
 )
-from txturn.auth import StaticCredentials
+from txturn.credentials import StaticCredentials
 from txturn.dtls import DtlsListener
 from txturn.server import ServerConfig, TurnServer
 from txturn.stun import Attr, Class, Method, decode

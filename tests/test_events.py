@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from txturn.auth import CredentialChain, RestApiCredentials, StaticCredentials
+from txturn.credentials import CredentialChain, RestApiCredentials, StaticCredentials
 from txturn.event_log import EventLog
 from txturn.events import (
     AllocationCreated,

@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.auth import StaticCredentials
+from txturn.credentials import StaticCredentials
 from txturn.dtls import DtlsListener
 from txturn.framing import StreamFramer
 from txturn.server import ServerConfig, TurnServer

@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.auth import CredentialChain, RestApiCredentials, StaticCredentials
+from txturn.credentials import CredentialChain, RestApiCredentials, StaticCredentials
 from txturn.server import ServerConfig, TurnServer
 from txturn.stream import TurnStreamFactory
 from txturn.stun import Attr, Class, Message, Method, decode, encode

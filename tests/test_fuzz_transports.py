@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_framing import CREDENTIALS, FakeDatagramTransport, binding, pump
 from tests.test_fuzz import logged_failures, mutate
-from txturn.auth import StaticCredentials
+from txturn.credentials import StaticCredentials
 from txturn.dtls import DtlsListener
 from txturn.server import ServerConfig, TurnServer
 from txturn.stream import TurnStreamFactory

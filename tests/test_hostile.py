@@ -20,8 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from txturn.allocation import MAX_INDICATION_DATA
-from txturn.auth import CredentialChain, NonceManager, RestApiCredentials, StaticCredentials
 from txturn.authenticator import AuthContext, Authenticator
+from txturn.credentials import CredentialChain, NonceManager, RestApiCredentials, StaticCredentials
 from txturn.limits import LogThrottle, SourceLimiter, source_of
 from txturn.server import ServerConfig, TurnServer
 from txturn.stun import (

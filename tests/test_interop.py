@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.test_service import free_udp_port
-from txturn.auth import StaticCredentials
+from txturn.credentials import StaticCredentials
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
 from txturn.service import TurnService

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.auth import StaticCredentials
+from txturn.credentials import StaticCredentials
 from txturn.server import ServerConfig, TurnServer
 from txturn.stream import TurnStreamFactory
 from txturn.stun import Attr, Class, Message, Method

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, eventAsText, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.auth import long_term_key, rest_api_password
+from txturn.credentials import long_term_key, rest_api_password
 from txturn.stun import Attr, Method
 from txturn.tap import Options, makeService
 from txturn.testing import RecordingClientChannel, StunClient

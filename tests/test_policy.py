@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.auth import StaticCredentials
+from txturn.credentials import StaticCredentials
 from txturn.policy import DEFAULT_DENIED, PeerPolicy, canonical_peer, parse_range
 from txturn.server import ServerConfig, TurnServer
 from txturn.stun import Attr, Class, Method

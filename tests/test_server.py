@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.auth import (
+from txturn.credentials import (
     CredentialChain,
     RestApiCredentials,
     StaticCredentials,

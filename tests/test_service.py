@@ -15,7 +15,7 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from txturn import service as service_module
-from txturn.auth import StaticCredentials
+from txturn.credentials import StaticCredentials
 from txturn.policy import PeerPolicy, parse_range
 from txturn.server import ServerConfig
 from txturn.service import TurnService

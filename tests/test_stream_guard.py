@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_framing import binding
 from txturn import descriptors
-from txturn.auth import StaticCredentials
+from txturn.credentials import StaticCredentials
 from txturn.limits import ConnectionLimits
 from txturn.server import ServerConfig, TurnServer
 from txturn.stream import TurnStreamFactory, TurnStreamProtocol

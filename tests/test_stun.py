@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from txturn import stun
-from txturn.auth import long_term_key, userhash
+from txturn.credentials import long_term_key, userhash
 from txturn.stun import (
     ATTRIBUTES,
     Attr,

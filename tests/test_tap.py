@@ -10,9 +10,9 @@ from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn import addresses
-from txturn.addresses import ipv6_available
-from txturn.auth import long_term_key
+from txturn import host_addresses as addresses
+from txturn.credentials import long_term_key
+from txturn.host_addresses import ipv6_available
 from txturn.service import TurnService
 from txturn.stun import PasswordAlgorithm
 from txturn.tap import Options, makeService

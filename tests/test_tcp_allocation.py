@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.auth import StaticCredentials
+from txturn.credentials import StaticCredentials
 from txturn.server import ServerConfig, TurnServer
 from txturn.stun import Attr, Class, Message, Method, decode
 from txturn.testing import (

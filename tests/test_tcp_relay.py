@@ -14,7 +14,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.trial.unittest import TestCase
 
-from txturn.auth import StaticCredentials
+from txturn.credentials import StaticCredentials
 from txturn.framing import StreamFramer
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig

@@ -20,7 +20,7 @@ from typing import Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from txturn.auth import CredentialError, ICredentialSource, NonceManager, rest_expiry
+from txturn.credentials import CredentialError, ICredentialSource, NonceManager, rest_expiry
 from txturn.events import AuthenticationFailed
 from txturn.interfaces import Address
 from txturn.limits import SourceLimiter

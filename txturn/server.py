@@ -25,9 +25,8 @@ from twisted.logger import Logger
 from txturn import __version__
 from txturn.allocate_request import AllocateRequest, Refusal, parse_allocate
 from txturn.allocation import Allocation
-from txturn.auth import ICredentialSource, NonceManager
 from txturn.authenticator import AuthContext, Authenticator
-from txturn.connections import PeerConnections
+from txturn.credentials import ICredentialSource, NonceManager
 from txturn.event_log import EventLog
 from txturn.events import (
     AllocationCreated,
@@ -46,6 +45,7 @@ from txturn.interfaces import (
     host_port,
 )
 from txturn.limits import LogThrottle, SourceLimiter, TokenBucket
+from txturn.peer_connections import PeerConnections
 from txturn.policy import PeerPolicy
 from txturn.request import Request
 from txturn.reservations import Reservations

@@ -23,12 +23,11 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from txturn import descriptors
-from txturn.addresses import host_addresses
-from txturn.auth import ICredentialSource
+from txturn.credentials import ICredentialSource
 from txturn.dtls import DtlsListener
+from txturn.host_addresses import host_addresses
 from txturn.limits import ConnectionLimits
 from txturn.policy import PeerPolicy
-from txturn.relay import UdpRelayAllocator
 from txturn.server import ServerConfig, TurnServer
 from txturn.sockets import listen_tcp, listen_udp
 from txturn.stream import TurnStreamFactory
@@ -36,6 +35,7 @@ from txturn.stream_guard import AdmissionFactory, StreamGuard
 from txturn.tcp_relay import DEFAULT_BUFFER_LIMIT, TcpRelayAllocator
 from txturn.tls import TlsCredentials
 from txturn.udp import TurnDatagramProtocol
+from txturn.udp_relay import UdpRelayAllocator
 
 ALL_TRANSPORTS = frozenset(["udp", "tcp", "tls", "dtls"])
 

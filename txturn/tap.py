@@ -13,13 +13,13 @@ from typing import Any, Sequence
 from twisted.python import usage
 
 from txturn import __version__
-from txturn.addresses import default_listen_addresses, default_relay_addresses
-from txturn.auth import (
+from txturn.credentials import (
     CredentialChain,
     CredentialError,
     RestApiCredentials,
     StaticCredentials,
 )
+from txturn.host_addresses import default_listen_addresses, default_relay_addresses
 from txturn.limits import ConnectionLimits
 from txturn.policy import PeerPolicy, parse_range
 from txturn.server import ServerConfig

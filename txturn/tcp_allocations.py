@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from txturn.allocation import Allocation
-from txturn.connections import Entry, PeerConnections
 from txturn.events import DataConnectionClosed, DataConnectionOpened
 from txturn.interfaces import IPeerConnection, IStreamClientChannel, host_port
+from txturn.peer_connections import Entry, PeerConnections
 from txturn.request import Request
 from txturn.stun import Attr, Class, Message, Method, encode
 

@@ -37,9 +37,9 @@ from txturn.interfaces import (
     ITcpRelayAllocator,
     RelayUnavailable,
 )
-from txturn.ports import PortPool
-from txturn.relay import OUT_OF_DESCRIPTORS
+from txturn.port_pool import PortPool
 from txturn.sockets import bound_socket
+from txturn.udp_relay import OUT_OF_DESCRIPTORS
 
 
 class PeerConnectFailed(Exception):

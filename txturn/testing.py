@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.test_testing -*-
 """
 Test doubles for the TURN core, public so that applications embedding
 txturn can test against it too: a recording client channel, fake relays,
@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from txturn.auth import long_term_key
+from txturn.credentials import long_term_key
 from txturn.interfaces import (
     Address,
     IPeerConnection,

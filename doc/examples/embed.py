@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.application.service import IServiceCollection
 
-from txturn.auth import CredentialChain, RestApiCredentials, StaticCredentials
+from txturn.credentials import CredentialChain, RestApiCredentials, StaticCredentials
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
 from txturn.service import TurnService

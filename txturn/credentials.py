@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.test_credentials -*-
 """
 Long-term credentials (RFC 8489 section 9.2), stateless nonces, and the
 credential sources a server looks keys up in.

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.interfaces import Address, IRelay, IRelayAllocator, RelayUnavailable
-from txturn.ports import PortPool
+from txturn.port_pool import PortPool
 from txturn.sockets import MAX_DATAGRAM, datagram_sender
 from txturn.stun import FAMILY_IPV4, family_of
 

@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.auth}: keys, nonces and credential sources.
+Tests for L{txturn.credentials}: keys, nonces and credential sources.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import hashlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.auth import (
+from txturn.credentials import (
     CredentialChain,
     CredentialError,
     NonceManager,
