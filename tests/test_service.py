@@ -11,7 +11,8 @@ from typing import Any, cast
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from txturn import service as service_module
@@ -138,6 +139,25 @@ class ServiceTests(TestCase):
         self.peer_port.write(b"back", relayed)
         data, _ = yield self.client_proto.next()
         self.assertEqual(data, b"\x40\x00\x00\x04back")
+
+    @defer.inlineCallbacks
+    def test_quiet_relays(self) -> Any:
+        """
+        An allocation made and deleted logs its two lifecycle lines and
+        nothing else: no "UdpRelay starting on" or "(UDP Port N Closed)"
+        from Twisted for the relay port.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        yield self.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+        yield self.request(Method.REFRESH, [(Attr.LIFETIME, 0)])
+        yield deferLater(reactor, 0.05, lambda: None)  # the relay port closes
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(lines[0].startswith("Allocated 127.0.0.1:"), lines)
+        self.assertIn("deleted (refresh)", lines[1])
 
     @defer.inlineCallbacks
     def test_stop_closes_everything(self) -> Any:

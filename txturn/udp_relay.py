@@ -21,7 +21,7 @@ import socket
 import struct
 from typing import Any, Mapping, Sequence
 
-from twisted.internet import udp
+from twisted.internet import base, udp
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.internet.protocol import DatagramProtocol
@@ -78,10 +78,25 @@ class RelayPort(udp.Port):
     closing it, and there we drain the queue and start reading again.  A
     pending error also makes the next C{recvfrom} fail, which
     L{doRead} treats the same way.
+
+    It also binds and closes without Twisted's "starting on" and "(UDP
+    Port N Closed)" lines: two per allocation would drown the log.
     """
 
     def _bindSocket(self) -> None:
-        super()._bindSocket()  # type: ignore[no-untyped-call]
+        # udp.Port._bindSocket without its "starting on" line: a relay
+        # opens per allocation, and the allocation's own event says so.
+        try:
+            skt = self.createInternetSocket()
+            skt.bind((self.interface, self.port))
+        except OSError as e:
+            raise CannotListenError(  # type: ignore[no-untyped-call]
+                self.interface, self.port, e
+            ) from None
+        self._realPortNumber = skt.getsockname()[1]
+        self.connected = 1
+        self.socket = skt
+        self.fileno = self.socket.fileno  # type: ignore[method-assign]
         level, option = (
             (socket.IPPROTO_IPV6, IPV6_RECVERR)
             if self.addressFamily == socket.AF_INET6
@@ -91,6 +106,19 @@ class RelayPort(udp.Port):
             self.socket.setsockopt(level, option, 1)
         except OSError:
             pass  # not Linux: no ICMP reports, relaying is unaffected
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        # udp.Port.connectionLost without its "(UDP Port N Closed)" line.
+        self._realPortNumber = None
+        self.maxThroughput = -1
+        base.BasePort.connectionLost(self, reason)  # type: ignore[no-untyped-call]
+        self.protocol.doStop()
+        self.socket.close()
+        del self.socket
+        del self.fileno
+        if hasattr(self, "d"):
+            self.d.callback(None)
+            del self.d
 
     def doRead(self) -> None:
         try:
