@@ -81,6 +81,13 @@ def parse_allocate(
         return Refusal(442)
     if not udp_relays:
         return Refusal(403, "UDP relays are disabled")
+    return _parse_udp(message)
+
+
+def _parse_udp(message: Message) -> AllocateRequest | Refusal:
+    """
+    RFC 8656 section 7.2's rules on families, EVEN-PORT and reservations.
+    """
     token = message.get(Attr.RESERVATION_TOKEN)
     even = message.get(Attr.EVEN_PORT)
     family = message.get(Attr.REQUESTED_ADDRESS_FAMILY)

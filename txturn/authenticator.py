@@ -89,18 +89,9 @@ class Authenticator:
         nonce = request.get(Attr.NONCE)
         if (username is None and hashed is None) or realm is None or nonce is None:
             return error_response(request, 400, "Missing credentials")
-        algorithms = request.get(Attr.PASSWORD_ALGORITHMS)
-        chosen = request.get(Attr.PASSWORD_ALGORITHM)
-        algorithm = PasswordAlgorithm.MD5
-        if algorithms is not None or chosen is not None:
-            if (
-                algorithms is None
-                or chosen is None
-                or algorithms != PASSWORD_ALGORITHMS
-                or chosen not in algorithms
-            ):
-                return error_response(request, 400, "Password algorithm mismatch")
-            algorithm = chosen[0]
+        algorithm = _algorithm(request)
+        if algorithm is None:
+            return error_response(request, 400, "Password algorithm mismatch")
         now = self._reactor.seconds()
         if not self.nonces.is_valid(nonce, address[0], now):
             self._failed(address, username, nonce, "stale nonce")
@@ -115,14 +106,7 @@ class Authenticator:
                 key = None  # a realm or name OpaqueString refuses: unknown user
         intact = request.check_integrity(key if key is not None else self._dummy_key)
         if key is None or not intact:
-            expiry = rest_expiry(username) if username is not None else None
-            if key is not None:
-                reason = "bad integrity"
-            elif expiry is not None and expiry <= now:
-                reason = "expired credential"
-            else:
-                reason = "unknown user"
-            self._failed(address, username, nonce, reason)
+            self._failed(address, username, nonce, _failure(key, username, now))
             return self._challenge(request, address, 401)
         # The nonce was bound to this address: the source receives what we
         # send it, so it has earned a larger share of challenges.
@@ -153,3 +137,32 @@ class Authenticator:
         if len(self._logged_failures) > _LOGGED_FAILURES:
             self._logged_failures.popitem(last=False)
         self._emit(AuthenticationFailed(address, username, reason))
+
+
+def _algorithm(request: Message) -> int | None:
+    """
+    The password algorithm a request uses (RFC 8489 section 9.2.4): MD5
+    unless it echoes our PASSWORD-ALGORITHMS and picks one of them;
+    C{None} for a mismatch (400).
+    """
+    algorithms = request.get(Attr.PASSWORD_ALGORITHMS)
+    chosen = request.get(Attr.PASSWORD_ALGORITHM)
+    if algorithms is None and chosen is None:
+        return int(PasswordAlgorithm.MD5)
+    if algorithms != PASSWORD_ALGORITHMS or chosen is None or chosen not in algorithms:
+        return None
+    return int(chosen[0])
+
+
+def _failure(key: bytes | None, username: str | None, now: float) -> str:
+    """
+    Why an authentication failed, for the event: the user exists and the
+    integrity is wrong, or a REST name is past its time, or nobody has
+    that name.
+    """
+    if key is not None:
+        return "bad integrity"
+    expiry = rest_expiry(username) if username is not None else None
+    if expiry is not None and expiry <= now:
+        return "expired credential"
+    return "unknown user"

@@ -364,18 +364,7 @@ class TurnServer:
         return float(max(self.config.default_lifetime, min(requested, self.config.max_lifetime)))
 
     def _allocate(self, request: Request) -> None:
-        if not self.authenticate(request):
-            return
-        existing = self.allocations.get((request.client, request.address))
-        if existing is not None:
-            if (
-                existing.allocate_transaction == request.transaction_id
-                and existing.username == request.username
-            ):
-                # A retransmission gets the same answer, byte for byte.
-                request.client.send(existing.allocate_response, request.address)
-            else:
-                request.fail(437)
+        if not self.authenticate(request) or self._retransmitted_allocate(request):
             return
         meaning = parse_allocate(
             request.message,
@@ -390,40 +379,77 @@ class TurnServer:
             return request.fail(quota)
         if meaning.tcp:
             return self._allocate_tcp(request, meaning)
-        lifetime = self._lifetime(request) or self.config.default_lifetime
         relays: dict[int, IRelay] = {}
-        reserved: IRelay | None = None
         extra: list[tuple[int, Any]] = []
-        if meaning.token is not None:
-            redeemed = self.reservations.redeem(meaning.token)
-            if redeemed is None:
-                return request.fail(508, "Unknown reservation token")
-            relays[family_of(redeemed.address[0])] = redeemed
-        elif meaning.dual:
-            address_error = self._open_both(relays, meaning.even_port)
-            if not relays:
-                return request.fail(address_error[1] if address_error else 508)
-            if address_error is not None:
-                failed_family, code = address_error
-                extra.append((meaning.error_attribute, (failed_family, code, ERROR_REASONS[code])))
-        else:
-            family = self._family(meaning.family, request, self.relays.families)
-            try:
-                relay, reserved = self.relays.open(
-                    family, even=meaning.even_port, reserve_next=meaning.reserve
-                )
-            except RelayUnavailable as e:
-                self._unavailable(e)
-                return request.fail(440 if e.family_unsupported else 508)
-            relays[family] = relay
+        if not self._open_udp(request, meaning, relays, extra):
+            return
         if meaning.dont_fragment:
             for relay in relays.values():
                 relay.set_dont_fragment(True)
+        lifetime = self._lifetime(request) or self.config.default_lifetime
+        self._allocated(request, relays, lifetime, extra)
+
+    def _retransmitted_allocate(self, request: Request) -> bool:
+        """
+        For a 5-tuple that has an allocation already: the same answer,
+        byte for byte, to a retransmission of the Allocate that made it,
+        437 to anything else.
+        """
+        existing = self.allocations.get((request.client, request.address))
+        if existing is None:
+            return False
+        if (
+            existing.allocate_transaction == request.transaction_id
+            and existing.username == request.username
+        ):
+            request.client.send(existing.allocate_response, request.address)
+        else:
+            request.fail(437)
+        return True
+
+    def _open_udp(
+        self,
+        request: Request,
+        meaning: AllocateRequest,
+        relays: dict[int, IRelay],
+        extra: list[tuple[int, Any]],
+    ) -> bool:
+        """
+        Open (or redeem) the UDP relays C{meaning} asks for into
+        C{relays}, with what the answer must say about them into C{extra};
+        answer the request and return C{False} when none can be had.
+        """
+        if meaning.token is not None:
+            redeemed = self.reservations.redeem(meaning.token)
+            if redeemed is None:
+                request.fail(508, "Unknown reservation token")
+                return False
+            relays[family_of(redeemed.address[0])] = redeemed
+            return True
+        if meaning.dual:
+            address_error = self._open_both(relays, meaning.even_port)
+            if not relays:
+                request.fail(address_error[1] if address_error else 508)
+                return False
+            if address_error is not None:
+                failed_family, code = address_error
+                extra.append((meaning.error_attribute, (failed_family, code, ERROR_REASONS[code])))
+            return True
+        family = self._family(meaning.family, request, self.relays.families)
+        try:
+            relay, reserved = self.relays.open(
+                family, even=meaning.even_port, reserve_next=meaning.reserve
+            )
+        except RelayUnavailable as e:
+            self._unavailable(e)
+            request.fail(440 if e.family_unsupported else 508)
+            return False
+        relays[family] = relay
         if reserved is not None:
             token = self.reservations.hold(reserved, request.username)
             self._count_user(request.username, 1)
             extra.append((Attr.RESERVATION_TOKEN, token))
-        self._allocated(request, relays, lifetime, extra)
+        return True
 
     def _open_both(self, relays: dict[int, IRelay], even: bool) -> tuple[int, int] | None:
         """

@@ -623,6 +623,19 @@ def fingerprint(data: bytes) -> int:
     return (binascii.crc32(data) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
 
 
+def _check_fingerprint(data: bytes, offset: int, end: int, value: bytes) -> None:
+    """
+    FINGERPRINT at C{offset} must be last, 4 bytes, and the CRC of all
+    before it: it is how STUN is told apart from other protocols.
+    """
+    if end != len(data):
+        raise StunDecodeError("STUN FINGERPRINT is not the last attribute")
+    if len(value) != 4:
+        raise StunDecodeError("STUN FINGERPRINT has invalid length")
+    if _U32.unpack(value)[0] != fingerprint(data[:offset]):
+        raise StunDecodeError("STUN FINGERPRINT does not match")
+
+
 def decode(data: bytes) -> Message:
     """
     Decode one STUN message that fills C{data} exactly.
@@ -667,12 +680,7 @@ def decode(data: bytes) -> Message:
             raise StunDecodeError(f"STUN attribute 0x{attr_type:04x} is longer than the message")
         value = data[offset + 4 : end]
         if attr_type == Attr.FINGERPRINT:
-            if end + padding(attr_length) != len(data):
-                raise StunDecodeError("STUN FINGERPRINT is not the last attribute")
-            if attr_length != 4:
-                raise StunDecodeError("STUN FINGERPRINT has invalid length")
-            if _U32.unpack(value)[0] != fingerprint(data[:offset]):
-                raise StunDecodeError("STUN FINGERPRINT does not match")
+            _check_fingerprint(data, offset, end + padding(attr_length), value)
             message.has_fingerprint = True
             attributes.append((attr_type, value))
         elif after_sha256:

@@ -115,6 +115,33 @@ _METAVARS = {
 }
 
 
+#: Options that are a number of seconds, positive.
+_SECONDS = (
+    "max-allocate-lifetime",
+    "stale-nonce",
+    "tcp-connect-timeout",
+    "handshake-timeout",
+    "idle-timeout",
+    "frame-timeout",
+)
+#: Options that are a whole number, with their minimum.
+_COUNTS = (
+    ("tcp-buffer", 1),
+    ("max-tcp-buffer", 1),
+    ("user-quota", 0),
+    ("total-quota", 0),
+    ("max-permissions", 0),
+    ("max-channels", 0),
+    ("max-pending-connections", 0),
+    ("max-bps", 0),
+    ("challenge-rate", 1),
+    ("max-connections", 0),
+    ("max-connections-per-ip", 0),
+    ("max-dtls-sessions", 1),
+    ("max-dtls-sessions-per-ip", 1),
+)
+
+
 def _port(value: str, name: str) -> int:
     try:
         port = int(value)
@@ -341,20 +368,33 @@ class Options(usage.Options):
         return "\n".join(lines)
 
     def postOptions(self) -> None:
+        self._numbers()
+        if self["no-udp-relay"] and self["no-tcp-relay"]:
+            raise usage.UsageError("--no-udp-relay and --no-tcp-relay leave nothing to relay")
+        if not self["realm"]:
+            raise usage.UsageError("--realm must not be empty")
+        if not self["listen"]:
+            self["listen"] = default_listen_addresses()
+        if self["user-db"] is not None:
+            self._read_user_db()
+        if self["no-software"]:
+            self["software"] = None
+        self._transports()
+        if not self["relay-ip"]:
+            self["relay-ip"] = default_relay_addresses(self["listen"])
+        self["external-map"] = self._external_map()
+
+    def _numbers(self) -> None:
+        """
+        Ports, seconds and counts, each checked against its range.
+        """
         self["port"] = _port(self["port"], "port")
         self["tls-port"] = _port(self["tls-port"], "tls-port")
         self["min-port"] = _port(self["min-port"], "min-port")
         self["max-port"] = _port(self["max-port"], "max-port")
         if not 0 < self["min-port"] <= self["max-port"]:
             raise usage.UsageError("--min-port must be 1-65535 and not above --max-port")
-        for name in (
-            "max-allocate-lifetime",
-            "stale-nonce",
-            "tcp-connect-timeout",
-            "handshake-timeout",
-            "idle-timeout",
-            "frame-timeout",
-        ):
+        for name in _SECONDS:
             try:
                 self[name] = float(self[name])
             except ValueError:
@@ -363,47 +403,30 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be positive")
         if self["tcp-connect-timeout"] < 30:
             raise usage.UsageError("--tcp-connect-timeout must be at least 30 (RFC 6062)")
-        for name, minimum in [
-            ("tcp-buffer", 1),
-            ("max-tcp-buffer", 1),
-            ("user-quota", 0),
-            ("total-quota", 0),
-            ("max-permissions", 0),
-            ("max-channels", 0),
-            ("max-pending-connections", 0),
-            ("max-bps", 0),
-            ("challenge-rate", 1),
-            ("max-connections", 0),
-            ("max-connections-per-ip", 0),
-            ("max-dtls-sessions", 1),
-            ("max-dtls-sessions-per-ip", 1),
-        ]:
+        for name, minimum in _COUNTS:
             try:
                 self[name] = int(self[name])
             except ValueError:
                 raise usage.UsageError(f"--{name} must be a whole number") from None
             if self[name] < minimum:
                 raise usage.UsageError(f"--{name} must be at least {minimum}")
-        if self["no-udp-relay"] and self["no-tcp-relay"]:
-            raise usage.UsageError("--no-udp-relay and --no-tcp-relay leave nothing to relay")
-        if not self["realm"]:
-            raise usage.UsageError("--realm must not be empty")
-        if not self["listen"]:
-            self["listen"] = default_listen_addresses()
-        if self["user-db"] is not None:
-            try:
-                with open(self["user-db"], encoding="utf-8") as f:
-                    self["user-db-lines"] = f.read().splitlines()
-            except OSError as e:
-                raise usage.UsageError(
-                    f"cannot read --user-db {self['user-db']}: {e.strerror}"
-                ) from e
-            try:
-                StaticCredentials.from_lines(self["realm"], self["user-db-lines"])
-            except CredentialError as e:
-                raise usage.UsageError(f"--user-db {self['user-db']}: {e}") from e
-        if self["no-software"]:
-            self["software"] = None
+
+    def _read_user_db(self) -> None:
+        try:
+            with open(self["user-db"], encoding="utf-8") as f:
+                self["user-db-lines"] = f.read().splitlines()
+        except OSError as e:
+            raise usage.UsageError(f"cannot read --user-db {self['user-db']}: {e.strerror}") from e
+        try:
+            StaticCredentials.from_lines(self["realm"], self["user-db-lines"])
+        except CredentialError as e:
+            raise usage.UsageError(f"--user-db {self['user-db']}: {e}") from e
+
+    def _transports(self) -> None:
+        """
+        The client transports left on, and the certificate TLS and DTLS
+        need, checked now so a bad file stops startup with its name.
+        """
         self["transports"] = {t for t in ("udp", "tcp", "tls", "dtls") if not self[f"no-{t}"]}
         if not self["transports"]:
             raise usage.UsageError(
@@ -416,9 +439,6 @@ class Options(usage.Options):
                 TlsCredentials(self["cert"], self["key"] or self["cert"], self["ca-file"])
             except TlsConfigurationError as e:
                 raise usage.UsageError(str(e)) from None
-        if not self["relay-ip"]:
-            self["relay-ip"] = default_relay_addresses(self["listen"])
-        self["external-map"] = self._external_map()
 
     def _external_map(self) -> dict[str, str]:
         """

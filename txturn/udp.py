@@ -25,6 +25,7 @@ class TurnDatagramProtocol(DatagramProtocol):
     """
 
     transport_name = "udp"
+    noisy = False
     stream = False
 
     def __init__(self, server: TurnServer) -> None:
