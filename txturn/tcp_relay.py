@@ -36,6 +36,7 @@ from txturn.interfaces import (
     ITcpRelay,
     ITcpRelayAllocator,
     RelayUnavailable,
+    host_port,
 )
 from txturn.port_pool import PortPool
 from txturn.sockets import bound_socket
@@ -95,7 +96,7 @@ class PeerDataConnection(Protocol):
         if self._buffered > self._buffer_limit:
             self.log.info(
                 "Closing unbound peer connection from {peer}: more than {limit} bytes buffered",
-                peer=self.peer_address,
+                peer=host_port(self.peer_address),
                 limit=self._buffer_limit,
             )
             self.close()
