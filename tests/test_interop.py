@@ -25,9 +25,11 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface import implementer
 
 from tests.test_service import free_udp_port
 from txturn.credentials import StaticCredentials
+from txturn.events import IServerObserver, RequestAnswered
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
 from txturn.service import TurnService
@@ -399,6 +401,16 @@ class UclientTests(TestCase):
         observer = cast(ILogObserver, observe)
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+        @implementer(IServerObserver)
+        class Answers:
+            def observe(self, event: object) -> None:
+                if isinstance(event, RequestAnswered):
+                    handled.append(f"answered {event.method:#x} with {event.code}")
+
+        core = self.server.service.server
+        core.add_observer(Answers())
+        self.addCleanup(core.observers.pop)
         port = self.server.service.port_of("udp")
         common = uclient_args(port, self.peer_port, 10, 2, length=100)
         out, err, code = yield getProcessOutputAndValue(self.uclient, ["-N", *common])
