@@ -18,8 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.test_fuzz import fuzz  # noqa: E402
-from tests.test_fuzz_transports import fuzz_transports  # noqa: E402
+from txturn.fuzzing import fuzz, fuzz_transports  # noqa: E402
 
 
 def main() -> None:

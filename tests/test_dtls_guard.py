@@ -14,19 +14,20 @@ from OpenSSL import SSL
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_framing import (
-    CREDENTIALS,
-    REALM,
-    FakeDatagramTransport,
-    binding,
-    first_flight,
-    pump,
-)
+from tests.test_framing import CREDENTIALS, REALM
 from txturn.credentials import StaticCredentials
 from txturn.dtls import DtlsListener
 from txturn.server import ServerConfig, TurnServer
 from txturn.stun import Attr, Class, Method, decode
-from txturn.testing import FakeRelayAllocator, StunClient, documentation_peers
+from txturn.testing import (
+    FakeDatagramTransport,
+    FakeRelayAllocator,
+    StunClient,
+    binding,
+    documentation_peers,
+    first_flight,
+    pump,
+)
 
 CLIENT = ("198.51.100.7", 40000)
 

@@ -24,7 +24,6 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from tests.test_flood import rss_kib
-from tests.test_framing import first_flight
 from tests.test_interop import (
     OutputWatcher,
     require,
@@ -34,7 +33,7 @@ from tests.test_interop import (
     uclient_totals,
 )
 from tests.test_service import free_udp_port
-from txturn.testing import self_signed_certificate
+from txturn.testing import first_flight, self_signed_certificate
 
 reactor: Any = _reactor
 

@@ -23,10 +23,13 @@ from txturn.server import ServerConfig, TurnServer
 from txturn.stream import TurnStreamFactory, TurnStreamProtocol
 from txturn.stun import Attr, Class, Message, Method, StunDecodeError, decode
 from txturn.testing import (
+    FakeDatagramTransport,
     FakeRelayAllocator,
     RecordingClientChannel,
     StunClient,
+    binding,
     documentation_peers,
+    pump,
     self_signed_certificate,
 )
 from txturn.tls import TlsCredentials
@@ -38,10 +41,6 @@ REALM = "framing"
 _CERT_DIR = tempfile.mkdtemp()
 CERT, KEY = self_signed_certificate(_CERT_DIR)
 CREDENTIALS = TlsCredentials(CERT, KEY)
-
-
-def binding(txid: bytes = b"t" * 12) -> bytes:
-    return StunClient("u", "p").request(Method.BINDING, authenticate=False, transaction_id=txid)
 
 
 class FramerTests(SynchronousTestCase):
@@ -118,44 +117,6 @@ class StreamProtocolTests(SynchronousTestCase):
 
 
 # -- one behaviour suite, four transports ------------------------------------
-
-
-def first_flight(client: SSL.Connection) -> bytes:
-    """
-    What a memory-BIO TLS or DTLS client sends first (its hello).
-    """
-    try:
-        client.do_handshake()
-    except SSL.WantReadError:
-        pass
-    data: bytes = client.bio_read(65536)
-    return data
-
-
-def pump(client: SSL.Connection, deliver: Any, collect: Any) -> None:
-    """
-    Shuttle bytes between a memory-BIO client and the server side until
-    neither moves: C{deliver(data)} hands client output to the server,
-    C{collect()} returns what the server sent.
-    """
-    for _ in range(10):
-        try:
-            client.do_handshake()
-        except SSL.WantReadError:
-            pass
-        moved = False
-        while True:
-            try:
-                data = client.bio_read(65536)
-            except SSL.WantReadError:
-                break
-            moved = True
-            deliver(data)
-        for data in collect():
-            moved = True
-            client.bio_write(data)
-        if not moved:
-            return
 
 
 class Link:
@@ -279,21 +240,6 @@ class TlsLink(Link):
     @property
     def channel(self) -> Any:
         return next(iter(self.inner.connections))
-
-
-class FakeDatagramTransport:
-    """
-    Records what a DatagramProtocol writes.
-    """
-
-    def __init__(self) -> None:
-        self.written: list[tuple[bytes, Any]] = []
-
-    def write(self, data: bytes, address: Any) -> None:
-        self.written.append((data, address))
-
-    def getHost(self) -> Any:
-        return IPv4Address("UDP", "192.0.2.1", 5349)
 
 
 class DtlsLink(Link):

@@ -15,7 +15,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_framing import binding
 from txturn import descriptors
 from txturn.credentials import StaticCredentials
 from txturn.limits import ConnectionLimits
@@ -23,7 +22,7 @@ from txturn.server import ServerConfig, TurnServer
 from txturn.stream import TurnStreamFactory, TurnStreamProtocol
 from txturn.stream_guard import AdmissionFactory, StreamGuard
 from txturn.stun import Attr, Method
-from txturn.testing import FakeRelayAllocator, StunClient, documentation_peers
+from txturn.testing import FakeRelayAllocator, StunClient, binding, documentation_peers
 
 REALM = "guard"
 

@@ -18,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -41,6 +43,7 @@ from txturn.stun import (
     Attr,
     Class,
     Message,
+    Method,
     PasswordAlgorithm,
     decode,
     encode,
@@ -440,3 +443,66 @@ class FastClock(Clock):
 
 def _due(call: DelayedCall) -> float:
     return call.getTime()
+
+
+# -- clients over memory BIOs and datagram transports ------------------------
+
+
+def binding(txid: bytes = b"t" * 12) -> bytes:
+    """
+    An unauthenticated Binding request.
+    """
+    return StunClient("u", "p").request(Method.BINDING, authenticate=False, transaction_id=txid)
+
+
+def first_flight(client: SSL.Connection) -> bytes:
+    """
+    What a memory-BIO TLS or DTLS client sends first (its hello).
+    """
+    try:
+        client.do_handshake()
+    except SSL.WantReadError:
+        pass
+    data: bytes = client.bio_read(65536)
+    return data
+
+
+def pump(client: SSL.Connection, deliver: Any, collect: Any) -> None:
+    """
+    Shuttle bytes between a memory-BIO client and the server side until
+    neither moves: C{deliver(data)} hands client output to the server,
+    C{collect()} returns what the server sent.
+    """
+    for _ in range(10):
+        try:
+            client.do_handshake()
+        except SSL.WantReadError:
+            pass
+        moved = False
+        while True:
+            try:
+                data = client.bio_read(65536)
+            except SSL.WantReadError:
+                break
+            moved = True
+            deliver(data)
+        for data in collect():
+            moved = True
+            client.bio_write(data)
+        if not moved:
+            return
+
+
+class FakeDatagramTransport:
+    """
+    Records what a DatagramProtocol writes.
+    """
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, Any]] = []
+
+    def write(self, data: bytes, address: Any) -> None:
+        self.written.append((data, address))
+
+    def getHost(self) -> Any:
+        return IPv4Address("UDP", "192.0.2.1", 5349)
