@@ -25,7 +25,6 @@ import os
 from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
 from txturn.events import ChannelBound, ChannelExpired, PermissionExpired, PermissionInstalled
 from txturn.interfaces import Address, IClientChannel, IRelay
@@ -76,8 +75,6 @@ class Allocation:
     @ivar channels: channel number -> (peer address, relay that reaches it).
     @ivar peer_channels: peer address -> channel number.
     """
-
-    log = Logger()
 
     def __init__(
         self,

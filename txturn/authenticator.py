@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from txturn.credentials import CredentialError, ICredentialSource, NonceManager, rest_expiry
 from txturn.events import AuthenticationFailed
@@ -50,8 +49,6 @@ class Authenticator:
 
     @ivar challenges: the per-source limit on 401 and 438 answers.
     """
-
-    log = Logger()
 
     def __init__(
         self,

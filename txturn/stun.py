@@ -502,13 +502,6 @@ def _table() -> dict[int, AttributeCodec]:
 ATTRIBUTES: dict[int, AttributeCodec] = _table()
 
 
-def is_comprehension_required(attr_type: int) -> bool:
-    """
-    Attributes 0x0000-0x7FFF must be understood or the request refused.
-    """
-    return attr_type < 0x8000
-
-
 # -- messages -------------------------------------------------------------
 
 
@@ -775,13 +768,6 @@ def error_response(request: Message, code: int, reason: str | None = None) -> Me
 #: byte against these two inline, and unpacks CHANNEL_DATA_HEADER itself.
 CHANNEL_DATA_FIRST_BYTE_MIN = 0x40
 CHANNEL_DATA_FIRST_BYTE_MAX = 0x7F
-
-
-def is_channel_data(first_byte: int) -> bool:
-    """
-    Whether a message starting with C{first_byte} is ChannelData.
-    """
-    return CHANNEL_DATA_FIRST_BYTE_MIN <= first_byte <= CHANNEL_DATA_FIRST_BYTE_MAX
 
 
 def decode_channel_data(data: bytes) -> tuple[int, bytes]:
