@@ -247,13 +247,13 @@ class NoScanTests(CoreTestCase):
                 ("198.51.100.1", i + 1),
                 channel=channel,
             )
-        self.server.allocations = _NoScan(self.server.allocations)
+        self.server.table.by_five_tuple = _NoScan(self.server.table.by_five_tuple)
         self.assertTrue(self.server.has_allocation(channels[7]))
         self.server.connection_lost(channels[7])
         self.assertFalse(self.server.has_allocation(channels[7]))
-        self.assertEqual(dict.__len__(self.server.allocations), 49)
+        self.assertEqual(dict.__len__(self.server.table.by_five_tuple), 49)
         self.server.connection_lost(RecordingClientChannel())
-        self.assertEqual(dict.__len__(self.server.allocations), 49)
+        self.assertEqual(dict.__len__(self.server.table.by_five_tuple), 49)
 
 
 class FairnessTests(CoreTestCase):
@@ -331,7 +331,7 @@ class FairnessTests(CoreTestCase):
         token = first.get(Attr.RESERVATION_TOKEN)
         redeem = [(Attr.REQUESTED_TRANSPORT, 17), (Attr.RESERVATION_TOKEN, token)]
         self.assertEqual(self.code(self.request(Method.ALLOCATE, redeem, ("198.51.100.1", 4))), 0)
-        self.assertEqual(self.server._user_allocations["alice"], 2)
+        self.assertEqual(self.server.table.held_by("alice"), 2)
         # An unredeemed reservation frees its place when it expires.
         self.request(Method.REFRESH, [(Attr.LIFETIME, 0)], ("198.51.100.1", 4))
         self.assertEqual(
@@ -340,7 +340,7 @@ class FairnessTests(CoreTestCase):
         self.request(Method.REFRESH, [(Attr.LIFETIME, 0)], ("198.51.100.1", 1))
         self.assertEqual(self.code(self.request(Method.ALLOCATE, reserve, ("198.51.100.1", 6))), 0)
         self.clock.advance(31)
-        self.assertEqual(self.server._user_allocations["alice"], 1)
+        self.assertEqual(self.server.table.held_by("alice"), 1)
 
 
 class ChallengeCrowdTests(SynchronousTestCase):

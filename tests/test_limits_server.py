@@ -252,7 +252,7 @@ class SoakTests(LimitTestCase):
             self.clock.advance(900)
             self.assertEqual(self.server.allocations, {})
             self.assertEqual(self.relays.open_relays, set())
-            self.assertEqual(self.server._user_allocations, {})
+            self.assertEqual(self.server.table.users, {})
             self.clock.advance(300)  # channel cooldowns
             self.assertEqual(self.clock.getDelayedCalls(), [])
             self.relays.opened.clear()

@@ -84,7 +84,7 @@ class TcpAllocations:
         peer = request.get(Attr.XOR_PEER_ADDRESS)
         if peer is None:
             return request.fail(400, "Missing XOR-PEER-ADDRESS")
-        code = server.peer_error(allocation, peer)
+        code = server.peer_requests.peer_error(allocation, peer)
         if code is not None:
             return request.fail(code)
         if peer in self.peer_connections.peers_of(allocation):

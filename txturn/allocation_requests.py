@@ -1,0 +1,309 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+Allocate and Refresh (RFC 8656 sections 7.2 and 7.3, RFC 6062 section
+5.1): what an allocation's life looks like from the client's side.
+
+What an Allocate means is decided by the pure L{parse_allocate}; this
+module does what it says: checks the quotas, opens (or redeems) the
+relays, records the allocation in the table and answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from txturn.allocate_request import AllocateRequest, Refusal, parse_allocate
+from txturn.allocation import Allocation
+from txturn.events import AllocationCreated, AllocationRefreshed
+from txturn.interfaces import IRelay, RelayUnavailable
+from txturn.limits import LogThrottle, TokenBucket
+from txturn.request import Request
+from txturn.stun import ERROR_REASONS, FAMILY_IPV4, FAMILY_IPV6, Attr, family_of
+
+if TYPE_CHECKING:
+    from txturn.server import TurnServer
+
+#: Extra attributes of an Allocate success, after the relayed addresses.
+Extra = list[tuple[int, Any]]
+
+
+class AllocationRequests:
+    """
+    The Allocate and Refresh methods of one server.
+    """
+
+    log = Logger()
+
+    def __init__(self, server: "TurnServer") -> None:
+        self._server = server
+        self._table = server.table
+        self._ids = itertools.count(1)
+        #: Why relays could not be had, once a minute per reason.
+        self._unavailable_log = LogThrottle(server.reactor)
+
+    def lifetime(self, request: Request) -> float:
+        """
+        RFC 8656 sections 7.2 and 7.3: the requested lifetime capped at the
+        maximum, and never below the default; 0 only when asked for.
+        """
+        requested = request.get(Attr.LIFETIME)
+        if requested == 0:
+            return 0.0
+        if requested is None:
+            return self._server.config.default_lifetime
+        return float(
+            max(
+                self._server.config.default_lifetime,
+                min(requested, self._server.config.max_lifetime),
+            )
+        )
+
+    # -- Allocate ----------------------------------------------------------------
+
+    def allocate(self, request: Request) -> None:
+        server = self._server
+        if not server.authenticate(request) or self._retransmitted(request):
+            return
+        meaning = parse_allocate(
+            request.message,
+            udp_relays=self._server.config.udp_relay,
+            tcp_relays=server.tcp_relays is not None and self._server.config.tcp_relay,
+            over_stream=bool(request.client.stream),
+        )
+        if isinstance(meaning, Refusal):
+            return request.fail(meaning.code, meaning.reason)
+        quota = self._quota_error(request, meaning)
+        if quota is not None:
+            return request.fail(quota)
+        if meaning.tcp:
+            return self._allocate_tcp(request, meaning)
+        relays: dict[int, IRelay] = {}
+        extra: Extra = []
+        if not self._open_udp(request, meaning, relays, extra):
+            return
+        if meaning.dont_fragment:
+            for relay in relays.values():
+                relay.set_dont_fragment(True)
+        lifetime = self.lifetime(request) or self._server.config.default_lifetime
+        self._allocated(request, relays, lifetime, extra)
+
+    def _retransmitted(self, request: Request) -> bool:
+        """
+        For a 5-tuple that has an allocation already: the same answer,
+        byte for byte, to a retransmission of the Allocate that made it,
+        437 to anything else.
+        """
+        existing = self._table.get(request.client, request.address)
+        if existing is None:
+            return False
+        if (
+            existing.allocate_transaction == request.transaction_id
+            and existing.username == request.username
+        ):
+            request.client.send(existing.allocate_response, request.address)
+        else:
+            request.fail(437)
+        return True
+
+    def _quota_error(self, request: Request, meaning: AllocateRequest) -> int | None:
+        """
+        486 when the user has all the allocations they may, 508 when the
+        server has.  A reservation counts as an allocation, so an Allocate
+        that asks for one (EVEN-PORT with R) needs two; one that redeems
+        the user's own reservation needs none.
+        """
+        config, server = self._server.config, self._server
+        username = request.username
+        if meaning.token is not None and server.reservations.owner(meaning.token) == username:
+            return None
+        needed = meaning.places
+        if config.user_quota and self._table.held_by(username) + needed > config.user_quota:
+            server.count("user_quota")
+            return 486
+        in_use = len(self._table) + len(server.reservations)
+        if config.total_quota and in_use + needed > config.total_quota:
+            server.count("total_quota")
+            return 508
+        return None
+
+    def _open_udp(
+        self, request: Request, meaning: AllocateRequest, relays: dict[int, IRelay], extra: Extra
+    ) -> bool:
+        """
+        Open (or redeem) the UDP relays C{meaning} asks for into
+        C{relays}, with what the answer must say about them into C{extra};
+        answer the request and return C{False} when none can be had.
+        """
+        server = self._server
+        if meaning.token is not None:
+            redeemed = server.reservations.redeem(meaning.token)
+            if redeemed is None:
+                request.fail(508, "Unknown reservation token")
+                return False
+            relays[family_of(redeemed.address[0])] = redeemed
+            return True
+        if meaning.dual:
+            address_error = self._open_both(relays, meaning.even_port)
+            if not relays:
+                request.fail(address_error[1] if address_error else 508)
+                return False
+            if address_error is not None:
+                failed_family, code = address_error
+                extra.append((meaning.error_attribute, (failed_family, code, ERROR_REASONS[code])))
+            return True
+        family = _family(meaning.family, request, server.relays.families)
+        try:
+            relay, reserved = server.relays.open(
+                family, even=meaning.even_port, reserve_next=meaning.reserve
+            )
+        except RelayUnavailable as e:
+            self._unavailable(e)
+            request.fail(440 if e.family_unsupported else 508)
+            return False
+        relays[family] = relay
+        if reserved is not None:
+            token = server.reservations.hold(reserved, request.username)
+            self._table.count_user(request.username, 1)
+            extra.append((Attr.RESERVATION_TOKEN, token))
+        return True
+
+    def _open_both(self, relays: dict[int, IRelay], even: bool) -> tuple[int, int] | None:
+        """
+        A dual allocation: a relay of each family into C{relays}, or
+        whichever can be had; returns (family, code) for one that could
+        not (440 if the server has no such family, else 508).  With
+        neither, the code says what to answer.
+        """
+        address_error = None
+        unsupported = 0
+        for wanted in (FAMILY_IPV4, FAMILY_IPV6):
+            try:
+                relays[wanted] = self._server.relays.open(wanted, even=even, reserve_next=False)[0]
+            except RelayUnavailable as e:
+                self._unavailable(e)
+                unsupported += e.family_unsupported
+                address_error = (wanted, 440 if e.family_unsupported else 508)
+        if not relays:
+            return (0, 440 if unsupported == 2 else 508)
+        return address_error
+
+    def _unavailable(self, error: RelayUnavailable) -> None:
+        """
+        Say why relays could not be had (a full port range, no
+        descriptors left), once a minute per reason, not per Allocate.
+        """
+        if error.family_unsupported:
+            return
+        self._server.count("relay_unavailable")
+        self._unavailable_log.emit(
+            ("relay unavailable", str(error)),
+            self.log.warn,
+            "Allocate refused with 508: {reason}",
+            reason=str(error),
+        )
+
+    def _allocate_tcp(self, request: Request, meaning: AllocateRequest) -> None:
+        """
+        RFC 6062 section 5.1: a TCP relayed address.
+        """
+        server = self._server
+        assert server.tcp_relays is not None
+        family = _family(meaning.family, request, server.tcp_relays.families)
+        try:
+            relay = server.tcp_relays.open_tcp(family)
+        except RelayUnavailable as e:
+            self._unavailable(e)
+            return request.fail(440 if e.family_unsupported else 508)
+        lifetime = self.lifetime(request) or self._server.config.default_lifetime
+        allocation = self._allocated(request, {family: relay}, lifetime, [], tcp=True)
+        relay.on_connection = lambda connection: server.tcp_allocations.peer_connected(
+            allocation, connection
+        )
+
+    def _allocated(
+        self,
+        request: Request,
+        relays: dict[int, Any],
+        lifetime: float,
+        extra: Extra,
+        tcp: bool = False,
+    ) -> Allocation:
+        """
+        Record a new allocation over C{relays} and answer the request with
+        its relayed addresses, C{extra}, LIFETIME and XOR-MAPPED-ADDRESS;
+        the answer is kept for retransmissions.
+        """
+        server = self._server
+        client, address, username = request.client, request.address, request.username
+        allocation = Allocation(
+            server.reactor,
+            client,
+            address,
+            username,
+            server.forget,
+            stats=server.stats,
+            allocation_id=next(self._ids),
+            emit=server.emit,
+        )
+        allocation.tcp = tcp
+        if self._server.config.max_bps:
+            allocation.bandwidth = TokenBucket(server.reactor, self._server.config.max_bps)
+        attributes: Extra = []
+        for relay_family, relay in sorted(relays.items()):
+            allocation.add_relay(relay_family, relay, lifetime)
+            attributes.append((Attr.XOR_RELAYED_ADDRESS, relay.advertised))
+        self._table.add(allocation)
+        attributes += extra
+        attributes += [(Attr.LIFETIME, int(lifetime)), (Attr.XOR_MAPPED_ADDRESS, address)]
+        allocation.allocate_transaction = request.transaction_id
+        allocation.allocate_response = request.succeed(*attributes)
+        server.emit(
+            AllocationCreated(
+                allocation.id,
+                username,
+                address,
+                client.transport_name,
+                tuple(r.address for r in allocation.relays.values()),
+                lifetime,
+                tcp,
+            )
+        )
+        return allocation
+
+    # -- Refresh -----------------------------------------------------------------
+
+    def refresh(self, request: Request) -> None:
+        allocation = self._server.allocation_for(request)
+        if allocation is None:
+            return
+        family = request.get(Attr.REQUESTED_ADDRESS_FAMILY)
+        if family is not None and family not in allocation.relays:
+            return request.fail(443)
+        lifetime = self.lifetime(request)
+        if lifetime == 0:
+            allocation.end_reason = "refresh"
+            if family is None:
+                allocation.close()
+            else:
+                allocation.remove_family(family)
+        else:
+            allocation.refresh(lifetime, family)
+            self._server.emit(
+                AllocationRefreshed(allocation.id, request.username, request.address, lifetime)
+            )
+        request.succeed((Attr.LIFETIME, int(lifetime)))
+
+
+def _family(requested: int | None, request: Request, available: frozenset[int]) -> int:
+    """
+    The family to relay in: the requested one; else IPv4, or the client's
+    own family when the server has no IPv4 relay.
+    """
+    if requested is not None:
+        return requested
+    if FAMILY_IPV4 in available:
+        return FAMILY_IPV4
+    return family_of(request.address[0])

@@ -1,0 +1,143 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+What a client asks about its peers (RFC 8656 sections 9-12):
+CreatePermission, ChannelBind and the Send indication, and the one check
+of a peer address that every path to a peer shares (RFC 6062's Connect
+included), so that no path can be more generous than another.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+
+from txturn.allocation import Allocation
+from txturn.interfaces import Address, host_port
+from txturn.request import Request
+from txturn.stun import Attr
+
+if TYPE_CHECKING:
+    from txturn.server import TurnServer
+
+CHANNEL_MIN = 0x4000
+#: RFC 8656 narrowed channels to 0x4FFF, but RFC 5766 clients (coturn's
+#: turnutils_uclient among them) pick numbers up to 0x7FFF, and coturn
+#: accepts them; so do we.
+CHANNEL_MAX = 0x7FFF
+
+
+class PeerRequests:
+    """
+    The peer-facing methods of one server.
+    """
+
+    log = Logger()
+
+    def __init__(self, server: "TurnServer") -> None:
+        self._server = server
+
+    def peer_error(
+        self, allocation: Allocation, peer: Address, port_matters: bool = True
+    ) -> int | None:
+        """
+        The error code a peer address earns on any path, or C{None}.
+        CreatePermission ignores the port (a permission is per IP).
+        """
+        if allocation.relay_for(peer[0]) is None:
+            return 443
+        policy = self._server.policy
+        allowed = policy.allows_peer(peer[0], peer[1]) if port_matters else policy.allows(peer[0])
+        if not allowed:
+            self._server.count("refused_peer")
+            self.log.info(
+                "Refused peer {peer} for {user}", peer=host_port(peer), user=allocation.username
+            )
+            return 403
+        return None
+
+    def create_permission(self, request: Request) -> None:
+        allocation = self._server.allocation_for(request)
+        if allocation is None:
+            return
+        peers = request.get_all(Attr.XOR_PEER_ADDRESS)
+        if not peers:
+            return request.fail(400, "Missing XOR-PEER-ADDRESS")
+        for peer in peers:
+            code = self.peer_error(allocation, peer, port_matters=False)
+            if code is not None:
+                return request.fail(code)
+        if self._too_many_permissions(allocation, {peer[0] for peer in peers}):
+            return request.fail(508)
+        for peer in peers:
+            allocation.install_permission(peer[0])
+        request.succeed()
+
+    def channel_bind(self, request: Request) -> None:
+        allocation = self._server.allocation_for(request)
+        if allocation is None:
+            return
+        if allocation.tcp:
+            return request.fail(400, "Channels need a UDP allocation")
+        channel = request.get(Attr.CHANNEL_NUMBER)
+        peer = request.get(Attr.XOR_PEER_ADDRESS)
+        if channel is None or not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+            return request.fail(400, "Missing or invalid CHANNEL-NUMBER")
+        if peer is None:
+            return request.fail(400, "Missing XOR-PEER-ADDRESS")
+        code = self.peer_error(allocation, peer)
+        if code is not None:
+            return request.fail(code)
+        if allocation.channel_conflict(channel, peer):
+            return request.fail(400, "Channel or peer already bound")
+        if self._too_many_permissions(allocation, {peer[0]}) or self._too_many_channels(
+            allocation, channel
+        ):
+            return request.fail(508)
+        relay = allocation.relay_for(peer[0])
+        assert relay is not None  # peer_error checked the family
+        allocation.bind_channel(channel, peer, relay)
+        request.succeed()
+
+    def send_indication(self, request: Request) -> None:
+        """
+        A Send indication: relayed when well formed and permitted, else
+        silently dropped, as indications get no answer.
+        """
+        server = self._server
+        allocation = server.table.get(request.client, request.address)
+        if allocation is None or allocation.tcp or request.message.unknown_required():
+            return
+        peer = request.get(Attr.XOR_PEER_ADDRESS)
+        data = request.get(Attr.DATA)
+        if peer is None or data is None or peer[0] not in allocation.permissions:
+            return
+        relay = allocation.relay_for(peer[0])
+        if relay is None:
+            return
+        if not server.policy.allows_peer(peer[0], peer[1]):
+            server.count("refused_peer")
+            return
+        if allocation.bandwidth is not None and not allocation.bandwidth.take(len(data)):
+            server.count("dropped_bandwidth")
+            return
+        relay.send(data, peer)
+        allocation.to_peers_packets += 1
+        allocation.to_peers_bytes += len(data)
+
+    def _too_many_permissions(self, allocation: Allocation, hosts: set[str]) -> bool:
+        limit = self._server.config.max_permissions
+        if not limit:
+            return False
+        new = hosts - allocation.permissions.keys()
+        if len(allocation.permissions) + len(new) > limit:
+            self._server.count("max_permissions")
+            return True
+        return False
+
+    def _too_many_channels(self, allocation: Allocation, channel: int) -> bool:
+        limit = self._server.config.max_channels
+        if limit and channel not in allocation.channels and len(allocation.channels) >= limit:
+            self._server.count("max_channels")
+            return True
+        return False
