@@ -15,17 +15,14 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_framing import CREDENTIALS, REALM
-from txturn.credentials import StaticCredentials
 from txturn.dtls import DtlsListener
-from txturn.server import ServerConfig, TurnServer
 from txturn.stun import Attr, Class, Method, decode
 from txturn.testing import (
     FakeDatagramTransport,
-    FakeRelayAllocator,
     StunClient,
     binding,
-    documentation_peers,
     first_flight,
+    make_server,
     pump,
 )
 
@@ -42,13 +39,7 @@ class DtlsGuardTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
-        self.server = TurnServer(
-            self.clock,
-            StaticCredentials(REALM, {"u": "p"}),
-            FakeRelayAllocator(),
-            config=ServerConfig(realm=REALM),
-            policy=documentation_peers(),
-        )
+        self.server = make_server(realm=REALM, clock=self.clock)
         self.make()
 
     def make(self, **limits: Any) -> None:

@@ -31,16 +31,14 @@ from txturn.events import (
     RequestAnswered,
     Traffic,
 )
-from txturn.server import ServerConfig, TurnServer
 from txturn.stun import Attr, Class, Method
 from txturn.testing import (
     FakePeerConnection,
-    FakeRelayAllocator,
     FakeTcpRelayAllocator,
     RecordingClientChannel,
     StunClient,
     authenticated_request,
-    documentation_peers,
+    make_server,
 )
 
 REALM = "events"
@@ -65,12 +63,12 @@ class EventTests(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.recorder = Recorder()
-        self.server = TurnServer(
-            self.clock,
-            CredentialChain([StaticCredentials(REALM, {"u": "p"}), RestApiCredentials("s")]),
-            FakeRelayAllocator(),
-            documentation_peers(),
-            ServerConfig(realm=REALM),
+        self.server = make_server(
+            realm=REALM,
+            clock=self.clock,
+            credentials=CredentialChain(
+                [StaticCredentials(REALM, {"u": "p"}), RestApiCredentials("s")]
+            ),
             tcp_relays=FakeTcpRelayAllocator(),
             observers=[self.recorder],
         )

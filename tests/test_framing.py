@@ -16,10 +16,9 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.credentials import StaticCredentials
 from txturn.dtls import DtlsListener
 from txturn.framing import StreamFramer
-from txturn.server import ServerConfig, TurnServer
+from txturn.server import TurnServer
 from txturn.stream import TurnStreamFactory, TurnStreamProtocol
 from txturn.stun import Attr, Class, Message, Method, StunDecodeError, decode
 from txturn.testing import (
@@ -28,7 +27,7 @@ from txturn.testing import (
     RecordingClientChannel,
     StunClient,
     binding,
-    documentation_peers,
+    make_server,
     pump,
     self_signed_certificate,
 )
@@ -87,13 +86,7 @@ class StreamProtocolTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.server = TurnServer(
-            Clock(),
-            StaticCredentials(REALM, {"u": "p"}),
-            FakeRelayAllocator(),
-            config=ServerConfig(realm=REALM),
-            policy=documentation_peers(),
-        )
+        self.server = make_server(realm=REALM)
 
     def connect(self) -> tuple[TurnStreamProtocol, StringTransport]:
         protocol = TurnStreamFactory(self.server, "tcp").buildProtocol(None)
@@ -296,13 +289,7 @@ class BehaviourMixin:
     def setUp(self) -> None:
         self.clock = Clock()
         self.relays = FakeRelayAllocator()
-        self.server = TurnServer(
-            self.clock,
-            StaticCredentials(REALM, {"u": "p"}),
-            self.relays,
-            config=ServerConfig(realm=REALM),
-            policy=documentation_peers(),
-        )
+        self.server = make_server(realm=REALM, clock=self.clock, relays=self.relays)
         self.link = self.link_class(self.server, self.clock)
         self.client = StunClient("u", "p")
 

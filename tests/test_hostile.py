@@ -23,7 +23,7 @@ from txturn.allocation import MAX_INDICATION_DATA
 from txturn.authenticator import AuthContext, Authenticator
 from txturn.credentials import CredentialChain, NonceManager, RestApiCredentials, StaticCredentials
 from txturn.limits import LogThrottle, SourceLimiter, source_of
-from txturn.server import ServerConfig, TurnServer
+from txturn.server import ServerConfig
 from txturn.stun import (
     MAX_ATTRIBUTES,
     MAX_UNKNOWN_ATTRIBUTES,
@@ -39,7 +39,7 @@ from txturn.testing import (
     RecordingClientChannel,
     StunClient,
     authenticated_request,
-    documentation_peers,
+    make_server,
 )
 
 REALM = "hostile"
@@ -112,14 +112,13 @@ class CoreTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
-        self.server = TurnServer(
-            self.clock,
-            CredentialChain(
+        self.server = make_server(
+            realm=REALM,
+            clock=self.clock,
+            credentials=CredentialChain(
                 [StaticCredentials(REALM, {"alice": "a", "bob": "b"}), RestApiCredentials("s")]
             ),
-            FakeRelayAllocator(capacity=100000),
-            documentation_peers(),
-            ServerConfig(realm=REALM),
+            relays=FakeRelayAllocator(capacity=100000),
         )
         self.channel = RecordingClientChannel()
         self.alice = StunClient("alice", "a")
@@ -352,12 +351,12 @@ class ChallengeCrowdTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
-        self.server = TurnServer(
-            self.clock,
-            StaticCredentials(REALM, {"alice": "a"}),
-            FakeRelayAllocator(capacity=100000),
-            documentation_peers(),
-            ServerConfig(realm=REALM, user_quota=0),
+        self.server = make_server(
+            {"alice": "a"},
+            realm=REALM,
+            clock=self.clock,
+            relays=FakeRelayAllocator(capacity=100000),
+            user_quota=0,
         )
         self.channel = RecordingClientChannel()
 

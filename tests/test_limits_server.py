@@ -10,12 +10,9 @@ import sys
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.credentials import StaticCredentials
-from txturn.server import ServerConfig, TurnServer
 from txturn.stream import TurnStreamFactory
 from txturn.stun import Attr, Class, Message, Method
 from txturn.testing import (
@@ -24,7 +21,7 @@ from txturn.testing import (
     RecordingClientChannel,
     StunClient,
     authenticated_request,
-    documentation_peers,
+    make_server,
 )
 
 REALM = "limits"
@@ -36,12 +33,8 @@ class LimitTestCase(SynchronousTestCase):
         self.clock = FastClock()
         self.relays = FakeRelayAllocator(capacity=100000)
         users = {"alice": "a", "bob": "b"}
-        self.server = TurnServer(
-            self.clock,
-            StaticCredentials(REALM, users),
-            self.relays,
-            documentation_peers(),
-            ServerConfig(realm=REALM, **config),
+        self.server = make_server(
+            users, realm=REALM, clock=self.clock, relays=self.relays, **config
         )
         self.channel = RecordingClientChannel()
         self.clients = {name: StunClient(name, password) for name, password in users.items()}
@@ -188,7 +181,7 @@ class CongestionTests(SynchronousTestCase):
         sent to the client are dropped and counted; after it resumes they
         flow again.
         """
-        server = TurnServer(Clock(), StaticCredentials(REALM, {}), FakeRelayAllocator())
+        server = make_server({}, realm=REALM)
         protocol = TurnStreamFactory(server, "tcp").buildProtocol(None)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.1", 1))
         protocol.makeConnection(transport)

@@ -11,15 +11,14 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.credentials import StaticCredentials
 from txturn.policy import DEFAULT_DENIED, PeerPolicy, canonical_peer, parse_range
-from txturn.server import ServerConfig, TurnServer
 from txturn.stun import Attr, Class, Method
 from txturn.testing import (
     FakeRelayAllocator,
     FakeTcpRelayAllocator,
     RecordingClientChannel,
     StunClient,
+    make_server,
 )
 
 #: One address inside every range refused by default, with its name.
@@ -264,13 +263,13 @@ class EveryPathTests(SynchronousTestCase):
         self.clock = Clock()
         self.relays = FakeRelayAllocator(hosts={1: "8.8.4.4", 2: "2606:4700::4"})
         self.tcp_relays = FakeTcpRelayAllocator(hosts={1: "8.8.4.4", 2: "2606:4700::4"})
-        self.server = TurnServer(
-            self.clock,
-            StaticCredentials("p", {"u": "p"}),
-            self.relays,
-            PeerPolicy(own_addresses=["8.8.4.4"], relay_ports=range(50000, 60000)),
-            ServerConfig(realm="p", max_lifetime=100000),
+        self.server = make_server(
+            realm="p",
+            clock=self.clock,
+            relays=self.relays,
             tcp_relays=self.tcp_relays,
+            policy=PeerPolicy(own_addresses=["8.8.4.4"], relay_ports=range(50000, 60000)),
+            max_lifetime=100000,
         )
         self.udp = RecordingClientChannel("udp")
         self.tcp = RecordingClientChannel("tcp")

@@ -20,7 +20,6 @@ from txturn.credentials import (
     rest_api_password,
     userhash,
 )
-from txturn.server import ServerConfig, TurnServer
 from txturn.stun import (
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -37,7 +36,7 @@ from txturn.testing import (
     FakeRelayAllocator,
     RecordingClientChannel,
     StunClient,
-    documentation_peers,
+    make_server,
 )
 
 REALM = "example.org"
@@ -61,12 +60,12 @@ class ServerTestCase(SynchronousTestCase):
                 RestApiCredentials("rest-secret"),
             ]
         )
-        self.server = TurnServer(
-            self.clock,
-            self.credentials,
-            self.relays,
-            documentation_peers(),
-            ServerConfig(realm=REALM, software="txturn test"),
+        self.server = make_server(
+            realm=REALM,
+            clock=self.clock,
+            credentials=self.credentials,
+            relays=self.relays,
+            software="txturn test",
         )
         self.channel = RecordingClientChannel()
         self.client = StunClient("alice", "secret")

@@ -16,13 +16,11 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from txturn import descriptors
-from txturn.credentials import StaticCredentials
 from txturn.limits import ConnectionLimits
-from txturn.server import ServerConfig, TurnServer
 from txturn.stream import TurnStreamFactory, TurnStreamProtocol
 from txturn.stream_guard import AdmissionFactory, StreamGuard
 from txturn.stun import Attr, Method
-from txturn.testing import FakeRelayAllocator, StunClient, binding, documentation_peers
+from txturn.testing import StunClient, binding, make_server
 
 REALM = "guard"
 
@@ -30,13 +28,7 @@ REALM = "guard"
 class GuardTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.server = TurnServer(
-            self.clock,
-            StaticCredentials(REALM, {"u": "p"}),
-            FakeRelayAllocator(),
-            documentation_peers(),
-            ServerConfig(realm=REALM),
-        )
+        self.server = make_server(realm=REALM, clock=self.clock)
         self.make()
 
     def make(self, max_connections: int = 100, **limits: Any) -> None:

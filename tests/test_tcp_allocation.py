@@ -10,17 +10,15 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.credentials import StaticCredentials
-from txturn.server import ServerConfig, TurnServer
+from txturn.server import TurnServer
 from txturn.stun import Attr, Class, Message, Method, decode
 from txturn.testing import (
     FakePeerConnection,
-    FakeRelayAllocator,
     FakeTcpRelayAllocator,
     RecordingClientChannel,
     StunClient,
     authenticated_request,
-    documentation_peers,
+    make_server,
 )
 
 REALM = "tcp"
@@ -42,13 +40,12 @@ class TcpAllocationTests(SynchronousTestCase):
         self.client = StunClient("alice", "secret")
 
     def make_server(self, **config: Any) -> TurnServer:
-        return TurnServer(
-            self.clock,
-            StaticCredentials(REALM, {"alice": "secret", "bob": "pw"}),
-            FakeRelayAllocator(),
-            documentation_peers(),
-            ServerConfig(realm=REALM, **config),
+        return make_server(
+            {"alice": "secret", "bob": "pw"},
+            realm=REALM,
+            clock=self.clock,
             tcp_relays=self.tcp_relays,
+            **config,
         )
 
     def request(

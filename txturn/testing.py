@@ -12,7 +12,7 @@ import bisect
 import datetime
 import ipaddress
 import os
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,10 +22,12 @@ from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from txturn.credentials import long_term_key
+from txturn.credentials import ICredentialSource, StaticCredentials, long_term_key
+from txturn.events import IServerObserver
 from txturn.interfaces import (
     Address,
     IPeerConnection,
@@ -37,6 +39,7 @@ from txturn.interfaces import (
     RelayUnavailable,
 )
 from txturn.policy import PeerPolicy, parse_range
+from txturn.server import ServerConfig, TurnServer
 from txturn.stun import (
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -255,6 +258,37 @@ def authenticated_request(
             continue
         return response
     return response
+
+
+def make_server(
+    users: Mapping[str, str] | None = None,
+    *,
+    realm: str = "txturn",
+    clock: IReactorTime | None = None,
+    credentials: ICredentialSource | None = None,
+    relays: IRelayAllocator | None = None,
+    tcp_relays: ITcpRelayAllocator | None = None,
+    policy: PeerPolicy | None = None,
+    observers: Sequence[IServerObserver] | None = None,
+    **config: Any,
+) -> TurnServer:
+    """
+    A L{TurnServer} the way most tests want one: C{users} (name ->
+    password) in C{realm}, unless C{credentials} are given; fake UDP
+    relays; the L{documentation_peers} policy; a L{Clock}; and
+    L{ServerConfig} fields as keywords.
+    """
+    return TurnServer(
+        clock if clock is not None else Clock(),
+        credentials
+        if credentials is not None
+        else StaticCredentials(realm, dict(users) if users is not None else {"u": "p"}),
+        relays if relays is not None else FakeRelayAllocator(),
+        policy if policy is not None else documentation_peers(),
+        ServerConfig(realm=realm, **config),
+        tcp_relays=tcp_relays,
+        observers=observers,
+    )
 
 
 def documentation_peers() -> PeerPolicy:
