@@ -1,7 +1,8 @@
 """
 TCP allocations (RFC 6062) on real sockets on loopback: Connect and
 incoming connections, data both ways (including what arrives before the
-bind), the buffer limit, and end-to-end flow control.
+bind) and the buffer limit; and end-to-end flow control between a client
+data connection and its peer, in memory.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txturn.credentials import StaticCredentials
 from txturn.framing import StreamFramer
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
 from txturn.service import TurnService
+from txturn.stream import TurnStreamFactory
 from txturn.stun import Attr, Class, Method, decode
-from txturn.testing import StunClient
+from txturn.tcp_relay import PeerDataConnection, TcpRelay, TcpRelayAllocator
+from txturn.testing import BufferedTransport, StunClient, make_server
 
 reactor: Any = _reactor
 
@@ -205,7 +209,7 @@ class TcpRelayBase(TestCase):
 
 class TcpRelayTests(TcpRelayBase):
     """
-    Both directions of RFC 6062, and flow control.
+    Both directions of RFC 6062.
     """
 
     @defer.inlineCallbacks
@@ -266,47 +270,6 @@ class TcpRelayTests(TcpRelayBase):
         peer.transport.loseConnection()
         yield data.lost
 
-    @defer.inlineCallbacks
-    def test_flow_control(self) -> Any:
-        """
-        A client data connection that stops reading makes the server stop
-        reading from the peer, rather than buffer: with 8 MiB sent by the
-        peer, what the server holds stays under 1 MiB; when the client
-        reads again, all 8 MiB arrive intact.
-        """
-        control, relayed = yield self.allocate()
-        peer_address = ("127.0.0.1", self.peer_port.getHost().port)
-        response = yield self.request(
-            control, Method.CONNECT, [(Attr.XOR_PEER_ADDRESS, peer_address)]
-        )
-        data = yield self.bind(response.get(Attr.CONNECTION_ID))
-        yield wait_until(lambda: data.raw == Peer.greeting)
-        assert data.transport is not None
-        data.transport.pauseProducing()
-        payload = bytes(range(256)) * (8 * 4096)
-        [peer] = self.peers
-        assert peer.transport is not None
-        peer.transport.write(payload)
-        [allocation] = self.service.server.allocations.values()
-        relay: Any = allocation.relays[1]
-        [server_peer] = list(relay.connections)
-        server_transport: Any = server_peer.transport
-        client_transport: Any = server_peer._client
-
-        def held() -> int:
-            return int(client_transport._tempDataLen) + len(client_transport.dataBuffer)
-
-        yield wait_until(lambda: server_transport not in reactor.getReaders())
-        yield task.deferLater(reactor, 0.3, lambda: None)
-        self.assertNotIn(server_transport, reactor.getReaders())
-        self.assertLess(held(), 1024 * 1024)
-        data.transport.resumeProducing()
-        yield wait_until(lambda: len(data.raw) == len(Peer.greeting) + len(payload), timeout=30)
-        self.assertEqual(
-            hashlib.sha256(data.raw[len(Peer.greeting) :]).digest(),
-            hashlib.sha256(payload).digest(),
-        )
-
 
 class BufferLimitTests(TcpRelayBase):
     """
@@ -330,3 +293,65 @@ class BufferLimitTests(TcpRelayBase):
         peer.transport.write(b"x" * 5000)
         yield peer.lost
         yield wait_until(lambda: not self.service.server.peer_connections.entries)
+
+
+class FlowControlTests(SynchronousTestCase):
+    """
+    A bound client data connection and its peer data connection, each on
+    a L{BufferedTransport}: whichever side stops reading makes the server
+    stop reading from the other, rather than buffer.
+    """
+
+    chunk = 64 * 1024
+    payload = bytes(range(256)) * (8 * 4096)  # 8 MiB
+
+    def setUp(self) -> None:
+        clock = Clock()
+        relay = TcpRelay(
+            TcpRelayAllocator(clock, ["127.0.0.1"]), clock, "127.0.0.1", 50000, "127.0.0.1"
+        )
+        relay.on_connection = lambda connection: None
+        self.peer = PeerDataConnection(relay, relay.buffer_limit)
+        self.peer_side = BufferedTransport()
+        self.peer_side.connect(self.peer)
+        self.peer_side.receive(b"early")
+        self.client = TurnStreamFactory(make_server(), "tcp").buildProtocol(None)
+        self.client_side = BufferedTransport()
+        self.client_side.connect(self.client)
+        self.client.attach(self.peer)
+        self.assertEqual(self.client_side.read(), b"early")
+
+    def send(self, towards: BufferedTransport) -> None:
+        for offset in range(0, len(self.payload), self.chunk):
+            towards.receive(self.payload[offset : offset + self.chunk])
+
+    def drain(self, reader: BufferedTransport, sender: BufferedTransport) -> bytes:
+        received = []
+        while reader.unread or sender.held_back:
+            received.append(reader.read())
+        return b"".join(received)
+
+    def test_client_stops_reading(self) -> None:
+        """
+        A client that stops reading makes the server stop reading from the
+        peer: with 8 MiB sent by the peer, what the server holds stays
+        under 1 MiB; when the client reads again, all 8 MiB arrive intact.
+        """
+        self.send(self.peer_side)
+        self.assertEqual(self.peer_side.producerState, "paused")
+        self.assertLess(self.client_side.unread, 1024 * 1024)
+        self.assertGreater(self.peer_side.held_back, 6 * 1024 * 1024)
+        received = self.drain(self.client_side, self.peer_side)
+        self.assertEqual(hashlib.sha256(received).digest(), hashlib.sha256(self.payload).digest())
+        self.assertEqual(self.peer_side.producerState, "producing")
+
+    def test_peer_stops_reading(self) -> None:
+        """
+        The same the other way: a peer that stops reading makes the server
+        stop reading from the client.
+        """
+        self.send(self.client_side)
+        self.assertEqual(self.client_side.producerState, "paused")
+        self.assertLess(self.peer_side.unread, 1024 * 1024)
+        received = self.drain(self.peer_side, self.client_side)
+        self.assertEqual(hashlib.sha256(received).digest(), hashlib.sha256(self.payload).digest())

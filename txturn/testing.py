@@ -9,6 +9,7 @@ dance.
 from __future__ import annotations
 
 import bisect
+import collections
 import datetime
 import ipaddress
 import os
@@ -23,7 +24,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from txturn.credentials import ICredentialSource, StaticCredentials, long_term_key
@@ -540,3 +543,78 @@ class FakeDatagramTransport:
 
     def getHost(self) -> Any:
         return IPv4Address("UDP", "192.0.2.1", 5349)
+
+
+class BufferedTransport(StringTransport):
+    """
+    A L{StringTransport} that pushes back the way a TCP transport does, so
+    flow control can be tested in memory: past C{buffer_size} unread
+    bytes it pauses its streaming producer, and resumes it once the far
+    end has L{read} everything.  The other way, bytes the far end sends
+    (L{receive}) reach the protocol only while this transport is not
+    paused; the rest wait, like data in a socket nobody reads.
+    """
+
+    def __init__(self, buffer_size: int = 64 * 1024) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.buffer_size = buffer_size
+        self.protocol: Protocol | None = None
+        self._paused_producer = False
+        self._inbound: collections.deque[bytes] = collections.deque()
+
+    def connect(self, protocol: Protocol) -> None:
+        self.protocol = protocol
+        protocol.makeConnection(self)  # type: ignore[no-untyped-call]
+
+    @property
+    def unread(self) -> int:
+        """
+        Bytes written and not yet read by the far end.
+        """
+        return self.io.tell()
+
+    @property
+    def held_back(self) -> int:
+        """
+        Bytes the far end sent that the protocol has not been given.
+        """
+        return sum(len(data) for data in self._inbound)
+
+    def write(self, data: bytes) -> None:
+        super().write(data)  # type: ignore[no-untyped-call]
+        if (
+            self.producer is not None
+            and self.streaming
+            and not self._paused_producer
+            and self.unread > self.buffer_size
+        ):
+            self._paused_producer = True
+            self.producer.pauseProducing()
+
+    def read(self, size: int | None = None) -> bytes:
+        """
+        The far end reads up to C{size} bytes (all, by default).
+        """
+        data = self.value()  # type: ignore[no-untyped-call]
+        size = len(data) if size is None else size
+        self.clear()  # type: ignore[no-untyped-call]
+        self.io.write(data[size:])
+        if not self.unread and self._paused_producer and self.producer is not None:
+            self._paused_producer = False
+            self.producer.resumeProducing()
+        return bytes(data[:size])
+
+    def receive(self, data: bytes) -> None:
+        """
+        The far end sends C{data}.
+        """
+        self._inbound.append(data)
+        self._deliver()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()  # type: ignore[no-untyped-call]
+        self._deliver()
+
+    def _deliver(self) -> None:
+        while self._inbound and self.producerState == "producing" and self.protocol is not None:
+            self.protocol.dataReceived(self._inbound.popleft())
