@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.framing import StreamFramer
-from txturn.interfaces import Address, IPeerConnection, IStreamClientChannel
+from txturn.interfaces import Address, IPeerConnection, IStreamClientChannel, host_port
 from txturn.server import TurnServer
 from txturn.stream_guard import StreamGuard
 from txturn.stun import StunDecodeError
@@ -102,7 +102,7 @@ class TurnStreamProtocol(Protocol):
                 self.log.info(
                     "Closing {transport} connection from {client}: {error}",
                     transport=self.transport_name,
-                    client=self.peer_address,
+                    client=host_port(self.peer_address),
                     error=str(e),
                 )
                 assert self.transport is not None
