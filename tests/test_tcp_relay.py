@@ -8,12 +8,13 @@ data connection and its peer, in memory.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txturn.credentials import StaticCredentials
@@ -106,6 +107,7 @@ def dial(address: tuple[str, int], raw: bool = False) -> StreamClient:
     client = StreamClient()
     client.is_raw = raw
     factory = ClientFactory.forProtocol(StreamClient)
+    factory.noisy = False
     factory.buildProtocol = lambda addr: client  # type: ignore[method-assign]
     reactor.connectTCP(address[0], address[1], factory)
     return client
@@ -269,6 +271,40 @@ class TcpRelayTests(TcpRelayBase):
         yield wait_until(lambda: peer.raw == b"reply")
         peer.transport.loseConnection()
         yield data.lost
+
+    @defer.inlineCallbacks
+    def test_quiet(self) -> Any:
+        """
+        A TCP allocation with a peer connection each way, from Allocate to
+        deletion, logs its lifecycle events and nothing from Twisted: no
+        "starting on", "(TCP Port N Closed)" or "Starting protocol".
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        control, relayed = yield self.allocate()
+        yield self.request(control, Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, relayed)])
+        incoming = dial(relayed, raw=True)
+        yield incoming.ready
+        attempt = decode((yield control.next_frame()))
+        yield self.bind(attempt.get(Attr.CONNECTION_ID))
+        peer_address = ("127.0.0.1", self.peer_port.getHost().port)
+        response = yield self.request(
+            control, Method.CONNECT, [(Attr.XOR_PEER_ADDRESS, peer_address)]
+        )
+        yield self.bind(response.get(Attr.CONNECTION_ID))
+        yield self.request(control, Method.REFRESH, [(Attr.LIFETIME, 0)])
+        yield incoming.lost
+        lines = [formatEvent(e) for e in events]
+        self.assertTrue(lines[0].startswith("Allocated 127.0.0.1:"), lines)
+        self.assertTrue(any("deleted (refresh)" in line for line in lines), lines)
+        chatter = [
+            line
+            for line in lines
+            if "starting on" in line or "Closed)" in line or "protocol" in line.lower()
+        ]
+        self.assertEqual(chatter, [])
 
 
 class BufferLimitTests(TcpRelayBase):

@@ -24,7 +24,7 @@ import socket
 from typing import Any, Callable, Sequence
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.internet.interfaces import IReadDescriptor, IReadWriteDescriptor
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -201,6 +201,70 @@ class _Connecting:
         self._fail(PeerConnectFailed("connection attempt lost"))
 
 
+@implementer(IReadDescriptor)
+class _Listening:
+    """
+    A relay's listening socket, accepted from directly: a Twisted port
+    would log "starting on N" and "(TCP Port N Closed)" for every TCP
+    allocation, where the allocation's own events say all there is.
+    """
+
+    #: Connections accepted per wake-up, so one busy relay cannot hold
+    #: the reactor.
+    per_wake = 16
+    #: How long to stop accepting when the process is out of descriptors,
+    #: rather than wake up for the same pending connection at once.
+    backoff = 1.0
+
+    def __init__(self, reactor: Any, sock: socket.socket, factory: Factory) -> None:
+        self._reactor = reactor
+        self._socket = sock
+        self._factory = factory
+        self._resume: Any = None
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def logPrefix(self) -> str:
+        return "TcpRelay"
+
+    def doRead(self) -> None:
+        for _ in range(self.per_wake):
+            try:
+                connection, _address = self._socket.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in OUT_OF_DESCRIPTORS:
+                    self._reactor.removeReader(self)
+                    self._resume = self._reactor.callLater(self.backoff, self._start)
+                return
+            try:
+                connection.setblocking(False)
+                self._reactor.adoptStreamConnection(
+                    connection.fileno(), connection.family, self._factory
+                )
+            except OSError:
+                pass  # gone already, or no descriptor for the reactor's copy
+            finally:
+                connection.close()  # the reactor holds its own duplicate
+
+    def _start(self) -> None:
+        self._resume = None
+        self._reactor.addReader(self)
+
+    def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        self._reactor.removeReader(self)
+        self._socket.close()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.close()
+
+
 @implementer(ITcpRelay)
 class TcpRelay:
     """
@@ -219,18 +283,17 @@ class TcpRelay:
         self.icmp_receiver: Any = None
         self.buffer_limit = allocator.buffer_limit
         self.connections: set[PeerDataConnection] = set()
-        self._port: Any = None
+        self._listening: _Listening | None = None
         self._attempts: set[_Connecting] = set()
 
     def listen(self) -> None:
         sock = _reusable_socket(*self.address)
         try:
             sock.listen(128)
-            self._port = self._reactor.adoptStreamPort(
-                sock.fileno(), sock.family, _PeerFactory(self, True)
-            )
-        finally:
+        except OSError:
             sock.close()
+            raise
+        self._listening = _Listening(self._reactor, sock, _PeerFactory(self, True))
 
     def connect(self, peer: Address) -> defer.Deferred[Any]:
         def cancel(d: defer.Deferred[Any]) -> None:
@@ -262,10 +325,10 @@ class TcpRelay:
         for connection in list(self.connections):
             connection.close()
         self._allocator.release(self.address)
-        if self._port is None:
-            return None
-        port, self._port = self._port, None
-        return port.stopListening()
+        if self._listening is not None:
+            self._listening.close()
+            self._listening = None
+        return None
 
 
 @implementer(ITcpRelayAllocator)
