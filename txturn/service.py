@@ -26,6 +26,7 @@ from txturn import descriptors
 from txturn.credentials import ICredentialSource
 from txturn.dtls import DtlsListener
 from txturn.host_addresses import host_addresses
+from txturn.interfaces import host_port
 from txturn.limits import ConnectionLimits
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig, TurnServer
@@ -278,10 +279,9 @@ class TurnService(service.MultiService):
         for name, p in self.ports:
             host = p.getHost()
             self.log.info(
-                "TURN listening on {transport} {host} port {port}",
+                "TURN listening on {transport} {address}",
                 transport=name.upper(),
-                host=host.host,
-                port=host.port,
+                address=host_port((host.host, host.port)),
             )
         if self.tls is None and self.transports & {"tls", "dtls"}:
             self.log.warn("No --cert given: TLS and DTLS listeners are not started")
