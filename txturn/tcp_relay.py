@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tcp_allocation -*-
+# -*- test-case-name: tests.test_tcp_relay,tests.test_tcp_allocation -*-
 """
 TCP relays (RFC 6062): a listening socket on the relayed transport
 address, outgoing connections from that same address and port, and the
