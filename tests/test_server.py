@@ -21,6 +21,9 @@ from txturn.credentials import (
     userhash,
 )
 from txturn.stun import (
+    CHANNEL_DATA_FIRST_BYTE_MAX,
+    CHANNEL_DATA_FIRST_BYTE_MIN,
+    CHANNEL_HEADER_LENGTH,
     FAMILY_IPV4,
     FAMILY_IPV6,
     NONCE_COOKIE,
@@ -665,6 +668,22 @@ class ChannelTests(ServerTestCase):
         self.assertEqual(self.relay.sent, [(b"abc", PEER)])
         self.relay.receiver(b"xyz", PEER)
         self.assertEqual(self.channel.pop(), b"\x40\x01\x00\x03xyz")
+
+    def test_channel_range_edges(self) -> None:
+        """
+        ChannelData on the first and last channel numbers is relayed: the
+        hot path's first-byte test agrees with the channel range and with
+        the codec's constants.
+        """
+        self.assertEqual(
+            (CHANNEL_DATA_FIRST_BYTE_MIN, CHANNEL_DATA_FIRST_BYTE_MAX, CHANNEL_HEADER_LENGTH),
+            (0x40, 0x7F, 4),
+        )
+        self.assertSuccess(self.bind(0x4000, PEER))
+        self.assertSuccess(self.bind(0x7FFF, PEER2))
+        self.send(b"\x40\x00\x00\x01a\x00\x00\x00")
+        self.send(b"\x7f\xff\x00\x00")
+        self.assertEqual(self.relay.sent, [(b"a", PEER), (b"", PEER2)])
 
     def test_channel_data_checks(self) -> None:
         """

@@ -76,6 +76,42 @@ class Allocation:
     @ivar peer_channels: peer address -> channel number.
     """
 
+    # Slots keep attribute access on the per-packet path fast: past 30
+    # attributes CPython stops sharing instance dict keys, and every
+    # counter increment became a slower dict operation.
+    __slots__ = (
+        "_reactor",
+        "id",
+        "_emit",
+        "created",
+        "end_reason",
+        "to_peers_packets",
+        "to_peers_bytes",
+        "to_client_packets",
+        "to_client_bytes",
+        "client",
+        "client_address",
+        "username",
+        "relays",
+        "_expiry",
+        "permissions",
+        "channels",
+        "peer_channels",
+        "_channel_timers",
+        "_cooldown_channels",
+        "_cooldown_peers",
+        "_on_empty",
+        "allocate_transaction",
+        "allocate_response",
+        "closed",
+        "tcp",
+        "bandwidth",
+        "_stats",
+        "_txid_prefix",
+        "_send_to_client",
+        "_pad",
+    )
+
     def __init__(
         self,
         reactor: IReactorTime,

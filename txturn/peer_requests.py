@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from txturn.allocation import Allocation
-from txturn.interfaces import Address, host_port
+from txturn.interfaces import Address, IClientChannel, host_port
 from txturn.request import Request
-from txturn.stun import Attr
+from txturn.stun import Attr, Message
 
 if TYPE_CHECKING:
     from txturn.server import TurnServer
@@ -99,17 +99,17 @@ class PeerRequests:
         allocation.bind_channel(channel, peer, relay)
         request.succeed()
 
-    def send_indication(self, request: Request) -> None:
+    def send_indication(self, client: IClientChannel, address: Address, message: Message) -> None:
         """
         A Send indication: relayed when well formed and permitted, else
         silently dropped, as indications get no answer.
         """
         server = self._server
-        allocation = server.table.get(request.client, request.address)
-        if allocation is None or allocation.tcp or request.message.unknown_required():
+        allocation = server.table.get(client, address)
+        if allocation is None or allocation.tcp or message.unknown_required():
             return
-        peer = request.get(Attr.XOR_PEER_ADDRESS)
-        data = request.get(Attr.DATA)
+        peer = message.get(Attr.XOR_PEER_ADDRESS)
+        data = message.get(Attr.DATA)
         if peer is None or data is None or peer[0] not in allocation.permissions:
             return
         relay = allocation.relay_for(peer[0])

@@ -52,10 +52,7 @@ from txturn.policy import PeerPolicy
 from txturn.request import Request
 from txturn.reservations import Reservations
 from txturn.stun import (
-    CHANNEL_DATA_FIRST_BYTE_MAX,
-    CHANNEL_DATA_FIRST_BYTE_MIN,
     CHANNEL_DATA_HEADER,
-    CHANNEL_HEADER_LENGTH,
     Attr,
     Class,
     Message,
@@ -234,12 +231,15 @@ class TurnServer:
         if not data:
             return
         first = data[0]
-        if CHANNEL_DATA_FIRST_BYTE_MIN <= first <= CHANNEL_DATA_FIRST_BYTE_MAX:
+        # stun.CHANNEL_DATA_FIRST_BYTE_MIN/MAX and CHANNEL_HEADER_LENGTH as
+        # literals: this runs for every packet (tests.test_server checks
+        # they agree).
+        if 0x40 <= first <= 0x7F:
             # channel_data_header(), inline: this runs for every packet.
             allocation = self._allocation_of((client, address))
-            if allocation is not None and len(data) >= CHANNEL_HEADER_LENGTH:
+            if allocation is not None and len(data) >= 4:
                 channel, length = CHANNEL_DATA_HEADER.unpack_from(data)
-                if length <= len(data) - CHANNEL_HEADER_LENGTH:
+                if length <= len(data) - 4:
                     allocation.from_client_channel(channel, data, length)
             return
         if first > 0x03:
@@ -253,8 +253,21 @@ class TurnServer:
                 error=str(e),
             )
             return
-        request = self._request(client, address, message)
+        self._handle(client, address, message)
+
+    def _handle(self, client: IClientChannel, address: Address, message: Message) -> None:
+        """
+        Hand a decoded message to its method.  A Send indication goes
+        straight to L{PeerRequests.send_indication}: it is relayed data
+        (Firefox's way), and gets no answer, so it needs no L{Request}.
+        """
+        request: Request | None = None
         try:
+            if message.cls == Class.INDICATION and not message.is_classic:
+                if message.method == Method.SEND:
+                    self.peer_requests.send_indication(client, address, message)
+                return
+            request = self._request(client, address, message)
             self._dispatch(request)
         except StunDecodeError as e:
             # A well-framed message with a malformed attribute value.  The
@@ -264,7 +277,7 @@ class TurnServer:
                 client=host_port(address),
                 error=str(e),
             )
-            if message.cls == Class.REQUEST and request.result is None:
+            if request is not None and message.cls == Class.REQUEST and request.result is None:
                 request.fail(400)
         except Exception as e:
             # A bug, not bad input: say so (once a minute per kind, as a
@@ -275,7 +288,7 @@ class TurnServer:
                 "Unexpected error handling a message from {client}",
                 client=host_port(address),
             )
-            if message.cls == Class.REQUEST and request.result is None:
+            if request is not None and message.cls == Class.REQUEST and request.result is None:
                 request.fail(500)
 
     def _dispatch(self, request: Request) -> None:
@@ -286,10 +299,6 @@ class TurnServer:
                 response = response_to(message, Class.SUCCESS)
                 response.add(Attr.MAPPED_ADDRESS, request.address)
                 request.client.send(encode(response), request.address)
-            return
-        if message.cls == Class.INDICATION:
-            if message.method == Method.SEND:
-                self.peer_requests.send_indication(request)
             return
         if message.cls != Class.REQUEST:
             return
