@@ -27,6 +27,7 @@ from txturn.testing import (
     RecordingClientChannel,
     StunClient,
     binding,
+    exchange,
     make_server,
     pump,
     self_signed_certificate,
@@ -294,14 +295,11 @@ class BehaviourMixin:
         self.client = StunClient("u", "p")
 
     def request(self, method: int, attrs: list[tuple[int, Any]] | None = None) -> Message:
-        self.link.send(self.client.request(method, attrs))
+        return exchange(self.client, method, attrs, self.link.send, self.receive_one)
+
+    def receive_one(self) -> bytes:
         [raw] = self.link.receive()
-        response = self.client.learn(raw)
-        if response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] == 401:
-            self.link.send(self.client.request(method, attrs))
-            [raw] = self.link.receive()
-            response = self.client.learn(raw)
-        return response
+        return raw
 
     def test_allocate_refresh(self) -> None:
         """

@@ -18,6 +18,7 @@ from txturn.testing import (
     FakeTcpRelayAllocator,
     RecordingClientChannel,
     StunClient,
+    authenticated_request,
     make_server,
 )
 
@@ -282,15 +283,9 @@ class EveryPathTests(SynchronousTestCase):
         self.request(self.tcp, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 6)])
 
     def request(self, channel: RecordingClientChannel, method: int, attrs: list[Any]) -> Any:
-        for _ in range(2):
-            self.server.datagram_received(
-                channel, self.client.request(method, attrs), ("9.9.9.9", 1000)
-            )
-            response = self.client.learn(channel.pop())
-            if response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] in (401, 438):
-                continue
-            return response
-        return response
+        return authenticated_request(
+            self.server, channel, self.client, method, attrs, ("9.9.9.9", 1000)
+        )
 
     def code(self, response: Any) -> int:
         return 0 if response.cls == Class.SUCCESS else response.get(Attr.ERROR_CODE)[0]

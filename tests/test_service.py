@@ -100,9 +100,8 @@ class ServiceTests(TestCase):
             self.client_port.write(self.client.request(method, attrs), self.server_address)
             data, _ = yield self.client_proto.next()
             response = self.client.learn(data)
-            if response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] in (401, 438):
-                continue
-            return response
+            if not self.client.challenged(response):
+                break
         return response
 
     @defer.inlineCallbacks

@@ -186,10 +186,9 @@ class TcpRelayBase(TestCase):
             connection.transport.write(self.client.request(method, attrs) + extra)
             frame = yield connection.next_frame()
             response = self.client.learn(frame)
-            if response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] == 401:
-                connection.is_raw = False
-                continue
-            return response
+            if not self.client.challenged(response):
+                break
+            connection.is_raw = False
         return response
 
     @defer.inlineCallbacks

@@ -13,7 +13,7 @@ import collections
 import datetime
 import ipaddress
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -216,6 +216,14 @@ class StunClient:
             self.algorithms = algorithms
         return message
 
+    @staticmethod
+    def challenged(response: Message) -> bool:
+        """
+        Whether C{response} is a 401 or 438: a client that has L{learn}t
+        from it sends its request again.
+        """
+        return response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] in (401, 438)
+
     def request(
         self,
         method: int,
@@ -242,6 +250,26 @@ class StunClient:
         return encode(message, key, sha256=sha256, add_fingerprint=self.fingerprint)
 
 
+def exchange(
+    client: StunClient,
+    method: int,
+    attributes: list[tuple[int, Any]] | None,
+    send: Callable[[bytes], None],
+    receive: Callable[[], bytes],
+) -> Message:
+    """
+    Send a request as C{client} through C{send} and return the answer
+    C{receive} gets, answering a 401 or 438 once first, as a real client
+    does.
+    """
+    for _ in range(2):
+        send(client.request(method, attributes))
+        response = client.learn(receive())
+        if not client.challenged(response):
+            break
+    return response
+
+
 def authenticated_request(
     server: Any,
     channel: RecordingClientChannel,
@@ -251,16 +279,15 @@ def authenticated_request(
     address: Address,
 ) -> Message:
     """
-    Send a request as C{client} and return the answer, answering a 401 or
-    438 once first, as a real client does.
+    L{exchange} with a core over C{channel}, from C{address}.
     """
-    for _ in range(2):
-        server.datagram_received(channel, client.request(method, attributes), address)
-        response = client.learn(channel.pop())
-        if response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] in (401, 438):
-            continue
-        return response
-    return response
+    return exchange(
+        client,
+        method,
+        attributes,
+        lambda data: server.datagram_received(channel, data, address),
+        channel.pop,
+    )
 
 
 def make_server(
