@@ -92,8 +92,9 @@ class EventTests(SynchronousTestCase):
     def test_allocation_lifecycle(self) -> None:
         """
         Created, permission and channel installed, refreshed, traffic
-        counted each way, deleted by the client with its duration and
-        totals; every request answered is announced with its code.
+        counted each way, deleted by the client with its duration,
+        totals and drops; every request answered is announced with its
+        code.
         """
         self.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
         (created,) = self.recorder.of(AllocationCreated)
@@ -116,6 +117,8 @@ class EventTests(SynchronousTestCase):
         relay = allocation.relays[1]
         relay.receiver(b"from the peer", PEER)
         relay.receiver(b"again", PEER)
+        relay.receiver(b"stranger", ("203.0.113.99", 1))
+        self.server.datagram_received(self.channel, b"\x40\x01\x00\x01x", CLIENT)
         self.channel.sent.clear()
         self.clock.advance(100)
         self.request(Method.REFRESH, [(Attr.LIFETIME, 900)])
@@ -129,6 +132,9 @@ class EventTests(SynchronousTestCase):
         self.assertEqual(deleted.duration, 100.0)
         self.assertEqual(deleted.to_peers, Traffic(1, 5))
         self.assertEqual(deleted.to_client, Traffic(2, 18))
+        self.assertEqual(
+            deleted.dropped, {"dropped_no_permission": 1, "dropped_unbound_channel": 1}
+        )
         codes = [(e.method, e.code) for e in self.recorder.of(RequestAnswered)]
         self.assertEqual(
             codes,
@@ -261,6 +267,9 @@ class EventLogTests(SynchronousTestCase):
             ChannelBound(7, 0x4000, PEER),
             RequestAnswered(Method.REFRESH, 0, v6, "tls", "u"),
             AllocationDeleted(7, "u", v6, "tls", "expired", 612.4, Traffic(3, 30), Traffic(4, 40)),
+            AllocationDeleted(
+                9, "u", v6, "udp", "refresh", 1, Traffic(0, 0), Traffic(0, 0), {"refused_peer": 2}
+            ),
             DataConnectionOpened(8, 99, PEER),
             AuthenticationFailed(("198.51.100.1", 7), "mallory", "unknown user"),
         )
@@ -270,6 +279,9 @@ class EventLogTests(SynchronousTestCase):
                 "Allocated 192.0.2.1:50000 for u from [2001:db8::7]:4000 over tls for 600s",
                 "Allocation 7 of u from [2001:db8::7]:4000 deleted (expired) after 612s: "
                 "3 packets, 30 bytes to peers; 4 packets, 40 bytes to the client",
+                "Allocation 9 of u from [2001:db8::7]:4000 deleted (refresh) after 1s: "
+                "0 packets, 0 bytes to peers; 0 packets, 0 bytes to the client; "
+                "dropped: 2 refused_peer",
                 "TCP data connection 99 to 203.0.113.5:5000 of allocation 8 opened",
                 "Authentication failed for user 'mallory' from 198.51.100.1:7: unknown user",
             ],

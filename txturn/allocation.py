@@ -110,6 +110,7 @@ class Allocation:
         "_txid_prefix",
         "_send_to_client",
         "_pad",
+        "dropped",
     )
 
     def __init__(
@@ -133,6 +134,8 @@ class Allocation:
         #: Packets and bytes relayed each way (the hot path's counters).
         self.to_peers_packets = self.to_peers_bytes = 0
         self.to_client_packets = self.to_client_bytes = 0
+        #: Relayed packets dropped, by reason (see L{drop}).
+        self.dropped: collections.Counter[str] = collections.Counter()
         self.client = client
         self.client_address = client_address
         self.username = username
@@ -310,19 +313,30 @@ class Allocation:
 
     # -- the relay hot path ------------------------------------------------------
 
+    def drop(self, reason: str) -> None:
+        """
+        Count a relayed packet dropped for C{reason}, for this allocation
+        (its deletion event reports them) and for the server.  Only the
+        drop path pays for it.
+        """
+        self.dropped[reason] += 1
+        self._stats[reason] += 1
+
     def from_client_channel(self, channel: int, data: bytes, length: int) -> None:
         """
         ChannelData from the client: send its payload to the bound peer.
         Unbound channels are dropped, as RFC 8656 section 12.4 says.
         """
         entry = self.channels.get(channel)
-        if entry is not None:
-            if self.bandwidth is not None and not self.bandwidth.take(length):
-                self._stats["dropped_bandwidth"] += 1
-                return
-            entry[1].send(data[4 : 4 + length], entry[0])
-            self.to_peers_packets += 1
-            self.to_peers_bytes += length
+        if entry is None:
+            self.drop("dropped_unbound_channel")
+            return
+        if self.bandwidth is not None and not self.bandwidth.take(length):
+            self.drop("dropped_bandwidth")
+            return
+        entry[1].send(data[4 : 4 + length], entry[0])
+        self.to_peers_packets += 1
+        self.to_peers_bytes += length
 
     def from_peer(self, data: bytes, peer: Address) -> None:
         """
@@ -331,10 +345,10 @@ class Allocation:
         indication.
         """
         if peer[0] not in self.permissions:
-            self._stats["dropped_no_permission"] += 1
+            self.drop("dropped_no_permission")
             return
         if self.bandwidth is not None and not self.bandwidth.take(len(data)):
-            self._stats["dropped_bandwidth"] += 1
+            self.drop("dropped_bandwidth")
             return
         channel = self.peer_channels.get(peer)
         if channel is not None:
@@ -342,7 +356,7 @@ class Allocation:
         elif len(data) <= MAX_INDICATION_DATA:
             self._send_to_client(self.data_indication(peer, Attr.DATA, data), self.client_address)
         else:
-            self._stats["dropped_oversize"] += 1
+            self.drop("dropped_oversize")
             return
         self.to_client_packets += 1
         self.to_client_bytes += len(data)

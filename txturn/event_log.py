@@ -8,6 +8,8 @@ also a structured field of the event.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -46,7 +48,7 @@ class EventLog:
             self.log.info(
                 "Allocation {allocation} of {user} from {client} deleted ({reason}) after "
                 "{duration:.0f}s: {to_peers_packets} packets, {to_peers_bytes} bytes to peers; "
-                "{to_client_packets} packets, {to_client_bytes} bytes to the client",
+                "{to_client_packets} packets, {to_client_bytes} bytes to the client{drops}",
                 allocation=event.allocation,
                 user=event.username,
                 client=host_port(event.client),
@@ -56,6 +58,8 @@ class EventLog:
                 to_peers_bytes=event.to_peers.bytes,
                 to_client_packets=event.to_client.packets,
                 to_client_bytes=event.to_client.bytes,
+                drops=_drops(event.dropped),
+                dropped=dict(event.dropped),
             )
         elif isinstance(event, AllocationRefreshed):
             self.log.debug(
@@ -79,3 +83,12 @@ class EventLog:
                 client=host_port(event.client),
                 reason=event.reason,
             )
+
+
+def _drops(dropped: Mapping[str, int]) -> str:
+    """
+    "; dropped: 3 dropped_no_permission, ..." or nothing.
+    """
+    if not dropped:
+        return ""
+    return "; dropped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))

@@ -17,7 +17,8 @@ their ends too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from zope.interface import Interface
 
@@ -73,6 +74,9 @@ class AllocationDeleted:
     @ivar duration: seconds since it was created.
     @ivar to_peers: what the client sent through it.
     @ivar to_client: what peers sent through it.
+    @ivar dropped: relayed packets dropped, by reason: C{dropped_no_permission},
+        C{dropped_unbound_channel}, C{dropped_bandwidth}, C{dropped_oversize},
+        C{refused_peer} (a Send indication to a peer the policy refuses).
     """
 
     allocation: int
@@ -83,6 +87,7 @@ class AllocationDeleted:
     duration: float
     to_peers: Traffic
     to_client: Traffic
+    dropped: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

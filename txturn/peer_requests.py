@@ -116,10 +116,10 @@ class PeerRequests:
         if relay is None:
             return
         if not server.policy.allows_peer(peer[0], peer[1]):
-            server.count("refused_peer")
+            allocation.drop("refused_peer")
             return
         if allocation.bandwidth is not None and not allocation.bandwidth.take(len(data)):
-            server.count("dropped_bandwidth")
+            allocation.drop("dropped_bandwidth")
             return
         relay.send(data, peer)
         allocation.to_peers_packets += 1

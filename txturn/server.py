@@ -376,6 +376,7 @@ class TurnServer:
                     self._reactor.seconds() - allocation.created,
                     Traffic(allocation.to_peers_packets, allocation.to_peers_bytes),
                     Traffic(allocation.to_client_packets, allocation.to_client_bytes),
+                    dict(allocation.dropped),
                 )
             )
         self.tcp_allocations.allocation_closed(allocation)
