@@ -189,6 +189,14 @@ class TurnServer:
         """
         self.stats[what] += 1
 
+    def reconfigure(self, config: ServerConfig) -> None:
+        """
+        Apply C{config} to every request from now on; allocations keep
+        what they were given.  The challenge rate and nonce lifetime stay
+        as they were at construction.
+        """
+        self.config = config
+
     def add_observer(self, observer: IServerObserver) -> None:
         self.observers.append(observer)
 

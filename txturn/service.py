@@ -242,7 +242,9 @@ class TurnService(service.MultiService):
         )
         config = self.server.config
         if not config.total_quota:
-            self.server.config = replace(config, total_quota=descriptors.allocation_budget(limit))
+            self.server.reconfigure(
+                replace(config, total_quota=descriptors.allocation_budget(limit))
+            )
         self.log.info(
             "Descriptor limit {limit}: up to {connections} TCP/TLS connections "
             "and {allocations} allocations",
