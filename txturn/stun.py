@@ -629,17 +629,10 @@ def _check_fingerprint(data: bytes, offset: int, end: int, value: bytes) -> None
         raise StunDecodeError("STUN FINGERPRINT does not match")
 
 
-def decode(data: bytes) -> Message:
+def _decode_header(data: bytes) -> Message:
     """
-    Decode one STUN message that fills C{data} exactly.
-
-    Attributes after MESSAGE-INTEGRITY are ignored except
-    MESSAGE-INTEGRITY-SHA256 and FINGERPRINT, and after
-    MESSAGE-INTEGRITY-SHA256 all but FINGERPRINT (RFC 8489 section 14.5/6);
-    a FINGERPRINT that is wrong or not last is a decode error, because it
-    is how STUN is told apart from other protocols on one port.
-
-    @raise StunDecodeError: for anything malformed.
+    A message with no attributes yet, from C{data}'s header, which must
+    announce exactly the bytes that follow it.
     """
     if len(data) < HEADER_LENGTH:
         raise StunDecodeError("STUN message is shorter than its 20-byte header")
@@ -657,6 +650,23 @@ def decode(data: bytes) -> Message:
     message = Message(method=method, cls=cls, transaction_id=transaction_id, raw=data)
     if cookie != MAGIC_COOKIE:
         message.legacy_cookie = data[4:8]
+    return message
+
+
+def decode(data: bytes) -> Message:
+    """
+    Decode one STUN message that fills C{data} exactly.
+
+    Attributes after MESSAGE-INTEGRITY are ignored except
+    MESSAGE-INTEGRITY-SHA256 and FINGERPRINT, and after
+    MESSAGE-INTEGRITY-SHA256 all but FINGERPRINT (RFC 8489 section 14.5/6);
+    a FINGERPRINT that is wrong or not last is a decode error, because it
+    is how STUN is told apart from other protocols on one port.
+
+    @raise StunDecodeError: for anything malformed.
+    """
+    message = _decode_header(data)
+    transaction_id = message.transaction_id
     attributes = message.attributes
     offset = HEADER_LENGTH
     after_integrity = after_sha256 = False
