@@ -171,6 +171,32 @@ def logged_failures() -> Iterator[list[Any]]:
         globalLogPublisher.removeObserver(observer)
 
 
+class _StreamFeeder:
+    """
+    Feeds data to TCP connections of a server, each in two chunks cut at
+    a given point, opening a new connection when asked or when the last
+    one closed on bad framing.
+    """
+
+    def __init__(self, server: TurnServer) -> None:
+        self._server = server
+        self._stream: Any = None
+
+    def feed(self, data: bytes, cut: int, fresh: bool, port: int) -> None:
+        if self._stream is None or fresh:
+            self._stream = TurnStreamFactory(self._server, "tcp").buildProtocol(None)
+            self._stream.makeConnection(
+                StringTransport(  # type: ignore[no-untyped-call]
+                    peerAddress=IPv4Address("TCP", "198.51.100.2", port)
+                )
+            )
+        self._stream.dataReceived(data[:cut])
+        self._stream.dataReceived(data[cut:])
+        if self._stream.transport.disconnecting:
+            self._stream.connectionLost()
+            self._stream = None
+
+
 def fuzz(iterations: int, seed: int) -> dict[str, Any]:
     """
     Feed C{iterations} mutated requests to a fresh core, alternately as
@@ -196,7 +222,7 @@ def fuzz(iterations: int, seed: int) -> dict[str, Any]:
     corpus = seeds(client)
     rng = random.Random(seed)
     escaped: list[str] = []
-    stream: Any = None
+    stream = _StreamFeeder(server)
     successes = 0
     with logged_failures() as failures:
         for i in range(iterations):
@@ -210,19 +236,7 @@ def fuzz(iterations: int, seed: int) -> dict[str, Any]:
                     # Only this address ever authenticates.
                     server.datagram_received(channel, data, ("198.51.100.1", 1000))
                 else:
-                    if stream is None or i % 64 == 0:
-                        stream = TurnStreamFactory(server, "tcp").buildProtocol(None)
-                        stream.makeConnection(
-                            StringTransport(  # type: ignore[no-untyped-call]
-                                peerAddress=IPv4Address("TCP", "198.51.100.2", i % 60000)
-                            )
-                        )
-                    cut = rng.randint(0, len(data))
-                    stream.dataReceived(data[:cut])
-                    stream.dataReceived(data[cut:])
-                    if stream.transport.disconnecting:
-                        stream.connectionLost()
-                        stream = None
+                    stream.feed(data, rng.randint(0, len(data)), fresh=i % 64 == 0, port=i % 60000)
             except Exception as e:  # noqa: BLE001 - counting what escapes is the point
                 escaped.append(repr(e))
             # Success responses are 0x01xx without the error bit 0x0010.
