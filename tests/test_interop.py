@@ -33,7 +33,7 @@ from txturn.events import IServerObserver, RequestAnswered
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
 from txturn.service import TurnService
-from txturn.testing import self_signed_certificate
+from txturn.testing import loopback_hosts, needs_ipv6, self_signed_certificate
 from txturn.tls import TlsCredentials
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -182,8 +182,8 @@ class InProcessServer:
         self.service = TurnService(
             reactor,
             StaticCredentials("txturn", {"test": "secret"}),
-            [("127.0.0.1", 0), ("::1", 0)],
-            ["127.0.0.1", "::1"],
+            [(host, 0) for host in loopback_hosts()],
+            loopback_hosts(),
             policy=PeerPolicy(allow_loopback=True),
             config=ServerConfig(realm="txturn"),
             tls=TlsCredentials(self.cert, key),
@@ -251,7 +251,7 @@ class UclientTests(TestCase):
         self.server.start()
         self.addCleanup(self.server.stop)
         self.peer_port = free_udp_port()
-        for host in ["127.0.0.1", "::1"]:
+        for host in loopback_hosts():
             spawn([peer, "-L", host, "-p", str(self.peer_port)], self)
 
     @defer.inlineCallbacks
@@ -311,12 +311,14 @@ class UclientTests(TestCase):
         output = yield self.run_uclient("-S", transport="dtls", clients=2, messages=20)
         self.assertIn("method=DTLSv1.2", output)
 
+    @needs_ipv6
     def test_ipv6_relay(self) -> Any:
         """
         An IPv6 relay (-x) to an IPv6 peer, the client on IPv4.
         """
         return self.run_uclient("-x", peer="::1", clients=2, messages=20)
 
+    @needs_ipv6
     def test_ipv6_client(self) -> Any:
         """
         Everything over IPv6: client, server and peer on ::1, over TCP.
@@ -333,6 +335,7 @@ class UclientTests(TestCase):
         """
         yield self.run_uclient("-T", transport="tcp", clients=2, messages=20)
 
+    @needs_ipv6
     def test_tcp_allocation_tls_ipv6(self) -> Any:
         """
         TCP allocations over TLS, with IPv6 relays.
@@ -422,6 +425,7 @@ class UclientTests(TestCase):
         yield self.run_uclient(clients=2, messages=20)
         self.assertEqual(failures, [])
 
+    @needs_ipv6
     @defer.inlineCallbacks
     def test_dual_allocation(self) -> Any:
         """

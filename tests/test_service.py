@@ -21,7 +21,7 @@ from txturn.policy import PeerPolicy, parse_range
 from txturn.server import ServerConfig
 from txturn.service import TurnService
 from txturn.stun import Attr, Class, Message, Method, decode, encode
-from txturn.testing import StunClient
+from txturn.testing import StunClient, needs_ipv6
 
 REALM = "test"
 
@@ -218,6 +218,7 @@ class DualStackTests(TestCase):
     IPv4 and IPv6 listeners share a port, and IPv4 clients stay IPv4.
     """
 
+    @needs_ipv6
     @defer.inlineCallbacks
     def test_wildcards(self) -> Any:
         """

@@ -13,7 +13,7 @@ import collections
 import datetime
 import ipaddress
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from txturn.credentials import ICredentialSource, StaticCredentials, long_term_key
 from txturn.events import IServerObserver
+from txturn.host_addresses import ipv6_available
 from txturn.interfaces import (
     Address,
     IPeerConnection,
@@ -319,6 +320,27 @@ def make_server(
         tcp_relays=tcp_relays,
         observers=observers,
     )
+
+
+_Test = TypeVar("_Test", bound=Callable[..., Any])
+
+
+def needs_ipv6(test: _Test) -> _Test:
+    """
+    Skip the decorated test (trial's C{skip}) on a host that cannot bind
+    IPv6 sockets.
+    """
+    if not ipv6_available():
+        test.skip = "this host cannot bind IPv6 sockets"  # type: ignore[attr-defined]
+    return test
+
+
+def loopback_hosts() -> list[str]:
+    """
+    The loopback addresses this host can bind: 127.0.0.1, and ::1 when
+    IPv6 works.
+    """
+    return ["127.0.0.1", "::1"] if ipv6_available() else ["127.0.0.1"]
 
 
 def documentation_peers() -> PeerPolicy:
