@@ -53,3 +53,26 @@ class LibraryExampleTests(TestCase):
         )
         yield parent.stopService()
         self.assertEqual(turn.ports, [])
+
+
+class TestingExampleTests(TestCase):
+    """
+    The txturn.testing example in doc/library.rst runs.
+    """
+
+    def test_testing_example(self) -> None:
+        """
+        The literal block after "as a real client does::" executes, and its
+        asserts hold.
+        """
+        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "doc", "library.rst")
+        with open(path) as f:
+            lines = f.read().split("\n")
+        start = next(i for i, line in enumerate(lines) if line.endswith("a real client does::"))
+        block = []
+        for line in lines[start + 2 :]:
+            if line and not line.startswith("    "):
+                break
+            block.append(line[4:])
+        self.assertIn("authenticated_request", "\n".join(block))
+        exec(compile("\n".join(block), path, "exec"), {})  # noqa: S102 - the doc's own code
