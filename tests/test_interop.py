@@ -419,10 +419,16 @@ class UclientTests(TestCase):
         out, err, code = yield getProcessOutputAndValue(self.uclient, ["-N", *common])
         self.assertIn(b"error 400", out + err)
         before = len(handled)
-        yield getProcessOutputAndValue("/usr/bin/timeout", ["10", self.uclient, "-R", *common])
+        # Eight clients, so that at least one gets past its first message
+        # (a corrupted one can be dropped in silence, and then that client
+        # waits forever).
+        abusive = uclient_args(port, self.peer_port, 10, 8, length=100)
+        yield getProcessOutputAndValue("/usr/bin/timeout", ["10", self.uclient, "-R", *abusive])
         # -R's traffic reached the core: allocations, or malformed messages dropped.
         self.assertGreater(len(handled), before)
-        yield self.run_uclient(clients=2, messages=20)
+        # Over TCP: -R was killed with its UDP allocations alive, and a new
+        # UDP client given one of its old ports would rightly get 437.
+        yield self.run_uclient("-t", transport="tcp", clients=2, messages=20)
         self.assertEqual(failures, [])
 
     @needs_ipv6
