@@ -325,6 +325,21 @@ class AuthenticationTests(ServerTestCase):
         self.clock.advance(61)
         self.assertError(self.authed(Method.REFRESH), 401)
 
+    def test_rest_api_rotation(self) -> None:
+        """
+        With two secrets (a rotation in progress) names signed with
+        either work; a name signed with a third secret does not.
+        """
+        self.credentials.sources[1] = RestApiCredentials(["old-secret", "new-secret"])
+        for i, secret in enumerate(["old-secret", "new-secret", "other"]):
+            username = f"{int(self.clock.seconds()) + 60}:user{i}"
+            self.client = StunClient(username, rest_api_password(secret, username))
+            response = self.allocate(address=("198.51.100.1", 7000 + i))
+            if secret == "other":
+                self.assertError(response, 401)
+            else:
+                self.assertSuccess(response)
+
     def test_other_user_allocation(self) -> None:
         """
         A request on a 5-tuple allocated by another user gets 441.

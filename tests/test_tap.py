@@ -391,9 +391,11 @@ class MakeServiceTests(SynchronousTestCase):
         )
         self.assertIsInstance(service, TurnService)
         creds = service.server.credentials
-        self.assertEqual(creds.key_for("a", "r", 1, 0), long_term_key("a", "r", "b"))
-        self.assertEqual(creds.key_for("dbuser", "r", 1, 0), long_term_key("dbuser", "r", "dbpass"))
-        self.assertIsNotNone(creds.key_for("99:x", "r", PasswordAlgorithm.MD5, 0))
+        self.assertEqual(creds.keys_for("a", "r", 1, 0), [long_term_key("a", "r", "b")])
+        self.assertEqual(
+            creds.keys_for("dbuser", "r", 1, 0), [long_term_key("dbuser", "r", "dbpass")]
+        )
+        self.assertEqual(len(creds.keys_for("99:x", "r", PasswordAlgorithm.MD5, 0)), 1)
         self.assertEqual(service.relay_addresses, ["192.0.2.1"])
         expected = [("0.0.0.0", 3478), ("::", 3478)] if ipv6_available() else [("0.0.0.0", 3478)]
         self.assertEqual(service.listen, expected)
@@ -408,10 +410,10 @@ class MakeServiceTests(SynchronousTestCase):
         username, password = service._announce
         creds = service.server.credentials
         self.assertEqual(
-            creds.key_for(username, "txturn", 1, 0), long_term_key(username, "txturn", password)
+            creds.keys_for(username, "txturn", 1, 0), [long_term_key(username, "txturn", password)]
         )
-        self.assertIsNone(creds.key_for("", "txturn", 1, 0))
-        self.assertIsNone(creds.key_for("anonymous", "txturn", 1, 0))
+        self.assertEqual(creds.keys_for("", "txturn", 1, 0), [])
+        self.assertEqual(creds.keys_for("anonymous", "txturn", 1, 0), [])
 
     def test_policy(self) -> None:
         """

@@ -13,13 +13,12 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
-
 from txturn.allocate_request import AllocateRequest, Refusal, parse_allocate
 from txturn.allocation import Allocation
 from txturn.events import AllocationCreated, AllocationRefreshed
 from txturn.interfaces import IRelay, RelayUnavailable
 from txturn.limits import LogThrottle, TokenBucket
+from txturn.log_level import logger
 from txturn.request import Request
 from txturn.stun import ERROR_REASONS, FAMILY_IPV4, FAMILY_IPV6, Attr, family_of
 
@@ -35,7 +34,7 @@ class AllocationRequests:
     The Allocate and Refresh methods of one server.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, server: "TurnServer") -> None:
         self._server = server

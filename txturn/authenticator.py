@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import secrets
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -95,15 +95,15 @@ class Authenticator:
             return self._challenge(request, address, 438)
         if username is None:
             username = self.credentials.username_for_hash(hashed, realm)
-        key = None
+        keys: Sequence[bytes] = ()
         if username is not None:
             try:
-                key = self.credentials.key_for(username, realm, algorithm, now)
+                keys = self.credentials.keys_for(username, realm, algorithm, now)
             except CredentialError:
-                key = None  # a realm or name OpaqueString refuses: unknown user
-        intact = request.check_integrity(key if key is not None else self._dummy_key)
-        if key is None or not intact:
-            self._failed(address, username, nonce, _failure(key, username, now))
+                keys = ()  # a realm or name OpaqueString refuses: unknown user
+        key = _signing_key(request, keys or (self._dummy_key,))
+        if not keys or key is None:
+            self._failed(address, username, nonce, _failure(bool(keys), username, now))
             return self._challenge(request, address, 401)
         # The nonce was bound to this address: the source receives what we
         # send it, so it has earned a larger share of challenges.
@@ -151,13 +151,26 @@ def _algorithm(request: Message) -> int | None:
     return int(chosen[0])
 
 
-def _failure(key: bytes | None, username: str | None, now: float) -> str:
+def _signing_key(request: Message, candidates: Sequence[bytes]) -> bytes | None:
+    """
+    The candidate key the request's integrity checks with, or C{None}.
+    Every candidate is tried, so the time taken does not say which one
+    (if any) matched.
+    """
+    found = None
+    for key in candidates:
+        if request.check_integrity(key) and found is None:
+            found = key
+    return found
+
+
+def _failure(known: bool, username: str | None, now: float) -> str:
     """
     Why an authentication failed, for the event: the user exists and the
     integrity is wrong, or a REST name is past its time, or nobody has
     that name.
     """
-    if key is not None:
+    if known:
         return "bad integrity"
     expiry = rest_expiry(username) if username is not None else None
     if expiry is not None and expiry <= now:

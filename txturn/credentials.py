@@ -155,11 +155,13 @@ class ICredentialSource(Interface):
     hashed keys (a C{name:0x<md5>} user database).
     """
 
-    def key_for(username: str, realm: str, algorithm: int, now: float) -> bytes | None:
+    def keys_for(username: str, realm: str, algorithm: int, now: float) -> Sequence[bytes]:
         """
-        The long-term key for C{username} in C{realm} with the given
-        password algorithm, or C{None} if the user is unknown, expired, or
-        has no key of that algorithm.  C{now} is the server's clock.
+        The long-term keys that may have signed a request of C{username}
+        in C{realm} with the given password algorithm: one for a static
+        user, one per secret for a REST name while secrets are rotated,
+        none if the user is unknown, expired, or has no key of that
+        algorithm.  C{now} is the server's clock.
         """
 
     def username_for_hash(hashed: bytes, realm: str) -> str | None:
@@ -169,7 +171,9 @@ class ICredentialSource(Interface):
 
 
 class _KeySource(Protocol):
-    def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None: ...
+    def keys_for(
+        self, username: str, realm: str, algorithm: int, now: float
+    ) -> Sequence[bytes]: ...
 
     def username_for_hash(self, hashed: bytes, realm: str) -> str | None: ...
 
@@ -251,6 +255,10 @@ class StaticCredentials:
         key = self._keys.get((username, algorithm))
         return key if realm == self.realm else None
 
+    def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Sequence[bytes]:
+        key = self.key_for(username, realm, algorithm, now)
+        return () if key is None else (key,)
+
     def username_for_hash(self, hashed: bytes, realm: str) -> str | None:
         if realm != self.realm:
             return None
@@ -286,16 +294,33 @@ class RestApiCredentials:
     key is derived all the same, so a malformed or expired name costs what
     a valid one does.  USERHASH cannot be supported: the server cannot
     recover an ephemeral name from its hash.
+
+    Several secrets may be valid at once (coturn keeps them in its
+    database), so that a secret can be rotated with overlap: names signed
+    with any of them are accepted.
     """
 
-    def __init__(self, secret: str | bytes, separator: str = ":") -> None:
-        self._secret = secret.encode("utf-8") if isinstance(secret, str) else secret
+    def __init__(self, secret: str | bytes | Sequence[str | bytes], separator: str = ":") -> None:
+        given = [secret] if isinstance(secret, (str, bytes)) else list(secret)
+        if not given:
+            raise CredentialError("at least one REST API secret is needed")
+        self._secrets = [s.encode("utf-8") if isinstance(s, str) else s for s in given]
         self._separator = separator
 
-    def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
+    def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Sequence[bytes]:
         expiry = rest_expiry(username, self._separator)
-        key = long_term_key(username, realm, rest_api_password(self._secret, username), algorithm)
-        return key if expiry is not None and expiry > now else None
+        keys = [
+            long_term_key(username, realm, rest_api_password(secret, username), algorithm)
+            for secret in self._secrets
+        ]
+        return keys if expiry is not None and expiry > now else ()
+
+    def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
+        """
+        The key under the first secret, or C{None}.
+        """
+        keys = self.keys_for(username, realm, algorithm, now)
+        return keys[0] if keys else None
 
     def username_for_hash(self, hashed: bytes, realm: str) -> str | None:
         return None
@@ -307,7 +332,7 @@ class CredentialChain:
     Several sources consulted in order: static users and the REST secret
     served by one server at the same time.
 
-    Every source is asked every time, and the first key found wins: a
+    Every source is asked every time, and every key found is a candidate: a
     static user answered without asking the REST source would be told
     apart, by time, from a name that is nobody's.
     """
@@ -315,13 +340,18 @@ class CredentialChain:
     def __init__(self, sources: Sequence[_KeySource]) -> None:
         self.sources = list(sources)
 
-    def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
-        found = None
+    def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Sequence[bytes]:
+        found: list[bytes] = []
         for source in self.sources:
-            key = source.key_for(username, realm, algorithm, now)
-            if found is None:
-                found = key
+            found += source.keys_for(username, realm, algorithm, now)
         return found
+
+    def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
+        """
+        The first key any source has, or C{None}.
+        """
+        keys = self.keys_for(username, realm, algorithm, now)
+        return keys[0] if keys else None
 
     def username_for_hash(self, hashed: bytes, realm: str) -> str | None:
         for source in self.sources:

@@ -37,11 +37,11 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from txturn.interfaces import Address, IClientChannel, host_port
 from txturn.limits import LogThrottle, source_of
+from txturn.log_level import logger
 from txturn.server import TurnServer
 from txturn.sockets import datagram_sender
 
@@ -91,7 +91,7 @@ class DtlsSession:
 
     transport_name = "dtls"
     stream = False
-    log = Logger()
+    log = logger()
 
     def __init__(
         self, listener: "DtlsListener", address: Address, connection: SSL.Connection
@@ -233,7 +233,7 @@ class DtlsListener(DatagramProtocol):
     """
 
     noisy = False
-    log = Logger()
+    log = logger()
     #: Sessions looked at, oldest first, to find one to evict.
     EVICTION_SCAN = 64
 

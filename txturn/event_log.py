@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from txturn.events import (
@@ -23,6 +22,7 @@ from txturn.events import (
     IServerObserver,
 )
 from txturn.interfaces import host_port
+from txturn.log_level import logger
 
 
 @implementer(IServerObserver)
@@ -31,7 +31,7 @@ class EventLog:
     Logs lifecycle events through C{twisted.logger}.
     """
 
-    log = Logger(namespace="txturn")
+    log = logger("txturn")
 
     def observe(self, event: object) -> None:
         if isinstance(event, AllocationCreated):

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.logger import Logger
-
 from txturn.allocation import Allocation
 from txturn.interfaces import Address, IClientChannel, host_port
+from txturn.log_level import logger
 from txturn.request import Request
 from txturn.stun import Attr, Message
 
@@ -32,7 +31,7 @@ class PeerRequests:
     The peer-facing methods of one server.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, server: "TurnServer") -> None:
         self._server = server

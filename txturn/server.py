@@ -24,7 +24,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from txturn import __version__
 from txturn.allocation import Allocation
@@ -46,6 +45,7 @@ from txturn.interfaces import (
     host_port,
 )
 from txturn.limits import LogThrottle, SourceLimiter
+from txturn.log_level import logger
 from txturn.peer_connections import PeerConnections
 from txturn.peer_requests import PeerRequests
 from txturn.policy import PeerPolicy
@@ -117,7 +117,7 @@ class TurnServer:
     observers what happened.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(
         self,

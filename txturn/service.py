@@ -19,7 +19,6 @@ from typing import Any, Collection, Mapping, Sequence
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from txturn import descriptors
@@ -28,6 +27,7 @@ from txturn.dtls import DtlsListener
 from txturn.host_addresses import host_addresses
 from txturn.interfaces import host_port
 from txturn.limits import ConnectionLimits
+from txturn.log_level import logger
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig, TurnServer
 from txturn.sockets import listen_tcp, listen_udp
@@ -82,7 +82,7 @@ class TurnService(service.MultiService):
         generated rather than configured.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(
         self,

@@ -21,12 +21,12 @@ from typing import Any
 
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.framing import StreamFramer
 from txturn.interfaces import Address, IPeerConnection, IStreamClientChannel, host_port
+from txturn.log_level import logger
 from txturn.server import TurnServer
 from txturn.stream_guard import StreamGuard
 from txturn.stun import StunDecodeError
@@ -43,7 +43,7 @@ class TurnStreamProtocol(Protocol):
         for TCP).
     """
 
-    log = Logger()
+    log = logger()
     stream = True
 
     def __init__(

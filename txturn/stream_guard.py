@@ -33,9 +33,9 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 
 from txturn.limits import ConnectionLimits, LogThrottle, source_of
+from txturn.log_level import logger
 
 
 class GuardedConnection(Protocol):
@@ -82,7 +82,7 @@ class StreamGuard:
         it from the descriptor limit when C{limits} leaves it at 0).
     """
 
-    log = Logger()
+    log = logger()
     #: Connections looked at, oldest first, to find one to evict.
     EVICTION_SCAN = 64
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
-
 from txturn.allocation import Allocation
 from txturn.events import DataConnectionClosed, DataConnectionOpened
 from txturn.interfaces import IPeerConnection, IStreamClientChannel, host_port
+from txturn.log_level import logger
 from txturn.peer_connections import Entry, PeerConnections
 from txturn.request import Request
 from txturn.stun import Attr, Class, Message, Method, encode
@@ -31,7 +30,7 @@ class TcpAllocations:
     The RFC 6062 methods of one server.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, server: "TurnServer") -> None:
         self._server = server

@@ -26,7 +26,6 @@ from typing import Any, Callable, Sequence
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor, IReadWriteDescriptor
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -38,6 +37,7 @@ from txturn.interfaces import (
     RelayUnavailable,
     host_port,
 )
+from txturn.log_level import logger
 from txturn.port_pool import PortPool
 from txturn.sockets import bound_socket
 from txturn.udp_relay import OUT_OF_DESCRIPTORS
@@ -67,7 +67,7 @@ class PeerDataConnection(Protocol):
     A TCP connection between a relayed address and a peer.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, relay: "TcpRelay", buffer_limit: int) -> None:
         self._relay = relay

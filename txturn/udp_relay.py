@@ -25,11 +25,11 @@ from twisted.internet import base, udp
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.interfaces import Address, IRelay, IRelayAllocator, RelayUnavailable
+from txturn.log_level import logger
 from txturn.port_pool import PortPool
 from txturn.sockets import MAX_DATAGRAM, datagram_sender
 from txturn.stun import FAMILY_IPV4, family_of
@@ -161,7 +161,7 @@ class UdpRelay(DatagramProtocol):
     to C{icmp_receiver}, and C{send} writes straight to the socket.
     """
 
-    log = Logger()
+    log = logger()
     #: The core logs each allocation; two lines per relay port from
     #: Twisted as well would only be noise.
     noisy = False
@@ -227,7 +227,7 @@ class UdpRelayAllocator:
     Opens relay sockets in a L{PortPool}.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(
         self,
