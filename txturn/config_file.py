@@ -47,7 +47,6 @@ ACCEPTED: dict[str, str] = {
     "simple-log": "twistd keeps one log file",
     "software-attribute": "SOFTWARE is sent unless no-software",
     "dtls": "DTLS is on unless no-dtls",
-    "stale-nonce": "nonces are stateless and expire after 600 s by default",
     "no-multicast-peers": "multicast peers are always refused",
     "check-origin-consistency": "ORIGIN is not used",
     "no-cli": "txturn has no telnet CLI",
@@ -153,6 +152,9 @@ NOT_IMPLEMENTED = frozenset(
     ]
 )
 
+#: coturn keys whose value is optional: bare, they keep our default.
+OPTIONAL_VALUE = frozenset(["stale-nonce"])
+
 #: Keys the file may not set: they would name another file or are
 #: meaningless in one.
 FORBIDDEN = frozenset(["config", "help", "version"])
@@ -211,7 +213,7 @@ def read_config(path: str) -> tuple[list[Entry], list[str]]:
             raise ConfigFileError(f"{origin}: {key} cannot be set in a configuration file")
         if line.endswith(";"):
             warnings.append(f"{origin}: the line ends with a semicolon, which is kept")
-        if key in ACCEPTED:
+        if key in ACCEPTED or (key in OPTIONAL_VALUE and value is None):
             continue
         if key in NOT_IMPLEMENTED:
             warnings.append(f"{origin}: {key} is a coturn option txturn does not implement")

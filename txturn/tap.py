@@ -6,13 +6,19 @@ their strings into objects and calls the library constructor.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
+import os
+import pwd
+import sys
 import textwrap
 from typing import Any, Sequence
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from txturn import __version__
+from txturn.config_file import ConfigFileError, read_config
 from txturn.credentials import (
     CredentialChain,
     CredentialError,
@@ -21,10 +27,18 @@ from txturn.credentials import (
 )
 from txturn.host_addresses import default_listen_addresses, default_relay_addresses
 from txturn.limits import ConnectionLimits
+from txturn.log_level import LEVELS, set_log_level
 from txturn.policy import PeerPolicy, parse_range
 from txturn.server import ServerConfig
 from txturn.service import TurnService
 from txturn.tls import TlsConfigurationError, TlsCredentials
+
+#: Where a REST API secret can come from without appearing in ps.
+SECRET_VARIABLE = "TXTURN_STATIC_AUTH_SECRET"
+#: Keys of a configuration file that are twistd's options.
+_TWISTD_KEYS = frozenset(["pidfile", "logfile", "uid", "gid"])
+
+_log = Logger()
 
 #: Option groups for --help, in the order a reader of coturn's man page
 #: expects them.
@@ -47,7 +61,14 @@ _GROUPS: list[tuple[str, list[str]]] = [
     ),
     (
         "Authentication",
-        ["realm", "user", "user-db", "static-auth-secret", "stale-nonce"],
+        [
+            "realm",
+            "user",
+            "user-db",
+            "static-auth-secret",
+            "static-auth-secret-file",
+            "stale-nonce",
+        ],
     ),
     ("Peers", ["allowed-peer-ip", "denied-peer-ip", "nat64-prefix", "allow-loopback-peers"]),
     (
@@ -76,6 +97,7 @@ _GROUPS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("Identity", ["software", "no-software"]),
+    ("Configuration and logging", ["config", "log-level", "verbose", "Verbose"]),
     ("", ["help"]),
 ]
 
@@ -88,7 +110,9 @@ _METAVARS = {
     "max-port": "N",
     "realm": "REALM",
     "user-db": "FILE",
-    "static-auth-secret": "SECRET",
+    "static-auth-secret-file": "FILE",
+    "config": "FILE",
+    "log-level": "LEVEL",
     "max-allocate-lifetime": "SECONDS",
     "stale-nonce": "SECONDS",
     "tcp-connect-timeout": "SECONDS",
@@ -185,11 +209,13 @@ class Options(usage.Options):
         ["realm", "r", "txturn", "Realm for long-term credentials."],
         ["user-db", "b", None, "File of name:password or name:0x<md5 key> lines."],
         [
-            "static-auth-secret",
+            "static-auth-secret-file",
             None,
             None,
-            "Secret for TURN REST API ephemeral credentials (expiry:user).",
+            "File of TURN REST API secrets, one per line (kept out of ps).",
         ],
+        ["config", "c", None, "coturn-style configuration file (turnserver.conf syntax)."],
+        ["log-level", None, "info", "Least severe txturn events logged: debug, info, warn, error."],
         ["max-allocate-lifetime", None, "3600", "Longest allocation lifetime, seconds."],
         ["tcp-connect-timeout", None, "30", "Seconds a TCP Connect may take (at least 30)."],
         ["tcp-buffer", None, "65536", "Bytes a TCP peer may send before the client binds."],
@@ -243,6 +269,8 @@ class Options(usage.Options):
     ]
     optFlags: list[list[Any]] = [
         ["allow-loopback-peers", None, "Let relays reach loopback peers (testing)."],
+        ["verbose", "v", "Log at info level (the default; coturn's verbose)."],
+        ["Verbose", "V", "Log at debug level (coturn's Verbose)."],
         ["no-software", None, "Send no SOFTWARE attribute."],
         ["no-udp", None, "Do not serve TURN over UDP."],
         ["no-tcp", None, "Do not serve TURN over TCP."],
@@ -261,6 +289,9 @@ class Options(usage.Options):
         self["allowed-peer-ip"] = []
         self["denied-peer-ip"] = []
         self["nat64-prefix"] = []
+        self["static-auth-secret"] = []
+        #: FILE:LINE warnings about the configuration file, for the log.
+        self["config-warnings"] = []
 
     def opt_listen(self, value: str) -> None:
         """
@@ -322,8 +353,147 @@ class Options(usage.Options):
             raise usage.UsageError("--nat64-prefix length must be 32, 40, 48, 56, 64 or 96")
         self["nat64-prefix"].append(prefix)
 
+    def opt_static_auth_secret(self, value: str) -> None:
+        """
+        Secret for TURN REST API ephemeral credentials (expiry:user);
+        repeatable, so a secret can be rotated with overlap.  The
+        environment variable TXTURN_STATIC_AUTH_SECRET works too, and keeps
+        it out of ps.
+        """
+        if not value:
+            raise usage.UsageError("--static-auth-secret must not be empty")
+        self["static-auth-secret"].append(value)
+
     opt_L = opt_listen
     opt_u = opt_user
+
+    # coturn's spellings of our options (config_file.ALIASES maps them in
+    # files).
+
+    def opt_listening_port(self, value: str) -> None:
+        """
+        coturn's name for --port.
+        """
+        self["port"] = value
+
+    def opt_tls_listening_port(self, value: str) -> None:
+        """
+        coturn's name for --tls-port.
+        """
+        self["tls-port"] = value
+
+    def opt_listening_ip(self, value: str) -> None:
+        """
+        coturn's name for --listen.
+        """
+        self.opt_listen(value)
+
+    def opt_pkey(self, value: str) -> None:
+        """
+        coturn's name for --key.
+        """
+        self["key"] = value
+
+    def opt_userdb(self, value: str) -> None:
+        """
+        coturn's name for --user-db (for txturn a text file of
+        name:password lines, not coturn's SQLite database).
+        """
+        self["user-db"] = value
+
+    def opt_no_software_attribute(self) -> None:
+        """
+        coturn's name for --no-software.
+        """
+        self["no-software"] = True
+
+    def opt_lt_cred_mech(self) -> None:
+        """
+        Accepted for coturn: long-term credentials are always on.
+        """
+
+    def opt_use_auth_secret(self) -> None:
+        """
+        Accepted for coturn: --static-auth-secret turns REST credentials on.
+        """
+
+    def opt_fingerprint(self) -> None:
+        """
+        Accepted for coturn: txturn always adds FINGERPRINT.
+        """
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        The configuration file (C{-c}/C{--config}) first, then the command
+        line, which overrides the file's single-valued options and adds to
+        its repeatable ones.  Under twistd an error is one line on stderr
+        and exit status 2, not the whole help.
+        """
+        argv = list(sys.argv[1:] if options is None else options)
+        try:
+            path = _config_path(argv)
+            file_arguments: list[str] = []
+            if path is not None:
+                file_arguments = self._read_config(path)
+            super().parseOptions(file_arguments + argv)  # type: ignore[no-untyped-call]
+        except (usage.UsageError, ConfigFileError) as e:
+            if not isinstance(self.parent, usage.Options):
+                if isinstance(e, ConfigFileError):
+                    raise usage.UsageError(str(e)) from None
+                raise
+            sys.stderr.write(f"twistd turn: {e}\n")
+            raise SystemExit(2) from None
+
+    def _read_config(self, path: str) -> list[str]:
+        """
+        The file's options as arguments, each checked on its own first so
+        that a bad one is reported as FILE:LINE; keys that belong to twistd
+        (pidfile, log-file, proc-user, proc-group) are kept for
+        L{_twistd_options}.
+        """
+        entries, warnings = read_config(path)
+        self["config-warnings"] += warnings
+        arguments: list[str] = []
+        self["config-twistd"] = {}
+        known = self._known_options()
+        for entry in entries:
+            if entry.key in _TWISTD_KEYS:
+                if entry.value is None:
+                    raise ConfigFileError(f"{entry.origin}: {entry.key} needs a value")
+                self["config-twistd"][entry.key] = (entry.value, entry.origin)
+                continue
+            if entry.key not in known:
+                self["config-warnings"].append(f"{entry.origin}: unknown option {entry.key}")
+                continue
+            try:
+                _Probe().parseOptions([entry.argument()])
+            except usage.UsageError as e:
+                raise ConfigFileError(f"{entry.origin}: {e}") from None
+            arguments.append(entry.argument())
+        return arguments
+
+    def _known_options(self) -> set[str]:
+        names = {p[0] for p in self.optParameters} | {f[0] for f in self.optFlags}
+        names |= {name[4:].replace("_", "-") for name in dir(self) if name.startswith("opt_")}
+        return names - {"config"}
+
+    def _twistd_options(self) -> None:
+        """
+        pidfile, log-file, proc-user and proc-group from the configuration
+        file become twistd's --pidfile, --logfile, --uid and --gid, unless
+        twistd's own command line set them.
+        """
+        parent = self.parent
+        settings: dict[str, tuple[str, str]] = self.get("config-twistd", {})
+        if not settings or not isinstance(parent, usage.Options):
+            return
+        for key, (value, origin) in settings.items():
+            if key == "pidfile" and parent.get("pidfile") in (None, "twistd.pid"):
+                parent["pidfile"] = os.path.abspath(value)
+            elif key == "logfile" and parent.get("logfile") is None:
+                parent["logfile"] = value
+            elif key in ("uid", "gid") and parent.get(key) is None:
+                parent[key] = _user_or_group(key, value, origin)
 
     def getUsage(self, width: int | None = None) -> str:
         """
@@ -346,6 +516,11 @@ class Options(usage.Options):
         docs["allowed-peer-ip"] = (None, "allowed-peer-ip=RANGE", self.opt_allowed_peer_ip.__doc__)
         docs["denied-peer-ip"] = (None, "denied-peer-ip=RANGE", self.opt_denied_peer_ip.__doc__)
         docs["nat64-prefix"] = (None, "nat64-prefix=PREFIX", self.opt_nat64_prefix.__doc__)
+        docs["static-auth-secret"] = (
+            None,
+            "static-auth-secret=SECRET",
+            self.opt_static_auth_secret.__doc__,
+        )
         docs["help"] = (None, "help", "Show this help and exit.")
         lines = [
             f"Usage: twistd [twistd options] turn {self.synopsis}",
@@ -365,10 +540,21 @@ class Options(usage.Options):
                     textwrap.fill(text, 100, initial_indent=head, subsequent_indent=" " * len(head))
                 )
             lines.append("")
+        lines.append(
+            textwrap.fill(
+                "coturn's spellings work too: --listening-port, --tls-listening-port, "
+                "--listening-ip, --pkey, --userdb, --no-software-attribute, --lt-cred-mech, "
+                "--use-auth-secret, --fingerprint, -v, -V; and -c reads a turnserver.conf.",
+                78,
+            )
+        )
         return "\n".join(lines)
 
     def postOptions(self) -> None:
         self._numbers()
+        self._log_level()
+        self._secrets()
+        self._twistd_options()
         if self["no-udp-relay"] and self["no-tcp-relay"]:
             raise usage.UsageError("--no-udp-relay and --no-tcp-relay leave nothing to relay")
         if not self["realm"]:
@@ -411,12 +597,53 @@ class Options(usage.Options):
             if self[name] < minimum:
                 raise usage.UsageError(f"--{name} must be at least {minimum}")
 
+    def _log_level(self) -> None:
+        name = "debug" if self["Verbose"] else self["log-level"]
+        if name not in LEVELS:
+            raise usage.UsageError(
+                f"--log-level must be one of {', '.join(sorted(LEVELS))}, not {name!r}"
+            )
+        self["log-level"] = LEVELS[name]
+
+    def _secrets(self) -> None:
+        """
+        REST secrets from --static-auth-secret, the file of
+        --static-auth-secret-file and TXTURN_STATIC_AUTH_SECRET, in that
+        order.
+        """
+        path = self["static-auth-secret-file"]
+        if path is not None:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    lines = [line.strip() for line in f.read().splitlines()]
+            except OSError as e:
+                raise usage.UsageError(
+                    f"cannot read --static-auth-secret-file {path}: {e.strerror}"
+                ) from None
+            found = [line for line in lines if line and not line.startswith("#")]
+            if not found:
+                raise usage.UsageError(f"--static-auth-secret-file {path} holds no secret")
+            self["static-auth-secret"] += found
+        environment = os.environ.get(SECRET_VARIABLE)
+        if environment:
+            self["static-auth-secret"].append(environment)
+
     def _read_user_db(self) -> None:
+        path = self["user-db"]
         try:
-            with open(self["user-db"], encoding="utf-8") as f:
-                self["user-db-lines"] = f.read().splitlines()
+            with open(path, "rb") as f:
+                data = f.read()
         except OSError as e:
-            raise usage.UsageError(f"cannot read --user-db {self['user-db']}: {e.strerror}") from e
+            raise usage.UsageError(f"cannot read --user-db {path}: {e.strerror}") from e
+        if data.startswith(b"SQLite format 3"):
+            raise usage.UsageError(
+                f"--user-db {path} is an SQLite database (coturn's); txturn's user-db is a "
+                "text file of name:password or name:0x<md5 key> lines"
+            )
+        try:
+            self["user-db-lines"] = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise usage.UsageError(f"--user-db {path} is not UTF-8 text") from None
         try:
             StaticCredentials.from_lines(self["realm"], self["user-db-lines"])
         except CredentialError as e:
@@ -463,6 +690,51 @@ class Options(usage.Options):
         return mapping
 
 
+class _Probe(Options):
+    """
+    Options that check one argument of a configuration file on its own.
+    """
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        usage.Options.parseOptions(self, options)  # type: ignore[no-untyped-call]
+
+    def postOptions(self) -> None:
+        self._numbers()
+        self._log_level()
+
+
+def _config_path(argv: list[str]) -> str | None:
+    """
+    The configuration file named on the command line, if any.
+    """
+    for i, argument in enumerate(argv):
+        if argument in ("-c", "--config"):
+            if i + 1 >= len(argv):
+                raise usage.UsageError(f"{argument} needs a FILE")
+            return argv[i + 1]
+        if argument.startswith("--config="):
+            return argument.partition("=")[2]
+        if argument.startswith("-c") and len(argument) > 2:
+            return argument[2:]
+    return None
+
+
+def _user_or_group(key: str, value: str, origin: str) -> int:
+    """
+    A user or group name or number from the file, as twistd's --uid and
+    --gid want it.
+    """
+    if value.isdigit():
+        return int(value)
+    try:
+        if key == "uid":
+            return pwd.getpwnam(value).pw_uid
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        kind = "user" if key == "uid" else "group"
+        raise usage.UsageError(f"{origin}: no {kind} named {value!r}") from None
+
+
 def makeService(options: Options, reactor: Any = None) -> TurnService:
     """
     Build the L{TurnService} the options describe.
@@ -480,6 +752,9 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
         sources.append(StaticCredentials.from_lines(realm, lines))
     if options["static-auth-secret"]:
         sources.append(RestApiCredentials(options["static-auth-secret"]))
+    set_log_level(options["log-level"])
+    for warning in options["config-warnings"]:
+        _log.warn("{warning}", warning=warning)
     if not sources:
         generated, username, password = StaticCredentials.generate(realm)
         sources.append(generated)
