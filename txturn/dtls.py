@@ -277,6 +277,16 @@ class DtlsListener(DatagramProtocol):
         self._door: SSL.Connection | None = None
         self._refusals = LogThrottle(reactor)
 
+    def set_context(self, context: SSL.Context) -> None:
+        """
+        Handshakes from now on use C{context} (a new certificate, after a
+        reload); sessions already established keep theirs.
+        """
+        context.set_cookie_generate_callback(self._generate_cookie)
+        context.set_cookie_verify_callback(self._verify_cookie)
+        self.context = context
+        self._door = None
+
     # -- cookies -------------------------------------------------------------
 
     def _generate_cookie(self, connection: SSL.Connection) -> bytes:

@@ -197,6 +197,13 @@ class TurnServer:
         """
         self.config = config
 
+    def set_credentials(self, credentials: ICredentialSource) -> None:
+        """
+        Authenticate requests from now on against C{credentials}.
+        """
+        self.credentials = credentials
+        self.authenticator.credentials = credentials
+
     def add_observer(self, observer: IServerObserver) -> None:
         self.observers.append(observer)
 

@@ -34,7 +34,7 @@ from txturn.sockets import listen_tcp, listen_udp
 from txturn.stream import TurnStreamFactory
 from txturn.stream_guard import AdmissionFactory, StreamGuard
 from txturn.tcp_relay import DEFAULT_BUFFER_LIMIT, TcpRelayAllocator
-from txturn.tls import TlsCredentials
+from txturn.tls import ServerConnectionCreator, TlsCredentials
 from txturn.udp import TurnDatagramProtocol
 from txturn.udp_relay import UdpRelayAllocator
 
@@ -146,6 +146,14 @@ class TurnService(service.MultiService):
         self.ports: list[tuple[str, Any]] = []
         self._stream_factories: list[TurnStreamFactory] = []
         self._address_refresh: Any = None
+        self._host_addresses: list[str] = []
+        self._own_addresses = own
+        self._relay_ports = range(min_port, max_port + 1)
+        #: What a reload gives a new certificate to.
+        self._tls_creators: list[ServerConnectionCreator] = []
+        self._dtls_listeners: list[DtlsListener] = []
+        #: The total quota the descriptor limit allows, once known.
+        self._descriptor_quota = 0
 
     def port_of(self, transport: str, host: str | None = None) -> int:
         """
@@ -179,9 +187,9 @@ class TurnService(service.MultiService):
                 self._stream_factories.append(factory)
                 # The TLS layer batches small writes until the next turn of
                 # its clock: that must be our reactor, not the global one.
-                tls_factory = TLSMemoryBIOFactory(
-                    self.tls.connection_creator(), False, factory, clock=self._reactor
-                )
+                creator = self.tls.connection_creator()
+                self._tls_creators.append(creator)
+                tls_factory = TLSMemoryBIOFactory(creator, False, factory, clock=self._reactor)
                 tls_factory.noisy = False
                 wanted.append(
                     ("tls", host, self.tls_port, AdmissionFactory(self.guard, tls_factory))
@@ -199,6 +207,7 @@ class TurnService(service.MultiService):
                     max_sessions_per_source=limits.dtls_max_sessions_per_source,
                     session_timeout=limits.idle_timeout,
                 )
+                self._dtls_listeners.append(listener)
                 wanted.append(("dtls", host, self.tls_port, listener))
         return wanted
 
@@ -241,10 +250,9 @@ class TurnService(service.MultiService):
             descriptors.connection_budget(limit)
         )
         config = self.server.config
+        self._descriptor_quota = descriptors.allocation_budget(limit)
         if not config.total_quota:
-            self.server.reconfigure(
-                replace(config, total_quota=descriptors.allocation_budget(limit))
-            )
+            self.server.reconfigure(replace(config, total_quota=self._descriptor_quota))
         self.log.info(
             "Descriptor limit {limit}: up to {connections} TCP/TLS connections "
             "and {allocations} allocations",
@@ -264,6 +272,7 @@ class TurnService(service.MultiService):
         except OSError as e:
             self.log.warn("Cannot list this host's addresses: {error}", error=e)
             found = []
+        self._host_addresses = found
         self.policy.set_host_addresses(found)
         if self._address_refresh is not None and self._address_refresh.active():
             self._address_refresh.cancel()
@@ -326,6 +335,46 @@ class TurnService(service.MultiService):
             password=password,
             snippet=ice_servers_snippet(self.ice_urls(), username, password),
         )
+
+    def reload(
+        self,
+        *,
+        credentials: ICredentialSource | None = None,
+        policy: PeerPolicy | None = None,
+        config: ServerConfig | None = None,
+        tls: TlsCredentials | None = None,
+    ) -> list[str]:
+        """
+        Give the running server new settings without closing anything:
+        requests from now on see the new credentials, policy and config
+        (allocations, permissions and channels keep what they were given
+        until they are refreshed or expire), and new TLS and DTLS
+        handshakes the new certificate (established ones keep theirs).
+        Returns what was replaced, for the log.
+        """
+        changed = []
+        if credentials is not None:
+            self.server.set_credentials(credentials)
+            changed.append("credentials")
+        if policy is not None:
+            copy = policy.for_server(self._own_addresses, self._relay_ports)
+            copy.set_host_addresses(self._host_addresses)
+            self.policy = copy
+            self.server.policy = copy
+            changed.append("peer policy")
+        if config is not None:
+            if not config.total_quota and self._descriptor_quota:
+                config = replace(config, total_quota=self._descriptor_quota)
+            self.server.reconfigure(config)
+            changed.append("quotas and limits")
+        if tls is not None:
+            self.tls = tls
+            for creator in self._tls_creators:
+                creator.context = tls.tls_context()
+            for listener in self._dtls_listeners:
+                listener.set_context(tls.dtls_context())
+            changed.append("certificate")
+        return changed
 
     def stopService(self) -> defer.Deferred[Any]:
         """

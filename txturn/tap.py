@@ -31,6 +31,7 @@ from txturn.log_level import LEVELS, set_log_level
 from txturn.policy import PeerPolicy, parse_range
 from txturn.server import ServerConfig
 from txturn.service import TurnService
+from txturn.signals import SignalHandlers
 from txturn.tls import TlsConfigurationError, TlsCredentials
 
 #: Where a REST API secret can come from without appearing in ps.
@@ -430,6 +431,8 @@ class Options(usage.Options):
         and exit status 2, not the whole help.
         """
         argv = list(sys.argv[1:] if options is None else options)
+        #: What a reload parses again.
+        self["argv"] = argv
         try:
             path = _config_path(argv)
             file_arguments: list[str] = []
@@ -737,63 +740,28 @@ def _user_or_group(key: str, value: str, origin: str) -> int:
 
 def makeService(options: Options, reactor: Any = None) -> TurnService:
     """
-    Build the L{TurnService} the options describe.
+    Build the L{TurnService} the options describe, which reloads them on
+    SIGHUP and SIGUSR2 (L{txturn.signals}).
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    realm = options["realm"]
-    sources: list[Any] = []
-    announce = None
-    lines: Sequence[str] = [f"{n}:{p}" for n, p in options["user"]]
-    lines = list(lines) + list(options.get("user-db-lines", []))
-    if lines:
-        sources.append(StaticCredentials.from_lines(realm, lines))
-    if options["static-auth-secret"]:
-        sources.append(RestApiCredentials(options["static-auth-secret"]))
     set_log_level(options["log-level"])
     for warning in options["config-warnings"]:
         _log.warn("{warning}", warning=warning)
-    if not sources:
-        generated, username, password = StaticCredentials.generate(realm)
-        sources.append(generated)
-        announce = (username, password)
-    tls = None
-    if options["cert"] is not None:
-        tls = TlsCredentials(options["cert"], options["key"] or options["cert"], options["ca-file"])
-    return TurnService(
+    credentials, announce = _credentials(options)
+    turn = TurnService(
         reactor,
-        CredentialChain(sources),
+        credentials,
         [(host, options["port"]) for host in options["listen"]],
         options["relay-ip"],
         min_port=options["min-port"],
         max_port=options["max-port"],
-        policy=PeerPolicy(
-            allow_loopback=options["allow-loopback-peers"],
-            allowed=options["allowed-peer-ip"],
-            denied=options["denied-peer-ip"],
-            nat64_prefixes=options["nat64-prefix"],
-        ),
-        config=ServerConfig(
-            realm=realm,
-            software=options["software"],
-            max_lifetime=options["max-allocate-lifetime"],
-            nonce_lifetime=options["stale-nonce"],
-            udp_relay=not options["no-udp-relay"],
-            tcp_relay=not options["no-tcp-relay"],
-            tcp_connect_timeout=options["tcp-connect-timeout"],
-            user_quota=options["user-quota"],
-            total_quota=options["total-quota"],
-            max_permissions=options["max-permissions"],
-            max_channels=options["max-channels"],
-            max_pending_connections=options["max-pending-connections"],
-            max_bps=options["max-bps"],
-            challenge_rate=options["challenge-rate"],
-            challenge_burst=10 * options["challenge-rate"],
-        ),
+        policy=_policy(options),
+        config=_config(options),
         announce=announce,
-        tls=tls,
+        tls=_tls(options),
         tls_port=options["tls-port"],
         transports=options["transports"],
         external_ips=options["external-map"],
@@ -809,3 +777,128 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
             dtls_max_sessions_per_source=options["max-dtls-sessions-per-ip"],
         ),
     )
+    SignalHandlers(reactor, Reloader(turn, options)).setServiceParent(  # type: ignore[no-untyped-call]
+        turn
+    )
+    return turn
+
+
+def _credentials(options: Options) -> tuple[CredentialChain, tuple[str, str] | None]:
+    """
+    The configured credential sources; with none, a generated user and
+    its (name, password) to announce.
+    """
+    realm = options["realm"]
+    sources: list[Any] = []
+    lines: list[str] = [f"{n}:{p}" for n, p in options["user"]]
+    lines += list(options.get("user-db-lines", []))
+    if lines:
+        sources.append(StaticCredentials.from_lines(realm, lines))
+    if options["static-auth-secret"]:
+        sources.append(RestApiCredentials(options["static-auth-secret"]))
+    if sources:
+        return CredentialChain(sources), None
+    generated, username, password = StaticCredentials.generate(realm)
+    return CredentialChain([generated]), (username, password)
+
+
+def _policy(options: Options) -> PeerPolicy:
+    return PeerPolicy(
+        allow_loopback=options["allow-loopback-peers"],
+        allowed=options["allowed-peer-ip"],
+        denied=options["denied-peer-ip"],
+        nat64_prefixes=options["nat64-prefix"],
+    )
+
+
+def _config(options: Options) -> ServerConfig:
+    return ServerConfig(
+        realm=options["realm"],
+        software=options["software"],
+        max_lifetime=options["max-allocate-lifetime"],
+        nonce_lifetime=options["stale-nonce"],
+        udp_relay=not options["no-udp-relay"],
+        tcp_relay=not options["no-tcp-relay"],
+        tcp_connect_timeout=options["tcp-connect-timeout"],
+        user_quota=options["user-quota"],
+        total_quota=options["total-quota"],
+        max_permissions=options["max-permissions"],
+        max_channels=options["max-channels"],
+        max_pending_connections=options["max-pending-connections"],
+        max_bps=options["max-bps"],
+        challenge_rate=options["challenge-rate"],
+        challenge_burst=10 * options["challenge-rate"],
+    )
+
+
+def _tls(options: Options) -> TlsCredentials | None:
+    if options["cert"] is None:
+        return None
+    return TlsCredentials(options["cert"], options["key"] or options["cert"], options["ca-file"])
+
+
+#: Options a reload cannot change: they are bound sockets or shape them.
+_NEEDS_RESTART = (
+    "port",
+    "tls-port",
+    "listen",
+    "relay-ip",
+    "external-ip",
+    "min-port",
+    "max-port",
+    "transports",
+    "tcp-buffer",
+    "max-tcp-buffer",
+    "max-connections",
+    "max-connections-per-ip",
+    "handshake-timeout",
+    "idle-timeout",
+    "frame-timeout",
+    "max-dtls-sessions",
+    "max-dtls-sessions-per-ip",
+    "challenge-rate",
+    "stale-nonce",
+)
+
+
+class Reloader:
+    """
+    Reads the command line and configuration file again and gives the
+    running service what changed; a bad file keeps the running settings.
+    """
+
+    def __init__(self, service: TurnService, options: Options) -> None:
+        self._service = service
+        self._options = options
+
+    def __call__(self, why: str) -> None:
+        try:
+            new = Options()
+            new.parseOptions(self._options["argv"])
+        except usage.UsageError as e:
+            _log.error(
+                "{why}: reload failed, keeping the running settings: {error}",
+                why=why,
+                error=str(e),
+            )
+            return
+        old, self._options = self._options, new
+        set_log_level(new["log-level"])
+        for warning in new["config-warnings"]:
+            _log.warn("{warning}", warning=warning)
+        credentials, generated = _credentials(new)
+        changed = self._service.reload(
+            # A generated user stays the one announced at startup.
+            credentials=credentials if generated is None else None,
+            policy=_policy(new),
+            config=_config(new),
+            tls=_tls(new),
+        )
+        _log.info("{why}: reloaded {changed}", why=why, changed=", ".join(changed) or "nothing")
+        ignored = [name for name in _NEEDS_RESTART if old.get(name) != new.get(name)]
+        if ignored:
+            _log.warn(
+                "{why}: {options} changed, which takes a restart",
+                why=why,
+                options=", ".join(f"--{name}" for name in ignored),
+            )

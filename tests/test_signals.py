@@ -1,0 +1,187 @@
+"""
+Signals sent to a real C{twistd turn} process while real clients relay
+through it: SIGHUP and SIGUSR2 reload the configuration file without
+dropping a call, a broken file keeps the running settings, SIGUSR1 does
+not kill, SIGTERM stops within 5 s and removes the pidfile.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from typing import Any
+
+from cryptography import x509
+from twisted.internet import defer, threads
+from twisted.internet import reactor as _reactor
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from tests.test_interop import (
+    OutputWatcher,
+    require,
+    run_aioice,
+    spawn,
+    uclient_args,
+    uclient_totals,
+)
+from tests.test_service import free_udp_port
+from txturn.testing import self_signed_certificate
+
+reactor: Any = _reactor
+
+
+def twistd(*options: str) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        *options,
+    ]
+
+
+class SignalTests(TestCase):
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.port = free_udp_port()
+        self.users = os.path.join(self.directory, "users")
+        self.write(self.users, "test:secret\n")
+        self.config = os.path.join(self.directory, "turnserver.conf")
+        self.settings = [
+            f"listening-port={self.port}",
+            "listening-ip=127.0.0.1",
+            "relay-ip=127.0.0.1",
+            f"userdb={self.users}",
+            "allow-loopback-peers",
+            "lt-cred-mech",
+            "no-dtls",
+        ]
+        self.write(self.config, "\n".join(self.settings) + "\n")
+
+    def write(self, path: str, text: str) -> None:
+        with open(path, "w") as f:
+            f.write(text)
+
+    def start(self, *twistd_options: str) -> OutputWatcher:
+        watcher = spawn(twistd(*twistd_options, "turn", "-c", self.config), self)
+        return watcher
+
+    def signal(self, watcher: OutputWatcher, name: str) -> None:
+        assert watcher.transport is not None
+        watcher.transport.signalProcess(getattr(signal, f"SIG{name}"))
+
+    @defer.inlineCallbacks
+    def test_reload_keeps_calls(self) -> Any:
+        """
+        While uclient relays, SIGHUP with a new user in the user file lets
+        the new user in (aioice) and uclient loses nothing; SIGUSR2 does
+        the same; a broken file keeps the running settings; SIGUSR1 does
+        not kill.
+        """
+        uclient = require("turnutils_uclient")
+        peer_port = free_udp_port()
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        watcher = self.start("--pidfile=")
+        yield watcher.wait_for(rb"TURN listening on UDP")
+        # 2 clients x 200 messages 20 ms apart: about 4 s of relaying.
+        calls = getProcessOutputAndValue(
+            uclient, uclient_args(self.port, peer_port, 200, 2), env=os.environ.copy()
+        )
+        yield deferLater(reactor, 1.0, lambda: None)  # uclient's calls are up
+        self.write(self.users, "test:secret\nbob:builder\n")
+        self.signal(watcher, "HUP")
+        yield watcher.wait_for(rb"SIGHUP: reloaded credentials, peer policy, quotas and limits")
+        result = yield run_aioice(self, self.port, "bob", "builder", 10)
+        self.assertEqual(result["received"], 10)
+
+        self.write(self.config, "\n".join(self.settings) + "\nmin-port=abc\n")
+        self.signal(watcher, "USR2")
+        yield watcher.wait_for(
+            rb"SIGUSR2: reload failed, keeping the running settings: \S+turnserver.conf:8: "
+            rb"--min-port must be a number"
+        )
+        self.signal(watcher, "USR1")
+        yield watcher.wait_for(rb"SIGUSR1: logging to standard output")
+        result = yield run_aioice(self, self.port, "bob", "builder", 10)
+        self.assertEqual(result["received"], 10)
+
+        out, err, code = yield calls
+        sent, received, lost = uclient_totals((out + err).decode(errors="replace"))
+        self.assertEqual((sent, received, lost), (400, 400, 0))
+        self.assertIn(b"Allocated", watcher.output)
+        self.assertNotIn(b"Traceback", watcher.output)
+
+    @defer.inlineCallbacks
+    def test_sigterm(self) -> Any:
+        """
+        SIGTERM while uclient relays: its allocations are deleted and
+        logged with their usage, the process exits within 5 s and its
+        pidfile is gone.
+        """
+        uclient = require("turnutils_uclient")
+        peer_port = free_udp_port()
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        pidfile = os.path.join(self.directory, "turn.pid")
+        watcher = self.start(f"--pidfile={pidfile}")
+        yield watcher.wait_for(rb"TURN listening on UDP")
+        self.assertTrue(os.path.exists(pidfile))
+        calls = getProcessOutputAndValue(
+            uclient, uclient_args(self.port, peer_port, 150, 2), env=os.environ.copy()
+        )
+        yield watcher.wait_for(rb"Allocated .* for test")
+        yield deferLater(reactor, 2.0, lambda: None)  # some traffic to count
+        started = time.monotonic()
+        self.signal(watcher, "TERM")
+        yield watcher.ended
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertRegex(
+            watcher.output.decode(),
+            r"deleted \(server stopping\) after \d+s: [1-9]\d* packets, [1-9]\d* bytes to peers",
+        )
+        self.assertFalse(os.path.exists(pidfile))
+        yield calls  # uclient gives up on its own
+
+    @defer.inlineCallbacks
+    def test_certificate_reload(self) -> Any:
+        """
+        A certificate replaced in place and SIGHUP: new TLS handshakes see
+        the new certificate's serial number.
+        """
+        cert, key = self_signed_certificate(self.directory)
+        tls_port = free_udp_port()
+        self.settings += [f"cert={cert}", f"pkey={key}", f"tls-listening-port={tls_port}"]
+        self.write(self.config, "\n".join(self.settings) + "\n")
+        watcher = self.start("--pidfile=")
+        yield watcher.wait_for(rb"TURN listening on TLS")
+        first = yield threads.deferToThread(served_serial, tls_port)
+        os.makedirs(os.path.join(self.directory, "new"))
+        new_cert, new_key = self_signed_certificate(os.path.join(self.directory, "new"))
+        os.replace(new_cert, cert)
+        os.replace(new_key, key)
+        self.signal(watcher, "HUP")
+        yield watcher.wait_for(rb"SIGHUP: reloaded .*certificate")
+        second = yield threads.deferToThread(served_serial, tls_port)
+        self.assertNotEqual(first, second)
+        with open(cert, "rb") as f:
+            self.assertEqual(second, x509.load_pem_x509_certificate(f.read()).serial_number)
+
+
+def served_serial(port: int) -> int:
+    """
+    The serial number of the certificate a TLS handshake on C{port} gets.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
