@@ -78,6 +78,13 @@ class PortPool:
     def release(self, address: Address) -> None:
         self._in_use.get(address[0], set()).discard(address[1])
 
+    def free(self) -> dict[str, int]:
+        """
+        Relay address -> ports of the range not in use, for metrics.
+        """
+        size = self.max_port - self.min_port + 1
+        return {host: size - len(used) for host, used in self._in_use.items()}
+
     def public(self, host: str) -> str:
         """
         The address clients are told for relay address C{host}.

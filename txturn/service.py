@@ -20,6 +20,8 @@ from typing import Any, Collection, Mapping, Sequence
 from twisted.application import service
 from twisted.internet import defer
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from txturn import descriptors
 from txturn.credentials import ICredentialSource
@@ -28,6 +30,7 @@ from txturn.host_addresses import host_addresses
 from txturn.interfaces import host_port
 from txturn.limits import ConnectionLimits
 from txturn.log_level import logger
+from txturn.metrics import Metrics
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig, TurnServer
 from txturn.sockets import listen_tcp, listen_udp
@@ -103,6 +106,7 @@ class TurnService(service.MultiService):
         tcp_buffer: int = DEFAULT_BUFFER_LIMIT,
         max_tcp_buffer: int | None = None,
         limits: ConnectionLimits | None = None,
+        metrics_listen: tuple[str, int] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         unknown = set(transports) - ALL_TRANSPORTS
@@ -127,12 +131,20 @@ class TurnService(service.MultiService):
         # relay ports.
         caller_policy = policy if policy is not None else PeerPolicy()
         own = [h for h, _ in self.listen] + list(relay_addresses)
+        if metrics_listen is not None:
+            own.append(metrics_listen[0])
         own += list((external_ips or {}).values())
         policy = caller_policy.for_server(own, range(min_port, max_port + 1))
         self.policy = policy
         self.server = TurnServer(
             reactor, credentials, self.relays, policy, config, tcp_relays=self.tcp_relays
         )
+        #: Live metrics (L{txturn.metrics}); served on C{metrics_listen}
+        #: if given, or embedded by the host application with C{page()}.
+        self.metrics = Metrics(
+            self.server, [("udp", self.relays.pool), ("tcp", self.tcp_relays.pool)]
+        )
+        self.metrics_listen = metrics_listen
         self.limits = limits if limits is not None else ConnectionLimits()
         #: Caps and deadlines for every TCP and TLS connection; its cap in
         #: all is set from the descriptor limit when the service binds.
@@ -209,6 +221,13 @@ class TurnService(service.MultiService):
                 )
                 self._dtls_listeners.append(listener)
                 wanted.append(("dtls", host, self.tls_port, listener))
+        if self.metrics_listen is not None:
+            root = Resource()  # type: ignore[no-untyped-call]
+            root.putChild(b"metrics", self.metrics.page())
+            site = Site(root)  # type: ignore[no-untyped-call]
+            site.noisy = False
+            host, port = self.metrics_listen
+            wanted.append(("metrics", host, port, site))
         return wanted
 
     def privilegedStartService(self) -> None:
@@ -289,6 +308,12 @@ class TurnService(service.MultiService):
             self._refresh_host_addresses()
         for name, p in self.ports:
             host = p.getHost()
+            if name == "metrics":
+                self.log.info(
+                    "Metrics on http://{address}/metrics",
+                    address=host_port((host.host, host.port)),
+                )
+                continue
             self.log.info(
                 "TURN listening on {transport} {address}",
                 transport=name.upper(),
@@ -314,7 +339,7 @@ class TurnService(service.MultiService):
         """
         urls = []
         for name, p in self.ports:
-            if name == "dtls":
+            if name in ("dtls", "metrics"):
                 continue
             bound = p.getHost()
             hosts = [bound.host]

@@ -98,6 +98,7 @@ _GROUPS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("Identity", ["software", "no-software"]),
+    ("Metrics", ["prometheus", "prometheus-port", "prometheus-address"]),
     ("Configuration and logging", ["config", "log-level", "verbose", "Verbose"]),
     ("", ["help"]),
 ]
@@ -216,6 +217,13 @@ class Options(usage.Options):
             "File of TURN REST API secrets, one per line (kept out of ps).",
         ],
         ["config", "c", None, "coturn-style configuration file (turnserver.conf syntax)."],
+        ["prometheus-port", None, "9641", "Port of the --prometheus metrics endpoint."],
+        [
+            "prometheus-address",
+            None,
+            "127.0.0.1",
+            "Address of the --prometheus endpoint; relays can never reach it.",
+        ],
         ["log-level", None, "info", "Least severe txturn events logged: debug, info, warn, error."],
         ["max-allocate-lifetime", None, "3600", "Longest allocation lifetime, seconds."],
         ["tcp-connect-timeout", None, "30", "Seconds a TCP Connect may take (at least 30)."],
@@ -271,6 +279,7 @@ class Options(usage.Options):
     optFlags: list[list[Any]] = [
         ["allow-loopback-peers", None, "Let relays reach loopback peers (testing)."],
         ["verbose", "v", "Log at info level (the default; coturn's verbose)."],
+        ["prometheus", None, "Serve live metrics at http://ADDRESS:PORT/metrics."],
         ["Verbose", "V", "Log at debug level (coturn's Verbose)."],
         ["no-software", None, "Send no SOFTWARE attribute."],
         ["no-udp", None, "Do not serve TURN over UDP."],
@@ -579,6 +588,8 @@ class Options(usage.Options):
         """
         self["port"] = _port(self["port"], "port")
         self["tls-port"] = _port(self["tls-port"], "tls-port")
+        self["prometheus-port"] = _port(self["prometheus-port"], "prometheus-port")
+        self["prometheus-address"] = _address(self["prometheus-address"], "prometheus-address")
         self["min-port"] = _port(self["min-port"], "min-port")
         self["max-port"] = _port(self["max-port"], "max-port")
         if not 0 < self["min-port"] <= self["max-port"]:
@@ -767,6 +778,11 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
         external_ips=options["external-map"],
         tcp_buffer=options["tcp-buffer"],
         max_tcp_buffer=options["max-tcp-buffer"],
+        metrics_listen=(
+            (options["prometheus-address"], options["prometheus-port"])
+            if options["prometheus"]
+            else None
+        ),
         limits=ConnectionLimits(
             max_connections=options["max-connections"],
             max_unallocated_per_source=options["max-connections-per-ip"],
@@ -849,6 +865,9 @@ _NEEDS_RESTART = (
     "transports",
     "tcp-buffer",
     "max-tcp-buffer",
+    "prometheus",
+    "prometheus-port",
+    "prometheus-address",
     "max-connections",
     "max-connections-per-ip",
     "handshake-timeout",
