@@ -7,6 +7,7 @@ not kill, SIGTERM stops within 5 s and removes the pidfile.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, readBody
 
 from tests.test_interop import (
     OutputWatcher,
@@ -30,6 +32,7 @@ from tests.test_interop import (
     uclient_args,
     uclient_totals,
 )
+from tests.test_metrics import value
 from tests.test_service import free_udp_port
 from txturn.testing import self_signed_certificate
 
@@ -122,13 +125,21 @@ class SignalTests(TestCase):
     def test_sigterm(self) -> Any:
         """
         SIGTERM while uclient relays: its allocations are deleted and
-        logged with their usage, the process exits within 5 s and its
-        pidfile is gone.
+        logged with their usage (and written to the usage file), the
+        process exits within 5 s and its pidfile is gone.
         """
         uclient = require("turnutils_uclient")
         peer_port = free_udp_port()
         spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
         pidfile = os.path.join(self.directory, "turn.pid")
+        records = os.path.join(self.directory, "usage.jsonl")
+        metrics_port = free_udp_port()
+        self.settings += [
+            f"usage-file={records}",
+            "prometheus",
+            f"prometheus-port={metrics_port}",
+        ]
+        self.write(self.config, "\n".join(self.settings) + "\n")
         watcher = self.start(f"--pidfile={pidfile}")
         yield watcher.wait_for(rb"TURN listening on UDP")
         self.assertTrue(os.path.exists(pidfile))
@@ -136,7 +147,13 @@ class SignalTests(TestCase):
             uclient, uclient_args(self.port, peer_port, 150, 2), env=os.environ.copy()
         )
         yield watcher.wait_for(rb"Allocated .* for test")
-        yield deferLater(reactor, 2.0, lambda: None)  # some traffic to count
+        url = f"http://127.0.0.1:{metrics_port}/metrics".encode()
+        for _ in range(100):  # until uclient's calls relay
+            response = yield Agent(reactor).request(b"GET", url)
+            text = (yield readBody(response)).decode()
+            if value(text, "turn_relayed_packets_total", direction="to_peers"):
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
         started = time.monotonic()
         self.signal(watcher, "TERM")
         yield watcher.ended
@@ -146,6 +163,12 @@ class SignalTests(TestCase):
             r"deleted \(server stopping\) after \d+s: [1-9]\d* packets, [1-9]\d* bytes to peers",
         )
         self.assertFalse(os.path.exists(pidfile))
+        with open(records) as f:
+            ended = [json.loads(line) for line in f]
+        self.assertTrue(ended)
+        self.assertEqual({r["reason"] for r in ended}, {"server stopping"})
+        self.assertEqual({r["user"] for r in ended}, {"test"})
+        self.assertGreater(sum(r["to_peers"]["packets"] for r in ended), 0)
         yield calls  # uclient gives up on its own
 
     @defer.inlineCallbacks

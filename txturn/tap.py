@@ -12,6 +12,7 @@ import os
 import pwd
 import sys
 import textwrap
+import time
 from typing import Any, Sequence
 
 from twisted.logger import Logger
@@ -33,6 +34,7 @@ from txturn.server import ServerConfig
 from txturn.service import TurnService
 from txturn.signals import SignalHandlers
 from txturn.tls import TlsConfigurationError, TlsCredentials
+from txturn.usage_records import UsageRecords
 
 #: Where a REST API secret can come from without appearing in ps.
 SECRET_VARIABLE = "TXTURN_STATIC_AUTH_SECRET"
@@ -98,7 +100,7 @@ _GROUPS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("Identity", ["software", "no-software"]),
-    ("Metrics", ["prometheus", "prometheus-port", "prometheus-address"]),
+    ("Metrics and usage", ["prometheus", "prometheus-port", "prometheus-address", "usage-file"]),
     ("Configuration and logging", ["config", "log-level", "verbose", "Verbose"]),
     ("", ["help"]),
 ]
@@ -115,6 +117,7 @@ _METAVARS = {
     "static-auth-secret-file": "FILE",
     "config": "FILE",
     "log-level": "LEVEL",
+    "usage-file": "FILE",
     "max-allocate-lifetime": "SECONDS",
     "stale-nonce": "SECONDS",
     "tcp-connect-timeout": "SECONDS",
@@ -217,6 +220,12 @@ class Options(usage.Options):
             "File of TURN REST API secrets, one per line (kept out of ps).",
         ],
         ["config", "c", None, "coturn-style configuration file (turnserver.conf syntax)."],
+        [
+            "usage-file",
+            None,
+            None,
+            "Append a JSON usage record per ended allocation to FILE.",
+        ],
         ["prometheus-port", None, "9641", "Port of the --prometheus metrics endpoint."],
         [
             "prometheus-address",
@@ -578,6 +587,13 @@ class Options(usage.Options):
         if self["no-software"]:
             self["software"] = None
         self._transports()
+        if self["usage-file"] is not None:
+            try:
+                open(self["usage-file"], "a", encoding="utf-8").close()
+            except OSError as e:
+                raise usage.UsageError(
+                    f"cannot write --usage-file {self['usage-file']}: {e.strerror}"
+                ) from None
         if not self["relay-ip"]:
             self["relay-ip"] = default_relay_addresses(self["listen"])
         self["external-map"] = self._external_map()
@@ -793,7 +809,14 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
             dtls_max_sessions_per_source=options["max-dtls-sessions-per-ip"],
         ),
     )
-    SignalHandlers(reactor, Reloader(turn, options)).setServiceParent(  # type: ignore[no-untyped-call]
+    records = None
+    if options["usage-file"] is not None:
+        path = options["usage-file"]
+        records = UsageRecords(
+            lambda: open(path, "a", encoding="utf-8"), options["realm"], time.time
+        )
+        turn.server.add_observer(records)
+    SignalHandlers(reactor, Reloader(turn, options, records)).setServiceParent(  # type: ignore[no-untyped-call]
         turn
     )
     return turn
@@ -886,11 +909,16 @@ class Reloader:
     running service what changed; a bad file keeps the running settings.
     """
 
-    def __init__(self, service: TurnService, options: Options) -> None:
+    def __init__(
+        self, service: TurnService, options: Options, records: UsageRecords | None = None
+    ) -> None:
         self._service = service
         self._options = options
+        self._records = records
 
     def __call__(self, why: str) -> None:
+        if self._records is not None:
+            self._records.reopen()
         try:
             new = Options()
             new.parseOptions(self._options["argv"])
