@@ -389,3 +389,26 @@ class EveryPathTests(SynchronousTestCase):
             self.code(self.request(self.tcp, Method.CONNECT, [(Attr.XOR_PEER_ADDRESS, own)])),
             403,
         )
+
+
+class ExplainTests(SynchronousTestCase):
+    """
+    Why a peer is refused, and what would allow it, for the log.
+    """
+
+    def test_reasons(self) -> None:
+        policy = PeerPolicy(denied=parse_range("203.0.113.0/24")).for_server(
+            ["192.0.2.10"], range(50000, 60000)
+        )
+        self.assertEqual(policy.explain("203.0.113.5", 1), "in a --denied-peer-ip range")
+        self.assertIn("unspecified", policy.explain("0.0.0.0", 1))
+        self.assertEqual(
+            policy.explain("::ffff:127.0.0.1", 1),
+            "loopback; --allow-loopback-peers allows it (testing only)",
+        )
+        self.assertEqual(
+            policy.explain("10.1.2.3", 1),
+            "in the default-refused range of 10.1.2.3 (private, link-local, reserved...); "
+            "--allowed-peer-ip 10.1.2.3 allows it",
+        )
+        self.assertIn("own address", policy.explain("192.0.2.10", 3478))

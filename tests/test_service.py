@@ -17,11 +17,13 @@ from twisted.trial.unittest import TestCase
 
 from txturn import service as service_module
 from txturn.credentials import StaticCredentials
+from txturn.interfaces import RelayUnavailable
 from txturn.policy import PeerPolicy, parse_range
 from txturn.server import ServerConfig
 from txturn.service import TurnService
 from txturn.stun import Attr, Class, Message, Method, decode, encode
 from txturn.testing import StunClient, needs_ipv6
+from txturn.udp_relay import UdpRelayAllocator
 
 REALM = "test"
 
@@ -369,3 +371,42 @@ class AnnounceTests(TestCase):
                 ]
             },
         )
+
+
+class RelayAddressTests(TestCase):
+    """
+    A relay address the host does not have is said at once, at startup
+    and (had it started) at Allocate time, instead of a 508 for every
+    Allocate and nothing in the log.
+    """
+
+    def test_startup(self) -> None:
+        service = TurnService(
+            reactor,
+            StaticCredentials(REALM, {"alice": "secret"}),
+            [("127.0.0.1", 0)],
+            ["203.0.113.8"],
+            transports={"udp"},
+        )
+        with self.assertRaises(RuntimeError) as caught:
+            service.privilegedStartService()
+        self.assertEqual(
+            str(caught.exception),
+            "relay address 203.0.113.8 (--relay-ip) is not an address of this host",
+        )
+
+    def test_allocate(self) -> None:
+        relays = UdpRelayAllocator(reactor, ["203.0.113.8"])
+        with self.assertRaises(RelayUnavailable) as caught:
+            relays.open(1, even=False, reserve_next=False)
+        self.assertEqual(
+            str(caught.exception), "--relay-ip 203.0.113.8 is not an address of this host"
+        )
+        port = free_udp_port()
+        taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        taken.bind(("127.0.0.1", port))
+        self.addCleanup(taken.close)
+        full = UdpRelayAllocator(reactor, ["127.0.0.1"], min_port=port, max_port=port)
+        with self.assertRaises(RelayUnavailable) as caught:
+            full.open(1, even=False, reserve_next=False)
+        self.assertIn(f"relay ports {port}-{port} of 127.0.0.1 exhausted", str(caught.exception))

@@ -5,8 +5,10 @@ Tests for L{txturn.tap}: option parsing, validation and makeService.
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -432,3 +434,34 @@ class MakeServiceTests(SynchronousTestCase):
         """
         service = makeService(parse("--listen", "127.0.0.1"), reactor=Clock())
         self.assertEqual(service.relay_addresses, ["127.0.0.1"])
+
+
+class SummaryTests(SynchronousTestCase):
+    """
+    makeService says what it runs, and warns about what weakens it.
+    """
+
+    def test_warnings(self) -> None:
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        makeService(
+            parse(
+                "--relay-ip",
+                "192.0.2.1",
+                "--user",
+                "a:b",
+                "--allow-loopback-peers",
+                "--allowed-peer-ip",
+                "10.0.0.0/8",
+            ),
+            reactor=Clock(),
+        )
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "txturn.tap"]
+        self.assertEqual(lines[0], "Realm txturn; authentication: 1 static user(s)")
+        self.assertIn(
+            "--allow-loopback-peers: relays can reach this host's loopback services", lines
+        )
+        self.assertIn("--allowed-peer-ip 10.0.0.0/8: relays can reach this non-public range", lines)
+        self.assertTrue(any(line.startswith("--user on the command line") for line in lines))

@@ -121,10 +121,24 @@ class AllocationRequests:
         needed = meaning.places
         if config.user_quota and self._table.held_by(username) + needed > config.user_quota:
             server.count("user_quota")
+            self._unavailable_log.emit(
+                ("user quota", username),
+                self.log.info,
+                "Allocate by {user} refused with 486: {limit} allocations, the --user-quota",
+                user=username,
+                limit=config.user_quota,
+            )
             return 486
         in_use = len(self._table) + len(server.reservations)
         if config.total_quota and in_use + needed > config.total_quota:
             server.count("total_quota")
+            self._unavailable_log.emit(
+                ("total quota",),
+                self.log.warn,
+                "Allocate refused with 508: {limit} allocations on the server, the "
+                "--total-quota (or what the descriptor limit allows)",
+                limit=config.total_quota,
+            )
             return 508
         return None
 

@@ -77,7 +77,7 @@ class EventLog:
                 what="opened" if isinstance(event, DataConnectionOpened) else "closed",
             )
         elif isinstance(event, AuthenticationFailed):
-            self.log.info(
+            self.log.warn(
                 "Authentication failed for user {user!r} from {client}: {reason}",
                 user=event.username,
                 client=host_port(event.client),

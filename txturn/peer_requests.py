@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from txturn.allocation import Allocation
 from txturn.interfaces import Address, IClientChannel, host_port
+from txturn.limits import LogThrottle
 from txturn.log_level import logger
 from txturn.request import Request
 from txturn.stun import Attr, Message
@@ -35,6 +36,7 @@ class PeerRequests:
 
     def __init__(self, server: "TurnServer") -> None:
         self._server = server
+        self._refusals = LogThrottle(server.reactor)
 
     def peer_error(
         self, allocation: Allocation, peer: Address, port_matters: bool = True
@@ -49,8 +51,16 @@ class PeerRequests:
         allowed = policy.allows_peer(peer[0], peer[1]) if port_matters else policy.allows(peer[0])
         if not allowed:
             self._server.count("refused_peer")
-            self.log.info(
-                "Refused peer {peer} for {user}", peer=host_port(peer), user=allocation.username
+            reason = policy.explain(peer[0], peer[1])
+            # A client can ask for refused peers at will: one line a minute
+            # per reason.
+            self._refusals.emit(
+                reason,
+                self.log.info,
+                "Refused peer {peer} for {user}: {reason}",
+                peer=host_port(peer),
+                user=allocation.username,
+                reason=reason,
             )
             return 403
         return None

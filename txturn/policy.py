@@ -244,6 +244,32 @@ class PeerPolicy:
         allowed, own = self._lookup(host)
         return allowed and (not own or port in self.relay_ports)
 
+    def explain(self, host: str, port: int) -> str:
+        """
+        Why C{(host, port)} is refused, and what would allow it, for the
+        log (the cold path: only called once a peer is refused).
+        """
+        try:
+            address = canonical_peer(host, self.nat64)
+        except ValueError:
+            return "not an IP address"
+        if any(address in network for network in self.denied):
+            return "in a --denied-peer-ip range"
+        if address.is_unspecified:
+            return "an unspecified address (0.0.0.0 or ::), never a peer"
+        own = address in self.own or address in self.host_addresses
+        allowed = any(address in network for network in self.allowed)
+        if own and (allowed or self.allow_loopback) and port not in self.relay_ports:
+            return "this server's own address, reachable as a peer only on relay ports"
+        if any(address in network for network in LOOPBACK):
+            return "loopback; --allow-loopback-peers allows it (testing only)"
+        if own:
+            return "this server's own address, reachable as a peer only on relay ports"
+        return (
+            f"in the default-refused range of {address} (private, link-local, reserved...); "
+            f"--allowed-peer-ip {address} allows it"
+        )
+
     def _decide(self, host: str) -> tuple[bool, bool]:
         """
         (allowed, one of the server's own addresses) for C{host}.

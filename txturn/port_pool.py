@@ -55,8 +55,18 @@ class PortPool:
             raise RelayUnavailable("no relay address of that family", family_unsupported=True)
         host = hosts[self._random.randrange(len(hosts))]
         if len(self._in_use[host]) + ports_needed > self.max_port - self.min_port + 1:
-            raise RelayUnavailable("relay port range exhausted")
+            raise RelayUnavailable(self.exhausted(host))
         return host
+
+    def exhausted(self, host: str) -> str:
+        """
+        What to say when no port of C{host} could be had.
+        """
+        return (
+            f"relay ports {self.min_port}-{self.max_port} of {host} exhausted "
+            f"({len(self._in_use[host])} in use here, the rest by other programs); "
+            "widen --min-port/--max-port"
+        )
 
     def candidates(self, host: str, even: bool = False) -> Iterator[int]:
         """

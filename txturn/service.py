@@ -13,7 +13,9 @@ dropping privileges.
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 from dataclasses import replace
 from typing import Any, Collection, Mapping, Sequence
 
@@ -242,6 +244,7 @@ class TurnService(service.MultiService):
         if self.ports:
             return
         self._share_descriptors()
+        self._check_relay_addresses()
         try:
             for name, host, port, handler in self._listeners():
                 bind = listen_udp if name in ("udp", "dtls") else listen_tcp
@@ -257,6 +260,25 @@ class TurnService(service.MultiService):
             self.ports = []
             self._stream_factories = []
             raise
+
+    def _check_relay_addresses(self) -> None:
+        """
+        Every relay address must be one this host can bind, or every
+        Allocate on it would fail: say so now, once, and do not start.
+        """
+        for host in self.relay_addresses:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind((host, 0))
+                except OSError as e:
+                    if e.errno == errno.EADDRNOTAVAIL:
+                        raise RuntimeError(
+                            f"relay address {host} (--relay-ip) is not an address of this host"
+                        ) from None
+                    raise RuntimeError(
+                        f"cannot open relays on {host} (--relay-ip): {e.strerror}"
+                    ) from None
 
     def _share_descriptors(self) -> None:
         """

@@ -778,6 +778,7 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
     for warning in options["config-warnings"]:
         _log.warn("{warning}", warning=warning)
     credentials, announce = _credentials(options)
+    _summarize(options)
     turn = TurnService(
         reactor,
         credentials,
@@ -820,6 +821,50 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
         turn
     )
     return turn
+
+
+def _summarize(options: Options) -> None:
+    """
+    The effective configuration in a few lines, and a warning for each
+    setting that weakens the server.
+    """
+    modes = []
+    users = len(options["user"]) + len(
+        [line for line in options.get("user-db-lines", []) if line.strip() and line[0] != "#"]
+    )
+    if users:
+        modes.append(f"{users} static user(s)")
+    if options["static-auth-secret"]:
+        modes.append(f"REST API with {len(options['static-auth-secret'])} secret(s)")
+    _log.info(
+        "Realm {realm}; authentication: {modes}{external}",
+        realm=options["realm"],
+        modes=", ".join(modes) or "one generated user",
+        external="".join(
+            f"; relay {k} advertised as {v}" for k, v in options["external-map"].items()
+        ),
+    )
+    if options["allow-loopback-peers"]:
+        _log.warn("--allow-loopback-peers: relays can reach this host's loopback services")
+    for network in options["allowed-peer-ip"]:
+        if not network.is_global:
+            _log.warn(
+                "--allowed-peer-ip {network}: relays can reach this non-public range",
+                network=str(network),
+            )
+    argv = options.get("argv", [])
+    exposed = [
+        name
+        for name in ("--static-auth-secret", "--user", "-u")
+        if any(a == name or a.startswith(name + "=") for a in argv)
+    ]
+    if exposed:
+        _log.warn(
+            "{options} on the command line: visible to every local user in ps; use "
+            "--static-auth-secret-file, --user-db, {variable} or a -c file",
+            options=", ".join(exposed),
+            variable=SECRET_VARIABLE,
+        )
 
 
 def _credentials(options: Options) -> tuple[CredentialChain, tuple[str, str] | None]:

@@ -40,7 +40,7 @@ from txturn.interfaces import (
 from txturn.log_level import logger
 from txturn.port_pool import PortPool
 from txturn.sockets import bound_socket
-from txturn.udp_relay import OUT_OF_DESCRIPTORS
+from txturn.udp_relay import OUT_OF_DESCRIPTORS, raise_unavailable
 
 
 class PeerConnectFailed(Exception):
@@ -362,9 +362,8 @@ class TcpRelayAllocator:
             try:
                 relay.listen()
             except OSError as e:
-                if e.errno in OUT_OF_DESCRIPTORS:
-                    raise RelayUnavailable("out of file descriptors") from None
+                raise_unavailable(e.errno, host)
                 continue
             self.pool.take(host, port)
             return relay
-        raise RelayUnavailable("relay port range exhausted")
+        raise RelayUnavailable(self.pool.exhausted(host))

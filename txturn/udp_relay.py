@@ -17,6 +17,7 @@ the allocation, which tells the client (RFC 8656 section 11.5).
 from __future__ import annotations
 
 import errno
+import resource
 import socket
 import struct
 from typing import Any, Mapping, Sequence
@@ -57,6 +58,22 @@ _QUIET_SEND_ERRORS = frozenset(
         errno.ECONNREFUSED,
     ]
 )
+
+
+def raise_unavailable(error: int | None, host: str) -> None:
+    """
+    Turn a bind error that no other port would cure into
+    L{RelayUnavailable} with what an operator should do about it; return
+    for one that another port may not have (the port is taken).
+    """
+    if error in OUT_OF_DESCRIPTORS:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        raise RelayUnavailable(
+            f"out of file descriptors (ulimit -n is {soft}; raise it, e.g. LimitNOFILE= "
+            "in the systemd unit)"
+        )
+    if error == errno.EADDRNOTAVAIL:
+        raise RelayUnavailable(f"--relay-ip {host} is not an address of this host")
 
 
 def _discard(data: bytes, peer: Address) -> None:
@@ -255,8 +272,7 @@ class UdpRelayAllocator:
         try:
             listener.startListening()  # type: ignore[no-untyped-call]
         except CannotListenError as e:
-            if getattr(e.socketError, "errno", None) in OUT_OF_DESCRIPTORS:
-                raise RelayUnavailable("out of file descriptors") from None
+            raise_unavailable(getattr(e.socketError, "errno", None), host)
             return None
         self.pool.take(host, port)
         return relay
@@ -273,4 +289,4 @@ class UdpRelayAllocator:
             if reserved is not None:
                 return relay, reserved
             relay.close()
-        raise RelayUnavailable("relay port range exhausted")
+        raise RelayUnavailable(self.pool.exhausted(host))
