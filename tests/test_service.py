@@ -142,6 +142,41 @@ class ServiceTests(TestCase):
         self.assertEqual(data, b"\x40\x00\x00\x04back")
 
     @defer.inlineCallbacks
+    def test_drain(self) -> Any:
+        """
+        While draining, a new Allocate gets 508 and the existing
+        allocation keeps relaying and refreshing; drain fires when it
+        ends.
+        """
+        response = yield self.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+        relayed = response.get(Attr.XOR_RELAYED_ADDRESS)
+        drained = self.service.drain(60)
+        self.assertFalse(drained.called)
+        other = StunClient("alice", "secret")
+        other_port = reactor.listenUDP(0, (collector := Collector()), interface="127.0.0.1")
+        self.addCleanup(other_port.stopListening)
+        for _ in range(2):
+            other_port.write(
+                other.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]),
+                self.server_address,
+            )
+            data, _ = yield collector.next()
+            refused = other.learn(data)
+        self.assertEqual(refused.get(Attr.ERROR_CODE)[0], 508)
+        peer = ("127.0.0.1", self.peer_port.getHost().port)
+        yield self.request(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, peer)])
+        send = Message(Method.SEND, Class.INDICATION, b"s" * 12)
+        send.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, b"still here")
+        self.client_port.write(encode(send), self.server_address)
+        data, source = yield self.peer_proto.next()
+        self.assertEqual((data, source), (b"still here", relayed))
+        response = yield self.request(Method.REFRESH, [(Attr.LIFETIME, 600)])
+        self.assertEqual(response.cls, Class.SUCCESS)
+        self.assertFalse(drained.called)
+        yield self.request(Method.REFRESH, [(Attr.LIFETIME, 0)])
+        self.assertTrue(drained.called)
+
+    @defer.inlineCallbacks
     def test_quiet_relays(self) -> Any:
         """
         An allocation made and deleted logs its two lifecycle lines and

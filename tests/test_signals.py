@@ -172,6 +172,45 @@ class SignalTests(TestCase):
         yield calls  # uclient gives up on its own
 
     @defer.inlineCallbacks
+    def test_sigquit_drains(self) -> Any:
+        """
+        SIGQUIT while uclient relays: a new client (aioice) is refused,
+        uclient's calls go on and lose nothing, and the process stops by
+        itself at the drain deadline with its pidfile removed.
+        """
+        uclient = require("turnutils_uclient")
+        peer_port = free_udp_port()
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        self.settings.append("drain-timeout=10")
+        self.write(self.config, "\n".join(self.settings) + "\n")
+        pidfile = os.path.join(self.directory, "turn.pid")
+        watcher = self.start(f"--pidfile={pidfile}")
+        yield watcher.wait_for(rb"TURN listening on UDP")
+        calls = getProcessOutputAndValue(
+            uclient, uclient_args(self.port, peer_port, 200, 2), env=os.environ.copy()
+        )
+        # uclient -m 2 makes three allocations before it relays.
+        yield watcher.wait_for(rb"(Allocated .*? for test.*?){3}")
+        started = time.monotonic()
+        self.signal(watcher, "QUIT")
+        yield watcher.wait_for(rb"Draining: no new allocations")
+        script = os.path.join(os.path.dirname(__file__), "clients", "aioice_echo.py")
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable,
+            [script, "127.0.0.1", str(self.port), "test", "secret", "3"],
+            env=os.environ.copy(),
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"508", out + err)
+        out, err, code = yield calls
+        sent, received, lost = uclient_totals((out + err).decode(errors="replace"))
+        self.assertEqual((sent, received, lost), (400, 400, 0))
+        yield watcher.ended
+        self.assertLess(time.monotonic() - started, 15)
+        self.assertIn(b"Drained: ", watcher.output, watcher.output.decode()[-1500:])
+        self.assertFalse(os.path.exists(pidfile))
+
+    @defer.inlineCallbacks
     def test_certificate_reload(self) -> Any:
         """
         A certificate replaced in place and SIGHUP: new TLS handshakes see

@@ -66,6 +66,9 @@ class AllocationRequests:
         server = self._server
         if not server.authenticate(request) or self._retransmitted(request):
             return
+        if server.draining:
+            server.count("draining")
+            return request.fail(508, "Server draining")
         meaning = parse_allocate(
             request.message,
             udp_relays=self._server.config.udp_relay,

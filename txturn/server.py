@@ -143,6 +143,9 @@ class TurnServer:
             nonces if nonces is not None else NonceManager(lifetime=self.config.nonce_lifetime)
         )
         self.tcp_relays = tcp_relays
+        #: Whether new allocations are refused (508) while the existing
+        #: ones run out (L{txturn.service.TurnService.drain}).
+        self.draining = False
         #: Counters of what was refused or dropped, for operators.
         self.stats: collections.Counter[str] = collections.Counter()
         self.authenticator = Authenticator(
@@ -206,6 +209,9 @@ class TurnServer:
 
     def add_observer(self, observer: IServerObserver) -> None:
         self.observers.append(observer)
+
+    def remove_observer(self, observer: IServerObserver) -> None:
+        self.observers.remove(observer)
 
     def emit(self, event: object) -> None:
         """

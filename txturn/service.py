@@ -24,10 +24,12 @@ from twisted.internet import defer
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from txturn import descriptors
 from txturn.credentials import ICredentialSource
 from txturn.dtls import DtlsListener
+from txturn.events import AllocationDeleted, IServerObserver
 from txturn.host_addresses import host_addresses
 from txturn.interfaces import host_port
 from txturn.limits import ConnectionLimits
@@ -423,6 +425,23 @@ class TurnService(service.MultiService):
             changed.append("certificate")
         return changed
 
+    def drain(self, timeout: float) -> defer.Deferred[None]:
+        """
+        Refuse new allocations (508) and fire when the existing ones have
+        ended, or after C{timeout} seconds, whichever comes first; then
+        the caller stops the service, so a rolling upgrade drops no call.
+        Listeners stay open: clients refresh over them, and RFC 6062 data
+        connections arrive on them.
+        """
+        self.server.draining = True
+        self.log.info(
+            "Draining: no new allocations; stopping when the {left} left have ended, "
+            "or in {timeout:.0f}s",
+            left=len(self.server.allocations),
+            timeout=timeout,
+        )
+        return _Drain(self.server, self._reactor, timeout).done
+
     def stopService(self) -> defer.Deferred[Any]:
         """
         Delete every allocation (cancelling its timers), close every client
@@ -443,3 +462,37 @@ class TurnService(service.MultiService):
         if isinstance(parent_stopped, defer.Deferred):
             closing.append(parent_stopped)
         return defer.gatherResults(closing, consumeErrors=True)
+
+
+@implementer(IServerObserver)
+class _Drain:
+    """
+    Fires C{done} when the server's last allocation ends, or at the
+    deadline.
+    """
+
+    log = logger()
+
+    def __init__(self, server: TurnServer, reactor: Any, timeout: float) -> None:
+        self._server = server
+        self.done: defer.Deferred[None] = defer.Deferred()
+        self._deadline = reactor.callLater(timeout, self._expired)
+        server.add_observer(self)
+        if not server.allocations:
+            self._finish("no allocation was alive")
+
+    def observe(self, event: object) -> None:
+        if isinstance(event, AllocationDeleted) and not self._server.allocations:
+            self._finish("the last allocation ended")
+
+    def _expired(self) -> None:
+        self._finish(f"{len(self._server.allocations)} allocations still alive at the deadline")
+
+    def _finish(self, why: str) -> None:
+        if self.done.called:
+            return
+        if self._deadline.active():
+            self._deadline.cancel()
+        self._server.remove_observer(self)
+        self.log.info("Drained: {why}", why=why)
+        self.done.callback(None)

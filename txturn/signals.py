@@ -7,6 +7,8 @@ What the signals operators send do to a running C{twistd turn}:
    allocation or a connection;
  - SIGUSR1 keeps twistd's meaning (reopen the log file) and never kills
    the server, even when there is no log file to reopen;
+ - SIGQUIT drains: no new allocations, a stop once the existing ones
+   have ended or the drain deadline has passed (nginx's graceful quit);
  - SIGTERM and SIGINT stay the reactor's: a graceful stop.
 
 The handlers only schedule work on the reactor: a signal can interrupt
@@ -33,19 +35,28 @@ class SignalHandlers(service.Service):
 
     @param reload: called in the reactor thread for SIGHUP and SIGUSR2,
         with the signal's name.
+    @param drain: called in the reactor thread for SIGQUIT.
     """
 
     log = logger()
 
-    def __init__(self, reactor: Any, reload: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        reload: Callable[[str], None],
+        drain: Callable[[], None] | None = None,
+    ) -> None:
         self._reactor = reactor
         self._reload = reload
+        self._drain = drain
         self._previous: dict[int, Any] = {}
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         for number in RELOAD_SIGNALS:
             self._install(number, self._on_reload)
+        if self._drain is not None:
+            self._install(signal.SIGQUIT, self._on_quit)
         if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
             # twistd reopens its log file on SIGUSR1, but installs nothing
             # when it logs to stdout; the default action would kill us.
@@ -64,6 +75,10 @@ class SignalHandlers(service.Service):
     def _on_reload(self, number: int, frame: Any) -> None:
         name = signal.Signals(number).name
         self._reactor.callFromThread(self._reload, name)
+
+    def _on_quit(self, number: int, frame: Any) -> None:
+        if self._drain is not None:
+            self._reactor.callFromThread(self._drain)
 
     def _on_usr1(self, number: int, frame: Any) -> None:
         self._reactor.callFromThread(

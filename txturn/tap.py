@@ -100,6 +100,7 @@ _GROUPS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("Identity", ["software", "no-software"]),
+    ("Draining", ["drain-timeout"]),
     ("Metrics and usage", ["prometheus", "prometheus-port", "prometheus-address", "usage-file"]),
     ("Configuration and logging", ["config", "log-level", "verbose", "Verbose"]),
     ("", ["help"]),
@@ -121,6 +122,7 @@ _METAVARS = {
     "max-allocate-lifetime": "SECONDS",
     "stale-nonce": "SECONDS",
     "tcp-connect-timeout": "SECONDS",
+    "drain-timeout": "SECONDS",
     "software": "NAME",
     "cert": "FILE",
     "key": "FILE",
@@ -146,6 +148,7 @@ _METAVARS = {
 
 #: Options that are a number of seconds, positive.
 _SECONDS = (
+    "drain-timeout",
     "max-allocate-lifetime",
     "stale-nonce",
     "tcp-connect-timeout",
@@ -280,6 +283,12 @@ class Options(usage.Options):
             "Seconds a connection or DTLS session may hold no allocation.",
         ],
         ["frame-timeout", None, "10", "Seconds a TCP/TLS client may take to finish a frame."],
+        [
+            "drain-timeout",
+            None,
+            "3600",
+            "On SIGQUIT, seconds to wait for allocations to end before stopping.",
+        ],
         ["max-dtls-sessions", None, "2000", "DTLS sessions in all."],
         ["max-dtls-sessions-per-ip", None, "100", "DTLS sessions from one address."],
         ["stale-nonce", None, "600", "Seconds a nonce stays valid."],
@@ -817,7 +826,11 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
             lambda: open(path, "a", encoding="utf-8"), options["realm"], time.time
         )
         turn.server.add_observer(records)
-    SignalHandlers(reactor, Reloader(turn, options, records)).setServiceParent(  # type: ignore[no-untyped-call]
+
+    def drain() -> None:
+        turn.drain(options["drain-timeout"]).addCallback(lambda _: reactor.stop())
+
+    SignalHandlers(reactor, Reloader(turn, options, records), drain).setServiceParent(  # type: ignore[no-untyped-call]
         turn
     )
     return turn
