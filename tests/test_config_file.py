@@ -179,6 +179,19 @@ class ConfigOptionTests(SynchronousTestCase):
                 str(caught.exception).startswith(f"{path}:2: {reason}"), caught.exception
             )
 
+    def test_checked_together(self) -> None:
+        """
+        Options that are checked against each other (a port range below
+        the default) are checked once the file is read, not line by line.
+        """
+        options = self.parse("-c", self.write("min-port=40000\nmax-port=48000\n"))
+        self.assertEqual((options["min-port"], options["max-port"]), (40000, 48000))
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("-c", self.write("min-port=40000\nmax-port=30000\n"))
+        self.assertEqual(
+            str(caught.exception), "--min-port must be 1-65535 and not above --max-port"
+        )
+
     def test_coturn_spellings(self) -> None:
         """
         coturn's command-line spellings are aliases of ours.

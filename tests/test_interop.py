@@ -16,9 +16,10 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from typing import Any, cast
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
@@ -33,7 +34,8 @@ from txturn.events import IServerObserver, RequestAnswered
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
 from txturn.service import TurnService
-from txturn.testing import loopback_hosts, needs_ipv6, self_signed_certificate
+from txturn.stun import Method
+from txturn.testing import StunClient, loopback_hosts, needs_ipv6, self_signed_certificate
 from txturn.tls import TlsCredentials
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -487,3 +489,80 @@ class TwistdTests(TestCase):
         )
         self.assertNotEqual(code, 0)
         self.assertIn(f"cannot listen on UDP 127.0.0.1 port {port}", (out + err).decode())
+
+
+def answers_binding(port: int, timeout: float = 15.0) -> None:
+    """
+    Wait until a STUN server on 127.0.0.1:C{port} answers a Binding
+    (coturn logs to its own files, so its output says nothing).
+    """
+    deadline = time.monotonic() + timeout
+    request = StunClient("", "").request(Method.BINDING, authenticate=False)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            sock.sendto(request, ("127.0.0.1", port))
+            try:
+                sock.recv(2048)
+                return
+            except OSError:
+                continue
+    raise AssertionError(f"nothing answers STUN on port {port}")
+
+
+class CoturnConfigTests(TestCase):
+    """
+    One coturn-syntax file starts coturn's turnserver and txturn, and
+    uclient relays through each.
+    """
+
+    @defer.inlineCallbacks
+    def test_same_file(self) -> Any:
+        turnserver = require("turnserver")
+        uclient = require("turnutils_uclient")
+        peer_port = free_udp_port()
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        port = free_udp_port()
+        pidfile = os.path.join(directory, "turnserver.pid")
+        config = os.path.join(directory, "turnserver.conf")
+        with open(config, "w") as f:
+            f.write(
+                "# written for coturn\n"
+                f"listening-port={port}\n"
+                "listening-ip=127.0.0.1\n"
+                "relay-ip=127.0.0.1\n"
+                "min-port=40000\n"
+                "max-port=48000\n"
+                "realm=example.org\n"
+                "lt-cred-mech\n"
+                "fingerprint\n"
+                "user=test:secret\n"
+                "no-tls\n"
+                "no-dtls\n"
+                "allow-loopback-peers\n"
+                "no-cli\n"
+                "relay-threads=1\n"
+                f"pidfile={pidfile}\n"
+            )
+        for argv in [
+            [turnserver, "-c", config],
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n"]
+            + ["turn", "-c", config],
+        ]:
+            watcher = spawn(argv, self)
+            try:
+                yield threads.deferToThread(answers_binding, port)
+            except AssertionError:
+                self.fail(f"{argv[0]} did not start: {watcher.output[-2000:]!r}")
+            self.assertTrue(os.path.exists(pidfile))
+            out, err, code = yield getProcessOutputAndValue(
+                uclient, uclient_args(port, peer_port, 20, 2), env=os.environ.copy()
+            )
+            sent, received, lost = uclient_totals((out + err).decode(errors="replace"))
+            self.assertEqual((sent, received, lost), (40, 40, 0))
+            assert watcher.transport is not None
+            watcher.transport.signalProcess("TERM")
+            yield watcher.ended
+        self.assertIn(b"relay-threads is a coturn option txturn does not implement", watcher.output)

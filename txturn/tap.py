@@ -582,6 +582,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self._numbers()
+        if not 0 < self["min-port"] <= self["max-port"]:
+            raise usage.UsageError("--min-port must be 1-65535 and not above --max-port")
         self._log_level()
         self._secrets()
         self._twistd_options()
@@ -617,8 +619,6 @@ class Options(usage.Options):
         self["prometheus-address"] = _address(self["prometheus-address"], "prometheus-address")
         self["min-port"] = _port(self["min-port"], "min-port")
         self["max-port"] = _port(self["max-port"], "max-port")
-        if not 0 < self["min-port"] <= self["max-port"]:
-            raise usage.UsageError("--min-port must be 1-65535 and not above --max-port")
         for name in _SECONDS:
             try:
                 self[name] = float(self[name])
