@@ -181,7 +181,7 @@ class TransportOptionsTests(SynchronousTestCase):
         """
         cert, key = self.certificate()
         error = self.assertRaises(UsageError, parse, "--cert", key, "--key", key)
-        self.assertTrue(str(error).startswith(f"cannot load certificate {key}"), str(error))
+        self.assertEqual(str(error), f"no certificate in {key}")
         error = self.assertRaises(UsageError, parse, "--key", key)
         self.assertEqual(str(error), "--key needs --cert")
 

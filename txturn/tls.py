@@ -56,7 +56,26 @@ class TlsCredentials:
         self.tls_context()
         self.dtls_context()
 
+    def _check_files(self) -> None:
+        """
+        Say what is wrong with a file OpenSSL would only call "no start
+        line" or nothing at all: missing, unreadable, or without the PEM
+        block it must hold.
+        """
+        for path, marker, what in [
+            (self.certificate, b"-----BEGIN CERTIFICATE-----", "certificate"),
+            (self.key, b"PRIVATE KEY-----", "private key"),
+        ]:
+            try:
+                with open(path, "rb") as f:
+                    pem = f.read()
+            except OSError as e:
+                raise TlsConfigurationError(f"cannot read {what} {path}: {e.strerror}") from None
+            if marker not in pem:
+                raise TlsConfigurationError(f"no {what} in {path}")
+
     def _configure(self, context: SSL.Context, renegotiation: bool = False) -> SSL.Context:
+        self._check_files()
         try:
             context.use_certificate_chain_file(self.certificate)
         except SSL.Error as e:
