@@ -34,8 +34,6 @@ ALIASES: dict[str, str] = {
     "log-file": "logfile",
     "proc-user": "uid",
     "proc-group": "gid",
-    "verbose": "verbose",
-    "Verbose": "verbose",
 }
 
 #: coturn's keys that need nothing from us: what txturn always does.
@@ -149,6 +147,7 @@ NOT_IMPLEMENTED = frozenset(
         "unauthorized-ratelimit-rps",
         "stateless-nonce",
         "stateless-nonce-secret",
+        "no-tlsv1_2",
     ]
 )
 
@@ -214,6 +213,11 @@ def read_config(path: str) -> tuple[list[Entry], list[str]]:
         if line.endswith(";"):
             warnings.append(f"{origin}: the line ends with a semicolon, which is kept")
         if key in ACCEPTED or (key in OPTIONAL_VALUE and value is None):
+            continue
+        if key == "log-file" and value in ("stdout", "-"):
+            continue  # twistd -n logs to standard output anyway
+        if key == "log-file" and value == "syslog":
+            warnings.append(f"{origin}: log-file=syslog: use twistd --syslog")
             continue
         if key in NOT_IMPLEMENTED:
             warnings.append(f"{origin}: {key} is a coturn option txturn does not implement")
