@@ -445,3 +445,21 @@ class RelayAddressTests(TestCase):
         with self.assertRaises(RelayUnavailable) as caught:
             full.open(1, even=False, reserve_next=False)
         self.assertIn(f"relay ports {port}-{port} of 127.0.0.1 exhausted", str(caught.exception))
+
+
+class MetricsAddressTests(TestCase):
+    def test_refused_as_peer(self) -> None:
+        """
+        The metrics endpoint's address joins the server's own: a relay
+        cannot reach it, even where --allowed-peer-ip lets peers in.
+        """
+        service = TurnService(
+            reactor,
+            StaticCredentials(REALM, {"alice": "secret"}),
+            [("127.0.0.1", 3478)],
+            ["127.0.0.1"],
+            policy=PeerPolicy(allowed=parse_range("192.0.2.0/24")),
+            metrics_listen=("192.0.2.5", 9641),
+        )
+        self.assertFalse(service.policy.allows_peer("192.0.2.5", 9641))
+        self.assertTrue(service.policy.allows_peer("192.0.2.6", 9641))
