@@ -34,7 +34,8 @@ from tests.test_interop import (
 )
 from tests.test_metrics import value
 from tests.test_service import free_udp_port
-from txturn.testing import self_signed_certificate
+from txturn.stun import Attr, Class, Message, Method
+from txturn.testing import StunClient, exchange, self_signed_certificate
 
 reactor: Any = _reactor
 
@@ -98,11 +99,32 @@ class SignalTests(TestCase):
             uclient, uclient_args(self.port, peer_port, 200, 2), env=os.environ.copy()
         )
         yield deferLater(reactor, 1.0, lambda: None)  # uclient's calls are up
+        own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        own.settimeout(5)
+        self.addCleanup(own.close)
+        client = StunClient("test", "secret")
+
+        def request(method: int, attrs: list[tuple[int, Any]]) -> Message:
+            return exchange(
+                client,
+                method,
+                attrs,
+                lambda data: own.sendto(data, ("127.0.0.1", self.port)),
+                lambda: own.recv(2048),
+            )
+
+        allocated = yield threads.deferToThread(
+            request, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]
+        )
+        self.assertEqual(allocated.cls, Class.SUCCESS)
         self.write(self.users, "test:secret\nbob:builder\n")
         self.signal(watcher, "HUP")
         yield watcher.wait_for(rb"SIGHUP: reloaded credentials, peer policy, quotas and limits")
+        yield watcher.wait_for(rb"SIGHUP: users added: bob")
         result = yield run_aioice(self, self.port, "bob", "builder", 10)
         self.assertEqual(result["received"], 10)
+        refreshed = yield threads.deferToThread(request, Method.REFRESH, [(Attr.LIFETIME, 600)])
+        self.assertEqual(refreshed.cls, Class.SUCCESS)
 
         self.write(self.config, "\n".join(self.settings) + "\nmin-port=abc\n")
         self.signal(watcher, "USR2")

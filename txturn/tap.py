@@ -15,6 +15,7 @@ import textwrap
 import time
 from typing import Any, Sequence
 
+from cryptography import x509
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -961,6 +962,84 @@ _NEEDS_RESTART = (
 )
 
 
+#: Options a reload applies, compared to say what changed.
+_RELOADED = (
+    "realm",
+    "software",
+    "max-allocate-lifetime",
+    "no-udp-relay",
+    "no-tcp-relay",
+    "tcp-connect-timeout",
+    "user-quota",
+    "total-quota",
+    "max-permissions",
+    "max-channels",
+    "max-pending-connections",
+    "max-bps",
+    "allow-loopback-peers",
+    "allowed-peer-ip",
+    "denied-peer-ip",
+    "nat64-prefix",
+    "log-level",
+)
+
+
+def _differences(old: Options, new: Options) -> list[str]:
+    """
+    What a reload changed, for the log; secrets are counted, not shown.
+    """
+    found = []
+    for name in _RELOADED:
+        if old.get(name) != new.get(name):
+            found.append(f"--{name} {_shown(old.get(name))} -> {_shown(new.get(name))}")
+    users = [_users(o) for o in (old, new)]
+    if users[0] != users[1]:
+        added = sorted(users[1].keys() - users[0].keys())
+        removed = sorted(users[0].keys() - users[1].keys())
+        changed = sorted(n for n in users[0].keys() & users[1].keys() if users[0][n] != users[1][n])
+        for label, names in (("added", added), ("removed", removed), ("new password", changed)):
+            if names:
+                found.append(f"users {label}: {', '.join(names)}")
+    if old["static-auth-secret"] != new["static-auth-secret"]:
+        found.append(
+            f"REST secrets: {len(old['static-auth-secret'])} -> {len(new['static-auth-secret'])}"
+        )
+    serials = [_serial(o) for o in (old, new)]
+    if serials[0] != serials[1]:
+        found.append(f"certificate serial {serials[0]} -> {serials[1]}")
+    return found
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def _users(options: Options) -> dict[str, str]:
+    """
+    Name -> password (or key) of every static user.
+    """
+    lines = [f"{n}:{p}" for n, p in options["user"]] + list(options.get("user-db-lines", []))
+    users = {}
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, secret = line.partition(":")
+            users[name] = secret
+    return users
+
+
+def _serial(options: Options) -> str | None:
+    if options["cert"] is None:
+        return None
+    try:
+        with open(options["cert"], "rb") as f:
+            return format(x509.load_pem_x509_certificate(f.read()).serial_number, "x")
+    except (OSError, ValueError):
+        return "unreadable"
+
+
 class Reloader:
     """
     Reads the command line and configuration file again and gives the
@@ -1000,6 +1079,9 @@ class Reloader:
             tls=_tls(new),
         )
         _log.info("{why}: reloaded {changed}", why=why, changed=", ".join(changed) or "nothing")
+        differences = _differences(old, new)
+        if differences:
+            _log.info("{why}: {differences}", why=why, differences="; ".join(differences))
         ignored = [name for name in _NEEDS_RESTART if old.get(name) != new.get(name)]
         if ignored:
             _log.warn(

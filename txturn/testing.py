@@ -255,7 +255,7 @@ def exchange(
     client: StunClient,
     method: int,
     attributes: list[tuple[int, Any]] | None,
-    send: Callable[[bytes], None],
+    send: Callable[[bytes], object],
     receive: Callable[[], bytes],
 ) -> Message:
     """
