@@ -186,3 +186,34 @@ class ScrapeTests(TestCase):
             value(after, "turn_relayed_packets_total", direction="to_peers"), moved[1]
         )
         self.assertTrue(re.search(r"turn_relay_ports_free\{", after))
+
+
+class DashboardTests(SynchronousTestCase):
+    def test_dashboard_names_real_metrics(self) -> None:
+        """
+        Every metric doc/grafana-dashboard.json queries is one txturn
+        exports.
+        """
+        import json
+
+        path = os.path.join(
+            os.path.dirname(os.path.dirname(__file__)), "doc", "grafana-dashboard.json"
+        )
+        with open(path) as f:
+            dashboard = json.load(f)
+        exported = set(
+            re.findall(
+                r"^# TYPE (\S+)",
+                generate_latest(Metrics(make_server(), []).registry).decode(),
+                re.M,
+            )
+        )
+        exported |= {name + "_total" for name in exported}
+        queried = {
+            name
+            for panel in dashboard["panels"]
+            for target in panel["targets"]
+            for name in re.findall(r"\bturn_[a-z_]+", target["expr"])
+        }
+        self.assertTrue(queried)
+        self.assertEqual(queried - exported, set())
