@@ -14,6 +14,8 @@ from twisted.plugin import IPlugin, getPlugins
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from txturn import tap
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -30,7 +32,8 @@ class PluginTests(SynchronousTestCase):
         self.assertIn("turn", makers)
         verifyObject(IServiceMaker, makers["turn"])
         verifyObject(IPlugin, makers["turn"])
-        self.assertEqual(makers["turn"].options.__module__, "txturn.tap")
+        self.assertIs(makers["turn"].options, tap.Options)
+        self.assertIs(makers["turn"].makeService, tap.makeService)
 
     def test_no_init(self) -> None:
         """
