@@ -212,18 +212,28 @@ def read_config(path: str) -> tuple[list[Entry], list[str]]:
             raise ConfigFileError(f"{origin}: {key} cannot be set in a configuration file")
         if line.endswith(";"):
             warnings.append(f"{origin}: the line ends with a semicolon, which is kept")
-        if key in ACCEPTED or (key in OPTIONAL_VALUE and value is None):
-            continue
-        if key == "log-file" and value in ("stdout", "-"):
-            continue  # twistd -n logs to standard output anyway
-        if key == "log-file" and value == "syslog":
-            warnings.append(f"{origin}: log-file=syslog: use twistd --syslog")
-            continue
-        if key in NOT_IMPLEMENTED:
-            warnings.append(f"{origin}: {key} is a coturn option txturn does not implement")
-            continue
-        entries.append(Entry(ALIASES.get(key, key), value, origin))
+        entry = _entry(key, value, origin, warnings)
+        if entry is not None:
+            entries.append(entry)
     return entries, warnings
+
+
+def _entry(key: str, value: str | None, origin: str, warnings: list[str]) -> Entry | None:
+    """
+    The option a line sets under our name, or C{None} for one to skip
+    (with a warning where it deserves one).
+    """
+    if key in ACCEPTED or (key in OPTIONAL_VALUE and value is None):
+        return None
+    if key == "log-file" and value in ("stdout", "-"):
+        return None  # twistd -n logs to standard output anyway
+    if key == "log-file" and value == "syslog":
+        warnings.append(f"{origin}: log-file=syslog: use twistd --syslog")
+        return None
+    if key in NOT_IMPLEMENTED:
+        warnings.append(f"{origin}: {key} is a coturn option txturn does not implement")
+        return None
+    return Entry(ALIASES.get(key, key), value, origin)
 
 
 def _split(line: str) -> tuple[str, str | None]:

@@ -114,6 +114,13 @@ def _summarize(options: Options) -> None:
             f"; relay {k} advertised as {v}" for k, v in options["external-map"].items()
         ),
     )
+    _warn_weakening(options)
+
+
+def _warn_weakening(options: Options) -> None:
+    """
+    A warning for each setting that weakens the server.
+    """
     if options["allow-loopback-peers"]:
         _log.warn("--allow-loopback-peers: relays can reach this host's loopback services")
     for network in options["allowed-peer-ip"]:
