@@ -59,6 +59,7 @@ class UsageRecordTests(SynchronousTestCase):
                 "user": "u",
                 "realm": "example.org",
                 "client": "198.51.100.1:5000",
+                "server": "192.0.2.1:3478",
                 "transport": "udp",
                 "relayed": [f"{relay.address[0]}:{relay.address[1]}"],
                 "start": "2023-11-14T22:13:20+00:00",

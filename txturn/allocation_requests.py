@@ -285,6 +285,7 @@ class AllocationRequests:
                 tuple(r.address for r in allocation.relays.values()),
                 lifetime,
                 tcp,
+                client.local_address,
             )
         )
         return allocation

@@ -56,6 +56,8 @@ class AllocationCreated:
     relays: tuple[Address, ...]
     lifetime: float
     tcp: bool = False
+    #: The server's side of the client's 5-tuple: where the client sent.
+    server: Address = ("", 0)
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,12 @@ def _summarize(options: Options) -> None:
             f"; relay {k} advertised as {v}" for k, v in options["external-map"].items()
         ),
     )
+    _log.info(
+        "Peers: every non-public range refused{loopback}{allowed}{denied}",
+        loopback=", loopback allowed" if options["allow-loopback-peers"] else "",
+        allowed="".join(f", {n} allowed" for n in options["allowed-peer-ip"]),
+        denied="".join(f", {n} denied" for n in options["denied-peer-ip"]),
+    )
     _warn_weakening(options)
 
 

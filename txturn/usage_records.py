@@ -42,17 +42,19 @@ class UsageRecords:
         self._file = open_file()
         self._realm = realm
         self._wall_clock = wall_clock
-        #: Allocation id -> (relayed addresses, start): what the deletion
-        #: event does not repeat.  Bounded by the allocations alive.
-        self._live: dict[int, tuple[list[str], float]] = {}
+        #: Allocation id -> (server address, relayed addresses, start):
+        #: what the deletion event does not repeat.  Bounded by the
+        #: allocations alive.
+        self._live: dict[int, tuple[str, list[str], float]] = {}
 
     def observe(self, event: object) -> None:
         if isinstance(event, AllocationCreated):
             relayed = [host_port(address) for address in event.relays]
-            self._live[event.allocation] = (relayed, self._wall_clock())
+            server = host_port(event.server)
+            self._live[event.allocation] = (server, relayed, self._wall_clock())
         elif isinstance(event, AllocationDeleted):
-            relayed, start = self._live.pop(event.allocation, ([], self._wall_clock()))
-            self.write(record(event, self._realm, relayed, start))
+            server, relayed, start = self._live.pop(event.allocation, ("", [], self._wall_clock()))
+            self.write(record(event, self._realm, server, relayed, start))
 
     def write(self, fields: dict[str, object]) -> None:
         try:
@@ -73,7 +75,7 @@ class UsageRecords:
 
 
 def record(
-    event: AllocationDeleted, realm: str, relayed: list[str], start: float
+    event: AllocationDeleted, realm: str, server: str, relayed: list[str], start: float
 ) -> dict[str, object]:
     """
     The usage record of an ended allocation.
@@ -83,6 +85,7 @@ def record(
         "user": event.username,
         "realm": realm,
         "client": host_port(event.client),
+        "server": server,
         "transport": event.transport,
         "relayed": relayed,
         "start": datetime.datetime.fromtimestamp(start, datetime.timezone.utc).isoformat(),
