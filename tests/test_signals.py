@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import socket
 import ssl
@@ -21,7 +22,7 @@ from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, readBody
 
 from tests.test_interop import (
@@ -233,6 +234,30 @@ class SignalTests(TestCase):
         self.assertFalse(os.path.exists(pidfile))
 
     @defer.inlineCallbacks
+    def test_privileges_dropped(self) -> Any:
+        """
+        proc-user and proc-group in the file: the server binds a port
+        below 1024 as root, then runs as nobody, and relays (aioice).
+        """
+        if os.getuid() != 0:
+            raise SkipTest("needs root to bind a low port and drop privileges")
+        low = free_low_port()
+        self.settings[0] = f"listening-port={low}"
+        self.settings += ["proc-user=nobody", "proc-group=nogroup"]
+        self.write(self.config, "\n".join(self.settings) + "\n")
+        os.chmod(self.directory, 0o755)
+        os.chmod(self.users, 0o644)
+        watcher = self.start("--pidfile=")
+        yield watcher.wait_for(rb"TURN listening on UDP")
+        assert watcher.transport is not None
+        pid = watcher.transport.pid
+        with open(f"/proc/{pid}/status") as f:
+            uid_line = next(line for line in f if line.startswith("Uid:"))
+        self.assertEqual(int(uid_line.split()[1]), pwd.getpwnam("nobody").pw_uid)
+        result = yield run_aioice(self, low, "test", "secret", 5)
+        self.assertEqual(result["received"], 5)
+
+    @defer.inlineCallbacks
     def test_certificate_reload(self) -> Any:
         """
         A certificate replaced in place and SIGHUP: new TLS handshakes see
@@ -255,6 +280,22 @@ class SignalTests(TestCase):
         self.assertNotEqual(first, second)
         with open(cert, "rb") as f:
             self.assertEqual(second, x509.load_pem_x509_certificate(f.read()).serial_number)
+
+
+def free_low_port() -> int:
+    """
+    A port below 1024 free for UDP and TCP on 127.0.0.1.
+    """
+    for port in range(600, 1000):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind(("127.0.0.1", port))
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                tcp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise SkipTest("no free port below 1024")
 
 
 def served_serial(port: int) -> int:
