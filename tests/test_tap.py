@@ -17,7 +17,7 @@ from txturn.credentials import long_term_key
 from txturn.host_addresses import ipv6_available
 from txturn.service import TurnService
 from txturn.stun import PasswordAlgorithm
-from txturn.tap import Options, makeService
+from txturn.tap import Options, Reloader, makeService
 from txturn.testing import self_signed_certificate
 
 
@@ -465,3 +465,69 @@ class SummaryTests(SynchronousTestCase):
         )
         self.assertIn("--allowed-peer-ip 10.0.0.0/8: relays can reach this non-public range", lines)
         self.assertTrue(any(line.startswith("--user on the command line") for line in lines))
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    L{Reloader} on a service built by makeService (nothing bound): what a
+    SIGHUP changes, and what it keeps.
+    """
+
+    def setUp(self) -> None:
+        self.path = str(self.mktemp())
+        self.write("realm=example.org\nuser=alice:a\nuser-quota=10\nrelay-ip=192.0.2.1\n")
+        self.options = parse("-c", self.path)
+        self.service = makeService(self.options, reactor=Clock())
+        self.reload = Reloader(self.service, self.options)
+        self.events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def write(self, text: str) -> None:
+        with open(self.path, "w") as f:
+            f.write(text)
+
+    def lines(self) -> list[str]:
+        return [str(formatEvent(e)) for e in self.events if e.get("log_namespace") == "txturn.tap"]
+
+    def test_applied(self) -> None:
+        """
+        A new user and a new quota apply at once, and the log says so.
+        """
+        self.write(
+            "realm=example.org\nuser=alice:a\nuser=bob:b\nuser-quota=3\nrelay-ip=192.0.2.1\n"
+        )
+        self.reload("SIGHUP")
+        server = self.service.server
+        self.assertEqual(server.config.user_quota, 3)
+        self.assertEqual(
+            server.credentials.keys_for("bob", "example.org", 1, 0),
+            [long_term_key("bob", "example.org", "b")],
+        )
+        self.assertIn("SIGHUP: --user-quota 10 -> 3; users added: bob", self.lines())
+
+    def test_realm_kept(self) -> None:
+        """
+        A changed realm needs a restart: keys and nonces carry it, so the
+        running realm stays, and the log says why.
+        """
+        self.write("realm=other\nuser=alice:a\nrelay-ip=192.0.2.1\n")
+        self.reload("SIGHUP")
+        self.assertEqual(self.service.server.config.realm, "example.org")
+        self.assertEqual(
+            self.service.server.credentials.keys_for("alice", "example.org", 1, 0),
+            [long_term_key("alice", "example.org", "a")],
+        )
+        self.assertIn("SIGHUP: --realm changed, which takes a restart", self.lines())
+
+    def test_bad_file_kept(self) -> None:
+        self.write("realm=example.org\nuser-quota=lots\n")
+        self.reload("SIGUSR2")
+        self.assertEqual(self.service.server.config.user_quota, 10)
+        [line] = [line for line in self.lines() if "reload failed" in line]
+        self.assertEqual(
+            line,
+            f"SIGUSR2: reload failed, keeping the running settings: {self.path}:2: "
+            "--user-quota must be a whole number",
+        )

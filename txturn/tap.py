@@ -206,6 +206,7 @@ def _tls(options: Options) -> TlsCredentials | None:
 
 #: Options a reload cannot change: they are bound sockets or shape them.
 _NEEDS_RESTART = (
+    "realm",
     "port",
     "tls-port",
     "listen",
@@ -233,7 +234,6 @@ _NEEDS_RESTART = (
 
 #: Options a reload applies, compared to say what changed.
 _RELOADED = (
-    "realm",
     "software",
     "max-allocate-lifetime",
     "no-udp-relay",
@@ -336,6 +336,9 @@ class Reloader:
             )
             return
         old, self._options = self._options, new
+        ignored = [name for name in _NEEDS_RESTART if old.get(name) != new.get(name)]
+        # The realm is in every key and nonce the server has handed out.
+        new["realm"] = old["realm"]
         set_log_level(new["log-level"])
         for warning in new["config-warnings"]:
             _log.warn("{warning}", warning=warning)
@@ -351,7 +354,6 @@ class Reloader:
         differences = _differences(old, new)
         if differences:
             _log.info("{why}: {differences}", why=why, differences="; ".join(differences))
-        ignored = [name for name in _NEEDS_RESTART if old.get(name) != new.get(name)]
         if ignored:
             _log.warn(
                 "{why}: {options} changed, which takes a restart",
