@@ -453,8 +453,9 @@ class TurnService(service.MultiService):
         if self._address_refresh is not None and self._address_refresh.active():
             self._address_refresh.cancel()
         self._address_refresh = None
-        closing = [self.server.shutdown()]
-        closing += [defer.maybeDeferred(p.stopListening) for _, p in self.ports]
+        # Listeners first, so nothing new arrives while allocations go.
+        closing = [defer.maybeDeferred(p.stopListening) for _, p in self.ports]
+        closing.append(self.server.shutdown())
         for factory in self._stream_factories:
             factory.disconnect_all()
         self.ports = []
