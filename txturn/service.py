@@ -17,16 +17,17 @@ import errno
 import json
 import socket
 from dataclasses import replace
-from typing import Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from txturn import descriptors
+
+if TYPE_CHECKING:
+    from txturn.metrics import Metrics
 from txturn.credentials import ICredentialSource
 from txturn.dtls import DtlsListener
 from txturn.events import AllocationDeleted, IServerObserver
@@ -34,7 +35,6 @@ from txturn.host_addresses import host_addresses
 from txturn.interfaces import host_port
 from txturn.limits import ConnectionLimits
 from txturn.log_level import logger
-from txturn.metrics import Metrics
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig, TurnServer
 from txturn.sockets import listen_tcp, listen_udp
@@ -111,6 +111,7 @@ class TurnService(service.MultiService):
         max_tcp_buffer: int | None = None,
         limits: ConnectionLimits | None = None,
         metrics_listen: tuple[str, int] | None = None,
+        metrics: bool = False,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         unknown = set(transports) - ALL_TRANSPORTS
@@ -143,11 +144,17 @@ class TurnService(service.MultiService):
         self.server = TurnServer(
             reactor, credentials, self.relays, policy, config, tcp_relays=self.tcp_relays
         )
-        #: Live metrics (L{txturn.metrics}); served on C{metrics_listen}
-        #: if given, or embedded by the host application with C{page()}.
-        self.metrics = Metrics(
-            self.server, [("udp", self.relays.pool), ("tcp", self.tcp_relays.pool)]
-        )
+        #: Live metrics (L{txturn.metrics}), with C{metrics} or
+        #: C{metrics_listen}: served on C{metrics_listen}, or embedded by
+        #: the host application with C{page()}.  Without either, neither
+        #: C{prometheus_client} nor C{twisted.web} is imported (5 MiB).
+        self.metrics: Metrics | None = None
+        if metrics or metrics_listen is not None:
+            from txturn.metrics import Metrics as _Metrics
+
+            self.metrics = _Metrics(
+                self.server, [("udp", self.relays.pool), ("tcp", self.tcp_relays.pool)]
+            )
         self.metrics_listen = metrics_listen
         self.limits = limits if limits is not None else ConnectionLimits()
         #: Caps and deadlines for every TCP and TLS connection; its cap in
@@ -225,7 +232,10 @@ class TurnService(service.MultiService):
                 )
                 self._dtls_listeners.append(listener)
                 wanted.append(("dtls", host, self.tls_port, listener))
-        if self.metrics_listen is not None:
+        if self.metrics_listen is not None and self.metrics is not None:
+            from twisted.web.resource import Resource
+            from twisted.web.server import Site
+
             root = Resource()  # type: ignore[no-untyped-call]
             root.putChild(b"metrics", self.metrics.page())
             site = Site(root)  # type: ignore[no-untyped-call]
