@@ -29,7 +29,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from txturn.credentials import ICredentialSource, StaticCredentials, long_term_key
+from txturn.client import StunClient as StunClient  # re-exported for tests
+from txturn.credentials import ICredentialSource, StaticCredentials
 from txturn.events import IServerObserver
 from txturn.host_addresses import ipv6_available
 from txturn.interfaces import (
@@ -47,13 +48,8 @@ from txturn.server import ServerConfig, TurnServer
 from txturn.stun import (
     FAMILY_IPV4,
     FAMILY_IPV6,
-    Attr,
-    Class,
     Message,
     Method,
-    PasswordAlgorithm,
-    decode,
-    encode,
 )
 
 
@@ -172,83 +168,6 @@ class FakeRelayAllocator:
             self._next += 1
         relay = self._one(family)
         return relay, self._one(family) if reserve_next else None
-
-
-class StunClient:
-    """
-    Builds requests as a TURN client would, learning REALM and NONCE from
-    401/438 answers so a test can say C{client.request(Method.ALLOCATE,
-    ...)} and get a correctly authenticated message.
-    """
-
-    def __init__(
-        self,
-        username: str,
-        password: str,
-        algorithm: int = PasswordAlgorithm.MD5,
-        fingerprint: bool = True,
-    ) -> None:
-        self.username = username
-        self.password = password
-        self.algorithm = algorithm
-        self.fingerprint = fingerprint
-        self.realm: str | None = None
-        self.nonce: str | None = None
-        self.algorithms: list[tuple[int, bytes]] | None = None
-
-    @property
-    def key(self) -> bytes:
-        assert self.realm is not None
-        return long_term_key(self.username, self.realm, self.password, self.algorithm)
-
-    def learn(self, data: bytes) -> Message:
-        """
-        Decode a response and remember its REALM, NONCE and algorithms.
-        """
-        message = decode(data)
-        realm = message.get(Attr.REALM)
-        if realm is not None:
-            self.realm = realm
-        nonce = message.get(Attr.NONCE)
-        if nonce is not None:
-            self.nonce = nonce
-        algorithms = message.get(Attr.PASSWORD_ALGORITHMS)
-        if algorithms is not None:
-            self.algorithms = algorithms
-        return message
-
-    @staticmethod
-    def challenged(response: Message) -> bool:
-        """
-        Whether C{response} is a 401 or 438: a client that has L{learn}t
-        from it sends its request again.
-        """
-        return response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] in (401, 438)
-
-    def request(
-        self,
-        method: int,
-        attributes: list[tuple[int, Any]] | None = None,
-        *,
-        authenticate: bool = True,
-        sha256: bool = False,
-        transaction_id: bytes | None = None,
-        cls: int = Class.REQUEST,
-    ) -> bytes:
-        message = Message(method, cls, transaction_id or os.urandom(12))
-        for attr_type, value in attributes or []:
-            message.add(attr_type, value)
-        key = None
-        if authenticate and self.nonce is not None:
-            assert self.realm is not None
-            message.add(Attr.USERNAME, self.username)
-            message.add(Attr.REALM, self.realm)
-            message.add(Attr.NONCE, self.nonce)
-            if self.algorithm != PasswordAlgorithm.MD5:
-                message.add(Attr.PASSWORD_ALGORITHMS, self.algorithms or [])
-                message.add(Attr.PASSWORD_ALGORITHM, (self.algorithm, b""))
-            key = self.key
-        return encode(message, key, sha256=sha256, add_fingerprint=self.fingerprint)
 
 
 def exchange(
