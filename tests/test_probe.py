@@ -1,0 +1,178 @@
+"""
+Tests for L{txturn.probe}: against txturn in this process over UDP, TCP
+and TLS, against coturn's turnserver, and the failures it must name.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.internet import reactor as _reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.test_interop import require
+from tests.test_service import free_udp_port
+from txturn.credentials import StaticCredentials
+from txturn.policy import PeerPolicy
+from txturn.probe import Probe, ProbeFailed, TurnUri
+from txturn.server import ServerConfig
+from txturn.service import TurnService
+from txturn.testing import self_signed_certificate
+from txturn.tls import TlsCredentials
+
+reactor: Any = _reactor
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class UriTests(SynchronousTestCase):
+    def test_parse(self) -> None:
+        """
+        RFC 7065's forms, with the default ports and transports.
+        """
+        self.assertEqual(
+            TurnUri.parse("turn:example.org"), TurnUri(False, "example.org", 3478, "udp")
+        )
+        self.assertEqual(
+            TurnUri.parse("turn:192.0.2.1:80?transport=tcp"), TurnUri(False, "192.0.2.1", 80, "tcp")
+        )
+        self.assertEqual(
+            TurnUri.parse("turns:example.org"), TurnUri(True, "example.org", 5349, "tcp")
+        )
+        self.assertEqual(
+            TurnUri.parse("turn:[2001:db8::1]:3479"), TurnUri(False, "2001:db8::1", 3479, "udp")
+        )
+        for bad in ["stun:example.org", "turn:", "turns:x?transport=udp", "turn:x?transport=sctp"]:
+            self.assertRaises(ValueError, TurnUri.parse, bad)
+
+
+class ProbeTests(TestCase):
+    """
+    The probe against a TurnService on 127.0.0.1 (loopback peers allowed,
+    as the probe's peer is on this host).
+    """
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.cert, key = self_signed_certificate(directory)
+        self.service = TurnService(
+            reactor,
+            StaticCredentials("txturn", {"alice": "secret"}),
+            [("127.0.0.1", 0)],
+            ["127.0.0.1"],
+            policy=PeerPolicy(allow_loopback=True),
+            config=ServerConfig(realm="txturn"),
+            tls=TlsCredentials(self.cert, key),
+            tls_port=0,
+            transports={"udp", "tcp", "tls"},
+        )
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+
+    def probe(self, uri: str, password: str = "secret", **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", 2)
+        probe = Probe(TurnUri.parse(uri), "alice", password, count=5, **kwargs)
+        return threads.deferToThread(probe.run)
+
+    @defer.inlineCallbacks
+    def test_transports(self) -> Any:
+        """
+        Every step passes over UDP, TCP and TLS, and the table says what
+        the server announces.
+        """
+        udp, tcp = self.service.port_of("udp"), self.service.port_of("tcp")
+        tls = self.service.port_of("tls")
+        for uri, kwargs in [
+            (f"turn:127.0.0.1:{udp}", {}),
+            (f"turn:127.0.0.1:{tcp}?transport=tcp", {}),
+            (f"turns:127.0.0.1:{tls}", {"ca_file": self.cert}),
+        ]:
+            report = yield self.probe(uri, **kwargs)
+            rows = dict(report.rows)
+            self.assertEqual(rows["round trips"].split(",")[0], "5 of 5")
+            self.assertEqual(rows["nonce cookie (RFC 8489)"], "yes")
+            self.assertEqual(rows["SHA-256 passwords"], "offered")
+            self.assertTrue(rows["SOFTWARE"].startswith("txturn"))
+            self.assertRegex(rows["relayed address"], r"^127\.0\.0\.1:\d+$")
+        self.assertEqual(dict(self.service.server.allocations), {})  # each deleted its own
+
+    @defer.inlineCallbacks
+    def test_failures(self) -> Any:
+        """
+        A wrong password, a refused peer and a port nobody listens on each
+        fail at their step, with the code or what the network said.
+        """
+        udp = self.service.port_of("udp")
+        failure = yield self.assertFailure(
+            self.probe(f"turn:127.0.0.1:{udp}", "wrong"), ProbeFailed
+        )
+        self.assertEqual(str(failure), "Allocate: error 401 Unauthenticated")
+        failure = yield self.assertFailure(
+            self.probe(f"turn:127.0.0.1:{udp}", peer_host="10.0.0.1"), ProbeFailed
+        )
+        self.assertEqual(str(failure), "CreatePermission: error 403 Forbidden")
+        silent = free_udp_port()
+        failure = yield self.assertFailure(self.probe(f"turn:127.0.0.1:{silent}"), ProbeFailed)
+        self.assertEqual(str(failure), "Binding: Connection refused")
+        mute = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        mute.bind(("127.0.0.1", 0))
+        self.addCleanup(mute.close)
+        quiet = self.probe(f"turn:127.0.0.1:{mute.getsockname()[1]}", timeout=0.3)
+        failure = yield self.assertFailure(quiet, ProbeFailed)
+        self.assertEqual(str(failure), "Binding: no answer within 0.3 s")
+
+
+class CoturnProbeTests(TestCase):
+    @defer.inlineCallbacks
+    def test_coturn(self) -> Any:
+        """
+        txturn-probe checks coturn's turnserver as it checks txturn: every
+        step passes, and the table shows coturn's SOFTWARE and that 4.6.1
+        offers neither the nonce cookie nor SHA-256.
+        """
+        turnserver = require("turnserver")
+        port = free_udp_port()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        process = subprocess.Popen(
+            [
+                turnserver,
+                "-n",
+                "--listening-ip=127.0.0.1",
+                f"--listening-port={port}",
+                "--relay-ip=127.0.0.1",
+                "--realm=example.org",
+                "--user=alice:secret",
+                "--lt-cred-mech",
+                "--allow-loopback-peers",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                f"--log-file={directory}/coturn.log",
+                f"--pidfile={directory}/coturn.pid",
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.addCleanup(process.wait)
+        self.addCleanup(process.terminate)
+        from tests.test_interop import answers_binding
+
+        yield threads.deferToThread(answers_binding, port)
+        result = yield threads.deferToThread(
+            subprocess.run,
+            [sys.executable, "-m", "txturn.probe", f"turn:127.0.0.1:{port}", "-u", "alice"]
+            + ["-w", "secret", "-n", "5"],
+            capture_output=True,
+            cwd=ROOT,
+        )
+        out = result.stdout.decode()
+        self.assertEqual(result.returncode, 0, out + result.stderr.decode())
+        self.assertIn("Coturn", out)
+        self.assertIn("5 of 5", out)
+        self.assertRegex(out, r"nonce cookie \(RFC 8489\)\s+no")
