@@ -191,6 +191,29 @@ class Probe:
         self.insecure = insecure
         self.report = Report()
 
+    def fresh(self) -> "Probe":
+        """
+        The same probe with a client that knows nothing yet (a new
+        connection needs a new nonce).
+        """
+        return Probe(
+            self.uri,
+            self.client.username,
+            self.client.password,
+            peer_host=self.peer_host,
+            count=self.count,
+            timeout=self.timeout,
+            ca_file=self.ca_file,
+            insecure=self.insecure,
+            sha256=self.client.algorithm == PasswordAlgorithm.SHA256,
+        )
+
+    def server_host(self) -> str:
+        """
+        The server's address, resolved.
+        """
+        return str(socket.getaddrinfo(self.uri.host, self.uri.port)[0][4][0])
+
     def run(self) -> Report:
         report = self.report
         report.add("server", f"{self.uri.host}:{self.uri.port} over {self._transport_name()}")
@@ -261,7 +284,8 @@ class Probe:
                 break
         if response.cls == Class.ERROR:
             code, reason = response.get(Attr.ERROR_CODE)
-            raise ProbeFailed(f"error {code} {reason}".rstrip())
+            # Some servers pad the reason with NULs inside its length.
+            raise ProbeFailed(f"error {code} {reason.rstrip(chr(0))}".rstrip())
         return response
 
     def _binding(self, connection: Connection) -> None:
@@ -382,6 +406,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ca-file", help="CA certificates to verify a turns: server with")
     parser.add_argument("--insecure", action="store_true", help="do not verify the certificate")
     parser.add_argument("--sha256", action="store_true", help="use SHA-256 passwords")
+    parser.add_argument(
+        "--audit",
+        action="store_true",
+        help="ask for every peer address form a relay must refuse, and report what is granted",
+    )
     parser.add_argument("--version", action="version", version=f"txturn-probe {__version__}")
     args = parser.parse_args(argv)
     try:
@@ -406,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         insecure=args.insecure,
         sha256=args.sha256,
     )
+    if args.audit:
+        return _audit(probe)
     try:
         report = probe.run()
     except ProbeFailed as e:
@@ -416,5 +447,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _audit(probe: Probe) -> int:
+    """
+    Exit status 0 when every form was refused, 3 when any was granted, 1
+    when the audit could not run.
+    """
+    from txturn.audit import Audit, table
+
+    try:
+        rows = Audit(probe).run()
+    except (ProbeFailed, OSError) as e:
+        sys.stderr.write(f"FAILED: {e}\n")
+        return 1
+    granted = [row for row in rows if row.granted]
+    untested = [row for row in rows if row.result.startswith("untested")]
+    sys.stdout.write(table(rows) + "\n")
+    if len(untested) == len(rows):
+        sys.stderr.write("FAILED: nothing could be tested\n")
+        return 1
+    if granted:
+        sys.stdout.write(f"{len(granted)} FINDINGS: the server granted what a relay must refuse\n")
+        return 3
+    sys.stdout.write(f"no finding: every form tested was refused ({len(untested)} untested)\n")
+    return 0
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Through the package, not this __main__ copy, so that txturn.audit
+    # and this code share one ProbeFailed.
+    from txturn.probe import main as _main
+
+    raise SystemExit(_main())
