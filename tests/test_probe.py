@@ -176,3 +176,37 @@ class CoturnProbeTests(TestCase):
         self.assertIn("Coturn", out)
         self.assertIn("5 of 5", out)
         self.assertRegex(out, r"nonce cookie \(RFC 8489\)\s+no")
+
+
+class RedirectTests(TestCase):
+    @defer.inlineCallbacks
+    def test_follows_alternate(self) -> Any:
+        """
+        A server that redirects every Allocate to another (300 Try
+        Alternate): the probe follows it, says so, and relays there.
+        """
+        services: list[TurnService] = []
+        for redirect in (False, True):
+            alternates: tuple[tuple[str, int], ...] = ()
+            if redirect:
+                alternates = (("127.0.0.1", services[0].port_of("udp")),)
+            service = TurnService(
+                reactor,
+                StaticCredentials("txturn", {"alice": "secret"}),
+                [("127.0.0.1", 0)],
+                ["127.0.0.1"],
+                policy=PeerPolicy(allow_loopback=True),
+                config=ServerConfig(realm="txturn", alternate_servers=alternates),
+                transports={"udp"},
+            )
+            service.startService()
+            self.addCleanup(service.stopService)
+            services.append(service)
+        target, redirecting = services
+        uri = TurnUri.parse(f"turn:127.0.0.1:{redirecting.port_of('udp')}")
+        probe = Probe(uri, "alice", "secret", count=3, timeout=2)
+        report = yield threads.deferToThread(probe.run)
+        rows = dict(report.rows)
+        self.assertEqual(rows["redirected to"], f"127.0.0.1:{target.port_of('udp')}")
+        self.assertEqual(rows["round trips"].split(",")[0], "3 of 3")
+        self.assertEqual(redirecting.server.stats["redirected"], 1)

@@ -39,6 +39,7 @@ from txturn.testing import (
     FakeRelayAllocator,
     RecordingClientChannel,
     StunClient,
+    authenticated_request,
     make_server,
 )
 
@@ -939,3 +940,58 @@ class DualAllocationTests(ServerTestCase):
         self.assertEqual(indication.get(Attr.XOR_PEER_ADDRESS), PEER)
         self.assertEqual(indication.get(Attr.ICMP), (3, 4, 1400))
         self.assertIsNone(indication.get(Attr.DATA))
+
+
+class AlternateServerTests(SynchronousTestCase):
+    """
+    RFC 8489 section 10's ALTERNATE-SERVER: Allocates redirected, in turn,
+    to the other servers of a fleet.
+    """
+
+    def make(self, **config: Any) -> None:
+        self.server = make_server(
+            realm=REALM,
+            alternate_servers=(("192.0.2.10", 3478), ("2001:db8::10", 3479)),
+            **config,
+        )
+        self.channel = RecordingClientChannel()
+
+    def allocate(self, port: int) -> Message:
+        return authenticated_request(
+            self.server,
+            self.channel,
+            StunClient("u", "p"),
+            Method.ALLOCATE,
+            [(Attr.REQUESTED_TRANSPORT, 17)],
+            ("198.51.100.1", port),
+        )
+
+    def test_round_robin(self) -> None:
+        """
+        Always redirecting: 300 with the alternates in turn, signed (the
+        request was authenticated), and no allocation made.
+        """
+        self.make()
+        answers = [self.allocate(port) for port in range(1, 4)]
+        self.assertEqual([a.get(Attr.ERROR_CODE)[0] for a in answers], [300] * 3)
+        self.assertEqual(
+            [a.get(Attr.ALTERNATE_SERVER) for a in answers],
+            [("192.0.2.10", 3478), ("2001:db8::10", 3479), ("192.0.2.10", 3478)],
+        )
+        self.assertIsNotNone(answers[0].integrity_offset)
+        self.assertEqual(len(self.server.allocations), 0)
+
+    def test_over_load(self) -> None:
+        """
+        With a load threshold, the server takes allocations until it holds
+        that many, then redirects; while draining it always redirects.
+        """
+        self.make(alternate_load=2)
+        codes = [self.allocate(port).get(Attr.ERROR_CODE) for port in range(1, 4)]
+        self.assertEqual([c and c[0] for c in codes], [None, None, 300])
+        drained = make_server(
+            realm=REALM, alternate_servers=(("192.0.2.10", 3478),), alternate_load=100
+        )
+        drained.draining = True
+        self.server = drained
+        self.assertEqual(self.allocate(9).get(Attr.ERROR_CODE)[0], 300)

@@ -40,6 +40,7 @@ class AllocationRequests:
         self._server = server
         self._table = server.table
         self._ids = itertools.count(1)
+        self._next_alternate = 0
         #: Why relays could not be had, once a minute per reason.
         self._unavailable_log = LogThrottle(server.reactor)
 
@@ -66,6 +67,8 @@ class AllocationRequests:
         server = self._server
         if not server.authenticate(request) or self._retransmitted(request):
             return
+        if self._redirected(request):
+            return
         if server.draining:
             server.count("draining")
             return request.fail(508, "Server draining")
@@ -91,6 +94,29 @@ class AllocationRequests:
                 relay.set_dont_fragment(True)
         lifetime = self.lifetime(request) or self._server.config.default_lifetime
         self._allocated(request, relays, lifetime, extra)
+
+    def _redirected(self, request: Request) -> bool:
+        """
+        RFC 8489 section 10: 300 Try Alternate, naming the next alternate
+        server in turn, when there are alternates and this server is
+        draining or holds C{alternate_load} allocations (always, if 0).
+        The answer is signed, as RFC 8489 asks of an authenticated request.
+        """
+        config, server = self._server.config, self._server
+        alternates = config.alternate_servers
+        if not alternates:
+            return False
+        busy = not config.alternate_load or len(self._table) >= config.alternate_load
+        if not (busy or server.draining):
+            return False
+        target = alternates[self._next_alternate % len(alternates)]
+        self._next_alternate += 1
+        server.count("redirected")
+        attributes: list[tuple[int, Any]] = [(Attr.ALTERNATE_SERVER, target)]
+        if config.server_name and request.client.transport_name == "tls":
+            attributes.append((Attr.ALTERNATE_DOMAIN, config.server_name))
+        request.fail(300, None, *attributes)
+        return True
 
     def _retransmitted(self, request: Request) -> bool:
         """

@@ -86,7 +86,8 @@ _GROUPS: list[tuple[str, list[str]]] = [
             "max-dtls-sessions-per-ip",
         ],
     ),
-    ("Identity", ["software", "no-software"]),
+    ("Identity", ["software", "no-software", "server-name"]),
+    ("Redirection", ["alternate-server", "alternate-server-load"]),
     ("Draining", ["drain-timeout"]),
     ("Metrics and usage", ["prometheus", "prometheus-port", "prometheus-address", "usage-file"]),
     ("Configuration and logging", ["config", "log-level", "verbose", "Verbose"]),
@@ -158,6 +159,7 @@ _COUNTS = (
     ("max-connections-per-ip", 0),
     ("max-dtls-sessions", 1),
     ("max-dtls-sessions-per-ip", 1),
+    ("alternate-server-load", 0),
 )
 
 
@@ -280,6 +282,13 @@ class Options(usage.Options):
         ["max-dtls-sessions-per-ip", None, "100", "DTLS sessions from one address."],
         ["stale-nonce", None, "600", "Seconds a nonce stays valid."],
         ["software", None, f"txturn {__version__}", "SOFTWARE attribute sent."],
+        [
+            "alternate-server-load",
+            None,
+            "0",
+            "Redirect to --alternate-server only from this many allocations; 0: always.",
+        ],
+        ["server-name", None, None, "This fleet's host name, sent as ALTERNATE-DOMAIN over TLS."],
     ]
     optFlags: list[list[Any]] = [
         ["allow-loopback-peers", None, "Let relays reach loopback peers (testing)."],
@@ -305,6 +314,7 @@ class Options(usage.Options):
         self["denied-peer-ip"] = []
         self["nat64-prefix"] = []
         self["static-auth-secret"] = []
+        self["alternate-server"] = []
         #: FILE:LINE warnings about the configuration file, for the log.
         self["config-warnings"] = []
 
@@ -367,6 +377,20 @@ class Options(usage.Options):
         if prefix.prefixlen not in (32, 40, 48, 56, 64, 96):
             raise usage.UsageError("--nat64-prefix length must be 32, 40, 48, 56, 64 or 96")
         self["nat64-prefix"].append(prefix)
+
+    def opt_alternate_server(self, value: str) -> None:
+        """
+        HOST:PORT (IPv6 as [ADDR]:PORT) another server of the fleet:
+        Allocates are redirected to these in turn (300 Try Alternate),
+        always or past --alternate-server-load, and while draining
+        (repeatable).
+        """
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise usage.UsageError(f"--alternate-server must be HOST:PORT, not {value!r}")
+        self["alternate-server"].append(
+            (_address(host, "alternate-server"), _port(port, "alternate-server"))
+        )
 
     def opt_static_auth_secret(self, value: str) -> None:
         """
@@ -533,6 +557,11 @@ class Options(usage.Options):
         docs["allowed-peer-ip"] = (None, "allowed-peer-ip=RANGE", self.opt_allowed_peer_ip.__doc__)
         docs["denied-peer-ip"] = (None, "denied-peer-ip=RANGE", self.opt_denied_peer_ip.__doc__)
         docs["nat64-prefix"] = (None, "nat64-prefix=PREFIX", self.opt_nat64_prefix.__doc__)
+        docs["alternate-server"] = (
+            None,
+            "alternate-server=HOST:PORT",
+            self.opt_alternate_server.__doc__,
+        )
         docs["static-auth-secret"] = (
             None,
             "static-auth-secret=SECRET",

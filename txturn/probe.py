@@ -55,6 +55,16 @@ class ProbeFailed(Exception):
     """
 
 
+class Redirected(ProbeFailed):
+    """
+    The server answered Allocate with 300 Try Alternate.
+    """
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(f"redirected to {_host_port(address)} (300 Try Alternate)")
+        self.address = address
+
+
 @dataclass(frozen=True)
 class TurnUri:
     """
@@ -215,6 +225,22 @@ class Probe:
         return str(socket.getaddrinfo(self.uri.host, self.uri.port)[0][4][0])
 
     def run(self) -> Report:
+        """
+        Every step; a 300 Try Alternate is followed once, as a client
+        does, and the report says where to.
+        """
+        try:
+            return self._run()
+        except Redirected as redirect:
+            host, port = redirect.address
+            self.report.add("redirected to", _host_port(redirect.address))
+            self.uri = TurnUri(self.uri.secure, host, port, self.uri.transport)
+            self.client = StunClient(
+                self.client.username, self.client.password, self.client.algorithm
+            )
+            return self._run()
+
+    def _run(self) -> Report:
         report = self.report
         report.add("server", f"{self.uri.host}:{self.uri.port} over {self._transport_name()}")
         connection = self._step("connect", self._connect)
@@ -241,6 +267,8 @@ class Probe:
     def _step(self, name: str, action: Callable[[], Any]) -> Any:
         try:
             return action()
+        except Redirected:
+            raise
         except ProbeFailed as e:
             raise ProbeFailed(f"{name}: {e}") from None
         except socket.timeout:
@@ -284,6 +312,9 @@ class Probe:
                 break
         if response.cls == Class.ERROR:
             code, reason = response.get(Attr.ERROR_CODE)
+            alternate = response.get(Attr.ALTERNATE_SERVER)
+            if code == 300 and method == Method.ALLOCATE and alternate is not None:
+                raise Redirected(alternate)
             # Some servers pad the reason with NULs inside its length.
             raise ProbeFailed(f"error {code} {reason.rstrip(chr(0))}".rstrip())
         return response

@@ -106,6 +106,14 @@ class ServerConfig:
     #: authenticated request came from it, with a nonce bound to its
     #: address): a crowd behind one NAT keeps being answered.
     challenge_proven_burst: float = 4000.0
+    #: Other servers an Allocate is redirected to (300 Try Alternate with
+    #: ALTERNATE-SERVER, round robin), so a fleet is balanced with no load
+    #: balancer in the media path: always, or once C{alternate_load}
+    #: allocations are held, and while draining.
+    alternate_servers: tuple[tuple[str, int], ...] = ()
+    alternate_load: int = 0
+    #: The name clients use for this fleet over TLS (ALTERNATE-DOMAIN).
+    server_name: str | None = None
 
 
 class TurnServer:

@@ -195,6 +195,9 @@ def _config(options: Options) -> ServerConfig:
         max_bps=options["max-bps"],
         challenge_rate=options["challenge-rate"],
         challenge_burst=10 * options["challenge-rate"],
+        alternate_servers=tuple(options["alternate-server"]),
+        alternate_load=options["alternate-server-load"],
+        server_name=options["server-name"],
     )
 
 
@@ -234,6 +237,9 @@ _NEEDS_RESTART = (
 
 #: Options a reload applies, compared to say what changed.
 _RELOADED = (
+    "alternate-server",
+    "alternate-server-load",
+    "server-name",
     "software",
     "max-allocate-lifetime",
     "no-udp-relay",
