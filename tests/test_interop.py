@@ -566,3 +566,43 @@ class CoturnConfigTests(TestCase):
             watcher.transport.signalProcess("TERM")
             yield watcher.ended
         self.assertIn(b"relay-threads is a coturn option txturn does not implement", watcher.output)
+
+
+class RedirectTests(TestCase):
+    """
+    coturn's turnutils_uclient follows txturn's 300 Try Alternate.
+    """
+
+    @defer.inlineCallbacks
+    def test_uclient_follows(self) -> Any:
+        uclient = require("turnutils_uclient")
+        peer_port = free_udp_port()
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        services: list[TurnService] = []
+        for redirect in (False, True):
+            alternates: tuple[tuple[str, int], ...] = ()
+            if redirect:
+                alternates = (("127.0.0.1", services[0].port_of("udp")),)
+            service = TurnService(
+                reactor,
+                StaticCredentials("txturn", {"test": "secret"}),
+                [("127.0.0.1", 0)],
+                ["127.0.0.1"],
+                policy=PeerPolicy(allow_loopback=True),
+                config=ServerConfig(realm="txturn", alternate_servers=alternates),
+                transports={"udp"},
+            )
+            service.startService()
+            self.addCleanup(service.stopService)
+            services.append(service)
+        target, redirecting = services
+        out, err, code = yield getProcessOutputAndValue(
+            uclient,
+            uclient_args(redirecting.port_of("udp"), peer_port, 10, 1, length=100),
+            env=os.environ.copy(),
+        )
+        sent, received, lost = uclient_totals((out + err).decode(errors="replace"))
+        self.assertEqual((sent, received, lost), (20, 20, 0))
+        self.assertGreater(redirecting.server.stats["redirected"], 0)
+        self.assertEqual(len(redirecting.server.allocations), 0)
+        self.assertGreater(len(target.server.allocations), 0)
