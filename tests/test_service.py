@@ -406,6 +406,32 @@ class AnnounceTests(TestCase):
                 ]
             },
         )
+        # Each value alone on its line: a double click copies it exactly.
+        line = formatEvent(event)
+        self.assertIn("\n  username: turn-user\n  password: pw123\n", line)
+
+    def snippet_urls(self, **kwargs: Any) -> list[str]:
+        service = TurnService(
+            reactor,
+            StaticCredentials(REALM, {"alice": "secret"}),
+            [("0.0.0.0", 0)],
+            ["127.0.0.1"],
+            transports={"udp"},
+            **kwargs,
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service.ice_urls()
+
+    def test_external_and_server_name(self) -> None:
+        """
+        Behind a 1:1 NAT the snippet names the public address; with a
+        server name, the name (what a turns: client checks).
+        """
+        [url] = self.snippet_urls(external_ips={"127.0.0.1": "203.0.113.10"})
+        self.assertRegex(url, r"^turn:203\.0\.113\.10:\d+\?transport=udp$")
+        [url] = self.snippet_urls(config=ServerConfig(realm=REALM, server_name="turn.example.org"))
+        self.assertRegex(url, r"^turn:turn\.example\.org:\d+\?transport=udp$")
 
 
 class RelayAddressTests(TestCase):

@@ -5,6 +5,7 @@ Tests for L{txturn.tap}: option parsing, validation and makeService.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, cast
 
 from twisted.internet.task import Clock
@@ -531,3 +532,28 @@ class ReloadTests(SynchronousTestCase):
             f"SIGUSR2: reload failed, keeping the running settings: {self.path}:2: "
             "--user-quota must be a whole number",
         )
+
+
+class GeneratedUserTests(SynchronousTestCase):
+    def test_credential_file(self) -> None:
+        """
+        With --credential-file, the generated user is written once (mode
+        0600) and the same user comes back on the next start.
+        """
+        path = str(self.mktemp())
+        first = makeService(parse("--relay-ip", "192.0.2.1", "--credential-file", path), Clock())
+        second = makeService(parse("--relay-ip", "192.0.2.1", "--credential-file", path), Clock())
+        self.assertIsNotNone(first._announce)
+        self.assertEqual(first._announce, second._announce)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        with open(path, "w") as f:
+            f.write("garbage\n")
+        error = self.assertRaises(UsageError, parse, "--credential-file", path)
+        self.assertEqual(str(error), f"--credential-file {path}: expected name:password")
+
+    def test_version(self) -> None:
+        written: list[str] = []
+        self.patch(sys.stdout, "write", written.append)
+        error = self.assertRaises(SystemExit, parse, "--version")
+        self.assertEqual(error.code, 0)
+        self.assertTrue(written[0].startswith("txturn "))

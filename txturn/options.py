@@ -57,6 +57,7 @@ _GROUPS: list[tuple[str, list[str]]] = [
             "user-db",
             "static-auth-secret",
             "static-auth-secret-file",
+            "credential-file",
             "stale-nonce",
         ],
     ),
@@ -91,7 +92,7 @@ _GROUPS: list[tuple[str, list[str]]] = [
     ("Draining", ["drain-timeout"]),
     ("Metrics and usage", ["prometheus", "prometheus-port", "prometheus-address", "usage-file"]),
     ("Configuration and logging", ["config", "log-level", "verbose", "Verbose"]),
-    ("", ["help"]),
+    ("", ["help", "version"]),
 ]
 
 
@@ -107,6 +108,7 @@ _METAVARS = {
     "config": "FILE",
     "log-level": "LEVEL",
     "usage-file": "FILE",
+    "credential-file": "FILE",
     "max-allocate-lifetime": "SECONDS",
     "stale-nonce": "SECONDS",
     "tcp-connect-timeout": "SECONDS",
@@ -212,6 +214,12 @@ class Options(usage.Options):
             "File of TURN REST API secrets, one per line (kept out of ps).",
         ],
         ["config", "c", None, "coturn-style configuration file (turnserver.conf syntax)."],
+        [
+            "credential-file",
+            None,
+            None,
+            "With no users: keep the generated user in FILE (mode 0600) across restarts.",
+        ],
         [
             "usage-file",
             None,
@@ -446,6 +454,15 @@ class Options(usage.Options):
         """
         self["no-software"] = True
 
+    def opt_version(self) -> None:
+        """
+        Print txturn's version and exit.
+        """
+        import twisted
+
+        sys.stdout.write(f"txturn {__version__} (Twisted {twisted.__version__})\n")
+        raise SystemExit(0)
+
     def opt_lt_cred_mech(self) -> None:
         """
         Accepted for coturn: long-term credentials are always on.
@@ -568,6 +585,7 @@ class Options(usage.Options):
             self.opt_static_auth_secret.__doc__,
         )
         docs["help"] = (None, "help", "Show this help and exit.")
+        docs["version"] = (None, "version", "Show txturn's version and exit.")
         lines = [
             f"Usage: twistd [twistd options] turn {self.synopsis}",
             "",
@@ -614,6 +632,7 @@ class Options(usage.Options):
         if self["no-software"]:
             self["software"] = None
         self._transports()
+        self._check_credential_file()
         if self["usage-file"] is not None:
             try:
                 open(self["usage-file"], "a", encoding="utf-8").close()
@@ -651,6 +670,18 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be a whole number") from None
             if self[name] < minimum:
                 raise usage.UsageError(f"--{name} must be at least {minimum}")
+
+    def _check_credential_file(self) -> None:
+        path = self["credential-file"]
+        if path is None or not os.path.exists(path):
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
+                name, sep, password = f.read().strip().partition(":")
+        except OSError as e:
+            raise usage.UsageError(f"cannot read --credential-file {path}: {e.strerror}") from None
+        if not (name and sep and password):
+            raise usage.UsageError(f"--credential-file {path}: expected name:password")
 
     def _log_level(self) -> None:
         name = "debug" if self["Verbose"] else self["log-level"]

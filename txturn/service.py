@@ -139,6 +139,7 @@ class TurnService(service.MultiService):
         if metrics_listen is not None:
             own.append(metrics_listen[0])
         own += list((external_ips or {}).values())
+        self._external = dict(external_ips or {})
         policy = caller_policy.for_server(own, range(min_port, max_port + 1))
         self.policy = policy
         self.server = TurnServer(
@@ -367,29 +368,40 @@ class TurnService(service.MultiService):
     def ice_urls(self) -> list[str]:
         """
         C{turn:}/C{turns:} URLs for every listener a browser can use (all
-        but DTLS).  Clients reach the server where it listens; a wildcard
-        listener is reached on the host's own addresses, which relays use
-        too.
+        but DTLS), named as clients reach them: the C{server_name} when
+        there is one (a C{turns:} client checks the certificate for it);
+        else the listening address, or for a wildcard listener the relay
+        addresses; each as its C{external_ips} public address behind a
+        1:1 NAT.
         """
         urls = []
+        server_name = self.server.config.server_name
         for name, p in self.ports:
             if name in ("dtls", "metrics"):
                 continue
             bound = p.getHost()
             hosts = [bound.host]
-            if bound.host in ("0.0.0.0", "::"):
+            if bound.host in WILDCARDS:
                 hosts = [h for h in self.relay_addresses if (":" in h) == (":" in bound.host)]
+            hosts = [self._external.get(h, h) for h in hosts]
+            if server_name:
+                hosts = [server_name]
             scheme = "turns" if name == "tls" else "turn"
             transport = "udp" if name == "udp" else "tcp"
             for host in hosts:
                 literal = f"[{host}]" if ":" in host else host
-                urls.append(f"{scheme}:{literal}:{bound.port}?transport={transport}")
+                url = f"{scheme}:{literal}:{bound.port}?transport={transport}"
+                if url not in urls:
+                    urls.append(url)
         return urls
 
     def _announce_user(self, username: str, password: str) -> None:
+        # The values stand alone on their lines, so a double click copies
+        # exactly the password, with no punctuation glued to it.
         self.log.warn(
-            "No credentials configured: generated user {username} with "
-            "password {password}. Use it in a WebRTC page as:\n{snippet}",
+            "No credentials configured; this server's user is\n"
+            "  username: {username}\n  password: {password}\n"
+            "WebRTC iceServers:\n{snippet}",
             username=username,
             password=password,
             snippet=ice_servers_snippet(self.ice_urls(), username, password),

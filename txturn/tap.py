@@ -8,6 +8,7 @@ changed.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -165,8 +166,27 @@ def _credentials(options: Options) -> tuple[CredentialChain, tuple[str, str] | N
         sources.append(RestApiCredentials(options["static-auth-secret"]))
     if sources:
         return CredentialChain(sources), None
-    generated, username, password = StaticCredentials.generate(realm)
-    return CredentialChain([generated]), (username, password)
+    username, password = _generated_user(options)
+    return CredentialChain([StaticCredentials(realm, {username: password})]), (username, password)
+
+
+def _generated_user(options: Options) -> tuple[str, str]:
+    """
+    The generated user: kept in --credential-file when given (read back
+    on later starts, so a pasted snippet keeps working), else new.
+    """
+    path = options["credential-file"]
+    if path is not None and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            name, _, password = f.read().strip().partition(":")
+        if name and password:
+            return name, password
+    _, username, password = StaticCredentials.generate(options["realm"])
+    if path is not None:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as f:
+            f.write(f"{username}:{password}\n")
+    return username, password
 
 
 def _policy(options: Options) -> PeerPolicy:
