@@ -36,6 +36,54 @@ ALIASES: dict[str, str] = {
     "proc-group": "gid",
 }
 
+#: coturn's keys txturn implements under the same name.
+SAME_NAME = frozenset(
+    [
+        "relay-ip",
+        "external-ip",
+        "min-port",
+        "max-port",
+        "realm",
+        "user",
+        "static-auth-secret",
+        "user-quota",
+        "total-quota",
+        "max-bps",
+        "stale-nonce",
+        "max-allocate-lifetime",
+        "cert",
+        "no-udp",
+        "no-tcp",
+        "no-tls",
+        "no-dtls",
+        "no-udp-relay",
+        "no-tcp-relay",
+        "allow-loopback-peers",
+        "allowed-peer-ip",
+        "denied-peer-ip",
+        "alternate-server",
+        "server-name",
+        "prometheus",
+        "prometheus-port",
+        "prometheus-address",
+        "verbose",
+        "Verbose",
+    ]
+)
+
+
+def coturn_name(option: str) -> str | None:
+    """
+    coturn's name for one of our options, if coturn has it.
+    """
+    if option in SAME_NAME:
+        return option
+    for theirs, ours in ALIASES.items():
+        if ours == option:
+            return theirs
+    return None
+
+
 #: coturn's keys that need nothing from us: what txturn always does.
 ACCEPTED: dict[str, str] = {
     "lt-cred-mech": "long-term credentials are always on",
