@@ -15,7 +15,7 @@ from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import TestCase
 
-from tests.test_interop import answers_binding, require
+from tests.test_interop import start_coturn
 from tests.test_service import free_udp_port
 from txturn.audit import Audit
 from txturn.credentials import StaticCredentials
@@ -88,32 +88,8 @@ class CoturnAuditTests(TestCase):
         metadata and IPv4-mapped loopback forms: txturn-probe --audit
         reports them and exits 3.
         """
-        turnserver = require("turnserver")
         port = free_udp_port()
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        process = subprocess.Popen(
-            [
-                turnserver,
-                "-n",
-                f"--listening-port={port}",
-                *[f"--listening-ip={host}" for host in loopback_hosts()],
-                *[f"--relay-ip={host}" for host in loopback_hosts()],
-                "--realm=example.org",
-                "--user=alice:secret",
-                "--lt-cred-mech",
-                "--no-tls",
-                "--no-dtls",
-                "--no-cli",
-                f"--log-file={directory}/coturn.log",
-                f"--pidfile={directory}/coturn.pid",
-            ],  # fmt: skip
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.addCleanup(process.wait)
-        self.addCleanup(process.terminate)
-        yield threads.deferToThread(answers_binding, port)
+        yield start_coturn(self, port, "alice:secret")
         result = yield threads.deferToThread(
             subprocess.run,
             [sys.executable, "-m", "txturn.probe", "--audit", f"turn:127.0.0.1:{port}"]

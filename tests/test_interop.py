@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -510,6 +511,65 @@ def answers_binding(port: int, timeout: float = 15.0) -> None:
     raise AssertionError(f"nothing answers STUN on port {port}")
 
 
+def start_coturn(test: TestCase, port: int, user: str, *extra: str) -> Any:
+    """
+    Debian's coturn turnserver on loopback (both families where IPv6
+    works) with one user, stopped and reaped after the test; the Deferred
+    fires once it answers STUN.
+    """
+    turnserver = require("turnserver")
+    directory = os.path.abspath(test.mktemp())
+    os.makedirs(directory)
+    process = subprocess.Popen(
+        [
+            turnserver,
+            "-n",
+            f"--listening-port={port}",
+            *[f"--listening-ip={host}" for host in loopback_hosts()],
+            *[f"--relay-ip={host}" for host in loopback_hosts()],
+            "--realm=example.org",
+            f"--user={user}",
+            "--lt-cred-mech",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            *extra,
+            f"--log-file={directory}/coturn.log",
+            f"--pidfile={directory}/coturn.pid",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    test.addCleanup(process.wait)
+    test.addCleanup(process.terminate)
+    return threads.deferToThread(answers_binding, port)
+
+
+def redirecting_pair(test: TestCase, user: tuple[str, str]) -> tuple[TurnService, TurnService]:
+    """
+    Two services on 127.0.0.1 over UDP: a target, and one that redirects
+    every Allocate to it (300 Try Alternate).
+    """
+    services: list[TurnService] = []
+    for redirect in (False, True):
+        alternates: tuple[tuple[str, int], ...] = ()
+        if redirect:
+            alternates = (("127.0.0.1", services[0].port_of("udp")),)
+        service = TurnService(
+            reactor,
+            StaticCredentials("txturn", {user[0]: user[1]}),
+            [("127.0.0.1", 0)],
+            ["127.0.0.1"],
+            policy=PeerPolicy(allow_loopback=True),
+            config=ServerConfig(realm="txturn", alternate_servers=alternates),
+            transports={"udp"},
+        )
+        service.startService()
+        test.addCleanup(service.stopService)
+        services.append(service)
+    return services[0], services[1]
+
+
 class CoturnConfigTests(TestCase):
     """
     One coturn-syntax file starts coturn's turnserver and txturn, and
@@ -578,24 +638,7 @@ class RedirectTests(TestCase):
         uclient = require("turnutils_uclient")
         peer_port = free_udp_port()
         spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
-        services: list[TurnService] = []
-        for redirect in (False, True):
-            alternates: tuple[tuple[str, int], ...] = ()
-            if redirect:
-                alternates = (("127.0.0.1", services[0].port_of("udp")),)
-            service = TurnService(
-                reactor,
-                StaticCredentials("txturn", {"test": "secret"}),
-                [("127.0.0.1", 0)],
-                ["127.0.0.1"],
-                policy=PeerPolicy(allow_loopback=True),
-                config=ServerConfig(realm="txturn", alternate_servers=alternates),
-                transports={"udp"},
-            )
-            service.startService()
-            self.addCleanup(service.stopService)
-            services.append(service)
-        target, redirecting = services
+        target, redirecting = redirecting_pair(self, ("test", "secret"))
         created: list[object] = []
 
         @implementer(IServerObserver)

@@ -15,7 +15,7 @@ from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.test_interop import require
+from tests.test_interop import redirecting_pair, start_coturn
 from tests.test_service import free_udp_port
 from txturn.credentials import StaticCredentials
 from txturn.policy import PeerPolicy
@@ -135,35 +135,8 @@ class CoturnProbeTests(TestCase):
         step passes, and the table shows coturn's SOFTWARE and that 4.6.1
         offers neither the nonce cookie nor SHA-256.
         """
-        turnserver = require("turnserver")
         port = free_udp_port()
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        process = subprocess.Popen(
-            [
-                turnserver,
-                "-n",
-                "--listening-ip=127.0.0.1",
-                f"--listening-port={port}",
-                "--relay-ip=127.0.0.1",
-                "--realm=example.org",
-                "--user=alice:secret",
-                "--lt-cred-mech",
-                "--allow-loopback-peers",
-                "--no-tls",
-                "--no-dtls",
-                "--no-cli",
-                f"--log-file={directory}/coturn.log",
-                f"--pidfile={directory}/coturn.pid",
-            ],  # fmt: skip
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.addCleanup(process.wait)
-        self.addCleanup(process.terminate)
-        from tests.test_interop import answers_binding
-
-        yield threads.deferToThread(answers_binding, port)
+        yield start_coturn(self, port, "alice:secret", "--allow-loopback-peers")
         result = yield threads.deferToThread(
             subprocess.run,
             [sys.executable, "-m", "txturn.probe", f"turn:127.0.0.1:{port}", "-u", "alice"]
@@ -185,24 +158,7 @@ class RedirectTests(TestCase):
         A server that redirects every Allocate to another (300 Try
         Alternate): the probe follows it, says so, and relays there.
         """
-        services: list[TurnService] = []
-        for redirect in (False, True):
-            alternates: tuple[tuple[str, int], ...] = ()
-            if redirect:
-                alternates = (("127.0.0.1", services[0].port_of("udp")),)
-            service = TurnService(
-                reactor,
-                StaticCredentials("txturn", {"alice": "secret"}),
-                [("127.0.0.1", 0)],
-                ["127.0.0.1"],
-                policy=PeerPolicy(allow_loopback=True),
-                config=ServerConfig(realm="txturn", alternate_servers=alternates),
-                transports={"udp"},
-            )
-            service.startService()
-            self.addCleanup(service.stopService)
-            services.append(service)
-        target, redirecting = services
+        target, redirecting = redirecting_pair(self, ("alice", "secret"))
         uri = TurnUri.parse(f"turn:127.0.0.1:{redirecting.port_of('udp')}")
         probe = Probe(uri, "alice", "secret", count=3, timeout=2)
         report = yield threads.deferToThread(probe.run)
