@@ -672,16 +672,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be at least {minimum}")
 
     def _check_credential_file(self) -> None:
-        path = self["credential-file"]
-        if path is None or not os.path.exists(path):
-            return
-        try:
-            with open(path, encoding="utf-8") as f:
-                name, sep, password = f.read().strip().partition(":")
-        except OSError as e:
-            raise usage.UsageError(f"cannot read --credential-file {path}: {e.strerror}") from None
-        if not (name and sep and password):
-            raise usage.UsageError(f"--credential-file {path}: expected name:password")
+        self["credential-file-user"] = read_credential_file(self["credential-file"])
 
     def _log_level(self) -> None:
         name = "debug" if self["Verbose"] else self["log-level"]
@@ -774,6 +765,25 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--external-ip: {private} is mapped twice")
             mapping[private] = public
         return mapping
+
+
+def read_credential_file(path: str | None) -> tuple[str, str] | None:
+    """
+    The (name, password) a --credential-file keeps, or C{None} when there
+    is none yet.
+
+    @raise usage.UsageError: if it cannot be read or is malformed.
+    """
+    if path is None or not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            name, sep, password = f.read().strip().partition(":")
+    except OSError as e:
+        raise usage.UsageError(f"cannot read --credential-file {path}: {e.strerror}") from None
+    if not (name and sep and password):
+        raise usage.UsageError(f"--credential-file {path}: expected name:password")
+    return name, password
 
 
 class _Probe(Options):

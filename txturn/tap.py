@@ -100,9 +100,7 @@ def _summarize(options: Options) -> None:
     setting that weakens the server.
     """
     modes = []
-    users = len(options["user"]) + len(
-        [line for line in options.get("user-db-lines", []) if line.strip() and line[0] != "#"]
-    )
+    users = len(_users(options))
     if users:
         modes.append(f"{users} static user(s)")
     if options["static-auth-secret"]:
@@ -175,12 +173,10 @@ def _generated_user(options: Options) -> tuple[str, str]:
     The generated user: kept in --credential-file when given (read back
     on later starts, so a pasted snippet keeps working), else new.
     """
+    kept: tuple[str, str] | None = options["credential-file-user"]
+    if kept is not None:
+        return kept
     path = options["credential-file"]
-    if path is not None and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            name, _, password = f.read().strip().partition(":")
-        if name and password:
-            return name, password
     _, username, password = StaticCredentials.generate(options["realm"])
     if path is not None:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
