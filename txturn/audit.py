@@ -106,12 +106,12 @@ class Audit:
         there is none.
         """
         probe = self.probe.fresh()
-        connection = probe._connect()
+        connection = probe.connect()
         attrs: list[tuple[int, Any]] = [(Attr.REQUESTED_TRANSPORT, 17)]
         if family == FAMILY_IPV6:
             attrs.append((Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6))
         try:
-            probe._request(connection, Method.ALLOCATE, attrs)
+            probe.request(connection, Method.ALLOCATE, attrs)
         except ProbeFailed as e:
             connection.close()
             return f"untested: no {'IPv6' if family == FAMILY_IPV6 else 'IPv4'} relay ({e})"
@@ -155,7 +155,7 @@ class Audit:
                     self.rows.append(
                         Finding(form, what, "Send indication", self._send(connection, form, peer))
                     )
-            probe._request(connection, Method.REFRESH, [(Attr.LIFETIME, 0)])
+            probe.request(connection, Method.REFRESH, [(Attr.LIFETIME, 0)])
         finally:
             connection.close()
 
@@ -163,7 +163,7 @@ class Audit:
         self, probe: Probe, connection: Connection, method: int, attrs: list[tuple[int, Any]]
     ) -> str:
         try:
-            probe._request(connection, method, attrs)
+            probe.request(connection, method, attrs)
         except ProbeFailed as e:
             return f"refused ({e})"
         except socket.timeout:
@@ -199,9 +199,9 @@ class Audit:
         elsewhere would make the server open a connection off this host).
         """
         probe = self.probe.fresh()
-        connection = probe._connect()
+        connection = probe.connect()
         try:
-            probe._request(connection, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 6)])
+            probe.request(connection, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 6)])
         except ProbeFailed as e:
             connection.close()
             self.rows.append(Finding("-", "RFC 6062", "Connect", f"untested: no TCP relay ({e})"))

@@ -243,7 +243,7 @@ class Probe:
     def _run(self) -> Report:
         report = self.report
         report.add("server", f"{self.uri.host}:{self.uri.port} over {self._transport_name()}")
-        connection = self._step("connect", self._connect)
+        connection = self._step("connect", self.connect)
         try:
             self._step("Binding", lambda: self._binding(connection))
             relayed = self._step("Allocate", lambda: self._allocate(connection))
@@ -278,7 +278,7 @@ class Probe:
         except OSError as e:
             raise ProbeFailed(f"{name}: {e.strerror or e}") from None
 
-    def _connect(self) -> Connection:
+    def connect(self) -> Connection:
         return Connection(self.uri, self.timeout, self.ca_file, self.insecure)
 
     def _transact(self, connection: Connection, request: bytes, txid: bytes) -> Message:
@@ -296,7 +296,7 @@ class Probe:
                     return response
         raise socket.timeout()
 
-    def _request(
+    def request(
         self, connection: Connection, method: int, attributes: list[tuple[int, Any]]
     ) -> Message:
         """
@@ -331,7 +331,7 @@ class Probe:
         self.report.add("SOFTWARE", response.get(Attr.SOFTWARE) or "(none)")
 
     def _allocate(self, connection: Connection) -> tuple[str, int]:
-        response = self._request(connection, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+        response = self.request(connection, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
         relayed: tuple[str, int] = response.get(Attr.XOR_RELAYED_ADDRESS)
         self.report.add("realm", self.client.realm)
         nonce = self.client.nonce or ""
@@ -362,12 +362,12 @@ class Probe:
         return peer
 
     def _permission(self, connection: Connection, peer: socket.socket) -> None:
-        self._request(
+        self.request(
             connection, Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, self.peer_address)]
         )
 
     def _channel_bind(self, connection: Connection, peer: socket.socket) -> None:
-        self._request(
+        self.request(
             connection,
             Method.CHANNEL_BIND,
             [(Attr.CHANNEL_NUMBER, CHANNEL), (Attr.XOR_PEER_ADDRESS, self.peer_address)],
@@ -412,7 +412,7 @@ class Probe:
         raise socket.timeout()
 
     def _delete(self, connection: Connection) -> None:
-        self._request(connection, Method.REFRESH, [(Attr.LIFETIME, 0)])
+        self.request(connection, Method.REFRESH, [(Attr.LIFETIME, 0)])
 
 
 def _host_port(address: Sequence[Any]) -> str:
