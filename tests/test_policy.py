@@ -6,9 +6,10 @@ IPv4-in-IPv6 spelling, on every path a peer address takes.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from txturn.policy import DEFAULT_DENIED, PeerPolicy, canonical_peer, parse_range
@@ -412,3 +413,32 @@ class ExplainTests(SynchronousTestCase):
             "--allowed-peer-ip 10.1.2.3 allows it",
         )
         self.assertIn("own address", policy.explain("192.0.2.10", 3478))
+
+
+class RefusalLogTests(SynchronousTestCase):
+    def test_one_line_a_minute(self) -> None:
+        """
+        300 CreatePermissions to 300 different refused addresses log one
+        line, however the reasons differ; a minute later, one more.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        clock = Clock()
+        server = make_server(clock=clock, policy=PeerPolicy())
+        channel, client = RecordingClientChannel(), StunClient("u", "p")
+        address = ("198.51.100.1", 1)
+
+        def ask(method: int, attrs: list[Any]) -> Any:
+            return authenticated_request(server, channel, client, method, attrs, address)
+
+        ask(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+        for i in range(300):
+            peer = (f"10.0.{i // 250}.{i % 250 + 1}", 1)
+            ask(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, peer)])
+        clock.advance(61)
+        ask(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, ("10.9.9.9", 1))])
+        lines = [e for e in events if str(e.get("log_format", "")).startswith("Refused peer")]
+        self.assertEqual(len(lines), 2)
+        self.assertEqual(lines[1]["suppressed"], 299)

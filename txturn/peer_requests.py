@@ -52,10 +52,10 @@ class PeerRequests:
         if not allowed:
             self._server.count("refused_peer")
             reason = policy.explain(peer[0], peer[1])
-            # A client can ask for refused peers at will: one line a minute
-            # per reason.
+            # A client can ask for refused peers at will, each address a new
+            # reason: one line a minute in all, with the count of the rest.
             self._refusals.emit(
-                reason,
+                "refused peer",
                 self.log.info,
                 "Refused peer {peer} for {user}: {reason}",
                 peer=host_port(peer),
