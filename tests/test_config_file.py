@@ -43,7 +43,7 @@ max-allocate-lifetime=1800
 no-software-attribute
 denied-peer-ip=198.51.100.0-198.51.100.255
 cli-password=qwerty
-relay-threads=4
+sock-buf-size=4
 frobnicate
 pidfile="/var/run/turnserver.pid"
 """
@@ -144,7 +144,7 @@ class ConfigOptionTests(SynchronousTestCase):
             options["config-warnings"],
             [
                 f"{path}:26: cli-password is a coturn option txturn does not implement",
-                f"{path}:27: relay-threads is a coturn option txturn does not implement",
+                f"{path}:27: sock-buf-size is a coturn option txturn does not implement",
                 f"{path}:28: unknown option frobnicate",
             ],
         )

@@ -603,7 +603,7 @@ class CoturnConfigTests(TestCase):
                 "no-dtls\n"
                 "allow-loopback-peers\n"
                 "no-cli\n"
-                "relay-threads=1\n"
+                "sock-buf-size=1\n"
                 f"pidfile={pidfile}\n"
             )
         for argv in [
@@ -625,7 +625,7 @@ class CoturnConfigTests(TestCase):
             assert watcher.transport is not None
             watcher.transport.signalProcess("TERM")
             yield watcher.ended
-        self.assertIn(b"relay-threads is a coturn option txturn does not implement", watcher.output)
+        self.assertIn(b"sock-buf-size is a coturn option txturn does not implement", watcher.output)
 
 
 class RedirectTests(TestCase):

@@ -37,9 +37,13 @@ class AllocationRequests:
     log = logger()
 
     def __init__(self, server: "TurnServer") -> None:
+        #: Reservation tokens being fetched from other workers.
+        self._fetching: set[bytes] = set()
         self._server = server
         self._table = server.table
-        self._ids = itertools.count(1)
+        # Ids unique on the whole server, also under --workers N.
+        worker, workers = server.worker
+        self._ids = itertools.count(worker + 1, workers)
         self._next_alternate = 0
         #: Why relays could not be had, once a minute per reason.
         self._unavailable_log = LogThrottle(server.reactor)
@@ -64,6 +68,9 @@ class AllocationRequests:
     # -- Allocate ----------------------------------------------------------------
 
     def allocate(self, request: Request) -> None:
+        self._allocate(request, fetch=True)
+
+    def _allocate(self, request: Request, fetch: bool) -> None:
         server = self._server
         if not server.authenticate(request) or self._retransmitted(request):
             return
@@ -80,20 +87,55 @@ class AllocationRequests:
         )
         if isinstance(meaning, Refusal):
             return request.fail(meaning.code, meaning.reason)
-        quota = self._quota_error(request, meaning)
-        if quota is not None:
-            return request.fail(quota)
-        if meaning.tcp:
-            return self._allocate_tcp(request, meaning)
-        relays: dict[int, IRelay] = {}
-        extra: Extra = []
-        if not self._open_udp(request, meaning, relays, extra):
+        if fetch and meaning.token is not None and self._fetching_elsewhere(request, meaning.token):
             return
-        if meaning.dont_fragment:
-            for relay in relays.values():
-                relay.set_dont_fragment(True)
-        lifetime = self.lifetime(request) or self._server.config.default_lifetime
-        self._allocated(request, relays, lifetime, extra)
+        # The quota check and the places the allocation then takes are one
+        # step, also when workers share the places.
+        with self._table.places.transaction():
+            quota = self._quota_error(request, meaning)
+            if quota is not None:
+                return request.fail(quota)
+            if meaning.tcp:
+                return self._allocate_tcp(request, meaning)
+            relays: dict[int, IRelay] = {}
+            extra: Extra = []
+            if not self._open_udp(request, meaning, relays, extra):
+                return
+            if meaning.dont_fragment:
+                for relay in relays.values():
+                    relay.set_dont_fragment(True)
+            lifetime = self.lifetime(request) or self._server.config.default_lifetime
+            self._allocated(request, relays, lifetime, extra)
+
+    def _fetching_elsewhere(self, request: Request, token: bytes) -> bool:
+        """
+        Under C{--workers N}: a RESERVATION-TOKEN another worker holds is
+        fetched from it, and the Allocate is handled again once the
+        reservation is this worker's (a retransmission meanwhile is not
+        answered: the first one will be).
+        """
+        server = self._server
+        broker = server.reservation_broker
+        reservations = server.reservations
+        owner = reservations.worker_of(token)
+        if broker is None or owner == reservations.worker or reservations.owner(token):
+            return False
+        if token in self._fetching:
+            return True
+        self._fetching.add(token)
+        username = request.username
+
+        def fetched(relay: IRelay | None) -> None:
+            self._fetching.discard(token)
+            if relay is not None:
+                reservations.adopt(token, relay, username)
+                self._table.count_user(username, 1)
+            # Without the reservation, the Allocate fails as for an
+            # unknown token; with it, it succeeds here.
+            self._allocate(request, fetch=False)
+
+        broker.fetch(owner, token, username).addCallback(fetched)
+        return True
 
     def _redirected(self, request: Request) -> bool:
         """
@@ -158,7 +200,7 @@ class AllocationRequests:
                 limit=config.user_quota,
             )
             return 486
-        in_use = len(self._table) + len(server.reservations)
+        in_use = self._table.places.in_use()
         if config.total_quota and in_use + needed > config.total_quota:
             server.count("total_quota")
             self._unavailable_log.emit(

@@ -5,16 +5,17 @@ packet), by client channel (a closing connection takes its own
 allocations with it, without scanning the table) and by user (quotas).
 
 One class keeps the three in step, so no caller can add an allocation to
-one index and forget another.
+one index and forget another.  What each user holds is counted in an
+L{IPlaces}: this process's own, or one shared by every worker.
 """
 
 from __future__ import annotations
 
-import collections
 from typing import Iterator, Mapping
 
 from txturn.allocation import Allocation
 from txturn.interfaces import Address, IClientChannel
+from txturn.places import IPlaces, LocalPlaces
 
 
 class AllocationTable:
@@ -24,11 +25,11 @@ class AllocationTable:
         allocations up in it directly, which is why it is public.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, places: IPlaces | None = None) -> None:
         self.by_five_tuple: dict[tuple[IClientChannel, Address], Allocation] = {}
         self._by_channel: dict[IClientChannel, set[Address]] = {}
         #: What each user holds: allocations and EVEN-PORT reservations.
-        self._per_user: collections.Counter[str] = collections.Counter()
+        self.places: IPlaces = places if places is not None else LocalPlaces()
 
     def __len__(self) -> int:
         return len(self.by_five_tuple)
@@ -77,17 +78,20 @@ class AllocationTable:
         Add C{delta} places to what C{username} holds; a reservation
         counts as one, like an allocation.
         """
-        counts = self._per_user
-        counts[username] += delta
-        if counts[username] <= 0:
-            del counts[username]
+        self.places.add(username, delta)
 
     def held_by(self, username: str) -> int:
-        return self._per_user[username]
+        return self.places.held_by(username)
 
     @property
     def users(self) -> Mapping[str, int]:
         """
-        How many places each user holds, for operators and tests.
+        How many places each user holds, for operators and tests (with
+        shared places, the allocations of this process only).
         """
-        return dict(self._per_user)
+        if isinstance(self.places, LocalPlaces):
+            return self.places.users
+        users: dict[str, int] = {}
+        for allocation in self.by_five_tuple.values():
+            users[allocation.username] = users.get(allocation.username, 0) + 1
+        return users

@@ -34,6 +34,7 @@ ALIASES: dict[str, str] = {
     "log-file": "logfile",
     "proc-user": "uid",
     "proc-group": "gid",
+    "relay-threads": "workers",
 }
 
 #: coturn's keys txturn implements under the same name.
@@ -113,7 +114,6 @@ NOT_IMPLEMENTED = frozenset(
         "tcp-proxy-port",
         "listening-device",
         "relay-device",
-        "relay-threads",
         "sock-buf-size",
         "no-auth",
         "db",
@@ -276,6 +276,9 @@ def _entry(key: str, value: str | None, origin: str, warnings: list[str]) -> Ent
     if key == "log-file" and value == "syslog":
         warnings.append(f"{origin}: log-file=syslog: use twistd --syslog")
         return None
+    if key == "relay-threads" and value == "0":
+        # coturn: relay in the listener's thread, one process for us.
+        return Entry("workers", "1", origin)
     if key in NOT_IMPLEMENTED:
         warnings.append(f"{origin}: {key} is a coturn option txturn does not implement")
         return None

@@ -10,7 +10,7 @@ all three (L{txturn.testing}); the service provides the real ones.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from zope.interface import Attribute, Interface
 
@@ -59,6 +59,45 @@ class IStreamClientChannel(IClientChannel):
         """
         From now on carry raw bytes to and from C{peer} (after a
         successful ConnectionBind).
+        """
+
+    def hand_off(worker: int, frame: bytes) -> bool:
+        """
+        Give this connection, and the ConnectionBind C{frame} read from
+        it, to worker C{worker} of C{--workers N}, which holds the peer
+        connection the request names; from now on that worker answers on
+        it.  C{False} if the connection cannot be handed off (then the
+        caller answers the request here).
+        """
+
+
+class IConnectionHandoff(Interface):
+    """
+    Passes a client's TCP connection to another worker of C{--workers N}
+    (L{txturn.workers.handoff}).
+    """
+
+    def hand_off(worker: int, transport: Any, transport_name: str, frame: bytes) -> bool:
+        """
+        Give the connection of C{transport}, with the C{frame} already read
+        from it, to worker C{worker}; C{False} if it cannot be given (a
+        TLS connection, whose session lives in this process).  On success
+        the caller's transport is closed here without closing the
+        connection.
+        """
+
+
+class IReservationBroker(Interface):
+    """
+    Fetches an EVEN-PORT reservation another worker of C{--workers N}
+    holds (L{txturn.workers.reservation_broker}).
+    """
+
+    def fetch(worker: int, token: bytes, owner: str) -> Any:
+        """
+        A Deferred firing with the relay C{owner} reserved under C{token}
+        on worker C{worker}, now this worker's, or with C{None} if there
+        is no such reservation.  Never fails.
         """
 
 

@@ -89,6 +89,7 @@ _GROUPS: list[tuple[str, list[str]]] = [
     ),
     ("Identity", ["software", "no-software", "server-name"]),
     ("Redirection", ["alternate-server", "alternate-server-load"]),
+    ("Processes", ["workers"]),
     ("Draining", ["drain-timeout"]),
     ("Metrics and usage", ["prometheus", "prometheus-port", "prometheus-address", "usage-file"]),
     ("Configuration and logging", ["config", "log-level", "verbose", "Verbose"]),
@@ -113,6 +114,7 @@ _METAVARS = {
     "stale-nonce": "SECONDS",
     "tcp-connect-timeout": "SECONDS",
     "drain-timeout": "SECONDS",
+    "workers": "N|auto",
     "software": "NAME",
     "cert": "FILE",
     "key": "FILE",
@@ -285,6 +287,12 @@ class Options(usage.Options):
             None,
             "3600",
             "On SIGQUIT, seconds to wait for allocations to end before stopping.",
+        ],
+        [
+            "workers",
+            None,
+            "1",
+            "Worker processes relaying, one per core: N, or auto for every usable CPU.",
         ],
         ["max-dtls-sessions", None, "2000", "DTLS sessions in all."],
         ["max-dtls-sessions-per-ip", None, "100", "DTLS sessions from one address."],
@@ -618,6 +626,11 @@ class Options(usage.Options):
         self._numbers()
         if not 0 < self["min-port"] <= self["max-port"]:
             raise usage.UsageError("--min-port must be 1-65535 and not above --max-port")
+        self["workers"] = _workers(self["workers"])
+        if (self["max-port"] - self["min-port"] + 1) // self["workers"] < 2:
+            raise usage.UsageError(
+                f"--min-port to --max-port is too small a range for {self['workers']} workers"
+            )
         self._log_level()
         self._secrets()
         self._twistd_options()
@@ -797,6 +810,21 @@ class _Probe(Options):
     def postOptions(self) -> None:
         self._numbers()
         self._log_level()
+
+
+def _workers(value: Any) -> int:
+    """
+    C{--workers}: a count, or C{auto} for the CPUs this process may use.
+    """
+    if value == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        count = int(value)
+    except ValueError:
+        raise usage.UsageError("--workers must be a whole number or auto") from None
+    if not 1 <= count <= 256:
+        raise usage.UsageError("--workers must be 1-256 or auto")
+    return count
 
 
 def _config_path(argv: list[str]) -> str | None:

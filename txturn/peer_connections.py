@@ -57,14 +57,25 @@ class PeerConnections:
     #: Called with each entry that goes (closed, timed out, its allocation
     #: deleted).
     on_closed: Callable[[Entry], None] | None = None
+    #: This server is worker C{worker} of C{workers}: its CONNECTION-IDs
+    #: are those equal to C{worker} modulo C{workers}, so whichever worker
+    #: a ConnectionBind reaches knows which one holds the connection.
+    worker: int = 0
+    workers: int = 1
+
+    def owner(self, connection_id: int) -> int:
+        """
+        The worker whose connection C{connection_id} is.
+        """
+        return connection_id % self.workers
 
     def add(self, allocation: Any, connection: IPeerConnection) -> int:
         """
         Register a new pending connection; returns its CONNECTION-ID, a
-        random 32-bit number unique on this server.
+        random 32-bit number unique on this server, of this worker's.
         """
         while True:
-            connection_id = secrets.randbits(32)
+            connection_id = secrets.randbelow(2**32 // self.workers) * self.workers + self.worker
             if connection_id not in self.entries:
                 break
         timer = self.reactor.callLater(self.bind_timeout, self._unclaimed, connection_id)

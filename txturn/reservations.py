@@ -4,6 +4,12 @@ EVEN-PORT reservations (RFC 8656 section 14.9): the relay port next to an
 allocation's, held for C{lifetime} seconds under a random token that a
 later Allocate may redeem.  A reservation counts against its owner's
 quota, so the owner is remembered with it.
+
+Under C{--workers N} the Allocate that redeems a token may reach another
+worker than the one holding the port (its 5-tuple hashes elsewhere): a
+token says which worker holds it (its value modulo N), and that worker
+L{take}s the reservation out and hands the relay's socket over, which
+the other L{adopt}s (L{txturn.workers.reservation_broker}).
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ class Reservations:
         reactor: IReactorTime,
         released: Callable[[str], None],
         lifetime: float = RESERVATION_LIFETIME,
+        worker: tuple[int, int] = (0, 1),
     ) -> None:
         self._reactor = reactor
         self._released = released
         self.lifetime = lifetime
+        self.worker, self.workers = worker
         self._held: dict[bytes, tuple[IRelay, IDelayedCall, str]] = {}
 
     def __len__(self) -> int:
@@ -50,12 +58,27 @@ class Reservations:
 
     def hold(self, relay: IRelay, owner: str) -> bytes:
         """
-        Reserve C{relay} for C{owner}; returns its new token.
+        Reserve C{relay} for C{owner}; returns its new token, one of
+        this worker's.
         """
-        token = secrets.token_bytes(8)
+        n = self.workers
+        token = (secrets.randbelow(2**64 // n) * n + self.worker).to_bytes(8, "big")
+        self.adopt(token, relay, owner)
+        return token
+
+    def worker_of(self, token: bytes) -> int:
+        """
+        The worker that holds the reservation C{token}, if anyone does.
+        """
+        return int.from_bytes(token, "big") % self.workers
+
+    def adopt(self, token: bytes, relay: IRelay, owner: str) -> None:
+        """
+        Hold C{relay} for C{owner} under C{token}: a new reservation, or
+        one another worker held.
+        """
         timer = self._reactor.callLater(self.lifetime, self._expired, token)
         self._held[token] = (relay, timer, owner)
-        return token
 
     def redeem(self, token: bytes) -> IRelay | None:
         """
@@ -69,6 +92,15 @@ class Reservations:
         timer.cancel()
         self._released(owner)
         return relay
+
+    def take(self, token: bytes, owner: str) -> IRelay | None:
+        """
+        The relay C{owner} reserved under C{token}, no longer held here
+        (it goes to another worker); C{None} if there is none.
+        """
+        if self.owner(token) != owner:
+            return None
+        return self.redeem(token)
 
     def _expired(self, token: bytes) -> None:
         relay, _, owner = self._held.pop(token)

@@ -41,6 +41,7 @@ from txturn.interfaces import (
     Address,
     IClientChannel,
     IRelayAllocator,
+    IReservationBroker,
     ITcpRelayAllocator,
     host_port,
 )
@@ -48,6 +49,7 @@ from txturn.limits import LogThrottle, SourceLimiter
 from txturn.log_level import logger
 from txturn.peer_connections import PeerConnections
 from txturn.peer_requests import PeerRequests
+from txturn.places import IPlaces
 from txturn.policy import PeerPolicy
 from txturn.request import Request
 from txturn.reservations import Reservations
@@ -137,8 +139,15 @@ class TurnServer:
         nonces: NonceManager | None = None,
         tcp_relays: ITcpRelayAllocator | None = None,
         observers: Sequence[IServerObserver] | None = None,
+        places: IPlaces | None = None,
+        worker: tuple[int, int] = (0, 1),
+        reservation_broker: IReservationBroker | None = None,
     ) -> None:
         self._reactor = reactor
+        #: (this worker, of how many) under C{--workers N}; (0, 1) alone.
+        self.worker = worker
+        #: Where a reservation another worker holds is fetched from.
+        self.reservation_broker = reservation_broker
         #: What watches the server (L{txturn.events}); by default the log.
         self.observers: list[IServerObserver] = (
             list(observers) if observers is not None else [EventLog()]
@@ -171,10 +180,12 @@ class TurnServer:
             self.stats,
             emit=self.emit,
         )
-        self.table = AllocationTable()
+        self.table = AllocationTable(places)
         #: The hot path's lookup, bound once.
         self._allocation_of = self.table.by_five_tuple.get
-        self.reservations = Reservations(reactor, lambda owner: self.table.count_user(owner, -1))
+        self.reservations = Reservations(
+            reactor, lambda owner: self.table.count_user(owner, -1), worker=worker
+        )
         self.allocation_requests = AllocationRequests(self)
         self.peer_requests = PeerRequests(self)
         self.tcp_allocations = TcpAllocations(self)

@@ -28,7 +28,8 @@ from txturn import descriptors
 
 if TYPE_CHECKING:
     from txturn.metrics import Metrics
-from txturn.credentials import ICredentialSource
+    from txturn.workers.shard import Shard
+from txturn.credentials import ICredentialSource, NonceManager
 from txturn.dtls import DtlsListener
 from txturn.events import AllocationDeleted, IServerObserver
 from txturn.host_addresses import host_addresses
@@ -37,7 +38,7 @@ from txturn.limits import ConnectionLimits
 from txturn.log_level import logger
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig, TurnServer
-from txturn.sockets import listen_tcp, listen_udp
+from txturn.sockets import adopt_listener, listen_tcp, listen_udp
 from txturn.stream import TurnStreamFactory
 from txturn.stream_guard import AdmissionFactory, StreamGuard
 from txturn.tcp_relay import DEFAULT_BUFFER_LIMIT, TcpRelayAllocator
@@ -55,6 +56,45 @@ def ice_servers_snippet(urls: Sequence[str], username: str, password: str) -> st
     return json.dumps(
         {"iceServers": [{"urls": urls, "username": username, "credential": password}]}
     )
+
+
+def listener_addresses(
+    listen: Sequence[tuple[str, int]], transports: Collection[str], tls: bool, tls_port: int
+) -> list[tuple[str, str, int]]:
+    """
+    (transport, host, port) of every client listener: UDP and TCP on each
+    C{listen} address, TLS and DTLS on its host at C{tls_port} when there
+    is a certificate.
+    """
+    wanted = []
+    for host, port in listen:
+        for name in ("udp", "tcp"):
+            if name in transports:
+                wanted.append((name, host, port))
+        for name in ("tls", "dtls"):
+            if tls and name in transports:
+                wanted.append((name, host, tls_port))
+    return wanted
+
+
+def check_relay_addresses(hosts: Sequence[str]) -> None:
+    """
+    Every relay address must be one this host can bind, or every Allocate
+    on it would fail: say so now, once, and do not start.
+    """
+    for host in hosts:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((host, 0))
+            except OSError as e:
+                if e.errno == errno.EADDRNOTAVAIL:
+                    raise RuntimeError(
+                        f"relay address {host} (--relay-ip) is not an address of this host"
+                    ) from None
+                raise RuntimeError(
+                    f"cannot open relays on {host} (--relay-ip): {e.strerror}"
+                ) from None
 
 
 #: Listening on one of these means listening on every address of the host.
@@ -112,22 +152,24 @@ class TurnService(service.MultiService):
         limits: ConnectionLimits | None = None,
         metrics_listen: tuple[str, int] | None = None,
         metrics: bool = False,
+        shard: Shard | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         unknown = set(transports) - ALL_TRANSPORTS
         if unknown:
             raise ValueError(f"unknown transports: {', '.join(sorted(unknown))}")
         self._reactor = reactor
+        self._shard = shard
         self.listen = list(listen)
         self.relay_addresses = list(relay_addresses)
-        self.relays = UdpRelayAllocator(
-            reactor, relay_addresses, min_port, max_port, external=external_ips
-        )
+        # A worker relays on its own slice of the range.
+        low, high = shard.relay_ports(min_port, max_port) if shard else (min_port, max_port)
+        self.relays = UdpRelayAllocator(reactor, relay_addresses, low, high, external=external_ips)
         self.tcp_relays = TcpRelayAllocator(
             reactor,
             relay_addresses,
-            min_port,
-            max_port,
+            low,
+            high,
             external=dict(external_ips or {}),
             buffer_limit=tcp_buffer,
         )
@@ -142,8 +184,15 @@ class TurnService(service.MultiService):
         self._external = dict(external_ips or {})
         policy = caller_policy.for_server(own, range(min_port, max_port + 1))
         self.policy = policy
+        config = config if config is not None else ServerConfig()
         self.server = TurnServer(
-            reactor, credentials, self.relays, policy, config, tcp_relays=self.tcp_relays
+            reactor,
+            credentials,
+            self.relays,
+            policy,
+            shard.share(config) if shard else config,
+            tcp_relays=self.tcp_relays,
+            **(self._shared_state(shard, config) if shard else {}),
         )
         #: Live metrics (L{txturn.metrics}), with C{metrics} or
         #: C{metrics_listen}: served on C{metrics_listen}, or embedded by
@@ -169,6 +218,9 @@ class TurnService(service.MultiService):
         #: (transport name, listening port) for every bound listener.
         self.ports: list[tuple[str, Any]] = []
         self._stream_factories: list[TurnStreamFactory] = []
+        #: The factory of the plain TCP listener: where a data connection
+        #: another worker hands this one goes.
+        self.tcp_factory: AdmissionFactory | None = None
         self._address_refresh: Any = None
         self._host_addresses: list[str] = []
         self._own_addresses = own
@@ -178,6 +230,17 @@ class TurnService(service.MultiService):
         self._dtls_listeners: list[DtlsListener] = []
         #: The total quota the descriptor limit allows, once known.
         self._descriptor_quota = 0
+
+    @staticmethod
+    def _shared_state(shard: Shard, config: ServerConfig) -> dict[str, Any]:
+        """
+        What a worker's core shares with the other workers.
+        """
+        return {
+            "nonces": NonceManager(lifetime=config.nonce_lifetime, secret=shard.nonce_secret),
+            "places": shard.places,
+            "worker": (shard.index, shard.count),
+        }
 
     def port_of(self, transport: str, host: str | None = None) -> int:
         """
@@ -191,48 +254,21 @@ class TurnService(service.MultiService):
                 return number
         raise KeyError(transport)
 
+    def listener_addresses(self) -> list[tuple[str, str, int]]:
+        """
+        (transport, host, port) of every client listener: what the
+        supervisor of C{--workers N} binds for its workers.
+        """
+        return listener_addresses(self.listen, self.transports, self.tls is not None, self.tls_port)
+
     def _listeners(self) -> list[tuple[str, str, int, Any]]:
         """
         (transport, host, port, what to listen with) for every listener.
         """
-        wanted: list[tuple[str, str, int, Any]] = []
-        server = self.server
-        for host, port in self.listen:
-            if "udp" in self.transports:
-                wanted.append(("udp", host, port, TurnDatagramProtocol(server)))
-            if "tcp" in self.transports:
-                factory = TurnStreamFactory(server, "tcp", self._max_tcp_buffer, self.guard)
-                self._stream_factories.append(factory)
-                wanted.append(("tcp", host, port, AdmissionFactory(self.guard, factory)))
-            if self.tls is None:
-                continue
-            if "tls" in self.transports:
-                factory = TurnStreamFactory(server, "tls", self._max_tcp_buffer, self.guard)
-                self._stream_factories.append(factory)
-                # The TLS layer batches small writes until the next turn of
-                # its clock: that must be our reactor, not the global one.
-                creator = self.tls.connection_creator()
-                self._tls_creators.append(creator)
-                tls_factory = TLSMemoryBIOFactory(creator, False, factory, clock=self._reactor)
-                tls_factory.noisy = False
-                wanted.append(
-                    ("tls", host, self.tls_port, AdmissionFactory(self.guard, tls_factory))
-                )
-            if "dtls" in self.transports:
-                limits = self.limits
-                listener = DtlsListener(
-                    server,
-                    self.tls.dtls_context(),
-                    self._reactor,
-                    handshake_timeout=limits.handshake_timeout,
-                    max_handshakes=limits.dtls_max_handshakes,
-                    max_handshakes_per_source=limits.dtls_max_handshakes_per_source,
-                    max_sessions=limits.dtls_max_sessions,
-                    max_sessions_per_source=limits.dtls_max_sessions_per_source,
-                    session_timeout=limits.idle_timeout,
-                )
-                self._dtls_listeners.append(listener)
-                wanted.append(("dtls", host, self.tls_port, listener))
+        wanted = [
+            (name, host, port, self._handler(name))
+            for name, host, port in self.listener_addresses()
+        ]
         if self.metrics_listen is not None and self.metrics is not None:
             from twisted.web.resource import Resource
             from twisted.web.server import Site
@@ -244,6 +280,44 @@ class TurnService(service.MultiService):
             host, port = self.metrics_listen
             wanted.append(("metrics", host, port, site))
         return wanted
+
+    def _handler(self, name: str) -> Any:
+        """
+        The protocol or factory of a new C{name} listener.
+        """
+        server = self.server
+        if name == "udp":
+            return TurnDatagramProtocol(server)
+        if name == "dtls":
+            assert self.tls is not None
+            limits = self.limits
+            listener = DtlsListener(
+                server,
+                self.tls.dtls_context(),
+                self._reactor,
+                handshake_timeout=limits.handshake_timeout,
+                max_handshakes=limits.dtls_max_handshakes,
+                max_handshakes_per_source=limits.dtls_max_handshakes_per_source,
+                max_sessions=limits.dtls_max_sessions,
+                max_sessions_per_source=limits.dtls_max_sessions_per_source,
+                session_timeout=limits.idle_timeout,
+            )
+            self._dtls_listeners.append(listener)
+            return listener
+        handoff = self._shard.handoff if self._shard is not None and name == "tcp" else None
+        factory = TurnStreamFactory(server, name, self._max_tcp_buffer, self.guard, handoff)
+        self._stream_factories.append(factory)
+        if name == "tcp":
+            self.tcp_factory = AdmissionFactory(self.guard, factory)
+            return self.tcp_factory
+        assert self.tls is not None
+        # The TLS layer batches small writes until the next turn of its
+        # clock: that must be our reactor, not the global one.
+        creator = self.tls.connection_creator()
+        self._tls_creators.append(creator)
+        tls_factory = TLSMemoryBIOFactory(creator, False, factory, clock=self._reactor)
+        tls_factory.noisy = False
+        return AdmissionFactory(self.guard, tls_factory)
 
     def privilegedStartService(self) -> None:
         self._bind()
@@ -257,9 +331,13 @@ class TurnService(service.MultiService):
         if self.ports:
             return
         self._share_descriptors()
-        self._check_relay_addresses()
+        check_relay_addresses(self.relay_addresses)
         try:
             for name, host, port, handler in self._listeners():
+                if self._shard is not None and name != "metrics":
+                    sock = self._shard.listeners[(name, host, port)]
+                    self.ports.append((name, adopt_listener(self._reactor, sock, handler)))
+                    continue
                 bind = listen_udp if name in ("udp", "dtls") else listen_tcp
                 try:
                     self.ports.append((name, bind(self._reactor, host, port, handler)))
@@ -274,25 +352,6 @@ class TurnService(service.MultiService):
             self._stream_factories = []
             raise
 
-    def _check_relay_addresses(self) -> None:
-        """
-        Every relay address must be one this host can bind, or every
-        Allocate on it would fail: say so now, once, and do not start.
-        """
-        for host in self.relay_addresses:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_DGRAM) as probe:
-                try:
-                    probe.bind((host, 0))
-                except OSError as e:
-                    if e.errno == errno.EADDRNOTAVAIL:
-                        raise RuntimeError(
-                            f"relay address {host} (--relay-ip) is not an address of this host"
-                        ) from None
-                    raise RuntimeError(
-                        f"cannot open relays on {host} (--relay-ip): {e.strerror}"
-                    ) from None
-
     def _share_descriptors(self) -> None:
         """
         Read (and raise, where allowed) the descriptor limit, and keep
@@ -304,7 +363,10 @@ class TurnService(service.MultiService):
             descriptors.connection_budget(limit)
         )
         config = self.server.config
-        self._descriptor_quota = descriptors.allocation_budget(limit)
+        # Workers count places together: N of them have N times the budget.
+        self._descriptor_quota = descriptors.allocation_budget(limit) * (
+            self._shard.count if self._shard else 1
+        )
         if not config.total_quota:
             self.server.reconfigure(replace(config, total_quota=self._descriptor_quota))
         self.log.info(
@@ -436,6 +498,8 @@ class TurnService(service.MultiService):
         if config is not None:
             if not config.total_quota and self._descriptor_quota:
                 config = replace(config, total_quota=self._descriptor_quota)
+            if self._shard is not None:
+                config = self._shard.share(config)
             self.server.reconfigure(config)
             changed.append("quotas and limits")
         if tls is not None:

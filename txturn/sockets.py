@@ -79,28 +79,48 @@ def bound_socket(host: str, port: int, kind: int, reuse_port: bool = False) -> s
     return sock
 
 
+def listening_socket(
+    host: str, port: int, datagram: bool, reuse_port: bool = False
+) -> socket.socket:
+    """
+    A listener's socket, bound (UDP, with a deep receive buffer) or
+    listening (TCP); with C{reuse_port}, one of a C{SO_REUSEPORT} group,
+    as the supervisor of C{--workers N} binds one per worker.
+    """
+    if datagram:
+        sock = bound_socket(host, port, socket.SOCK_DGRAM, reuse_port)
+        enlarge_receive_buffer(sock)
+        return sock
+    sock = bound_socket(host, port, socket.SOCK_STREAM, reuse_port)
+    # A deep backlog: under a connection flood, legitimate clients wait in
+    # the queue (refused ones leave it at once) instead of losing their
+    # SYNs and retrying a second later.
+    sock.listen(1024)
+    return sock
+
+
+def adopt_listener(reactor: Any, sock: socket.socket, handler: Any) -> Any:
+    """
+    Give a listening socket to the reactor with its protocol (UDP) or
+    factory (TCP); returns the listening port.  The reactor holds its own
+    duplicate of the descriptor: the caller closes C{sock} when it wants.
+    """
+    if sock.type == socket.SOCK_DGRAM:
+        return reactor.adoptDatagramPort(sock.fileno(), sock.family, handler, MAX_DATAGRAM)
+    return reactor.adoptStreamPort(sock.fileno(), sock.family, handler)
+
+
 def listen_udp(reactor: Any, host: str, port: int, protocol: DatagramProtocol) -> Any:
     """
     Bind a UDP listener and adopt it; returns the listening port.
     """
-    sock = bound_socket(host, port, socket.SOCK_DGRAM)
-    enlarge_receive_buffer(sock)
-    try:
-        return reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol, MAX_DATAGRAM)
-    finally:
-        sock.close()  # the reactor holds its own duplicate
+    with listening_socket(host, port, datagram=True) as sock:
+        return adopt_listener(reactor, sock, protocol)
 
 
 def listen_tcp(reactor: Any, host: str, port: int, factory: IProtocolFactory) -> Any:
     """
     Bind a TCP listener and adopt it; returns the listening port.
     """
-    sock = bound_socket(host, port, socket.SOCK_STREAM)
-    try:
-        # A deep backlog: under a connection flood, legitimate clients wait
-        # in the queue (refused ones leave it at once) instead of losing
-        # their SYNs and retrying a second later.
-        sock.listen(1024)
-        return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
-    finally:
-        sock.close()
+    with listening_socket(host, port, datagram=False) as sock:
+        return adopt_listener(reactor, sock, factory)

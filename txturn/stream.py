@@ -25,7 +25,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.framing import StreamFramer
-from txturn.interfaces import Address, IPeerConnection, IStreamClientChannel, host_port
+from txturn.interfaces import (
+    Address,
+    IConnectionHandoff,
+    IPeerConnection,
+    IStreamClientChannel,
+    host_port,
+)
 from txturn.log_level import logger
 from txturn.server import TurnServer
 from txturn.stream_guard import StreamGuard
@@ -129,6 +135,16 @@ class TurnStreamProtocol(Protocol):
         if remaining:
             peer.write(remaining)
 
+    def hand_off(self, worker: int, frame: bytes) -> bool:
+        """
+        Pass this connection, with the ConnectionBind C{frame} read from
+        it, to the worker that holds the peer connection it names.
+        """
+        handoff = getattr(self.factory, "handoff", None)
+        if handoff is None or self.transport is None:
+            return False
+        return bool(handoff.hand_off(worker, self.transport, self.transport_name, frame))
+
     def send(self, data: bytes, address: Address) -> None:
         if self.congested:
             self._server.count("dropped_congested")
@@ -171,12 +187,15 @@ class TurnStreamFactory(Factory):
         transport_name: str,
         max_buffer: int | None = None,
         guard: StreamGuard | None = None,
+        handoff: IConnectionHandoff | None = None,
     ) -> None:
         self._server = server
         self._transport_name = transport_name
         self._max_buffer = max_buffer
         #: Deadlines and caps, when the service set them up.
         self.guard = guard
+        #: Where a ConnectionBind for another worker's connection goes.
+        self.handoff = handoff
         self.connections: set[TurnStreamProtocol] = set()
 
     def buildProtocol(self, addr: object) -> TurnStreamProtocol:

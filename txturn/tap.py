@@ -22,30 +22,45 @@ from txturn.log_level import set_log_level
 from txturn.options import SECRET_VARIABLE, Options
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
-from txturn.service import TurnService
+from txturn.service import TurnService, check_relay_addresses, listener_addresses
 from txturn.signals import SignalHandlers
 from txturn.tls import TlsCredentials
 from txturn.usage_records import UsageRecords
+from txturn.workers.shard import Shard
+from txturn.workers.supervisor import Supervisor
 
 __all__ = ["Options", "makeService", "SECRET_VARIABLE"]
 
 _log = Logger()
 
 
-def makeService(options: Options, reactor: Any = None) -> TurnService:
+def makeService(
+    options: Options, reactor: Any = None, shard: Shard | None = None, announce: bool = True
+) -> Any:
     """
     Build the L{TurnService} the options describe, which reloads them on
-    SIGHUP and SIGUSR2 (L{txturn.signals}).
+    SIGHUP and SIGUSR2 (L{txturn.signals}); with C{--workers} above 1, the
+    L{Supervisor} of that many, each of which builds its L{TurnService}
+    here again, with its L{Shard}.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
     set_log_level(options["log-level"])
-    for warning in options["config-warnings"]:
-        _log.warn("{warning}", warning=warning)
-    credentials, announce = _credentials(options)
-    _summarize(options)
+    if shard is None:
+        for warning in options["config-warnings"]:
+            _log.warn("{warning}", warning=warning)
+    credentials, generated = _credentials(options)
+    if shard is None:
+        _summarize(options)
+        if options["workers"] > 1:
+            return _supervisor(options, reactor, generated)
+    metrics_listen = (
+        (options["prometheus-address"], options["prometheus-port"])
+        if options["prometheus"] and shard is None
+        else None
+    )
     turn = TurnService(
         reactor,
         credentials,
@@ -55,18 +70,16 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
         max_port=options["max-port"],
         policy=_policy(options),
         config=_config(options),
-        announce=announce,
+        announce=generated if announce else None,
         tls=_tls(options),
         tls_port=options["tls-port"],
         transports=options["transports"],
         external_ips=options["external-map"],
         tcp_buffer=options["tcp-buffer"],
         max_tcp_buffer=options["max-tcp-buffer"],
-        metrics_listen=(
-            (options["prometheus-address"], options["prometheus-port"])
-            if options["prometheus"]
-            else None
-        ),
+        metrics_listen=metrics_listen,
+        metrics=shard is not None and options["prometheus"],
+        shard=shard,
         limits=ConnectionLimits(
             max_connections=options["max-connections"],
             max_unallocated_per_source=options["max-connections-per-ip"],
@@ -92,6 +105,35 @@ def makeService(options: Options, reactor: Any = None) -> TurnService:
         turn
     )
     return turn
+
+
+def _supervisor(options: Options, reactor: Any, generated: tuple[str, str] | None) -> Supervisor:
+    """
+    The supervisor of C{--workers N}, which reloads and drains its workers
+    on the same signals.
+    """
+    check_relay_addresses(options["relay-ip"])
+    supervisor = Supervisor(
+        reactor,
+        options["argv"],
+        options["workers"],
+        listener_addresses(
+            [(host, options["port"]) for host in options["listen"]],
+            options["transports"],
+            options["cert"] is not None,
+            options["tls-port"],
+        ),
+        metrics_listen=(
+            (options["prometheus-address"], options["prometheus-port"])
+            if options["prometheus"]
+            else None
+        ),
+        generated_user=generated,
+    )
+    SignalHandlers(reactor, supervisor.reload, supervisor.drain).setServiceParent(  # type: ignore[no-untyped-call]
+        supervisor
+    )
+    return supervisor
 
 
 def _summarize(options: Options) -> None:

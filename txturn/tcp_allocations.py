@@ -34,7 +34,10 @@ class TcpAllocations:
 
     def __init__(self, server: "TurnServer") -> None:
         self._server = server
-        self.peer_connections = PeerConnections(server.reactor, on_closed=self._closed)
+        worker, workers = server.worker
+        self.peer_connections = PeerConnections(
+            server.reactor, on_closed=self._closed, worker=worker, workers=workers
+        )
 
     def peer_connected(self, allocation: Allocation, connection: IPeerConnection) -> None:
         """
@@ -129,7 +132,14 @@ class TcpAllocations:
             return request.fail(400, "ConnectionBind needs a TCP or TLS connection")
         if server.has_allocation(request.client):
             return request.fail(400, "A control connection cannot be a data connection")
-        entry = self.peer_connections.pending(request.get(Attr.CONNECTION_ID))
+        connection_id = request.get(Attr.CONNECTION_ID)
+        if connection_id is not None:
+            owner = self.peer_connections.owner(connection_id)
+            if owner != self.peer_connections.worker and IStreamClientChannel(
+                request.client
+            ).hand_off(owner, request.message.raw):
+                return
+        entry = self.peer_connections.pending(connection_id)
         if entry is None:
             return request.fail(400, "Missing or unknown CONNECTION-ID")
         if entry.allocation.username != request.username:

@@ -69,6 +69,7 @@ class RecordingClientChannel:
         self.local_address = local_address
         self.sent: list[tuple[bytes, Address]] = []
         self.attached: Any = None
+        self.handed_off: tuple[int, bytes] | None = None
 
     def send(self, data: bytes, address: Address) -> None:
         self.sent.append((data, address))
@@ -78,6 +79,13 @@ class RecordingClientChannel:
         Become a client data connection (stream transports only).
         """
         self.attached = peer
+
+    def hand_off(self, worker: int, frame: bytes) -> bool:
+        """
+        Record a hand-off to another worker (stream transports only).
+        """
+        self.handed_off = (worker, frame)
+        return True
 
     def pop(self) -> bytes:
         """

@@ -17,6 +17,7 @@ the allocation, which tells the client (RFC 8656 section 11.5).
 from __future__ import annotations
 
 import errno
+import os
 import resource
 import socket
 import struct
@@ -103,9 +104,14 @@ class RelayPort(udp.Port):
     def _bindSocket(self) -> None:
         # udp.Port._bindSocket without its "starting on" line: a relay
         # opens per allocation, and the allocation's own event says so.
+        # A socket another worker handed over (udp.Port's own attribute
+        # for adopted descriptors) is bound already.
+        skt = self._preexistingSocket
+        self._preexistingSocket = None
         try:
-            skt = self.createInternetSocket()
-            skt.bind((self.interface, self.port))
+            if skt is None:
+                skt = self.createInternetSocket()
+                skt.bind((self.interface, self.port))
         except OSError as e:
             raise CannotListenError(  # type: ignore[no-untyped-call]
                 self.interface, self.port, e
@@ -229,6 +235,16 @@ class UdpRelay(DatagramProtocol):
         except OSError:
             pass
 
+    def hand_over(self) -> int:
+        """
+        A duplicate of this relay's socket, for another worker, and this
+        relay closed here (its port stays bound by the duplicate).
+        """
+        assert self.transport is not None
+        descriptor = os.dup(self.transport.socket.fileno())  # type: ignore[attr-defined]
+        self.close()
+        return descriptor
+
     def close(self) -> object:
         self.receiver = _discard
         self.icmp_receiver = _discard_icmp
@@ -275,6 +291,20 @@ class UdpRelayAllocator:
             raise_unavailable(getattr(e.socketError, "errno", None), host)
             return None
         self.pool.take(host, port)
+        return relay
+
+    def adopt(self, descriptor: int) -> UdpRelay:
+        """
+        A relay on the bound socket C{descriptor}, which another worker
+        opened (a reservation it held); the caller closes C{descriptor}.
+        """
+        with socket.socket(fileno=os.dup(descriptor)) as sock:
+            host, family = sock.getsockname()[0], sock.family
+        relay = UdpRelay(self, host, self.pool.public(host))
+        listener = RelayPort._fromListeningDescriptor(  # type: ignore[no-untyped-call]
+            self._reactor, descriptor, family, relay, maxPacketSize=MAX_DATAGRAM
+        )
+        listener.startListening()
         return relay
 
     def open(self, family: int, even: bool, reserve_next: bool) -> tuple[UdpRelay, UdpRelay | None]:
