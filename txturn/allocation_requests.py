@@ -130,6 +130,7 @@ class AllocationRequests:
             if relay is not None:
                 reservations.adopt(token, relay, username)
                 self._table.count_user(username, 1)
+                server.count("reservations_fetched")
             # Without the reservation, the Allocate fails as for an
             # unknown token; with it, it succeeds here.
             self._allocate(request, fetch=False)

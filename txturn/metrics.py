@@ -191,6 +191,15 @@ class Metrics:
         for name, label in _QUOTAS.items():
             refused.add_metric([label], stats[name])
         yield refused
+        moved = CounterMetricFamily(
+            "turn_worker_transfers",
+            "Under --workers: RFC 6062 data connections handed to the worker holding "
+            "their peer connection, and EVEN-PORT reservations fetched from another worker.",
+            labels=["kind"],
+        )
+        moved.add_metric(["data_connection"], stats["handed_off"])
+        moved.add_metric(["reservation"], stats["reservations_fetched"])
+        yield moved
         yield CounterMetricFamily(
             "turn_challenges_rate_limited",
             "401 and 438 answers not sent: the source had its share.",

@@ -138,6 +138,7 @@ class TcpAllocations:
             if owner != self.peer_connections.worker and IStreamClientChannel(
                 request.client
             ).hand_off(owner, request.message.raw):
+                server.count("handed_off")
                 return
         entry = self.peer_connections.pending(connection_id)
         if entry is None:

@@ -30,7 +30,7 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from txturn.client import StunClient as StunClient  # re-exported for tests
-from txturn.credentials import ICredentialSource, StaticCredentials
+from txturn.credentials import ICredentialSource, NonceManager, StaticCredentials
 from txturn.events import IServerObserver
 from txturn.host_addresses import ipv6_available
 from txturn.interfaces import (
@@ -43,6 +43,7 @@ from txturn.interfaces import (
     ITcpRelayAllocator,
     RelayUnavailable,
 )
+from txturn.places import IPlaces
 from txturn.policy import PeerPolicy, parse_range
 from txturn.server import ServerConfig, TurnServer
 from txturn.stun import (
@@ -228,6 +229,9 @@ def make_server(
     tcp_relays: ITcpRelayAllocator | None = None,
     policy: PeerPolicy | None = None,
     observers: Sequence[IServerObserver] | None = None,
+    places: IPlaces | None = None,
+    worker: tuple[int, int] = (0, 1),
+    nonces: NonceManager | None = None,
     **config: Any,
 ) -> TurnServer:
     """
@@ -246,6 +250,9 @@ def make_server(
         ServerConfig(realm=realm, **config),
         tcp_relays=tcp_relays,
         observers=observers,
+        places=places,
+        worker=worker,
+        nonces=nonces,
     )
 
 

@@ -215,6 +215,7 @@ class Supervisor(service.MultiService):
             child.close()
         worker.pid = worker.process.pid
         worker.process.closeStdin()
+        self.log.info("Worker {index} started (pid {pid})", index=index, pid=worker.pid)
         worker.started = self._reactor.seconds()
         self._reactor.adoptStreamConnection(
             parent.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: worker.control)

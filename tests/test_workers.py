@@ -1,0 +1,532 @@
+"""
+C{--workers N}: the pieces in memory (shared places, port slices,
+CONNECTION-IDs and reservation tokens that name their worker, summed
+metrics), then a real C{twistd turn --workers 2} on loopback with
+coturn's uclient, our own clients, SIGKILL and SIGHUP.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.internet import reactor as _reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, readBody
+from zope.interface import implementer
+
+from tests.test_interop import (
+    OutputWatcher,
+    require,
+    spawn,
+    twistd_turn,
+    uclient_args,
+    uclient_totals,
+)
+from tests.test_metrics import value
+from tests.test_service import free_udp_port
+from txturn.credentials import NonceManager
+from txturn.interfaces import IReservationBroker
+from txturn.places import LocalPlaces
+from txturn.server import ServerConfig
+from txturn.stun import Attr, Class, Message, Method
+from txturn.testing import (
+    FakePeerConnection,
+    FakeRelayAllocator,
+    RecordingClientChannel,
+    StunClient,
+    authenticated_request,
+    exchange,
+    make_server,
+)
+from txturn.workers import shared_places
+from txturn.workers.shard import Shard
+from txturn.workers.shared_places import SharedPlaces
+from txturn.workers.summed_metrics import SummedMetrics
+
+reactor: Any = _reactor
+KEY = b"k" * 16
+
+
+class SharedPlacesTests(TestCase):
+    """
+    One table of places seen by two workers and the supervisor.
+    """
+
+    def setUp(self) -> None:
+        self.fd = shared_places.create(2, rows=64)
+        self.addCleanup(os.close, self.fd)
+        self.views = [SharedPlaces(self.fd, i, KEY) for i in (0, 1)]
+        self.supervisor = SharedPlaces(self.fd, None, KEY)
+        for view in [*self.views, self.supervisor]:
+            self.addCleanup(view.close)
+
+    def test_sum_across_workers(self) -> None:
+        """
+        What each worker adds is seen by every one: per user and in all.
+        """
+        zero, one = self.views
+        zero.add("alice", 3)
+        one.add("alice", 2)
+        one.add("bob", 1)
+        self.assertEqual(
+            (zero.held_by("alice"), one.held_by("alice"), zero.held_by("bob")), (5, 5, 1)
+        )
+        self.assertEqual((zero.in_use(), one.in_use()), (6, 6))
+        self.assertEqual(zero.held_by("carol"), 0)
+
+    def test_dead_worker_gives_back(self) -> None:
+        """
+        Clearing a dead worker's column gives back exactly its places.
+        """
+        zero, one = self.views
+        zero.add("alice", 1)
+        one.add("alice", 4)
+        self.assertEqual(self.supervisor.clear(1), 4)
+        self.assertEqual((zero.held_by("alice"), zero.in_use()), (1, 1))
+
+    def test_rows_reused(self) -> None:
+        """
+        A user holding nothing frees the row: far more users than rows
+        can come and go.
+        """
+        zero = self.views[0]
+        for n in range(1000):
+            zero.add(f"user{n}", 1)
+            zero.add(f"user{n}", -1)
+        zero.add("last", 1)
+        self.assertEqual((zero.held_by("last"), zero.in_use()), (1, 1))
+
+    def test_full(self) -> None:
+        """
+        With every row held, a new user is refused, not written anywhere.
+        """
+        zero = self.views[0]
+        for n in range(64):
+            zero.add(f"user{n}", 1)
+        self.assertRaises(shared_places.PlacesFull, zero.add, "one too many", 1)
+
+    def test_lock_excludes_other_processes(self) -> None:
+        """
+        While a worker checks a quota, another process cannot take the
+        lock.
+        """
+        probe = (
+            "import fcntl, sys\n"
+            f"try:\n    fcntl.lockf({self.fd}, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            "except OSError:\n    sys.exit(3)\n"
+        )
+        with self.views[0].transaction():
+            with self.views[0].transaction():  # re-entrant
+                locked = subprocess.run([sys.executable, "-c", probe], pass_fds=[self.fd])
+        free = subprocess.run([sys.executable, "-c", probe], pass_fds=[self.fd])
+        self.assertEqual((locked.returncode, free.returncode), (3, 0))
+
+
+def _shard(index: int, count: int) -> Shard:
+    return Shard(index, count, LocalPlaces(), b"s" * 32)
+
+
+class ShardTests(TestCase):
+    def test_relay_slices(self) -> None:
+        """
+        Disjoint, even-sized, even-aligned slices covering the range.
+        """
+        slices = [_shard(i, 3).relay_ports(49152, 65535) for i in range(3)]
+        self.assertEqual(slices[0][0], 49152)
+        self.assertEqual(slices[-1][1], 65535)
+        for (_, high), (low, _) in zip(slices, slices[1:]):
+            self.assertEqual(low, high + 1)
+        self.assertTrue(all(low % 2 == 0 for low, _ in slices))
+        self.assertRaises(ValueError, _shard(0, 4).relay_ports, 50000, 50005)
+
+    def test_challenge_share(self) -> None:
+        """
+        Each of N workers answers 1/N of a source's challenges.
+        """
+        config = _shard(0, 4).share(ServerConfig(challenge_rate=100, challenge_burst=1000))
+        self.assertEqual((config.challenge_rate, config.challenge_burst), (25, 250))
+
+
+class CoreAcrossWorkersTests(TestCase):
+    """
+    The core, as worker 1 of 2, with a Clock.
+    """
+
+    def setUp(self) -> None:
+        self.fd = shared_places.create(2, rows=64)
+        self.addCleanup(os.close, self.fd)
+        self.places = [SharedPlaces(self.fd, i, KEY) for i in (0, 1)]
+        self.clock = Clock()
+        self.relays = FakeRelayAllocator()
+        nonces = NonceManager()  # one key for every worker
+        self.servers = [
+            make_server(
+                {"test": "secret"},
+                clock=self.clock,
+                relays=self.relays,
+                user_quota=3,
+                places=self.places[i],
+                worker=(i, 2),
+                nonces=nonces,
+            )
+            for i in (0, 1)
+        ]
+        self.client = StunClient("test", "secret")
+        self.channel = RecordingClientChannel()
+
+    def allocate(
+        self, server: Any, port: int, *extra: tuple[int, Any], method: int = Method.ALLOCATE
+    ) -> Message:
+        attributes = [(Attr.REQUESTED_TRANSPORT, 17), *extra]
+        if method == Method.REFRESH:
+            attributes = [(Attr.LIFETIME, 0)]
+        return authenticated_request(
+            server, self.channel, self.client, method, attributes, ("127.0.0.1", port)
+        )
+
+    def test_user_quota_is_for_the_server(self) -> None:
+        """
+        A user limited to 3 gets 3 on the two workers together, and one
+        more once an allocation on the other worker ends.
+        """
+        answers = [self.allocate(self.servers[n % 2], 5000 + n) for n in range(4)]
+        codes = [a.get(Attr.ERROR_CODE)[0] if a.cls == Class.ERROR else 200 for a in answers]
+        self.assertEqual(codes, [200, 200, 200, 486])
+        self.allocate(self.servers[1], 5001, method=Method.REFRESH)
+        self.assertEqual(self.places[0].in_use(), 2)
+        self.assertEqual(self.allocate(self.servers[0], 6000).cls, Class.SUCCESS)
+
+    def test_connection_ids_name_their_worker(self) -> None:
+        """
+        Worker 1 of 2 hands out odd CONNECTION-IDs only.
+        """
+        peers = self.servers[1].peer_connections
+        ids = {peers.add(object(), FakePeerConnection(("127.0.0.1", 1))) for _ in range(50)}
+        self.assertEqual({i % 2 for i in ids}, {1})
+        self.assertEqual({peers.owner(i) for i in ids}, {1})
+
+    def test_connection_bind_handed_off(self) -> None:
+        """
+        A ConnectionBind naming worker 0's connection, on worker 1, goes
+        to worker 0 with the request's bytes, unanswered here.
+        """
+        channel = RecordingClientChannel("tcp")
+        server, address = self.servers[1], ("127.0.0.1", 7000)
+        attributes: list[tuple[int, Any]] = [(Attr.CONNECTION_ID, 1234)]
+        server.datagram_received(channel, self.client.request(Method.CONNECTION_BIND), address)
+        self.assertTrue(self.client.challenged(self.client.learn(channel.sent[-1][0])))
+        request = self.client.request(Method.CONNECTION_BIND, attributes)
+        server.datagram_received(channel, request, address)
+        self.assertEqual(channel.handed_off, (0, request))
+        self.assertEqual(len(channel.sent), 1)
+        self.assertEqual(server.stats["handed_off"], 1)
+        # Its own connection id stays here (and is unknown: 400).
+        server.datagram_received(
+            channel,
+            self.client.request(Method.CONNECTION_BIND, [(Attr.CONNECTION_ID, 1235)]),
+            address,
+        )
+        self.assertEqual(self.client.learn(channel.sent[-1][0]).get(Attr.ERROR_CODE)[0], 400)
+
+    def test_reservation_fetched(self) -> None:
+        """
+        An Allocate redeeming worker 0's reservation, on worker 1, is
+        answered once the reservation has been fetched; retransmissions
+        meanwhile are not answered; an unknown token gets 508.
+        """
+        reserved = self.allocate(self.servers[0], 5000, (Attr.EVEN_PORT, True))
+        token = reserved.get(Attr.RESERVATION_TOKEN)
+        self.assertEqual(self.servers[0].reservations.worker_of(token), 0)
+        broker = _Broker(self.servers[0])
+        self.servers[1].reservation_broker = broker
+        channel = RecordingClientChannel()
+        address = ("127.0.0.1", 5001)
+        request = self.client.request(
+            Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17), (Attr.RESERVATION_TOKEN, token)]
+        )
+        for _ in range(2):
+            self.servers[1].datagram_received(channel, request, address)
+        self.assertEqual((channel.sent, len(broker.pending)), ([], 1))
+        broker.pending[0].callback(broker.take(token))
+        self.assertEqual(len(channel.sent), 1)
+        answer = self.client.learn(channel.sent[0][0])
+        self.assertEqual(answer.cls, Class.SUCCESS, answer)
+        self.assertEqual(len(self.servers[0].reservations), 0)
+        # An unknown token (worker 0's numbering) fails as alone.
+        unknown = (2**40).to_bytes(8, "big")
+        request = self.client.request(
+            Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17), (Attr.RESERVATION_TOKEN, unknown)]
+        )
+        self.servers[1].datagram_received(channel, request, ("127.0.0.1", 5003))
+        broker.pending[1].callback(None)
+        self.assertEqual(self.client.learn(channel.sent[-1][0]).get(Attr.ERROR_CODE)[0], 508)
+
+
+@implementer(IReservationBroker)
+class _Broker:
+    def __init__(self, owner: Any) -> None:
+        self._owner = owner
+        self.pending: list[defer.Deferred[Any]] = []
+
+    def fetch(self, worker: int, token: bytes, owner: str) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    def take(self, token: bytes) -> Any:
+        return self._owner.reservations.take(token, "test")
+
+
+class SummedMetricsTests(TestCase):
+    def test_sum_and_retire(self) -> None:
+        """
+        Counters and gauges add up; a dead worker's gauges go, its
+        counters stay.
+        """
+        summed = SummedMetrics()
+        for index, (created, alive) in enumerate([(5, 2), (7, 3)]):
+            summed.scraped(
+                index,
+                '[["turn_allocations_created","counter","c",'
+                f'["turn_allocations_created_total",{{"transport":"udp"}},{created}]],'
+                f'["turn_allocations","gauge","g",["turn_allocations",{{}},{alive}]]]',
+            )
+        page = summed.render([0, 1]).decode()
+        self.assertIn('turn_allocations_created_total{transport="udp"} 12.0', page)
+        self.assertIn("turn_allocations 5.0", page)
+        summed.worker_died(1)
+        page = summed.render([0]).decode()
+        self.assertIn('turn_allocations_created_total{transport="udp"} 12.0', page)
+        self.assertIn("turn_allocations 2.0", page)
+
+
+def _search(pattern: bytes, text: bytes) -> bytes:
+    match = re.search(pattern, text)
+    assert match is not None, text[-2000:]
+    return match.group(1)
+
+
+# -- a real twistd turn --workers 2 -----------------------------------------------
+
+
+def _worker_of(port: int, low: int, high: int) -> int:
+    """
+    Which of 2 workers relays on C{port} of C{low}-C{high}.
+    """
+    return 0 if port <= (low + high) // 2 else 1
+
+
+class TwistdWorkersTests(TestCase):
+    """
+    C{twistd turn --workers 2} with real clients.
+    """
+
+    low, high = 41000, 42999
+
+    def start(self, *options: str) -> OutputWatcher:
+        self.port = free_udp_port()
+        self.metrics_port = free_udp_port()
+        argv = twistd_turn(
+            self.port,
+            "--relay-ip", "127.0.0.1", "--min-port", str(self.low), "--max-port", str(self.high),
+            "--workers", "2", "-u", "test:secret", "--allow-loopback-peers", "--no-dtls",
+            "--prometheus", "--prometheus-address", "127.0.0.1",
+            "--prometheus-port", str(self.metrics_port),
+            *options,
+        )  # fmt: skip
+        self.server = spawn(argv, self)
+        return self.server
+
+    @defer.inlineCallbacks
+    def ready(self) -> Any:
+        for index in (0, 1):
+            yield self.server.wait_for(rb"\[worker %d [^\]]*\] Relaying on" % index)
+
+    @defer.inlineCallbacks
+    def metrics(self) -> Any:
+        response = yield Agent(reactor).request(
+            b"GET", f"http://127.0.0.1:{self.metrics_port}/metrics".encode()
+        )
+        body = yield readBody(response)
+        return body.decode()
+
+    def udp_client(self) -> tuple[socket.socket, Any]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        self.addCleanup(sock.close)
+        client = StunClient("test", "secret")
+
+        def request(method: int, attrs: list[tuple[int, Any]]) -> Message:
+            return exchange(
+                client,
+                method,
+                attrs,
+                lambda data: sock.sendto(data, ("127.0.0.1", self.port)),
+                lambda: sock.recv(4096),
+            )
+
+        return sock, request
+
+    @defer.inlineCallbacks
+    def test_uclient_200_clients(self) -> Any:
+        """
+        200 uclient clients (300 allocations: the RTCP allocation of each
+        RTP/RTCP pair redeems an EVEN-PORT reservation, which the other
+        worker holds half the time) lose nothing; both workers relay;
+        /metrics sums both.
+        """
+        uclient = require("turnutils_uclient")
+        peer_port = free_udp_port()
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        self.start("--user-quota", "0")
+        yield self.ready()
+        out, err, _ = yield getProcessOutputAndValue(
+            uclient, uclient_args(self.port, peer_port, 10, 200), env=os.environ.copy()
+        )
+        output = out.decode(errors="replace") + err.decode(errors="replace")
+        sent, received, lost = uclient_totals(output)
+        self.assertEqual((sent, received, lost), (2000, 2000, 0), output[-2000:])
+        self.assertNotIn("error 5", output)
+        log = self.server.output.decode()
+        for index in (0, 1):
+            self.assertGreater(
+                log.count(f"[worker {index} txturn.event_log.EventLog#info] Alloc"), 50
+            )
+        page = yield self.metrics()
+        # One allocation per client, and one more per RTP/RTCP pair's
+        # RTCP side: the sum of both workers' counts.
+        self.assertEqual(value(page, "turn_allocations_created_total", transport="udp"), 300)
+        self.assertGreater(value(page, "turn_worker_transfers_total", kind="reservation"), 0)
+        self.assertEqual(value(page, "turn_workers"), 2)
+
+    @defer.inlineCallbacks
+    def test_uclient_tcp_allocations(self) -> Any:
+        """
+        20 RFC 6062 clients (-T): the ConnectionBinds the kernel gives the
+        wrong worker are handed to the right one, and nothing is lost.
+        """
+        uclient = require("turnutils_uclient")
+        peer_port = free_udp_port()
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        self.start("--user-quota", "0")
+        yield self.ready()
+        out, err, _ = yield getProcessOutputAndValue(
+            uclient, ["-T", "-t", *uclient_args(self.port, peer_port, 20, 20)],
+            env=os.environ.copy(),
+        )  # fmt: skip
+        output = out.decode(errors="replace") + err.decode(errors="replace")
+        sent, received, lost = uclient_totals(output)
+        self.assertEqual((sent, received, lost), (400, 400, 0), output[-2000:])
+        page = yield self.metrics()
+        self.assertGreater(value(page, "turn_worker_transfers_total", kind="data_connection"), 0)
+
+    @defer.inlineCallbacks
+    def test_quota_across_workers(self) -> Any:
+        """
+        --user-quota 10 with clients on both workers: 10 allocations in
+        all, the rest 486.
+        """
+        self.start("--user-quota", "10")
+        yield self.ready()
+        codes = []
+        workers = set()
+        for _ in range(14):
+            _, request = self.udp_client()
+            answer = yield threads.deferToThread(
+                request, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]
+            )
+            if answer.cls == Class.SUCCESS:
+                codes.append(200)
+                workers.add(
+                    _worker_of(answer.get(Attr.XOR_RELAYED_ADDRESS)[1], self.low, self.high)
+                )
+            else:
+                codes.append(answer.get(Attr.ERROR_CODE)[0])
+        self.assertEqual((codes.count(200), codes.count(486)), (10, 4))
+        self.assertEqual(workers, {0, 1})
+
+    @defer.inlineCallbacks
+    def test_sigkill_and_sighup(self) -> Any:
+        """
+        SIGKILL one worker while allocations live on both: the other
+        worker's keep relaying and refreshing, the dead one's get 437, the
+        replacement (started within a second) serves new ones, and its
+        places are given back.  SIGHUP then reaches every worker.
+        """
+        self.start("--user-quota", "12")
+        yield self.ready()
+        echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        echo.bind(("127.0.0.1", 0))
+        self.addCleanup(echo.close)
+        peer = echo.getsockname()
+        allocations: dict[int, list[Any]] = {0: [], 1: []}
+        while (
+            min(len(a) for a in allocations.values()) < 2 or sum(map(len, allocations.values())) < 6
+        ):
+            sock, request = self.udp_client()
+            answer = yield threads.deferToThread(
+                request, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]
+            )
+            self.assertEqual(answer.cls, Class.SUCCESS, answer)
+            relayed = answer.get(Attr.XOR_RELAYED_ADDRESS)
+            yield threads.deferToThread(
+                request,
+                Method.CHANNEL_BIND,
+                [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, peer)],
+            )
+            allocations[_worker_of(relayed[1], self.low, self.high)].append(
+                (sock, request, relayed)
+            )
+        pid = int(_search(rb"Worker 1 started \(pid (\d+)\)", self.server.output))
+        os.kill(pid, signal.SIGKILL)
+        killed_at = reactor.seconds()
+        yield self.server.wait_for(
+            rb"Worker 1 \(pid %d\) was killed by SIGKILL; (\d+) places" % pid
+        )
+        match = yield self.server.wait_for(rb"Worker 1 started \(pid (?!%d)\d+\)" % pid)
+        self.assertLess(reactor.seconds() - killed_at, 1.0)
+        given_back = int(_search(rb"killed by SIGKILL; (\d+) places", self.server.output))
+        self.assertEqual(given_back, len(allocations[1]))
+        yield self.server.wait_for(
+            rb"\[worker 1 [^\]]*\] Relaying on.*\[worker 1 [^\]]*\] Relaying on"
+        )
+        del match
+        # Worker 0's allocations relay and refresh; worker 1's are gone.
+        for sock, request, relayed in allocations[0]:
+            sock.sendto(b"\x40\x00\x00\x04ping", ("127.0.0.1", self.port))
+            data, source = yield threads.deferToThread(echo.recvfrom, 100)
+            self.assertEqual((data, source[1]), (b"ping", relayed[1]))
+            refreshed = yield threads.deferToThread(request, Method.REFRESH, [(Attr.LIFETIME, 600)])
+            self.assertEqual(refreshed.cls, Class.SUCCESS)
+        for _, request, _ in allocations[1]:
+            refreshed = yield threads.deferToThread(request, Method.REFRESH, [(Attr.LIFETIME, 600)])
+            self.assertEqual(refreshed.get(Attr.ERROR_CODE)[0], 437)
+        # The replacement serves new allocations, and the quota counts
+        # only the live ones: 12 - len(allocations[0]) more fit.
+        served = set()
+        for _ in range(12 - len(allocations[0])):
+            _, request = self.udp_client()
+            answer = yield threads.deferToThread(
+                request, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]
+            )
+            self.assertEqual(answer.cls, Class.SUCCESS, answer)
+            served.add(_worker_of(answer.get(Attr.XOR_RELAYED_ADDRESS)[1], self.low, self.high))
+        self.assertIn(1, served)
+        page = yield self.metrics()
+        self.assertEqual(value(page, "turn_worker_restarts_total"), 1)
+        # SIGHUP reaches both workers.
+        assert self.server.transport is not None
+        self.server.transport.signalProcess("HUP")
+        for index in (0, 1):
+            yield self.server.wait_for(rb"\[worker %d [^\]]*\] SIGHUP: reloaded" % index)
+        yield deferLater(reactor, 0, lambda: None)
