@@ -46,6 +46,7 @@ from txturn.testing import (
     authenticated_request,
     exchange,
     make_server,
+    self_signed_certificate,
 )
 from txturn.workers import shared_places
 from txturn.workers.shard import Shard
@@ -429,6 +430,38 @@ class TwistdWorkersTests(TestCase):
         self.assertEqual((sent, received, lost), (400, 400, 0), output[-2000:])
         page = yield self.metrics()
         self.assertGreater(value(page, "turn_worker_transfers_total", kind="data_connection"), 0)
+
+    @defer.inlineCallbacks
+    def test_uclient_tcp_allocations_over_tls(self) -> Any:
+        """
+        RFC 6062 over TLS (-T -S): a TLS session cannot move, so the
+        worker that terminates it splices the data connection to the
+        worker holding the peer connection; nothing is lost.  (uclient
+        -T -S stalls past 2 clients with one process too.)
+        """
+        uclient = require("turnutils_uclient")
+        peer_port = free_udp_port()
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        cert, key = self_signed_certificate(directory)
+        tls_port = free_udp_port()
+        self.start("--cert", cert, "--key", key, "--tls-port", str(tls_port))
+        yield self.ready()
+        moved = 0.0
+        for _ in range(3):
+            out, err, _ = yield getProcessOutputAndValue(
+                uclient,
+                ["-T", "-S", "-t", *uclient_args(tls_port, peer_port, 20, 2)],
+                env=os.environ.copy(),
+            )
+            output = out.decode(errors="replace") + err.decode(errors="replace")
+            self.assertEqual(uclient_totals(output), (40, 40, 0), output[-2000:])
+            page = yield self.metrics()
+            moved = value(page, "turn_worker_transfers_total", kind="data_connection")
+        # Each run binds 4 data connections, half of them on the wrong
+        # worker on average: 3 runs with none moved would be 1 in 4,096.
+        self.assertGreater(moved, 0)
 
     @defer.inlineCallbacks
     def test_quota_across_workers(self) -> Any:

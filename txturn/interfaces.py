@@ -77,13 +77,11 @@ class IConnectionHandoff(Interface):
     (L{txturn.workers.handoff}).
     """
 
-    def hand_off(worker: int, transport: Any, transport_name: str, frame: bytes) -> bool:
+    def hand_off(worker: int, channel: Any, frame: bytes) -> bool:
         """
-        Give the connection of C{transport}, with the C{frame} already read
-        from it, to worker C{worker}; C{False} if it cannot be given (a
-        TLS connection, whose session lives in this process).  On success
-        the caller's transport is closed here without closing the
-        connection.
+        Give the client connection C{channel} (a stream protocol), with
+        the C{frame} already read from it, to worker C{worker}, which
+        answers C{frame} on it; C{False} if it cannot be given.
         """
 
 

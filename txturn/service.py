@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
@@ -33,13 +34,13 @@ from txturn.credentials import ICredentialSource, NonceManager
 from txturn.dtls import DtlsListener
 from txturn.events import AllocationDeleted, IServerObserver
 from txturn.host_addresses import host_addresses
-from txturn.interfaces import host_port
+from txturn.interfaces import Address, host_port
 from txturn.limits import ConnectionLimits
 from txturn.log_level import logger
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig, TurnServer
 from txturn.sockets import adopt_listener, listen_tcp, listen_udp
-from txturn.stream import TurnStreamFactory
+from txturn.stream import TurnStreamFactory, TurnStreamProtocol
 from txturn.stream_guard import AdmissionFactory, StreamGuard
 from txturn.tcp_relay import DEFAULT_BUFFER_LIMIT, TcpRelayAllocator
 from txturn.tls import ServerConnectionCreator, TlsCredentials
@@ -221,6 +222,7 @@ class TurnService(service.MultiService):
         #: The factory of the plain TCP listener: where a data connection
         #: another worker hands this one goes.
         self.tcp_factory: AdmissionFactory | None = None
+        self._tls_stream_factory: TurnStreamFactory | None = None
         self._address_refresh: Any = None
         self._host_addresses: list[str] = []
         self._own_addresses = own
@@ -304,12 +306,13 @@ class TurnService(service.MultiService):
             )
             self._dtls_listeners.append(listener)
             return listener
-        handoff = self._shard.handoff if self._shard is not None and name == "tcp" else None
+        handoff = self._shard.handoff if self._shard is not None else None
         factory = TurnStreamFactory(server, name, self._max_tcp_buffer, self.guard, handoff)
         self._stream_factories.append(factory)
         if name == "tcp":
             self.tcp_factory = AdmissionFactory(self.guard, factory)
             return self.tcp_factory
+        self._tls_stream_factory = factory
         assert self.tls is not None
         # The TLS layer batches small writes until the next turn of its
         # clock: that must be our reactor, not the global one.
@@ -318,6 +321,21 @@ class TurnService(service.MultiService):
         tls_factory = TLSMemoryBIOFactory(creator, False, factory, clock=self._reactor)
         tls_factory.noisy = False
         return AdmissionFactory(self.guard, tls_factory)
+
+    def stream_factory(self, transport: str, forwarded: Sequence[str] = ()) -> Any:
+        """
+        Where a client connection another worker hands over goes: the TCP
+        listener's factory; for TLS, a factory of protocols over the
+        socket pair that worker decrypts into, told the client's
+        C{forwarded} (host, port, local host, local port).
+        """
+        if transport == "tcp":
+            return self.tcp_factory
+        inner = self._tls_stream_factory
+        if inner is None or len(forwarded) != 4:
+            return None
+        peer_host, peer_port, local_host, local_port = forwarded
+        return _Forwarded(inner, ((peer_host, int(peer_port)), (local_host, int(local_port))))
 
     def privilegedStartService(self) -> None:
         self._bind()
@@ -549,6 +567,24 @@ class TurnService(service.MultiService):
         if isinstance(parent_stopped, defer.Deferred):
             closing.append(parent_stopped)
         return defer.gatherResults(closing, consumeErrors=True)
+
+
+class _Forwarded(Factory):
+    """
+    One protocol of C{inner}'s over a socket pair, told the addresses of
+    the client connection it stands for.
+    """
+
+    noisy = False
+
+    def __init__(self, inner: TurnStreamFactory, addresses: tuple[Address, Address]) -> None:
+        self._inner = inner
+        self._addresses = addresses
+
+    def buildProtocol(self, addr: Any) -> TurnStreamProtocol:
+        protocol = self._inner.buildProtocol(addr)
+        protocol.forwarded = self._addresses
+        return protocol
 
 
 @implementer(IServerObserver)

@@ -51,6 +51,10 @@ class TurnStreamProtocol(Protocol):
 
     log = logger()
     stream = True
+    #: (client, local) addresses of a connection another worker
+    #: terminates and forwards here over a socket pair (TLS under
+    #: C{--workers}); C{None} for a connection of our own.
+    forwarded: tuple[Address, Address] | None = None
 
     def __init__(
         self, server: TurnServer, transport_name: str, max_buffer: int | None = None
@@ -71,11 +75,15 @@ class TurnStreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        peer: Any = self.transport.getPeer()
-        host: Any = self.transport.getHost()
-        self.peer_address = (peer.host, peer.port)
-        self.peer_host = peer.host
-        self.local_address = (host.host, host.port)
+        if self.forwarded is not None:
+            self.peer_address, self.local_address = self.forwarded
+            self.handshake_done = True  # done by the worker that forwards
+        else:
+            peer: Any = self.transport.getPeer()
+            host: Any = self.transport.getHost()
+            self.peer_address = (peer.host, peer.port)
+            self.local_address = (host.host, host.port)
+        self.peer_host = self.peer_address[0]
         transport: Any = self.transport
         if self._max_buffer is not None and hasattr(transport, "bufferSize"):
             transport.bufferSize = self._max_buffer
@@ -143,7 +151,7 @@ class TurnStreamProtocol(Protocol):
         handoff = getattr(self.factory, "handoff", None)
         if handoff is None or self.transport is None:
             return False
-        return bool(handoff.hand_off(worker, self.transport, self.transport_name, frame))
+        return bool(handoff.hand_off(worker, self, frame))
 
     def send(self, data: bytes, address: Address) -> None:
         if self.congested:

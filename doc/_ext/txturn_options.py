@@ -28,8 +28,17 @@ def _entries() -> dict[str, tuple[str, str | None, str]]:
         found[long] = (f"--{long}={metavar}", default, doc)
     for long, short, doc in options.optFlags:
         found[long] = (f"--{long}", None, doc)
-    for name in ("listen", "relay-ip", "user", "external-ip", "allowed-peer-ip",
-                 "denied-peer-ip", "nat64-prefix", "static-auth-secret", "alternate-server"):
+    for name in (
+        "listen",
+        "relay-ip",
+        "user",
+        "external-ip",
+        "allowed-peer-ip",
+        "denied-peer-ip",
+        "nat64-prefix",
+        "static-auth-secret",
+        "alternate-server",
+    ):
         method = getattr(options, "opt_" + name.replace("-", "_"))
         found[name] = (f"--{name}=VALUE", None, " ".join((method.__doc__ or "").split()))
     found["help"] = ("--help", None, "Show the help and exit.")

@@ -62,6 +62,10 @@ class HandOff(amp.Command):
         (b"connection", amp.Descriptor()),
         (b"family", amp.Integer()),
         (b"frame", amp.String()),
+        (b"transport", amp.Unicode()),
+        # For a connection forwarded over a socket pair (TLS): the
+        # client's host and port and the server's, else empty.
+        (b"forwarded", amp.ListOf(amp.Unicode())),
     ]
     response = [(b"accepted", amp.Boolean())]
 

@@ -355,7 +355,7 @@ class Supervisor(service.MultiService):
         return done.addCallback(lambda _: self.metrics.render(sorted(self.workers)))
 
     def pass_connection(
-        self, worker: int, connection: int, family: int, frame: bytes
+        self, worker: int, connection: int, **rest: Any
     ) -> defer.Deferred[dict[str, bool]]:
         """
         Give a data connection to worker C{worker}; C{accepted} is false
@@ -365,9 +365,7 @@ class Supervisor(service.MultiService):
         if target is None or not target.ready:
             os.close(connection)
             return defer.succeed({"accepted": False})
-        answer = target.control.callRemote(
-            HandOff, worker=worker, connection=connection, family=family, frame=frame
-        )
+        answer = target.control.callRemote(HandOff, worker=worker, connection=connection, **rest)
 
         def done(result: Any) -> dict[str, bool]:
             os.close(connection)
@@ -471,9 +469,9 @@ class _SupervisorControl(QuietAMP):
 
     @HandOff.responder
     def hand_off(
-        self, worker: int, connection: int, family: int, frame: bytes
+        self, worker: int, connection: int, **rest: Any
     ) -> defer.Deferred[dict[str, bool]]:
-        return self._worker.supervisor.pass_connection(worker, connection, family, frame)
+        return self._worker.supervisor.pass_connection(worker, connection, **rest)
 
 
 class SummedMetricsPage(Resource):

@@ -6,25 +6,37 @@ client's 5-tuple reached the wrong one for what it asks:
  - L{Handoff}: a RFC 6062 ConnectionBind arrives on a new TCP connection,
    which the kernel gave to any worker; the CONNECTION-ID says which
    worker holds the peer connection, and the client's connection (its
-   descriptor, with C{SCM_RIGHTS}) goes there with the request;
+   descriptor, with C{SCM_RIGHTS}) goes there with the request; a TLS
+   session cannot leave its process, so a TLS connection stays, and
+   one end of a socket pair goes instead, the two joined by a L{Splice};
  - L{ReservationBroker}: an Allocate redeems an EVEN-PORT reservation
    another worker holds (the RTCP allocation of an RTP/RTCP pair comes
    from another client port); the token says which worker, and the
    reserved relay's socket comes here.
 
-Both move a descriptor, never a byte of relayed data: once moved, the
-connection or relay is this worker's like any other.
+Both move a descriptor; only a TLS data connection's bytes pass through
+the worker that decrypts them.  Once moved, the connection or relay is
+the other worker's like any other.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txturn.interfaces import IConnectionHandoff, IRelay, IReservationBroker
+from txturn.interfaces import (
+    Address,
+    IConnectionHandoff,
+    IPeerConnection,
+    IRelay,
+    IReservationBroker,
+)
 from txturn.log_level import logger
 from txturn.workers.control import FetchReservation, HandOff
 
@@ -37,19 +49,21 @@ SENT_DESCRIPTOR_GRACE = 10.0
 @implementer(IConnectionHandoff)
 class Handoff:
     """
-    Gives a TCP client connection to another worker, through the
-    supervisor.
+    Gives a client connection to another worker, through the supervisor:
+    a TCP connection's descriptor itself, a TLS connection's bytes
+    through a splice.
     """
 
     log = logger()
 
-    def __init__(self, control: Any) -> None:
+    def __init__(self, control: Any, reactor: Any) -> None:
         self._control = control
+        self._reactor = reactor
 
-    def hand_off(self, worker: int, transport: Any, transport_name: str, frame: bytes) -> bool:
-        if transport_name != "tcp":
-            # A TLS session lives in this process's memory.
-            return False
+    def hand_off(self, worker: int, channel: Any, frame: bytes) -> bool:
+        if channel.transport_name != "tcp":
+            return self._forward(worker, channel, frame)
+        transport = channel.transport
         handle = transport.getHandle()
         descriptor = os.dup(handle.fileno())
         transport.stopReading()
@@ -60,19 +74,96 @@ class Handoff:
         transport._shouldShutdown = False
         transport.loseConnection()
         answer = self._control.callRemote(
-            HandOff, worker=worker, connection=descriptor, family=int(handle.family), frame=frame
+            HandOff,
+            worker=worker,
+            connection=descriptor,
+            family=int(handle.family),
+            frame=frame,
+            transport="tcp",
+            forwarded=[],
         )
-
-        def done(result: Any) -> None:
-            os.close(descriptor)
-            if not isinstance(result, dict) or not result.get("accepted"):
-                self.log.info(
-                    "A data connection for worker {worker} was not taken (it is restarting)",
-                    worker=worker,
-                )
-
-        answer.addBoth(done)
+        answer.addBoth(self._done, worker, descriptor)
         return True
+
+    def _forward(self, worker: int, channel: Any, frame: bytes) -> bool:
+        """
+        A TLS session cannot leave this process: the other worker gets one
+        end of a socket pair, with the client's addresses, and this
+        connection becomes a splice to the other end, decrypting here
+        what the client sends and encrypting what the other worker
+        answers, like a client data connection joined to its peer.
+        """
+        here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        splice = Splice(channel.peer_address)
+        self._reactor.adoptStreamConnection(
+            here.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: splice)
+        )
+        here.close()
+        descriptor = there.detach()
+        (peer_host, peer_port), (local_host, local_port) = (
+            channel.peer_address,
+            channel.local_address,
+        )
+        answer = self._control.callRemote(
+            HandOff,
+            worker=worker,
+            connection=descriptor,
+            family=int(socket.AF_UNIX),
+            frame=frame,
+            transport=channel.transport_name,
+            forwarded=[peer_host, str(peer_port), local_host, str(local_port)],
+        )
+        answer.addBoth(self._done, worker, descriptor)
+        channel.attach(splice)
+        return True
+
+    def _done(self, result: Any, worker: int, descriptor: int) -> None:
+        os.close(descriptor)
+        if not isinstance(result, dict) or not result.get("accepted"):
+            self.log.info(
+                "A data connection for worker {worker} was not taken (it is restarting)",
+                worker=worker,
+            )
+
+
+@implementer(IPeerConnection)
+class Splice(Protocol):
+    """
+    This worker's end of a socket pair to the worker that took a TLS
+    client's data connection: an L{IPeerConnection} the client
+    connection is attached to, so bytes flow both ways with each side
+    the other's producer, as between a client and its peer.
+    """
+
+    def __init__(self, peer_address: Address) -> None:
+        self.peer_address = peer_address
+        self.on_lost: Any = None
+        self._client: Any = None
+
+    def attach(self, client: Any) -> None:
+        self._client = client
+        transport: Any = self.transport
+        transport.registerProducer(client, True)
+        client.registerProducer(transport, True)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._client is not None:
+            self._client.write(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.loseConnection()
+        if self.on_lost is not None:
+            self.on_lost(self)
 
 
 @implementer(IReservationBroker)

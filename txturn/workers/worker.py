@@ -75,21 +75,35 @@ class WorkerControl(QuietAMP):
         return {"families": to_json(metrics.registry) if metrics is not None else "[]"}
 
     @HandOff.responder
-    def handed(self, worker: int, connection: int, family: int, frame: bytes) -> dict[str, bool]:
+    def handed(
+        self,
+        worker: int,
+        connection: int,
+        family: int,
+        frame: bytes,
+        transport: str,
+        forwarded: list[str],
+    ) -> dict[str, bool]:
         """
         A client's data connection, handed to this worker: adopt it into
-        the TCP listener's factory and read the ConnectionBind again.
+        its listener's factory and read the ConnectionBind again.  A TLS
+        connection comes as a socket pair its own worker decrypts, with
+        the client's addresses.
         """
         try:
-            factory = self.service.tcp_factory if self.service is not None else None
+            factory = (
+                self.service.stream_factory(transport, forwarded)
+                if self.service is not None
+                else None
+            )
             if factory is None:
                 return {"accepted": False}
-            transport = self._reactor.adoptStreamConnection(connection, family, factory)
+            adopted = self._reactor.adoptStreamConnection(connection, family, factory)
         finally:
             os.close(connection)
-        if transport is None:
+        if adopted is None:
             return {"accepted": False}
-        transport.protocol.dataReceived(frame)
+        adopted.protocol.dataReceived(frame)
         return {"accepted": True}
 
     @GiveReservation.responder
@@ -144,7 +158,7 @@ def main() -> None:
         SharedPlaces(PLACES_FD, index, bytes.fromhex(settings["places_key"])),
         bytes.fromhex(settings["nonce_secret"]),
         listeners,
-        Handoff(control),
+        Handoff(control, reactor),
     )
     service = makeService(options, reactor, shard=shard, announce=settings.get("announce", False))
     control.service = service
