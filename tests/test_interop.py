@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
@@ -35,8 +35,14 @@ from txturn.events import AllocationCreated, IServerObserver, RequestAnswered
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
 from txturn.service import TurnService
-from txturn.stun import Method
-from txturn.testing import StunClient, loopback_hosts, needs_ipv6, self_signed_certificate
+from txturn.stun import Message, Method
+from txturn.testing import (
+    StunClient,
+    exchange,
+    loopback_hosts,
+    needs_ipv6,
+    self_signed_certificate,
+)
 from txturn.tls import TlsCredentials
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -131,6 +137,33 @@ def uclient_args(
         "-u", "test", "-w", "secret", "-e", peer, "-r", str(peer_port), "-p", str(port),
         "-n", str(messages), "-m", str(clients), "-l", str(length), server,
     ]  # fmt: skip
+
+
+def udp_requester(
+    test: TestCase, port: int, username: str = "test", password: str = "secret"
+) -> tuple[socket.socket, Callable[[int, list[tuple[int, Any]]], Message]]:
+    """
+    A blocking UDP socket on 127.0.0.1, closed when C{test} ends, and a
+    function making an authenticated request through it to
+    127.0.0.1:C{port} (for a deferToThread: the server is another
+    process).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    test.addCleanup(sock.close)
+    client = StunClient(username, password)
+
+    def request(method: int, attrs: list[tuple[int, Any]]) -> Message:
+        return exchange(
+            client,
+            method,
+            attrs,
+            lambda data: sock.sendto(data, ("127.0.0.1", port)),
+            lambda: sock.recv(4096),
+        )
+
+    return sock, request
 
 
 def twistd_turn(port: int, *options: str) -> list[str]:

@@ -32,11 +32,12 @@ from tests.test_interop import (
     spawn,
     uclient_args,
     uclient_totals,
+    udp_requester,
 )
 from tests.test_metrics import value
 from tests.test_service import free_udp_port
-from txturn.stun import Attr, Class, Message, Method
-from txturn.testing import StunClient, exchange, self_signed_certificate
+from txturn.stun import Attr, Class, Method
+from txturn.testing import self_signed_certificate
 
 reactor: Any = _reactor
 
@@ -100,19 +101,7 @@ class SignalTests(TestCase):
             uclient, uclient_args(self.port, peer_port, 200, 2), env=os.environ.copy()
         )
         yield deferLater(reactor, 1.0, lambda: None)  # uclient's calls are up
-        own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        own.settimeout(5)
-        self.addCleanup(own.close)
-        client = StunClient("test", "secret")
-
-        def request(method: int, attrs: list[tuple[int, Any]]) -> Message:
-            return exchange(
-                client,
-                method,
-                attrs,
-                lambda data: own.sendto(data, ("127.0.0.1", self.port)),
-                lambda: own.recv(2048),
-            )
+        _, request = udp_requester(self, self.port)
 
         allocated = yield threads.deferToThread(
             request, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]

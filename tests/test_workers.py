@@ -7,6 +7,7 @@ coturn's uclient, our own clients, SIGKILL and SIGHUP.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ from tests.test_interop import (
     twistd_turn,
     uclient_args,
     uclient_totals,
+    udp_requester,
 )
 from tests.test_metrics import value
 from tests.test_service import free_udp_port
@@ -44,7 +46,6 @@ from txturn.testing import (
     RecordingClientChannel,
     StunClient,
     authenticated_request,
-    exchange,
     make_server,
     self_signed_certificate,
 )
@@ -361,22 +362,7 @@ class TwistdWorkersTests(TestCase):
         return body.decode()
 
     def udp_client(self) -> tuple[socket.socket, Any]:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(5)
-        self.addCleanup(sock.close)
-        client = StunClient("test", "secret")
-
-        def request(method: int, attrs: list[tuple[int, Any]]) -> Message:
-            return exchange(
-                client,
-                method,
-                attrs,
-                lambda data: sock.sendto(data, ("127.0.0.1", self.port)),
-                lambda: sock.recv(4096),
-            )
-
-        return sock, request
+        return udp_requester(self, self.port)
 
     @defer.inlineCallbacks
     def test_uclient_200_clients(self) -> Any:
@@ -467,9 +453,11 @@ class TwistdWorkersTests(TestCase):
     def test_quota_across_workers(self) -> Any:
         """
         --user-quota 10 with clients on both workers: 10 allocations in
-        all, the rest 486.
+        all, the rest 486.  On SIGTERM every worker writes its records to
+        the one usage file, whole lines, ids unique.
         """
-        self.start("--user-quota", "10")
+        usage = os.path.abspath(self.mktemp())
+        self.start("--user-quota", "10", "--usage-file", usage)
         yield self.ready()
         codes = []
         workers = set()
@@ -487,6 +475,17 @@ class TwistdWorkersTests(TestCase):
                 codes.append(answer.get(Attr.ERROR_CODE)[0])
         self.assertEqual((codes.count(200), codes.count(486)), (10, 4))
         self.assertEqual(workers, {0, 1})
+        assert self.server.transport is not None
+        self.server.transport.signalProcess("TERM")
+        yield self.server.ended
+        with open(usage) as f:
+            records = [json.loads(line) for line in f]
+        self.assertEqual(len(records), 10)
+        self.assertEqual(len({r["allocation"] for r in records}), 10)
+        relayed = {
+            _worker_of(int(r["relayed"][0].rsplit(":", 1)[1]), self.low, self.high) for r in records
+        }
+        self.assertEqual(relayed, {0, 1})
 
     @defer.inlineCallbacks
     def test_sigkill_and_sighup(self) -> Any:
