@@ -188,7 +188,8 @@ class SignalTests(TestCase):
         """
         SIGQUIT while uclient relays: a new client (aioice) is refused,
         uclient's calls go on and lose nothing, and the process stops by
-        itself at the drain deadline with its pidfile removed.
+        itself at the drain deadline with its pidfile removed; a second
+        SIGQUIT changes nothing.
         """
         uclient = require("turnutils_uclient")
         peer_port = free_udp_port()
@@ -206,6 +207,7 @@ class SignalTests(TestCase):
         started = time.monotonic()
         self.signal(watcher, "QUIT")
         yield watcher.wait_for(rb"Draining: no new allocations")
+        self.signal(watcher, "QUIT")  # a second one changes nothing
         script = os.path.join(os.path.dirname(__file__), "clients", "aioice_echo.py")
         out, err, code = yield getProcessOutputAndValue(
             sys.executable,
@@ -220,6 +222,8 @@ class SignalTests(TestCase):
         yield watcher.ended
         self.assertLess(time.monotonic() - started, 15)
         self.assertIn(b"Drained: ", watcher.output, watcher.output.decode()[-1500:])
+        self.assertEqual(watcher.output.count(b"Draining: "), 1)
+        self.assertNotIn(b"Unhandled error", watcher.output)
         self.assertFalse(os.path.exists(pidfile))
 
     @defer.inlineCallbacks

@@ -99,6 +99,10 @@ def makeService(
         turn.server.add_observer(records)
 
     def drain() -> None:
+        # A second SIGQUIT (an impatient operator, or one signal reaching
+        # a worker twice) changes nothing: one drain, one stop.
+        if turn.server.draining:
+            return
         turn.drain(options["drain-timeout"]).addCallback(lambda _: reactor.stop())
 
     SignalHandlers(reactor, Reloader(turn, options, records), drain).setServiceParent(  # type: ignore[no-untyped-call]
