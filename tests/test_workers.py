@@ -493,9 +493,10 @@ class TwistdWorkersTests(TestCase):
         SIGKILL one worker while allocations live on both: the other
         worker's keep relaying and refreshing, the dead one's get 437, the
         replacement (started within a second) serves new ones, and its
-        places are given back.  SIGHUP then reaches every worker.
+        places are given back.  SIGHUP then reaches every worker, and
+        SIGQUIT drains them all.
         """
-        self.start("--user-quota", "12")
+        self.start("--user-quota", "12", "--drain-timeout", "2")
         yield self.ready()
         echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         echo.bind(("127.0.0.1", 0))
@@ -561,4 +562,11 @@ class TwistdWorkersTests(TestCase):
         self.server.transport.signalProcess("HUP")
         for index in (0, 1):
             yield self.server.wait_for(rb"\[worker %d [^\]]*\] SIGHUP: reloaded" % index)
+        # SIGQUIT drains every worker (2 s here), then the supervisor stops.
+        self.server.transport.signalProcess(signal.SIGQUIT)
+        yield self.server.ended
+        log = self.server.output
+        for index in (0, 1):
+            self.assertIn(b"[worker %d txturn.service._Drain#info] Drained" % index, log)
+        self.assertIn(b"Every worker has drained; stopping", log)
         yield deferLater(reactor, 0, lambda: None)
