@@ -32,6 +32,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
@@ -280,8 +281,8 @@ class Supervisor(service.MultiService):
         for worker in list(self.workers.values()):
             try:
                 worker.process.signalProcess(number)
-            except (OSError, Exception) as e:  # ProcessExitedAlready
-                self.log.debug("Worker {index}: {error}", index=worker.index, error=repr(e))
+            except (OSError, ProcessExitedAlready):
+                pass  # it has ended; processEnded says so
 
     def reload(self, why: str) -> None:
         self.log.info("{why}: reloading {count} workers", why=why, count=len(self.workers))
