@@ -107,6 +107,15 @@ class SharedPlacesTests(TestCase):
         zero.add("last", 1)
         self.assertEqual((zero.held_by("last"), zero.in_use()), (1, 1))
 
+    def test_rows_for(self) -> None:
+        """
+        The supervisor's table has twice as many rows as places the
+        quota allows (so the quota refuses before the table is full).
+        """
+        self.assertEqual(shared_places.rows_for(100), 1 << 16)
+        self.assertEqual(shared_places.rows_for(100_000), 1 << 18)
+        self.assertEqual(shared_places.rows_for(10**9), shared_places.MAX_ROWS)
+
     def test_full(self) -> None:
         """
         With every row held, a new user is refused, not written anywhere.

@@ -133,6 +133,7 @@ def _supervisor(options: Options, reactor: Any, generated: tuple[str, str] | Non
             else None
         ),
         generated_user=generated,
+        total_quota=options["total-quota"],
     )
     SignalHandlers(reactor, supervisor.reload, supervisor.drain).setServiceParent(  # type: ignore[no-untyped-call]
         supervisor

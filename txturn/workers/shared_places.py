@@ -35,9 +35,25 @@ _HEADER = struct.Struct("=8sII")
 _MAGIC = b"txturnP1"
 _KEY = struct.Struct("=Q")
 _COUNT = struct.Struct("=i")
-#: Rows of the table: users holding places at the same time.  A row whose
-#: counts are all zero is reused, so only users holding places now count.
+#: Rows of the table at least: users holding places at the same time.  A
+#: row whose counts are all zero is reused, so only users holding places
+#: now count.
 DEFAULT_ROWS = 1 << 16
+#: Rows at most: a million users holding places at once (72 MiB for 16
+#: workers), beyond what one machine relays for.
+MAX_ROWS = 1 << 20
+
+
+def rows_for(places: int) -> int:
+    """
+    Rows enough for C{places} places held at once (each user holds one at
+    least, so never more users than that), at most half full so probes
+    stay short, within L{MAX_ROWS}.
+    """
+    rows = DEFAULT_ROWS
+    while rows < 2 * places and rows < MAX_ROWS:
+        rows *= 2
+    return rows
 
 
 class PlacesFull(Exception):

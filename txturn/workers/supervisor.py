@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from txturn import descriptors
 from txturn.log_level import logger
 from txturn.workers import shared_places
 from txturn.workers.control import (
@@ -86,6 +87,7 @@ class Supervisor(service.MultiService):
         metrics_listen: tuple[str, int] | None = None,
         generated_user: tuple[str, str] | None = None,
         executable: str = sys.executable,
+        total_quota: int = 0,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -94,6 +96,7 @@ class Supervisor(service.MultiService):
         self._listeners = listeners
         self._metrics_listen = metrics_listen
         self._generated_user = generated_user
+        self._total_quota = total_quota
         self._executable = executable
         #: index -> this worker's sockets, bound in privilegedStartService.
         self._sockets: list[dict[tuple[str, str, int], socket.socket]] = []
@@ -120,7 +123,11 @@ class Supervisor(service.MultiService):
                 self._sockets = bind_group(self._listeners, self.count)
             except OSError as e:
                 raise RuntimeError(f"cannot listen: {e.strerror}") from e
-            self._places_fd = shared_places.create(self.count)
+            # The workers' default total quota is their descriptor budget
+            # together: the table has room for every place the quota allows.
+            budget = descriptors.allocation_budget(descriptors.raise_limit()) * self.count
+            rows = shared_places.rows_for(max(self._total_quota, budget))
+            self._places_fd = shared_places.create(self.count, rows)
             self.places = shared_places.SharedPlaces(self._places_fd, None, self._places_key)
             if self._metrics_listen is not None:
                 self._listen_metrics()
