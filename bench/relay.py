@@ -1,8 +1,9 @@
 """
 Relay benchmark: packets/s and Mbit/s that a TURN server relays from
 clients to a peer over ChannelData, for 1 and 50 clients at 100- and
-1000-byte payloads; the same for coturn's turnserver when installed, in
-the same run, with the ratio.
+1000-byte payloads, and over Send indications (Firefox's way: no
+channels) at 100 bytes; the same for coturn's turnserver when installed,
+in the same run, with the ratio.
 
 The server runs pinned to CPU 0, the load generator (bench/loadgen.c,
 compiled on first use) to CPU 1.  The generator sends with sendmmsg and
@@ -10,7 +11,7 @@ counts at the peer with recvmmsg, and reports its own CPU, so a figure
 limited by the generator rather than the server is visible.  Everything is
 on 127.0.0.1, and every run stops after --seconds.
 
-usage: python bench/relay.py [--seconds 3] [--only txturn|coturn]
+usage: python bench/relay.py [--seconds 3] [--only txturn|coturn] [--turnserver PATH]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from txturn.stun import Attr, Class, Method  # noqa: E402
+from txturn.stun import Attr, Class, Message, Method, encode  # noqa: E402
 from txturn.testing import StunClient  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -76,9 +77,9 @@ def start_txturn(port: int, *extra: str, cpu: int | None = 0) -> subprocess.Pope
     )
 
 
-def start_coturn(port: int, logdir: str) -> subprocess.Popen[bytes]:
+def start_coturn(port: int, logdir: str, turnserver: str = "turnserver") -> subprocess.Popen[bytes]:
     argv = [
-        "turnserver",
+        turnserver,
         "-n",
         "--listening-ip=127.0.0.1",
         f"--listening-port={port}",
@@ -135,7 +136,13 @@ def wait_for_server(port: int) -> None:
 Client = tuple[socket.socket, int, StunClient]
 
 
-def allocate_clients(port: int, count: int, peer: tuple[str, int]) -> list[Client]:
+def allocate_clients(
+    port: int, count: int, peer: tuple[str, int], send: bool = False
+) -> list[Client]:
+    """
+    C{count} allocated clients relaying to C{peer}: over a channel each,
+    or with C{send}, over a permission and Send indications.
+    """
     clients = []
     for i in range(count):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -145,14 +152,29 @@ def allocate_clients(port: int, count: int, peer: tuple[str, int]) -> list[Clien
         client = StunClient(USER, PASSWORD)
         transact(sock, client, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
         channel = 0x4000 + i
-        transact(
-            sock,
-            client,
-            Method.CHANNEL_BIND,
-            [(Attr.CHANNEL_NUMBER, channel), (Attr.XOR_PEER_ADDRESS, peer)],
-        )
+        if send:
+            transact(sock, client, Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, peer)])
+        else:
+            transact(
+                sock,
+                client,
+                Method.CHANNEL_BIND,
+                [(Attr.CHANNEL_NUMBER, channel), (Attr.XOR_PEER_ADDRESS, peer)],
+            )
         clients.append((sock, channel, client))
     return clients
+
+
+def send_header(peer: tuple[str, int], payload: int) -> str:
+    """
+    The bytes of a Send indication to C{peer} up to its DATA value, in
+    hex, for the generator (which appends C{payload} bytes, a multiple of
+    4, so no padding follows).
+    """
+    message = Message(Method.SEND, Class.INDICATION, os.urandom(12))
+    message.add(Attr.XOR_PEER_ADDRESS, peer)
+    message.add(Attr.DATA, b"x" * payload)
+    return encode(message, add_fingerprint=False)[:-payload].hex()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -170,12 +192,20 @@ def rss_mib(pid: int) -> float:
 
 
 def measure(
-    loadgen: str, port: int, server_pid: int, clients: int, payload: int, seconds: float
+    loadgen: str,
+    port: int,
+    server_pid: int,
+    clients: int,
+    payload: int,
+    seconds: float,
+    send: bool = False,
 ) -> dict[str, float]:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     sink.bind(("127.0.0.1", 0))
-    socks = allocate_clients(port, clients, sink.getsockname())
+    peer = sink.getsockname()
+    socks = allocate_clients(port, clients, peer, send)
+    header = send_header(peer, payload) if send else ""
     fds = [sink.fileno()] + [s.fileno() for s, _, _ in socks]
     cpu0 = cpu_seconds(server_pid)
     result = subprocess.run(
@@ -186,7 +216,7 @@ def measure(
                 str(seconds),
                 str(payload),
                 str(sink.fileno()),
-                *[f"{s.fileno()}:{ch}" for s, ch, _ in socks],
+                *[f"{s.fileno()}:{f'x{header}' if send else ch}" for s, ch, _ in socks],
             ],
         ),
         pass_fds=fds,
@@ -224,28 +254,36 @@ def measure(
     }
 
 
-def run_server(name: str, loadgen: str, seconds: float) -> dict[tuple[int, int], dict[str, float]]:
+#: (workload, clients, payload) measured for each server.
+WORKLOADS = [("channel", clients, payload) for clients in (1, 50) for payload in (100, 1000)] + [
+    ("send", clients, 100) for clients in (1, 50)
+]
+
+
+def run_server(
+    name: str, loadgen: str, seconds: float, turnserver: str = "turnserver"
+) -> dict[tuple[str, int, int], dict[str, float]]:
     port = free_port()
     logdir = tempfile.mkdtemp()
-    process = start_txturn(port) if name == "txturn" else start_coturn(port, logdir)
+    process = start_txturn(port) if name == "txturn" else start_coturn(port, logdir, turnserver)
     results = {}
     try:
         wait_for_server(port)
-        for clients in (1, 50):
-            for payload in (100, 1000):
-                results[(clients, payload)] = measure(
-                    loadgen, port, process.pid, clients, payload, seconds
-                )
-                r = results[(clients, payload)]
-                print(  # noqa: T201 - a benchmark prints its figures
-                    f"{name:7} clients={clients:<3} payload={payload:<5} "
-                    f"{r['pps']:>10,.0f} pkt/s {r['mbps']:>8,.1f} Mbit/s  "
-                    f"loss={r['loss']:6.1%}  server_cpu={r['server_cpu']:5.0%} "
-                    f"rss={r['rss']:5.1f}MiB  generator: {r['sent_pps']:>10,.0f} pkt/s sent, "
-                    f"sender_cpu={r['sender_cpu']:4.0%}",
-                    flush=True,
-                )
-                time.sleep(0.5)
+        for key in WORKLOADS:
+            workload, clients, payload = key
+            results[key] = measure(
+                loadgen, port, process.pid, clients, payload, seconds, workload == "send"
+            )
+            r = results[key]
+            print(  # noqa: T201 - a benchmark prints its figures
+                f"{name:7} {workload:7} clients={clients:<3} payload={payload:<5} "
+                f"{r['pps']:>10,.0f} pkt/s {r['mbps']:>8,.1f} Mbit/s  "
+                f"loss={r['loss']:6.1%}  server_cpu={r['server_cpu']:5.0%} "
+                f"rss={r['rss']:5.1f}MiB  generator: {r['sent_pps']:>10,.0f} pkt/s sent, "
+                f"sender_cpu={r['sender_cpu']:4.0%}",
+                flush=True,
+            )
+            time.sleep(0.5)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -257,22 +295,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--only", choices=["txturn", "coturn"])
+    parser.add_argument(
+        "--turnserver",
+        default="turnserver",
+        help="coturn's turnserver to compare with (bench/build_coturn.sh builds upstream's)",
+    )
     args = parser.parse_args()
     loadgen = build_loadgen()
     servers = ["txturn"]
-    if shutil.which("turnserver"):
+    if shutil.which(args.turnserver):
         servers.append("coturn")
     else:
         print("coturn's turnserver not installed: txturn figures only")  # noqa: T201
     if args.only:
         servers = [args.only]
-    results = {name: run_server(name, loadgen, args.seconds) for name in servers}
+    results = {name: run_server(name, loadgen, args.seconds, args.turnserver) for name in servers}
     if len(results) == 2:
         print()  # noqa: T201
         for key, ours in results["txturn"].items():
             theirs = results["coturn"][key]
             print(  # noqa: T201
-                f"clients={key[0]:<3} payload={key[1]:<5} txturn/coturn = "
+                f"{key[0]:7} clients={key[1]:<3} payload={key[2]:<5} txturn/coturn = "
                 f"{ours['pps'] / theirs['pps']:.2f}"
             )
 
