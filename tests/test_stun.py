@@ -26,6 +26,7 @@ from txturn.stun import (
     StunDecodeError,
     decode,
     encode,
+    send_indication_parts,
 )
 
 # RFC 5769 section 2.1: sample request (short-term; password below).
@@ -446,3 +447,94 @@ class RoundTripTests(SynchronousTestCase):
                 except StunDecodeError:
                     pass
         message.check_integrity(b"k")
+
+
+class SendIndicationPartsTests(SynchronousTestCase):
+    """
+    L{send_indication_parts}, the server's shortcut for Send indications,
+    answers only where L{decode} would, and the same.
+    """
+
+    @staticmethod
+    def indication(
+        peer: tuple[str, int], data: bytes, fingerprint: bool, extra: list[tuple[int, bytes]]
+    ) -> bytes:
+        message = Message(Method.SEND, Class.INDICATION, b"t" * 12)
+        message.add(Attr.XOR_PEER_ADDRESS, peer)
+        message.add(Attr.DATA, data)
+        message.attributes += extra
+        return encode(message, add_fingerprint=fingerprint)
+
+    def test_common_shape(self) -> None:
+        """
+        An IPv4 peer and DATA, with or without FINGERPRINT, of any length:
+        taken apart without a Message.
+        """
+        for fingerprint in (False, True):
+            for length in (0, 1, 3, 4, 100, 1001):
+                data = self.indication(("192.0.2.1", 3478), b"x" * length, fingerprint, [])
+                self.assertEqual(send_indication_parts(data), (("192.0.2.1", 3478), b"x" * length))
+
+    def test_other_shapes_decoded(self) -> None:
+        """
+        IPv6 peers, other attributes, a legacy cookie or a wrong
+        FINGERPRINT go the long way.
+        """
+        self.assertIsNone(
+            send_indication_parts(self.indication(("2001:db8::1", 1), b"x", False, []))
+        )
+        self.assertIsNone(
+            send_indication_parts(self.indication(("192.0.2.1", 1), b"x", False, [(0x001A, b"")]))
+        )
+        data = bytearray(self.indication(("192.0.2.1", 1), b"x", True, []))
+        data[-1] ^= 1
+        self.assertIsNone(send_indication_parts(bytes(data)))
+        data = bytearray(self.indication(("192.0.2.1", 1), b"x", False, []))
+        data[4] ^= 1
+        self.assertIsNone(send_indication_parts(bytes(data)))
+        data = bytearray(self.indication(("192.0.2.1", 1), b"x", False, []))
+        data[25] = 2  # IPv6 family in an IPv4-sized address: malformed
+        self.assertIsNone(send_indication_parts(bytes(data)))
+        self.assertRaises(StunDecodeError, decode(bytes(data)).get, Attr.XOR_PEER_ADDRESS)
+
+    @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        peer=st.tuples(
+            st.sampled_from(["192.0.2.1", "203.0.113.250", "0.0.0.0", "2001:db8::7"]),
+            st.integers(0, 65535),
+        ),
+        data=st.binary(max_size=64),
+        fingerprint=st.booleans(),
+        extra=st.lists(
+            st.tuples(st.sampled_from([0x001A, 0x8022, 0x7FFF, 0x0013]), st.binary(max_size=8)),
+            max_size=2,
+        ),
+        flips=st.lists(st.tuples(st.integers(0, 200), st.integers(1, 255)), max_size=3),
+        cut=st.integers(0, 4),
+    )
+    def test_agrees_with_decode(
+        self,
+        peer: tuple[str, int],
+        data: bytes,
+        fingerprint: bool,
+        extra: list[tuple[int, bytes]],
+        flips: list[tuple[int, int]],
+        cut: int,
+    ) -> None:
+        """
+        Where the shortcut answers, a full decode gives a Send indication
+        with no unknown required attribute and the same peer and DATA.
+        """
+        message = bytearray(self.indication(peer, data, fingerprint, extra))
+        for position, mask in flips:
+            if position < len(message):
+                message[position] ^= mask
+        raw = bytes(message[: len(message) - cut])
+        parts = send_indication_parts(raw)
+        if parts is None:
+            return
+        decoded = decode(raw)
+        self.assertEqual((decoded.method, decoded.cls), (Method.SEND, Class.INDICATION))
+        self.assertFalse(decoded.is_classic)
+        self.assertEqual(decoded.unknown_required(), [])
+        self.assertEqual(parts, (decoded.get(Attr.XOR_PEER_ADDRESS), decoded.get(Attr.DATA)))

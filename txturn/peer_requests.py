@@ -113,13 +113,24 @@ class PeerRequests:
         A Send indication: relayed when well formed and permitted, else
         silently dropped, as indications get no answer.
         """
-        server = self._server
-        allocation = server.table.get(client, address)
-        if allocation is None or allocation.tcp or message.unknown_required():
+        if message.unknown_required():
             return
         peer = message.get(Attr.XOR_PEER_ADDRESS)
         data = message.get(Attr.DATA)
-        if peer is None or data is None or peer[0] not in allocation.permissions:
+        if peer is not None and data is not None:
+            self.relay_send(client, address, peer, data)
+
+    def relay_send(
+        self, client: IClientChannel, address: Address, peer: Address, data: bytes
+    ) -> None:
+        """
+        Relay the DATA of a Send indication to C{peer}, if permitted: what
+        L{send_indication} decoded, or what
+        L{txturn.stun.send_indication_parts} found without decoding.
+        """
+        server = self._server
+        allocation = server.table.get(client, address)
+        if allocation is None or allocation.tcp or peer[0] not in allocation.permissions:
             return
         relay = allocation.relay_for(peer[0])
         if relay is None:

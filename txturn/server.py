@@ -63,6 +63,7 @@ from txturn.stun import (
     decode,
     encode,
     response_to,
+    send_indication_parts,
 )
 from txturn.tcp_allocations import TcpAllocations
 
@@ -284,6 +285,13 @@ class TurnServer:
             return
         if first > 0x03:
             return
+        if first == 0 and len(data) > 1 and data[1] == 0x16:
+            # A Send indication (Firefox relays with these, not channels):
+            # the common shape is taken apart without decoding a Message.
+            parts = send_indication_parts(data)
+            if parts is not None:
+                self.peer_requests.relay_send(client, address, *parts)
+                return
         try:
             message = decode(data)
         except StunDecodeError as e:
