@@ -25,18 +25,18 @@ from typing import Any, Callable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor, IReadWriteDescriptor
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.interfaces import (
     Address,
-    IPeerConnection,
     ITcpRelay,
     ITcpRelayAllocator,
     RelayUnavailable,
     host_port,
 )
+from txturn.joined import JoinedConnection
 from txturn.log_level import logger
 from txturn.port_pool import PortPool
 from txturn.sockets import bound_socket
@@ -53,30 +53,24 @@ class PeerConnectFailed(Exception):
 DEFAULT_BUFFER_LIMIT = 64 * 1024
 
 
-def _ignore(*args: Any) -> None:
-    pass
-
-
 def _reusable_socket(host: str, port: int) -> socket.socket:
     return bound_socket(host, port, socket.SOCK_STREAM, reuse_port=True)
 
 
-@implementer(IPeerConnection)
-class PeerDataConnection(Protocol):
+class PeerDataConnection(JoinedConnection):
     """
-    A TCP connection between a relayed address and a peer.
+    A TCP connection between a relayed address and a peer, which keeps
+    what the peer sends before the client binds, up to a limit.
     """
 
     log = logger()
 
     def __init__(self, relay: "TcpRelay", buffer_limit: int) -> None:
+        super().__init__()
         self._relay = relay
         self._buffer_limit = buffer_limit
         self._buffer: list[bytes] = []
         self._buffered = 0
-        self._client: Any = None
-        self.peer_address: Address = ("", 0)
-        self.on_lost: Callable[[Any], None] = _ignore
         self.announce = True
 
     def connectionMade(self) -> None:
@@ -87,10 +81,7 @@ class PeerDataConnection(Protocol):
         if self.announce:
             self._relay.on_connection(self)
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._client is not None:
-            self._client.write(data)
-            return
+    def unattached(self, data: bytes) -> None:
         self._buffer.append(data)
         self._buffered += len(data)
         if self._buffered > self._buffer_limit:
@@ -108,30 +99,15 @@ class PeerDataConnection(Protocol):
         side pausing the other when it cannot keep up.
         """
         assert self.transport is not None
-        self._client = client
         buffered, self._buffer = self._buffer, []
         self._buffered = 0
         for data in buffered:
             client.write(data)
-        transport: Any = self.transport
-        client.registerProducer(transport, True)
-        transport.registerProducer(client, True)
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.loseConnection()
+        super().attach(client)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._relay.connections.discard(self)
-        client, self._client = self._client, None
-        if client is not None:
-            client.loseConnection()
-        on_lost, self.on_lost = self.on_lost, _ignore
-        on_lost(self)
+        super().connectionLost(reason)
 
 
 class _PeerFactory(Factory):

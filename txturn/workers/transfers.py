@@ -26,17 +26,11 @@ import socket
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.python.failure import Failure
+from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
-from txturn.interfaces import (
-    Address,
-    IConnectionHandoff,
-    IPeerConnection,
-    IRelay,
-    IReservationBroker,
-)
+from txturn.interfaces import IConnectionHandoff, IRelay, IReservationBroker
+from txturn.joined import JoinedConnection
 from txturn.log_level import logger
 from txturn.workers.control import FetchReservation, HandOff
 
@@ -126,44 +120,12 @@ class Handoff:
             )
 
 
-@implementer(IPeerConnection)
-class Splice(Protocol):
+class Splice(JoinedConnection):
     """
     This worker's end of a socket pair to the worker that took a TLS
-    client's data connection: an L{IPeerConnection} the client
-    connection is attached to, so bytes flow both ways with each side
-    the other's producer, as between a client and its peer.
+    client's data connection: the client connection is attached to it as
+    to a peer, so bytes flow both ways, each side the other's producer.
     """
-
-    def __init__(self, peer_address: Address) -> None:
-        self.peer_address = peer_address
-        self.on_lost: Any = None
-        self._client: Any = None
-
-    def attach(self, client: Any) -> None:
-        self._client = client
-        transport: Any = self.transport
-        transport.registerProducer(client, True)
-        client.registerProducer(transport, True)
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._client is not None:
-            self._client.write(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.loseConnection()
-        if self.on_lost is not None:
-            self.on_lost(self)
 
 
 @implementer(IReservationBroker)
