@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from txturn.allocation import MAX_KEPT_PEER_ATTRIBUTES
 from txturn.credentials import (
     CredentialChain,
     RestApiCredentials,
@@ -616,6 +617,17 @@ class PermissionTests(ServerTestCase):
         self.assertEqual((indication.method, indication.cls), (Method.DATA, Class.INDICATION))
         self.assertEqual(indication.get(Attr.XOR_PEER_ADDRESS), PEER)
         self.assertEqual(indication.get(Attr.DATA), b"payload")
+        # From many ports of the permitted host: each told apart, and what
+        # the allocation keeps per peer stays bounded.
+        ids = set()
+        for port in range(1, 200):
+            self.relay.receiver(b"p", (PEER[0], port))
+            indication = decode(self.channel.pop())
+            self.assertEqual(indication.get(Attr.XOR_PEER_ADDRESS), (PEER[0], port))
+            ids.add(indication.transaction_id)
+        self.assertEqual(len(ids), 199)
+        allocation = next(iter(self.server.allocations.values()))
+        self.assertLessEqual(len(allocation._peer_attributes), MAX_KEPT_PEER_ATTRIBUTES)
 
     def test_permission_expires(self) -> None:
         """

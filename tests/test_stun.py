@@ -358,6 +358,28 @@ class MalformedTests(SynchronousTestCase):
         )
         self.assertEqual(decode(icmp).get(Attr.ICMP), (3, 3, 0))
 
+    def test_kept_peer_attribute(self) -> None:
+        """
+        An IPv4 peer's XOR-PEER-ADDRESS, encoded once, is the one every
+        transaction id would give; an IPv6 peer's is not (it mixes in the
+        transaction id), which is why only IPv4 ones are kept.
+        """
+        peer = ("203.0.113.5", 5000)
+        kept = stun.xor_peer_attribute(peer, b"")
+        for counter in (0, 1, 0xFFFFFFFF):
+            for length in range(5):
+                fresh = stun.encode_data_indication(
+                    b"q" * 8, counter, peer, Attr.DATA, b"x" * length
+                )
+                reused = stun.encode_data_indication(
+                    b"q" * 8, counter, peer, Attr.DATA, b"x" * length, kept
+                )
+                self.assertEqual(reused, fresh)
+        six = ("2001:db8::5", 1)
+        self.assertNotEqual(
+            stun.xor_peer_attribute(six, b"a" * 12), stun.xor_peer_attribute(six, b"b" * 12)
+        )
+
 
 _VALUES: dict[int, st.SearchStrategy[Any]] = {
     Attr.MAPPED_ADDRESS: st.tuples(st.ip_addresses().map(str), st.integers(0, 65535)),

@@ -36,6 +36,7 @@ from txturn.stun import (
     encode_channel_data,
     encode_data_indication,
     pack_icmp,
+    xor_peer_attribute,
 )
 
 PERMISSION_LIFETIME = 300.0
@@ -51,6 +52,8 @@ _txid_counter = itertools.count()
 #: header and padding come first.  A larger datagram from a peer (UDP
 #: allows 65,527 bytes over IPv6) cannot be relayed without a channel.
 MAX_INDICATION_DATA = 0xFFFF - 24 - 4 - 3
+#: IPv4 peers whose XOR-PEER-ADDRESS an allocation keeps encoded.
+MAX_KEPT_PEER_ATTRIBUTES = 64
 
 
 def _ignore(event: object) -> None:
@@ -108,6 +111,7 @@ class Allocation:
         "bandwidth",
         "_stats",
         "_txid_prefix",
+        "_peer_attributes",
         "_send_to_client",
         "_pad",
         "dropped",
@@ -159,6 +163,9 @@ class Allocation:
         self.bandwidth: TokenBucket | None = None
         self._stats = stats if stats is not None else collections.Counter()
         self._txid_prefix = os.urandom(8)
+        #: IPv4 peer -> its XOR-PEER-ADDRESS attribute, which no transaction
+        #: id changes; bounded, as peers choose their ports.
+        self._peer_attributes: dict[Address, bytes] = {}
         self._send_to_client = client.send
         self._pad = bool(client.stream)
 
@@ -377,7 +384,13 @@ class Allocation:
         transaction id unique to this allocation.
         """
         counter = next(_txid_counter) & 0xFFFFFFFF
-        return encode_data_indication(self._txid_prefix, counter, peer, attr_type, value)
+        attributes = self._peer_attributes
+        attribute = attributes.get(peer)
+        if attribute is None and ":" not in peer[0]:
+            if len(attributes) >= MAX_KEPT_PEER_ATTRIBUTES:
+                attributes.clear()
+            attribute = attributes[peer] = xor_peer_attribute(peer, b"")
+        return encode_data_indication(self._txid_prefix, counter, peer, attr_type, value, attribute)
 
 
 def _discard(data: bytes, peer: Address) -> None:

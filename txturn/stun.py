@@ -851,8 +851,26 @@ _DATA_INDICATION_TYPE = message_type(Method.DATA, Class.INDICATION)
 _INDICATION_HEADER = struct.Struct("!HH4s8sI")
 
 
+def xor_peer_attribute(peer: Address, transaction_id: bytes) -> bytes:
+    """
+    An encoded XOR-PEER-ADDRESS attribute, header included.  For an IPv4
+    peer it does not depend on C{transaction_id} (only the magic cookie
+    is mixed in), so a sender may keep it per peer.
+    """
+    value = pack_xor_address(peer, transaction_id)
+    return _ATTR_HEADER.pack(Attr.XOR_PEER_ADDRESS, len(value)) + value
+
+
+_PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+
+
 def encode_data_indication(
-    txid_prefix: bytes, counter: int, peer: Address, attr_type: int, value: bytes
+    txid_prefix: bytes,
+    counter: int,
+    peer: Address,
+    attr_type: int,
+    value: bytes,
+    peer_attribute: bytes | None = None,
 ) -> bytes:
     """
     A Data indication from C{peer} carrying one more attribute (DATA, or
@@ -861,22 +879,26 @@ def encode_data_indication(
 
     The transaction id is C{txid_prefix} (8 bytes) and a 32-bit
     C{counter}: unique, as indications need, without a random draw per
-    packet.
+    packet.  C{peer_attribute} is the XOR-PEER-ADDRESS attribute when the
+    caller kept it (L{xor_peer_attribute}, IPv4 peers only).
     """
-    txid = txid_prefix + counter.to_bytes(4, "big")
-    peer_value = pack_xor_address(peer, txid)
-    pad = padding(len(value))
-    body_length = 4 + len(peer_value) + 4 + len(value) + pad
+    if peer_attribute is None:
+        peer_attribute = xor_peer_attribute(peer, txid_prefix + counter.to_bytes(4, "big"))
+    length = len(value)
+    pad = _PADDING[length & 3]
     return b"".join(
         (
             _INDICATION_HEADER.pack(
-                _DATA_INDICATION_TYPE, body_length, MAGIC_COOKIE_BYTES, txid_prefix, counter
+                _DATA_INDICATION_TYPE,
+                len(peer_attribute) + 4 + length + len(pad),
+                MAGIC_COOKIE_BYTES,
+                txid_prefix,
+                counter,
             ),
-            _ATTR_HEADER.pack(Attr.XOR_PEER_ADDRESS, len(peer_value)),
-            peer_value,
-            _ATTR_HEADER.pack(attr_type, len(value)),
+            peer_attribute,
+            _ATTR_HEADER.pack(attr_type, length),
             value,
-            b"\x00" * pad,
+            pad,
         )
     )
 
