@@ -557,3 +557,38 @@ class GeneratedUserTests(SynchronousTestCase):
         error = self.assertRaises(SystemExit, parse, "--version")
         self.assertEqual(error.code, 0)
         self.assertTrue(written[0].startswith("txturn "))
+
+
+class ImportCostTests(SynchronousTestCase):
+    def test_one_process_imports_no_worker_machinery(self) -> None:
+        """
+        C{twistd turn} without C{--workers} or C{--prometheus} loads
+        neither the supervisor, AMP, C{twisted.web} nor C{prometheus_client}
+        (about 5 MiB of resident memory); with C{--workers 2} the
+        supervisor is loaded.
+        """
+        import subprocess
+
+        probe = (
+            "import sys\n"
+            "from txturn.tap import Options, makeService\n"
+            "options = Options()\n"
+            "options.parseOptions(sys.argv[1:] + ['--listen', '127.0.0.1', '-u', 'a:b'])\n"
+            "makeService(options)\n"
+            "print(sorted(m for m in ('twisted.web.server', 'twisted.protocols.amp',"
+            " 'prometheus_client', 'txturn.workers.supervisor') if m in sys.modules))\n"
+        )
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        environment = dict(os.environ, PYTHONPATH=root)
+        alone, workers = (
+            subprocess.run(
+                [sys.executable, "-c", probe, *argv],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=environment,
+            ).stdout.split("\n")[-2]
+            for argv in ([], ["--workers", "2"])
+        )
+        self.assertEqual(alone, "[]")
+        self.assertIn("txturn.workers.supervisor", workers)

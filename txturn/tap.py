@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from twisted.logger import Logger
@@ -26,8 +26,10 @@ from txturn.service import TurnService, check_relay_addresses, listener_addresse
 from txturn.signals import SignalHandlers
 from txturn.tls import TlsCredentials
 from txturn.usage_records import UsageRecords
-from txturn.workers.shard import Shard
-from txturn.workers.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from txturn.workers.shard import Shard
+    from txturn.workers.supervisor import Supervisor
 
 __all__ = ["Options", "makeService", "SECRET_VARIABLE"]
 
@@ -114,8 +116,11 @@ def makeService(
 def _supervisor(options: Options, reactor: Any, generated: tuple[str, str] | None) -> Supervisor:
     """
     The supervisor of C{--workers N}, which reloads and drains its workers
-    on the same signals.
+    on the same signals.  Imported here only: one process needs neither
+    AMP nor C{twisted.web}.
     """
+    from txturn.workers.supervisor import Supervisor
+
     check_relay_addresses(options["relay-ip"])
     supervisor = Supervisor(
         reactor,
