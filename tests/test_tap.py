@@ -522,6 +522,15 @@ class ReloadTests(SynchronousTestCase):
         )
         self.assertIn("SIGHUP: --realm changed, which takes a restart", self.lines())
 
+    def test_workers_need_a_restart(self) -> None:
+        """
+        A new worker count, like the other options that shape sockets and
+        processes, is said to need a restart rather than ignored.
+        """
+        self.write("realm=example.org\nuser=alice:a\nrelay-ip=192.0.2.1\nworkers=2\n")
+        self.reload("SIGHUP")
+        self.assertIn("SIGHUP: --workers changed, which takes a restart", self.lines())
+
     def test_bad_file_kept(self) -> None:
         self.write("realm=example.org\nuser-quota=lots\n")
         self.reload("SIGUSR2")

@@ -97,6 +97,13 @@ _GROUPS: list[tuple[str, list[str]]] = [
 ]
 
 
+def group(title: str) -> list[str]:
+    """
+    The options --help lists under C{title}.
+    """
+    return next(names for heading, names in _GROUPS if heading == title)
+
+
 #: What --help calls each option's value.
 _METAVARS = {
     "port": "N",

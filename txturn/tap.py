@@ -19,7 +19,7 @@ from twisted.python import usage
 from txturn.credentials import CredentialChain, RestApiCredentials, StaticCredentials
 from txturn.limits import ConnectionLimits
 from txturn.log_level import set_log_level
-from txturn.options import SECRET_VARIABLE, Options
+from txturn.options import SECRET_VARIABLE, Options, group
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
 from txturn.service import TurnService, check_relay_addresses, listener_addresses
@@ -58,11 +58,8 @@ def makeService(
         _summarize(options)
         if options["workers"] > 1:
             return _supervisor(options, reactor, generated)
-    metrics_listen = (
-        (options["prometheus-address"], options["prometheus-port"])
-        if options["prometheus"] and shard is None
-        else None
-    )
+    # A worker's metrics are served, summed, by its supervisor.
+    metrics_listen = _metrics_listen(options) if shard is None else None
     turn = TurnService(
         reactor,
         credentials,
@@ -132,11 +129,7 @@ def _supervisor(options: Options, reactor: Any, generated: tuple[str, str] | Non
             options["cert"] is not None,
             options["tls-port"],
         ),
-        metrics_listen=(
-            (options["prometheus-address"], options["prometheus-port"])
-            if options["prometheus"]
-            else None
-        ),
+        metrics_listen=_metrics_listen(options),
         generated_user=generated,
         total_quota=options["total-quota"],
     )
@@ -144,6 +137,15 @@ def _supervisor(options: Options, reactor: Any, generated: tuple[str, str] | Non
         supervisor
     )
     return supervisor
+
+
+def _metrics_listen(options: Options) -> tuple[str, int] | None:
+    """
+    Where C{--prometheus} serves C{/metrics}, if it does.
+    """
+    if not options["prometheus"]:
+        return None
+    return options["prometheus-address"], options["prometheus-port"]
 
 
 def _summarize(options: Options) -> None:
@@ -291,15 +293,11 @@ _NEEDS_RESTART = (
     "prometheus",
     "prometheus-port",
     "prometheus-address",
-    "max-connections",
-    "max-connections-per-ip",
-    "handshake-timeout",
-    "idle-timeout",
-    "frame-timeout",
-    "max-dtls-sessions",
-    "max-dtls-sessions-per-ip",
+    "workers",
     "challenge-rate",
     "stale-nonce",
+    # The limits a connection or DTLS session is admitted under.
+    *group("Connections before they allocate"),
 )
 
 
