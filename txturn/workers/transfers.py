@@ -55,11 +55,36 @@ class Handoff:
         self._reactor = reactor
 
     def hand_off(self, worker: int, channel: Any, frame: bytes) -> bool:
-        if channel.transport_name != "tcp":
-            return self._forward(worker, channel, frame)
+        if channel.transport_name == "tcp":
+            family = channel.transport.getHandle().family
+            descriptor, forwarded = self._release(channel), []
+        else:
+            descriptor, family = self._splice(channel), socket.AF_UNIX
+            (peer_host, peer_port), (local_host, local_port) = (
+                channel.peer_address,
+                channel.local_address,
+            )
+            forwarded = [peer_host, str(peer_port), local_host, str(local_port)]
+        answer = self._control.callRemote(
+            HandOff,
+            worker=worker,
+            connection=descriptor,
+            family=int(family),
+            frame=frame,
+            transport=channel.transport_name,
+            forwarded=forwarded,
+        )
+        answer.addBoth(self._done, worker, descriptor)
+        return True
+
+    @staticmethod
+    def _release(channel: Any) -> int:
+        """
+        A duplicate of a TCP connection's descriptor, and the connection
+        forgotten here.
+        """
         transport = channel.transport
-        handle = transport.getHandle()
-        descriptor = os.dup(handle.fileno())
+        descriptor = os.dup(transport.getHandle().fileno())
         transport.stopReading()
         # Close this process's copy without shutdown(2), which would end
         # the connection for the worker it now belongs to.  (A documented
@@ -67,23 +92,13 @@ class Handoff:
         # sockets.)
         transport._shouldShutdown = False
         transport.loseConnection()
-        answer = self._control.callRemote(
-            HandOff,
-            worker=worker,
-            connection=descriptor,
-            family=int(handle.family),
-            frame=frame,
-            transport="tcp",
-            forwarded=[],
-        )
-        answer.addBoth(self._done, worker, descriptor)
-        return True
+        return descriptor
 
-    def _forward(self, worker: int, channel: Any, frame: bytes) -> bool:
+    def _splice(self, channel: Any) -> int:
         """
         A TLS session cannot leave this process: the other worker gets one
-        end of a socket pair, with the client's addresses, and this
-        connection becomes a splice to the other end, decrypting here
+        end of a socket pair (returned), with the client's addresses, and
+        this connection becomes a splice to the other end, decrypting here
         what the client sends and encrypting what the other worker
         answers, like a client data connection joined to its peer.
         """
@@ -93,23 +108,8 @@ class Handoff:
             here.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: splice)
         )
         here.close()
-        descriptor = there.detach()
-        (peer_host, peer_port), (local_host, local_port) = (
-            channel.peer_address,
-            channel.local_address,
-        )
-        answer = self._control.callRemote(
-            HandOff,
-            worker=worker,
-            connection=descriptor,
-            family=int(socket.AF_UNIX),
-            frame=frame,
-            transport=channel.transport_name,
-            forwarded=[peer_host, str(peer_port), local_host, str(local_port)],
-        )
-        answer.addBoth(self._done, worker, descriptor)
         channel.attach(splice)
-        return True
+        return there.detach()
 
     def _done(self, result: Any, worker: int, descriptor: int) -> None:
         os.close(descriptor)
