@@ -27,6 +27,7 @@ from typing import Callable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from txturn.events import ChannelBound, ChannelExpired, PermissionExpired, PermissionInstalled
+from txturn.forwarding import NO_FORWARDING, IForwarding
 from txturn.interfaces import Address, IClientChannel, IRelay
 from txturn.limits import TokenBucket
 from txturn.stun import (
@@ -115,6 +116,8 @@ class Allocation:
         "_send_to_client",
         "_pad",
         "dropped",
+        "_forwarding",
+        "_slot",
     )
 
     def __init__(
@@ -127,6 +130,8 @@ class Allocation:
         stats: collections.Counter[str] | None = None,
         allocation_id: int = 0,
         emit: Callable[[object], None] | None = None,
+        forwarding: IForwarding = NO_FORWARDING,
+        bandwidth: TokenBucket | None = None,
     ) -> None:
         self._reactor = reactor
         #: A number unique on the server, naming it in lifecycle events.
@@ -160,7 +165,7 @@ class Allocation:
         #: A TCP allocation (RFC 6062): no channels, Send or Data.
         self.tcp = False
         #: Relayed bytes per second, both directions (--max-bps), or None.
-        self.bandwidth: TokenBucket | None = None
+        self.bandwidth = bandwidth
         self._stats = stats if stats is not None else collections.Counter()
         self._txid_prefix = os.urandom(8)
         #: IPv4 peer -> its XOR-PEER-ADDRESS attribute, which no transaction
@@ -168,6 +173,15 @@ class Allocation:
         self._peer_attributes: dict[Address, bytes] = {}
         self._send_to_client = client.send
         self._pad = bool(client.stream)
+        self._forwarding = forwarding
+        #: Its handle in the fast path, or None: then every packet takes
+        #: the Python path (a stream or IPv6 client, no fast path, or a
+        #: bandwidth limit, which only the Python path keeps).
+        self._slot = (
+            forwarding.open(client, client_address, self._txid_prefix)
+            if bandwidth is None
+            else None
+        )
 
     # -- relays and lifetimes --------------------------------------------------
 
@@ -222,6 +236,12 @@ class Allocation:
             timer.cancel()
         relay.receiver = _discard
         relay.icmp_receiver = _discard_icmp
+        slot = self._slot
+        if slot is not None:
+            self._forwarding.relay_closed(slot, relay)
+            if not self.relays:
+                self._slot = None
+                self._count(self._forwarding.close(slot))
         closing = relay.close()
         if not self.relays and not self.closed:
             self.closed = True
@@ -252,6 +272,8 @@ class Allocation:
 
     def _permission_expired(self, host: str) -> None:
         self.permissions.pop(host, None)
+        if self._slot is not None:
+            self._forwarding.permission_expired(self._slot, host)
         self._emit(PermissionExpired(self.id, host))
 
     # -- channels --------------------------------------------------------------
@@ -289,11 +311,15 @@ class Allocation:
             self._channel_timers[channel] = self._reactor.callLater(
                 CHANNEL_LIFETIME, self._channel_expired, channel
             )
+            if self._slot is not None:
+                self._forwarding.channel_bound(self._slot, channel, relay, peer)
             self._emit(ChannelBound(self.id, channel, peer))
         self.install_permission(peer[0])
 
     def _channel_expired(self, channel: int) -> None:
-        peer, _ = self.channels.pop(channel)
+        peer, relay = self.channels.pop(channel)
+        if self._slot is not None:
+            self._forwarding.channel_expired(self._slot, channel, relay, peer)
         self._emit(ChannelExpired(self.id, channel, peer))
         del self.peer_channels[peer]
         del self._channel_timers[channel]
@@ -319,6 +345,28 @@ class Allocation:
         ]
 
     # -- the relay hot path ------------------------------------------------------
+
+    def take_counters(self) -> None:
+        """
+        Add what the fast path relayed since last asked to the counters
+        (for metrics; a deleted allocation's are complete).
+        """
+        if self._slot is not None:
+            self._count(self._forwarding.take_counters(self._slot))
+
+    def _count(self, counters: tuple[int, int, int, int]) -> None:
+        self.to_peers_packets += counters[0]
+        self.to_peers_bytes += counters[1]
+        self.to_client_packets += counters[2]
+        self.to_client_bytes += counters[3]
+
+    def sent_to(self, relay: IRelay, peer: Address) -> None:
+        """
+        A Send indication's data went to C{peer}: the fast path may send
+        the next ones itself.
+        """
+        if self._slot is not None:
+            self._forwarding.send_seen(self._slot, relay, peer)
 
     def drop(self, reason: str) -> None:
         """
@@ -367,6 +415,12 @@ class Allocation:
             return
         self.to_client_packets += 1
         self.to_client_bytes += len(data)
+        if self._slot is not None:
+            # The fast path relays the next ones from this peer itself.
+            relay = self.relays.get(host_family(peer[0]))
+            self._forwarding.peer_seen(
+                self._slot, relay, peer, self.client, self.client_address, channel or 0
+            )
 
     def icmp_from_peer(self, peer: Address, icmp_type: int, icmp_code: int, info: int) -> None:
         """

@@ -332,10 +332,14 @@ class AllocationRequests:
             stats=server.stats,
             allocation_id=next(self._ids),
             emit=server.emit,
+            forwarding=server.forwarding,
+            bandwidth=(
+                TokenBucket(server.reactor, server.config.max_bps)
+                if server.config.max_bps
+                else None
+            ),
         )
         allocation.tcp = tcp
-        if self._server.config.max_bps:
-            allocation.bandwidth = TokenBucket(server.reactor, self._server.config.max_bps)
         attributes: Extra = []
         for relay_family, relay in sorted(relays.items()):
             allocation.add_relay(relay_family, relay, lifetime)

@@ -134,6 +134,7 @@ class Metrics:
                 ] += 1
             permissions += len(allocation.permissions)
             channels += len(allocation.channels)
+            allocation.take_counters()
             traffic[("to_peers", "packets")] += allocation.to_peers_packets
             traffic[("to_peers", "bytes")] += allocation.to_peers_bytes
             traffic[("to_client", "packets")] += allocation.to_client_packets

@@ -144,6 +144,7 @@ class PeerRequests:
         relay.send(data, peer)
         allocation.to_peers_packets += 1
         allocation.to_peers_bytes += len(data)
+        allocation.sent_to(relay, peer)
 
     def _too_many_permissions(self, allocation: Allocation, hosts: set[str]) -> bool:
         limit = self._server.config.max_permissions

@@ -37,6 +37,7 @@ from txturn.events import (
     IServerObserver,
     Traffic,
 )
+from txturn.forwarding import NO_FORWARDING, IForwarding
 from txturn.interfaces import (
     Address,
     IClientChannel,
@@ -143,8 +144,12 @@ class TurnServer:
         places: IPlaces | None = None,
         worker: tuple[int, int] = (0, 1),
         reservation_broker: IReservationBroker | None = None,
+        forwarding: IForwarding | None = None,
     ) -> None:
         self._reactor = reactor
+        #: The fast path that repeats this core's relay decisions
+        #: (L{txturn.forwarding}); by default there is none.
+        self.forwarding = forwarding if forwarding is not None else NO_FORWARDING
         #: (this worker, of how many) under C{--workers N}; (0, 1) alone.
         self.worker = worker
         #: Where a reservation another worker holds is fetched from.
@@ -219,6 +224,20 @@ class TurnServer:
         as they were at construction.
         """
         self.config = config
+
+    def set_policy(self, policy: PeerPolicy) -> None:
+        """
+        Check peers against C{policy} from now on.
+        """
+        self.policy = policy
+        self.policy_changed()
+
+    def policy_changed(self) -> None:
+        """
+        The peer policy changed (replaced, or the host's addresses it
+        keeps out): the fast path forgets what the old one allowed.
+        """
+        self.forwarding.policy_changed()
 
     def set_credentials(self, credentials: ICredentialSource) -> None:
         """

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 from txturn.credentials import ICredentialSource, NonceManager
 from txturn.dtls import DtlsListener
 from txturn.events import AllocationDeleted, IServerObserver
+from txturn.forwarding import NO_FORWARDING, PumpedPort, forwarding, pumping
 from txturn.host_addresses import host_addresses
 from txturn.interfaces import Address, host_port
 from txturn.limits import ConnectionLimits
@@ -125,6 +126,9 @@ class TurnService(service.MultiService):
         64 KiB).
     @param limits: caps and deadlines for connections and DTLS sessions
         that hold no allocation (L{ConnectionLimits}).
+    @param fast_path: relay UDP through the compiled fast path
+        (L{txturn.forwarding}) when it was built; C{False} keeps every
+        packet on the pure Python path.
     @param announce: C{(username, password)} to log once at startup with a
         ready-to-paste C{iceServers} snippet, for a server whose user was
         generated rather than configured.
@@ -154,6 +158,7 @@ class TurnService(service.MultiService):
         metrics_listen: tuple[str, int] | None = None,
         metrics: bool = False,
         shard: Shard | None = None,
+        fast_path: bool = True,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         unknown = set(transports) - ALL_TRANSPORTS
@@ -165,7 +170,11 @@ class TurnService(service.MultiService):
         self.relay_addresses = list(relay_addresses)
         # A worker relays on its own slice of the range.
         low, high = shard.relay_ports(min_port, max_port) if shard else (min_port, max_port)
-        self.relays = UdpRelayAllocator(reactor, relay_addresses, low, high, external=external_ips)
+        #: The compiled fast path (L{txturn.forwarding}), or L{NO_FORWARDING}.
+        self.forwarding = forwarding() if fast_path else NO_FORWARDING
+        self.relays = UdpRelayAllocator(
+            reactor, relay_addresses, low, high, external=external_ips, forwarding=self.forwarding
+        )
         self.tcp_relays = TcpRelayAllocator(
             reactor,
             relay_addresses,
@@ -193,6 +202,7 @@ class TurnService(service.MultiService):
             policy,
             shard.share(config) if shard else config,
             tcp_relays=self.tcp_relays,
+            forwarding=self.forwarding,
             **(self._shared_state(shard, config) if shard else {}),
         )
         #: Live metrics (L{txturn.metrics}), with C{metrics} or
@@ -352,23 +362,33 @@ class TurnService(service.MultiService):
         check_relay_addresses(self.relay_addresses)
         try:
             for name, host, port, handler in self._listeners():
+                # The fast path reads the UDP listeners (only them: DTLS
+                # and streams decrypt or frame first).
+                port_type = PumpedPort if name == "udp" else None
                 if self._shard is not None and name != "metrics":
                     sock = self._shard.listeners[(name, host, port)]
-                    self.ports.append((name, adopt_listener(self._reactor, sock, handler)))
-                    continue
-                bind = listen_udp if name in ("udp", "dtls") else listen_tcp
-                try:
-                    self.ports.append((name, bind(self._reactor, host, port, handler)))
-                except OSError as e:
-                    raise RuntimeError(
-                        f"cannot listen on {name.upper()} {host} port {port}: {e.strerror}"
-                    ) from e
+                    listening = adopt_listener(self._reactor, sock, handler, port_type)
+                elif name in ("udp", "dtls"):
+                    listening = self._listen(listen_udp, name, host, port, handler, port_type)
+                else:
+                    listening = self._listen(listen_tcp, name, host, port, handler)
+                if port_type is not None:
+                    pumping(listening, self.forwarding, from_peers=False)
+                self.ports.append((name, listening))
         except BaseException:
             for _, bound in self.ports:
                 bound.stopListening()
             self.ports = []
             self._stream_factories = []
             raise
+
+    def _listen(self, bind: Any, name: str, host: str, port: int, *handler: Any) -> Any:
+        try:
+            return bind(self._reactor, host, port, *handler)
+        except OSError as e:
+            raise RuntimeError(
+                f"cannot listen on {name.upper()} {host} port {port}: {e.strerror}"
+            ) from e
 
     def _share_descriptors(self) -> None:
         """
@@ -408,6 +428,7 @@ class TurnService(service.MultiService):
             found = []
         self._host_addresses = found
         self.policy.set_host_addresses(found)
+        self.server.policy_changed()
         if self._address_refresh is not None and self._address_refresh.active():
             self._address_refresh.cancel()
         self._address_refresh = self._reactor.callLater(
@@ -511,7 +532,7 @@ class TurnService(service.MultiService):
             copy = policy.for_server(self._own_addresses, self._relay_ports)
             copy.set_host_addresses(self._host_addresses)
             self.policy = copy
-            self.server.policy = copy
+            self.server.set_policy(copy)
             changed.append("peer policy")
         if config is not None:
             if not config.total_quota and self._descriptor_quota:

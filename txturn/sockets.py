@@ -99,23 +99,33 @@ def listening_socket(
     return sock
 
 
-def adopt_listener(reactor: Any, sock: socket.socket, handler: Any) -> Any:
+def adopt_listener(reactor: Any, sock: socket.socket, handler: Any, port_type: Any = None) -> Any:
     """
     Give a listening socket to the reactor with its protocol (UDP) or
     factory (TCP); returns the listening port.  The reactor holds its own
     duplicate of the descriptor: the caller closes C{sock} when it wants.
+    A UDP C{port_type} (a C{udp.Port} subclass) reads it instead of the
+    reactor's own.
     """
     if sock.type == socket.SOCK_DGRAM:
+        if port_type is not None:
+            port = port_type._fromListeningDescriptor(
+                reactor, sock.fileno(), sock.family, handler, maxPacketSize=MAX_DATAGRAM
+            )
+            port.startListening()
+            return port
         return reactor.adoptDatagramPort(sock.fileno(), sock.family, handler, MAX_DATAGRAM)
     return reactor.adoptStreamPort(sock.fileno(), sock.family, handler)
 
 
-def listen_udp(reactor: Any, host: str, port: int, protocol: DatagramProtocol) -> Any:
+def listen_udp(
+    reactor: Any, host: str, port: int, protocol: DatagramProtocol, port_type: Any = None
+) -> Any:
     """
     Bind a UDP listener and adopt it; returns the listening port.
     """
     with listening_socket(host, port, datagram=True) as sock:
-        return adopt_listener(reactor, sock, protocol)
+        return adopt_listener(reactor, sock, protocol, port_type)
 
 
 def listen_tcp(reactor: Any, host: str, port: int, factory: IProtocolFactory) -> Any:

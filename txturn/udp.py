@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
 
+from txturn.forwarding import PumpedPort
 from txturn.interfaces import Address, IClientChannel
 from txturn.server import TurnServer
 from txturn.sockets import datagram_sender
@@ -38,6 +39,14 @@ class TurnDatagramProtocol(DatagramProtocol):
         host = self.transport.getHost()
         self.local_address = (host.host, host.port)
         self._sendto = datagram_sender(self.transport)
+
+    @property
+    def forwarding_handle(self) -> int | None:
+        """
+        The descriptor the fast path knows this listener by, if it pumps it.
+        """
+        transport = self.transport
+        return transport.forwarding_handle() if isinstance(transport, PumpedPort) else None
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         self._server.datagram_received(self, data, addr)

@@ -23,13 +23,14 @@ import socket
 import struct
 from typing import Any, Mapping, Sequence
 
-from twisted.internet import base, udp
+from twisted.internet import base
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txturn.forwarding import IForwarding, PumpedPort, pumping
 from txturn.interfaces import Address, IRelay, IRelayAllocator, RelayUnavailable
 from txturn.log_level import logger
 from txturn.port_pool import PortPool
@@ -86,7 +87,7 @@ def _discard_icmp(peer: Address, icmp_type: int, icmp_code: int, info: int) -> N
 
 
 @implementer(IHalfCloseableDescriptor)
-class RelayPort(udp.Port):
+class RelayPort(PumpedPort):
     """
     A UDP port that reads ICMP errors from the socket's error queue.
 
@@ -145,9 +146,13 @@ class RelayPort(udp.Port):
 
     def doRead(self) -> None:
         try:
-            super().doRead()  # type: ignore[no-untyped-call]
+            super().doRead()
         except OSError:
             self.drain_errors()
+
+    def read_failed(self, error: OSError) -> None:
+        # The fast path's read found an error queued: ICMP.
+        self.drain_errors()
 
     def readConnectionLost(self, reason: Failure) -> None:
         if not self.connected:
@@ -206,6 +211,14 @@ class UdpRelay(DatagramProtocol):
         self.address = (self._host, port)
         self.advertised = (self._public, port)
         self._sendto = datagram_sender(self.transport)
+
+    @property
+    def forwarding_handle(self) -> int | None:
+        """
+        The descriptor the fast path knows this relay by, if it pumps it.
+        """
+        transport = self.transport
+        return transport.forwarding_handle() if isinstance(transport, PumpedPort) else None
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         self.receiver(data, addr)
@@ -270,8 +283,10 @@ class UdpRelayAllocator:
         max_port: int = 65535,
         attempts: int = 64,
         external: Mapping[str, str] | None = None,
+        forwarding: IForwarding | None = None,
     ) -> None:
         self._reactor = reactor
+        self._forwarding = forwarding
         self.pool = PortPool(addresses, min_port, max_port, external, attempts)
         self.families = self.pool.families
         self.min_port = min_port
@@ -285,6 +300,7 @@ class UdpRelayAllocator:
         listener = RelayPort(  # type: ignore[no-untyped-call]
             port, relay, interface=host, maxPacketSize=MAX_DATAGRAM, reactor=self._reactor
         )
+        pumping(listener, self._forwarding, from_peers=True)
         try:
             listener.startListening()  # type: ignore[no-untyped-call]
         except CannotListenError as e:
@@ -304,6 +320,7 @@ class UdpRelayAllocator:
         listener = RelayPort._fromListeningDescriptor(  # type: ignore[no-untyped-call]
             self._reactor, descriptor, family, relay, maxPacketSize=MAX_DATAGRAM
         )
+        pumping(listener, self._forwarding, from_peers=True)
         listener.startListening()
         return relay
 

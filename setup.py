@@ -1,0 +1,20 @@
+"""
+The one thing setup.cfg cannot say: the optional C fast path.
+
+C{optional=True} makes a failed compile (no compiler, no Python headers,
+not Linux) a warning: the package then installs without
+C{txturn._forwarder} and relays on the pure Python path.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "txturn._forwarder",
+            ["txturn/_forwarder.c"],
+            optional=True,
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        )
+    ]
+)

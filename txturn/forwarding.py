@@ -1,0 +1,326 @@
+# -*- test-case-name: tests.test_forwarding -*-
+"""
+The fast path: forwarding entries the core installs, and the compiled
+loop (C{txturn._forwarder}) that reads UDP sockets through them.
+
+The Python core stays the source of truth.  When it relays a packet on
+its own path, or binds a channel, it tells its L{IForwarding} what it
+decided (L{Forwarding.peer_seen}, L{Forwarding.send_seen},
+L{Forwarding.channel_bound}); when the state behind a decision goes (a
+permission, channel or relay expires, the policy is reloaded) it says so
+in the same call that removes the state.  The compiled loop forwards only
+what those entries allow and hands every other datagram to the Python
+path unchanged, in order.  So no packet is relayed that the Python path
+would have dropped, and the fast path holds no timer of its own.
+
+Without the compiled module (no C compiler at install time, or
+C{TXTURN_FAST_PATH=off}) L{NO_FORWARDING} takes its place: the core asks it
+for nothing per packet, and every datagram takes the Python path.
+
+Only IPv4 UDP is forwarded: stream and DTLS clients, IPv6 sockets and
+allocations with a bandwidth limit stay on the Python path.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from types import ModuleType
+from typing import Any, Callable
+
+from twisted.internet import udp
+from zope.interface import Interface, implementer
+
+from txturn.interfaces import Address
+from txturn.log_level import logger
+from txturn.stun import xor_peer_attribute
+
+#: Batches of datagrams one read of a socket may take, before the reactor
+#: serves the other sockets (C{udp.Port} reads 256 KiB per call).
+BATCHES_PER_READ = 8
+
+Counters = tuple[int, int, int, int]
+
+
+def compiled_module() -> ModuleType | None:
+    """
+    C{txturn._forwarder}, unless it was not built or C{TXTURN_FAST_PATH}
+    is C{off}.
+    """
+    if os.environ.get("TXTURN_FAST_PATH", "on").lower() in ("off", "0", "no", "false"):
+        return None
+    try:
+        from txturn import _forwarder  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _forwarder  # type: ignore[no-any-return]
+
+
+class IForwarding(Interface):
+    """
+    What the core tells the fast path.  A slot is an allocation's handle
+    there; the core holds it only while the allocation lives.
+    """
+
+    def open(client: Any, client_address: Address, txid_prefix: bytes) -> int | None:
+        """
+        A slot for a new allocation, or C{None} when its client channel is
+        not forwarded (then nothing else is asked for it).
+        """
+
+    def close(slot: int) -> Counters:
+        """
+        Forget the slot and every entry of it; returns the counters not yet
+        taken.
+        """
+
+    def take_counters(slot: int) -> Counters:
+        """
+        Packets and bytes the fast path relayed for the slot since the last
+        take: to peers, then to the client.
+        """
+
+    def channel_bound(slot: int, channel: int, relay: Any, peer: Address) -> None:
+        """
+        ChannelData on C{channel} goes to C{peer} through C{relay}.
+        """
+
+    def channel_expired(slot: int, channel: int, relay: Any, peer: Address) -> None:
+        """
+        The binding is gone, both ways.
+        """
+
+    def peer_seen(
+        slot: int, relay: Any, peer: Address, client: Any, client_address: Address, channel: int
+    ) -> None:
+        """
+        Datagrams from C{peer} to C{relay} go to the client: as ChannelData
+        on C{channel}, or as Data indications when C{channel} is 0.
+        """
+
+    def send_seen(slot: int, relay: Any, peer: Address) -> None:
+        """
+        Send indications to C{peer} go out through C{relay}.
+        """
+
+    def permission_expired(slot: int, host: str) -> None:
+        """
+        Nothing more from C{host}, nor to it by Send indication.
+        """
+
+    def relay_closed(slot: int, relay: Any) -> None:
+        """
+        Every entry through C{relay} goes (before its socket closes).
+        """
+
+    def policy_changed() -> None:
+        """
+        Every Send entry goes: the Python path checks the peer policy on
+        each Send, so the new policy decides again.
+        """
+
+
+@implementer(IForwarding)
+class NoForwarding:
+    """
+    The pure Python path: nothing is forwarded elsewhere.
+    """
+
+    def open(self, client: Any, client_address: Address, txid_prefix: bytes) -> int | None:
+        return None
+
+    def close(self, slot: int) -> Counters:
+        return (0, 0, 0, 0)
+
+    def take_counters(self, slot: int) -> Counters:
+        return (0, 0, 0, 0)
+
+    def channel_bound(self, slot: int, channel: int, relay: Any, peer: Address) -> None:
+        pass
+
+    def channel_expired(self, slot: int, channel: int, relay: Any, peer: Address) -> None:
+        pass
+
+    def peer_seen(
+        self,
+        slot: int,
+        relay: Any,
+        peer: Address,
+        client: Any,
+        client_address: Address,
+        channel: int,
+    ) -> None:
+        pass
+
+    def send_seen(self, slot: int, relay: Any, peer: Address) -> None:
+        pass
+
+    def permission_expired(self, slot: int, host: str) -> None:
+        pass
+
+    def relay_closed(self, slot: int, relay: Any) -> None:
+        pass
+
+    def policy_changed(self) -> None:
+        pass
+
+
+NO_FORWARDING = NoForwarding()
+
+
+def _handle(channel_or_relay: Any) -> int | None:
+    """
+    The descriptor of a pumped IPv4 socket, or C{None}.
+    """
+    handle = getattr(channel_or_relay, "forwarding_handle", None)
+    return handle if isinstance(handle, int) else None
+
+
+@implementer(IForwarding)
+class Forwarding:
+    """
+    Forwarding entries in a compiled C{Forwarder}, and the reads of the
+    sockets it pumps.
+    """
+
+    log = logger()
+
+    def __init__(self, module: ModuleType) -> None:
+        self.forwarder = module.Forwarder(secrets.token_bytes(16))
+
+    def open(self, client: Any, client_address: Address, txid_prefix: bytes) -> int | None:
+        fd = _handle(client)
+        if fd is None or ":" in client_address[0]:
+            return None
+        slot: int = self.forwarder.add_allocation(fd, client_address[:2], txid_prefix)
+        return slot
+
+    def close(self, slot: int) -> Counters:
+        counters: Counters = self.forwarder.remove_allocation(slot)
+        return counters
+
+    def take_counters(self, slot: int) -> Counters:
+        counters: Counters = self.forwarder.take_counters(slot)
+        return counters
+
+    def channel_bound(self, slot: int, channel: int, relay: Any, peer: Address) -> None:
+        fd = _handle(relay)
+        if fd is not None:
+            self.forwarder.add_channel(slot, channel, fd, peer[:2])
+            # Its Data indication entry, if any, is now wrong: the next
+            # datagram from the peer takes the Python path and is learned
+            # again as ChannelData.
+            self.forwarder.remove_peer(slot, fd, peer[:2])
+
+    def channel_expired(self, slot: int, channel: int, relay: Any, peer: Address) -> None:
+        self.forwarder.remove_channel(slot, channel)
+        fd = _handle(relay)
+        if fd is not None:
+            self.forwarder.remove_peer(slot, fd, peer[:2])
+
+    def peer_seen(
+        self,
+        slot: int,
+        relay: Any,
+        peer: Address,
+        client: Any,
+        client_address: Address,
+        channel: int,
+    ) -> None:
+        fd, client_fd = _handle(relay), _handle(client)
+        if fd is None or client_fd is None:
+            return
+        attribute = b"" if channel else xor_peer_attribute(peer, b"")
+        self.forwarder.add_peer(
+            slot, fd, peer[:2], client_fd, client_address[:2], channel, attribute
+        )
+
+    def send_seen(self, slot: int, relay: Any, peer: Address) -> None:
+        fd = _handle(relay)
+        if fd is not None:
+            self.forwarder.add_send(slot, fd, peer[:2])
+
+    def permission_expired(self, slot: int, host: str) -> None:
+        if ":" not in host:
+            self.forwarder.remove_host(slot, host)
+
+    def relay_closed(self, slot: int, relay: Any) -> None:
+        fd = _handle(relay)
+        if fd is not None:
+            self.forwarder.remove_relay(slot, fd)
+
+    def policy_changed(self) -> None:
+        self.forwarder.clear_sends()
+
+    def pump(self, fd: int, from_peers: bool, deliver: Callable[[bytes, Address], None]) -> None:
+        """
+        Read C{fd} through the entries; C{deliver} gets the rest.
+        """
+        self.forwarder.pump(fd, from_peers, deliver, BATCHES_PER_READ)
+
+
+def forwarding() -> IForwarding:
+    """
+    The fast path when it was built (and not turned off), else
+    L{NO_FORWARDING}.
+    """
+    module = compiled_module()
+    return Forwarding(module) if module is not None else NO_FORWARDING
+
+
+def pumping(port: "PumpedPort", forwarding: object, from_peers: bool) -> None:
+    """
+    Have C{port} read by C{forwarding}'s fast path, if it has one.
+    """
+    if isinstance(forwarding, Forwarding):
+        port.pump_with(forwarding, from_peers)
+
+
+class PumpedPort(udp.Port):
+    """
+    A UDP port read by the fast path: C{recvmmsg} in batches, forwarding
+    what the entries allow, the rest handed to the protocol in order.
+
+    C{from_peers} says which entries apply: a relay's (datagrams from
+    peers) or a listener's (datagrams from clients).
+    """
+
+    log = logger()
+    forwarding: Forwarding | None = None
+    from_peers = False
+
+    def pump_with(self, forwarding: Forwarding, from_peers: bool) -> None:
+        self.forwarding = forwarding
+        self.from_peers = from_peers
+
+    def forwarding_handle(self) -> int | None:
+        """
+        The descriptor the entries name, when this port is pumped (IPv4).
+        """
+        if self.forwarding is None or self.addressFamily != 2 or not self.connected:
+            return None
+        fileno: int = self.socket.fileno()
+        return fileno
+
+    def doRead(self) -> None:
+        if self.forwarding is None or self.addressFamily != 2:
+            super().doRead()  # type: ignore[no-untyped-call]
+            return
+        try:
+            self.forwarding.pump(self.socket.fileno(), self.from_peers, self._deliver)
+        except OSError as e:
+            self.read_failed(e)
+
+    def read_failed(self, error: OSError) -> None:
+        """
+        Reading failed with C{error} before any datagram was read: for a
+        listener, a transient error (the next read tries again).
+        """
+
+    def _deliver(self, data: bytes, address: Address) -> None:
+        # What udp.Port.doRead does for each datagram: a failing protocol
+        # is logged and the port keeps reading.
+        try:
+            self.protocol.datagramReceived(data, address)
+        except BaseException:
+            self.log.failure("Unhandled error in {protocol!r}", protocol=self.protocol)
