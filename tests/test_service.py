@@ -15,13 +15,15 @@ from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from txturn import forwarding
 from txturn import service as service_module
 from txturn.credentials import StaticCredentials
+from txturn.forwarding import NO_FORWARDING
 from txturn.interfaces import RelayUnavailable
 from txturn.policy import PeerPolicy, parse_range
 from txturn.server import ServerConfig
 from txturn.service import TurnService
-from txturn.stun import Attr, Class, Message, Method, decode, encode
+from txturn.stun import Attr, Class, Message, Method, decode, encode, encode_channel_data
 from txturn.testing import StunClient, needs_ipv6
 from txturn.udp_relay import UdpRelayAllocator
 
@@ -140,6 +142,56 @@ class ServiceTests(TestCase):
         self.peer_port.write(b"back", relayed)
         data, _ = yield self.client_proto.next()
         self.assertEqual(data, b"\x40\x00\x00\x04back")
+
+    @defer.inlineCallbacks
+    def test_fast_path_carries(self) -> Any:
+        """
+        With the fast path built, after the first datagram of each kind
+        (which the Python path relays and teaches it) the compiled loop
+        carries Send indications, Data indications and ChannelData both
+        ways, in order; its counts reach the allocation.  Without it
+        (C{TXTURN_FAST_PATH=off}) the Python path carries them all.
+        """
+        fast = self.service.forwarding is not NO_FORWARDING
+        self.assertEqual(fast, forwarding.compiled_module() is not None)
+        response = yield self.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+        relayed = response.get(Attr.XOR_RELAYED_ADDRESS)
+        peer = ("127.0.0.1", self.peer_port.getHost().port)
+        yield self.request(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, peer)])
+        [allocation] = self.service.server.allocations.values()
+        count = 50
+        for i in range(count):
+            send = Message(Method.SEND, Class.INDICATION, b"s" * 12)
+            send.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, b"send %d" % i)
+            self.client_port.write(encode(send), self.server_address)
+        for i in range(count):
+            data, _ = yield self.peer_proto.next()
+            self.assertEqual(data, b"send %d" % i)
+        for i in range(count):
+            self.peer_port.write(b"data %d" % i, relayed)
+        for i in range(count):
+            data, _ = yield self.client_proto.next()
+            self.assertEqual(decode(data).get(Attr.DATA), b"data %d" % i)
+        yield self.request(
+            Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, peer)]
+        )
+        for i in range(count):
+            self.client_port.write(encode_channel_data(0x4000, b"up %d" % i), self.server_address)
+        for i in range(count):
+            data, _ = yield self.peer_proto.next()
+            self.assertEqual(data, b"up %d" % i)
+        for i in range(count):
+            self.peer_port.write(b"down %d" % i, relayed)
+        for i in range(count):
+            data, _ = yield self.client_proto.next()
+            self.assertEqual(data, encode_channel_data(0x4000, b"down %d" % i))
+        # The Python path's own counts: the first of each kind when fast.
+        python = (allocation.to_peers_packets, allocation.to_client_packets)
+        self.assertEqual(python, (1, 2) if fast else (2 * count, 2 * count))
+        allocation.take_counters()
+        self.assertEqual(
+            (allocation.to_peers_packets, allocation.to_client_packets), (2 * count, 2 * count)
+        )
 
     @defer.inlineCallbacks
     def test_drain(self) -> Any:

@@ -119,6 +119,8 @@ class FakeRelay:
         self.dont_fragment = False
         self.closed = False
         self._allocator = allocator
+        #: The descriptor a fast path would know it by (a fake one).
+        self.forwarding_handle: int | None = None
 
     def send(self, data: bytes, address: Address) -> None:
         self.sent.append((data, address))
@@ -143,8 +145,11 @@ class FakeRelayAllocator:
         hosts: dict[int, str] | None = None,
         first_port: int = 50000,
         capacity: int = 1000,
+        handles: bool = False,
     ) -> None:
         self.hosts = hosts if hosts is not None else {FAMILY_IPV4: "192.0.2.1"}
+        #: Whether relays get fake descriptors, for a fast path's entries.
+        self.handles = handles
         self.families = frozenset(self.hosts)
         self._first = self._next = first_port
         self._ports_in_use: set[int] = set()
@@ -156,6 +161,8 @@ class FakeRelayAllocator:
         while self._next in self._ports_in_use:
             self._next = self._next + 1 if self._next < 65535 else self._first
         relay = FakeRelay((self.hosts[family], self._next), self)
+        if self.handles and family == FAMILY_IPV4:
+            relay.forwarding_handle = 1000 + self._next
         self._next = self._next + 1 if self._next < 65535 else self._first
         self.open_relays.add(relay)
         self._ports_in_use.add(relay.address[1])

@@ -1,0 +1,403 @@
+"""
+Tests for the compiled fast path (L{txturn.forwarding}, C{txturn._forwarder}):
+it forwards exactly what the Python core decided, for exactly as long as
+the state behind it lives, and hands everything else up unchanged.
+
+The core-level tests drive a fast and a pure Python core in lock step
+(L{txturn.forwarding_check.TwinServers}) on a clock; what the compiled
+loop does with real sockets is in L{ServiceTests.test_fast_path_carries}
+(C{tests.test_service}) and the sanitizer run here.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import zipfile
+from typing import Any
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from txturn import forwarding
+from txturn.events import AllocationDeleted
+from txturn.forwarding_check import (
+    CHANNEL,
+    CHANNEL_PEER,
+    CLIENT,
+    LISTENER,
+    PERMITTED_PEER,
+    STRANGER,
+    TwinServers,
+    fuzz_forwarding,
+)
+from txturn.policy import PeerPolicy
+from txturn.stun import Attr, Class, Method, encode_channel_data
+from txturn.testing import FastClock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def compiled() -> Any:
+    """
+    The compiled module, or skip (the pure Python path has no fast path
+    to test).
+    """
+    module = forwarding.compiled_module()
+    if module is None:
+        raise SkipTest("the fast path is not built or TXTURN_FAST_PATH=off")
+    return module
+
+
+def compiler_present() -> bool:
+    include = sysconfig.get_paths()["include"]
+    return shutil.which("cc") is not None and os.path.exists(os.path.join(include, "Python.h"))
+
+
+class BuildTests(SynchronousTestCase):
+    """
+    The extension is built where it can be, and its absence is harmless.
+    """
+
+    def test_built_where_a_compiler_is(self) -> None:
+        """
+        With a C compiler and Python's headers, C{pip install .} built
+        the fast path (an optional extension fails quietly: this is
+        where it would be noticed).
+        """
+        if not compiler_present():
+            raise SkipTest("no C compiler or Python headers here")
+        from txturn import _forwarder  # type: ignore[attr-defined]
+
+        self.assertTrue(callable(_forwarder.Forwarder))
+
+    def test_off(self) -> None:
+        """
+        C{TXTURN_FAST_PATH=off} gives the pure Python path.
+        """
+        self.patch(os, "environ", {**os.environ, "TXTURN_FAST_PATH": "off"})
+        self.assertIs(forwarding.forwarding(), forwarding.NO_FORWARDING)
+
+    def test_without_compiler(self) -> None:
+        """
+        Built where C{cc} fails, the wheel has no extension and still
+        installs: the build does not stop at the failed compile.
+        """
+        out = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, out, True)
+        source = os.path.join(out, "src")
+        shutil.copytree(
+            ROOT,
+            source,
+            ignore=shutil.ignore_patterns(
+                "*.so", "build", "_trial_temp*", ".git", "*.egg-info", "bench"
+            ),
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q"]
+            + ["-w", out, source],
+            env={**os.environ, "CC": "false"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        [wheel] = glob.glob(os.path.join(out, "txturn-*.whl"))
+        names = zipfile.ZipFile(wheel).namelist()
+        self.assertIn("txturn/forwarding.py", names)
+        self.assertEqual([n for n in names if n.endswith(".so")], [])
+
+
+class EntryTests(SynchronousTestCase):
+    """
+    Entries come and go with the core's state, at the same moment.
+    """
+
+    def setUp(self) -> None:
+        self.clock = FastClock()
+        self.twins = TwinServers(self.clock, compiled())
+        self.twins.set_up()
+        self.forwarder = self.twins.forwarding.forwarder
+        address = self.twins.relay_address()
+        assert address is not None
+        self.relay = address
+        relay = self.twins.fast.relay_at(address)
+        assert relay is not None
+        self.relay_fd = relay.forwarding_handle
+
+    def decide_client(self, data: bytes) -> Any:
+        return self.forwarder.decide(LISTENER, False, data, CLIENT)
+
+    def decide_peer(self, data: bytes, peer: Any) -> Any:
+        return self.forwarder.decide(self.relay_fd, True, data, peer)
+
+    def send_indication(self, peer: Any, data: bytes) -> bytes:
+        return self.twins.client.request(
+            Method.SEND,
+            [(Attr.XOR_PEER_ADDRESS, peer), (Attr.DATA, data)],
+            authenticate=False,
+            cls=Class.INDICATION,
+        )
+
+    def test_channel(self) -> None:
+        """
+        A bound channel is forwarded from the bind on, both ways (from the
+        peer once its first datagram took the Python path), and not a
+        moment after it expires.
+        """
+        frame = encode_channel_data(CHANNEL, b"hello")
+        self.assertEqual(self.decide_client(frame), (self.relay_fd, CHANNEL_PEER, b"hello"))
+        self.assertIsNone(self.decide_peer(b"back", CHANNEL_PEER))
+        fast, slow = self.twins.from_peer(self.relay, b"back", CHANNEL_PEER)
+        self.assertEqual(fast, slow)
+        self.assertEqual(
+            self.decide_peer(b"back", CHANNEL_PEER),
+            (LISTENER, CLIENT, encode_channel_data(CHANNEL, b"back")),
+        )
+        # A longer frame than its length field says is cut as Python cuts it;
+        # a shorter one is not forwarded.
+        self.assertEqual(self.decide_client(frame + b"pad")[2], b"hello")
+        self.assertIsNone(self.decide_client(frame[:-1]))
+        self.assertIsNone(self.decide_client(encode_channel_data(0x4002, b"x")))
+        # The permission (refreshed by the bind) expires at 300 s: the peer
+        # entry goes with it; the channel to the peer lasts its 600 s.
+        self.clock.advance(300)
+        self.assertIsNone(self.decide_peer(b"back", CHANNEL_PEER))
+        self.assertIsNotNone(self.decide_client(frame))
+        self.clock.advance(300)
+        self.assertIsNone(self.decide_client(frame))
+
+    def test_data_indication(self) -> None:
+        """
+        A peer with a permission is learned from its first datagram and
+        then gets Data indications built by the fast path: the same bytes
+        as the Python path's, but for the transaction id.  The permission's
+        expiry ends it.
+        """
+        fast, slow = self.twins.from_peer(self.relay, b"x" * 5, PERMITTED_PEER)
+        self.assertEqual(fast, slow)
+        decided = self.decide_peer(b"x" * 5, PERMITTED_PEER)
+        self.assertEqual(decided[:2], (LISTENER, CLIENT))
+        python = self.twins.slow.server.table.get(self.twins.slow.channel, CLIENT)
+        assert python is not None
+        expected = python.data_indication(PERMITTED_PEER, Attr.DATA, b"x" * 5)
+        self.assertEqual(decided[2][:8] + decided[2][20:], expected[:8] + expected[20:])
+        self.assertNotEqual(decided[2][8:20], expected[8:20])
+        # Another port of the same host is another entry; a stranger none.
+        self.assertIsNone(self.decide_peer(b"x", (PERMITTED_PEER[0], 1)))
+        self.assertIsNone(self.decide_peer(b"x", STRANGER))
+        self.clock.advance(300)
+        self.assertIsNone(self.decide_peer(b"x" * 5, PERMITTED_PEER))
+
+    def test_send_indication(self) -> None:
+        """
+        A Send indication to a permitted peer is learned from the first
+        one; a new peer policy forgets it, as the Python path checks the
+        policy on every Send.
+        """
+        send = self.send_indication(PERMITTED_PEER, b"data")
+        self.assertIsNone(self.decide_client(send))
+        fast, slow = self.twins.from_client(send)
+        self.assertEqual(fast, slow)
+        self.assertEqual(self.decide_client(send), (self.relay_fd, PERMITTED_PEER, b"data"))
+        self.twins.client.fingerprint = False
+        self.assertEqual(
+            self.decide_client(self.send_indication(PERMITTED_PEER, b"odd")),
+            (self.relay_fd, PERMITTED_PEER, b"odd"),
+        )
+        corrupt = bytearray(send)
+        corrupt[-1] ^= 1
+        self.assertIsNone(self.decide_client(bytes(corrupt)))
+        self.twins.fast.server.set_policy(PeerPolicy())
+        self.assertIsNone(self.decide_client(send))
+
+    def test_counters(self) -> None:
+        """
+        What the fast path relayed is in the allocation's deletion event,
+        and every entry goes with the allocation.
+        """
+        events: list[AllocationDeleted] = []
+        server = self.twins.fast.server
+
+        class Observer:
+            def observe(self, event: object) -> None:
+                if isinstance(event, AllocationDeleted):
+                    events.append(event)
+
+        server.add_observer(Observer())  # type: ignore[arg-type]
+        for _ in range(3):
+            self.decide_client(encode_channel_data(CHANNEL, b"12345"))
+        self.twins.from_peer(self.relay, b"1234567", PERMITTED_PEER)
+        self.decide_peer(b"1234567", PERMITTED_PEER)
+        self.assertGreater(self.forwarder.entry_count(), 0)
+        self.twins.from_client(self.twins.client.request(Method.REFRESH, [(Attr.LIFETIME, 0)]))
+        [deleted] = events
+        self.assertEqual((deleted.to_peers.packets, deleted.to_peers.bytes), (3, 15))
+        self.assertEqual((deleted.to_client.packets, deleted.to_client.bytes), (2, 14))
+        self.assertEqual(self.forwarder.entry_count(), 0)
+
+    def test_bandwidth(self) -> None:
+        """
+        An allocation with a bandwidth limit is not forwarded: only the
+        Python path keeps the limit.
+        """
+        clock = FastClock()
+        twins = TwinServers(clock, compiled())
+        twins.fast.server.reconfigure(twins.fast.server.config.__class__(realm="twins", max_bps=1))
+        twins.set_up()
+        self.assertEqual(twins.forwarding.forwarder.entry_count(), 0)
+
+
+class FuzzTests(SynchronousTestCase):
+    """
+    The mutation fuzzer drives both paths (the long run is bench/fuzz.py).
+    """
+
+    def test_same_as_python(self) -> None:
+        """
+        30,000 mutated client datagrams and random peer datagrams: the
+        fast path sends exactly what the Python path sends, forwards a
+        good share itself, and nothing escapes.
+        """
+        result = fuzz_forwarding(30_000, seed=13, module=compiled())
+        self.assertEqual(result["mismatches"][:1], [])
+        self.assertEqual(result["escaped"], [])
+        self.assertEqual(result["failures"], [])
+        self.assertGreater(result["forwarded"], 5_000)
+
+
+def pump_through_sockets(module: Any) -> str:
+    """
+    The compiled loop on real loopback sockets, without a reactor:
+    ChannelData and Send indications from a client, datagrams from a peer
+    (one as large as UDP allows), forwarded in batches; what has no entry
+    handed up in order.  Returns C{"ok"} (the sanitizer run calls it too).
+    """
+    import socket
+
+    def udp() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        return sock
+
+    listener, relay, client, peer = udp(), udp(), udp(), udp()
+    try:
+        forwarder = module.Forwarder(os.urandom(16))
+        client_address, peer_address = client.getsockname(), peer.getsockname()
+        slot = forwarder.add_allocation(listener.fileno(), client_address, b"p" * 8)
+        forwarder.add_channel(slot, 0x4000, relay.fileno(), peer_address)
+        forwarder.add_peer(
+            slot, relay.fileno(), peer_address, listener.fileno(), client_address, 0x4000, b""
+        )
+        handed: list[tuple[bytes, Any]] = []
+        frames = [encode_channel_data(0x4000, b"%d" % i) for i in range(100)]
+        frames.insert(50, b"\x00\x01\x00\x00not stun")
+        for frame in frames:
+            client.sendto(frame, listener.getsockname())
+        while forwarder.pump(listener.fileno(), False, lambda d, a: handed.append((d, a)), 8):
+            pass
+        assert handed == [(frames[50], client_address)], handed
+        got = [peer.recv(100) for _ in range(100)]
+        assert got == [b"%d" % i for i in range(100)], got[:5]
+        big = os.urandom(65507)
+        for data in (b"small", big):
+            peer.sendto(data, relay.getsockname())
+        while forwarder.pump(relay.fileno(), True, lambda d, a: handed.append((d, a)), 8):
+            pass
+        assert client.recv(65535) == encode_channel_data(0x4000, b"small")
+        # With its header the largest datagram does not fit UDP: lost on
+        # send, as on the Python path, and counted.
+        try:
+            client.recv(65535)
+        except BlockingIOError:
+            pass
+        else:
+            raise AssertionError("an oversize ChannelData reached the client")
+        assert forwarder.send_errors() == 1, forwarder.send_errors()
+        assert len(handed) == 1, handed
+        assert forwarder.take_counters(slot)[:2] == (100, sum(len(b"%d" % i) for i in range(100)))
+    finally:
+        for sock in (listener, relay, client, peer):
+            sock.close()
+    return "ok"
+
+
+SANITIZED = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("txturn._forwarder", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+sys.modules["txturn._forwarder"] = module
+from txturn.forwarding_check import fuzz_forwarding
+from tests.test_forwarding import pump_through_sockets
+result = fuzz_forwarding(int(sys.argv[2]), seed=7, module=module)
+assert not result["mismatches"] and not result["escaped"], result["mismatches"][:1]
+assert pump_through_sockets(module) == "ok"
+print("forwarded", result["forwarded"])
+"""
+
+
+class PumpTests(SynchronousTestCase):
+    """
+    The compiled loop on real sockets.
+    """
+
+    def test_pump(self) -> None:
+        """
+        L{pump_through_sockets}: batches forwarded in order, the rest
+        handed up, counters kept, a send failure counted.
+        """
+        self.assertEqual(pump_through_sockets(compiled()), "ok")
+
+
+class SanitizerTests(TestCase):
+    """
+    The C code under AddressSanitizer and UndefinedBehaviorSanitizer.
+    """
+
+    def test_asan_ubsan(self) -> None:
+        """
+        Built with C{-fsanitize=address,undefined}, the extension runs the
+        fuzzer and a real socket pump with no report.
+        """
+        if not compiler_present() or shutil.which("gcc") is None:
+            raise SkipTest("no gcc here")
+        libasan = subprocess.run(
+            ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True
+        ).stdout.strip()
+        if not os.path.isabs(libasan):
+            raise SkipTest("gcc has no libasan")
+        out = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, out, True)
+        library = os.path.join(out, "_forwarder.so")
+        include = sysconfig.get_paths()["include"]
+        subprocess.run(
+            ["gcc", "-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer"]
+            + ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+            + [f"-I{include}", os.path.join(ROOT, "txturn", "_forwarder.c"), "-o", library],
+            check=True,
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", SANITIZED, library, "20000"],
+            env={
+                **os.environ,
+                "LD_PRELOAD": libasan,
+                "ASAN_OPTIONS": "detect_leaks=0,abort_on_error=1",
+                "UBSAN_OPTIONS": "print_stacktrace=1,halt_on_error=1",
+                "PYTHONPATH": ROOT,
+                "PYTHONMALLOC": "malloc",
+            },
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        report = result.stderr[-3000:]
+        self.assertEqual(result.returncode, 0, report)
+        self.assertNotIn("Sanitizer", result.stderr, report)
+        self.assertIn("forwarded", result.stdout)
