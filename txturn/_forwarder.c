@@ -40,6 +40,17 @@
 #define BUFFER_SIZE 65536
 #define MAGIC_COOKIE 0x2112A442u
 #define MAX_INDICATION_DATA (0xFFFF - 24 - 4 - 3)
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+/* UDP GSO: datagrams to one destination go in one send, cut by the kernel
+ * into segments of one size.  A segment must fit the path MTU, or the send
+ * fails: only datagrams that fit a 1500-byte Ethernet MTU are joined. */
+#define GSO_MAX_SEGMENT 1400
+#define GSO_MAX_TOTAL 60000
 
 enum { K_CLIENT = 1, K_CHANNEL = 2, K_SEND = 3, K_PEER = 4 };
 
@@ -102,6 +113,20 @@ typedef struct {
     struct iovec siov[BATCH][4];
     struct sockaddr_in snames[BATCH];
     unsigned char sheaders[BATCH][40];
+    size_t slengths[BATCH];
+    /* tuning: datagrams per recvmmsg and per sendmmsg; UDP GSO on or off */
+    int batch;
+    int gso;
+    unsigned long long gso_sends;
+    /* the queue joined into GSO sends */
+    struct mmsghdr gmsgs[BATCH];
+    struct iovec giov[BATCH * 4];
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } gcontrol[BATCH];
+    int gfirst[BATCH];
+    int gcount[BATCH];
 } Forwarder;
 
 /* -- SipHash-1-3, keyed per forwarder: peers choose their addresses -- */
@@ -759,12 +784,11 @@ decide_peer(Forwarder *self, int fd, const unsigned char *data, size_t n, uint32
 static const unsigned char zeros[4];
 
 static void
-flush(Forwarder *self)
+send_plain(Forwarder *self, int first, int count)
 {
-    int i = 0;
-    while (i < self->send_count) {
-        int r = sendmmsg(self->send_fd, self->smsgs + i, (unsigned int)(self->send_count - i),
-                         MSG_DONTWAIT);
+    int i = first, end = first + count;
+    while (i < end) {
+        int r = sendmmsg(self->send_fd, self->smsgs + i, (unsigned int)(end - i), MSG_DONTWAIT);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -775,13 +799,100 @@ flush(Forwarder *self)
             i += r;
         }
     }
+}
+
+static int
+same_destination(const Forwarder *self, int a, int b)
+{
+    return self->snames[a].sin_addr.s_addr == self->snames[b].sin_addr.s_addr
+           && self->snames[a].sin_port == self->snames[b].sin_port;
+}
+
+/* Join runs of queued datagrams to one destination, of one length (the
+ * last may be shorter), into GSO sends; returns how many sends. */
+static int
+join(Forwarder *self, int n)
+{
+    int g = 0, k = 0, iovs = 0;
+    while (k < n) {
+        size_t size = self->slengths[k], total = size;
+        int j = k + 1;
+        if (size > 0 && size <= GSO_MAX_SEGMENT) {
+            while (j < n && same_destination(self, j, k) && self->slengths[j] > 0
+                   && self->slengths[j] <= size && total + self->slengths[j] <= GSO_MAX_TOTAL) {
+                total += self->slengths[j++];
+                if (self->slengths[j - 1] < size)
+                    break; /* only the last segment may be shorter */
+            }
+        }
+        struct msghdr *h = &self->gmsgs[g].msg_hdr;
+        if (j - k == 1) {
+            *h = self->smsgs[k].msg_hdr;
+        } else {
+            memset(h, 0, sizeof(*h));
+            h->msg_name = &self->snames[k];
+            h->msg_namelen = sizeof(self->snames[k]);
+            h->msg_iov = &self->giov[iovs];
+            for (int q = k; q < j; q++) {
+                const struct msghdr *m = &self->smsgs[q].msg_hdr;
+                for (size_t v = 0; v < m->msg_iovlen; v++)
+                    self->giov[iovs++] = m->msg_iov[v];
+            }
+            h->msg_iovlen = (size_t)(&self->giov[iovs] - h->msg_iov);
+            h->msg_control = self->gcontrol[g].buf;
+            h->msg_controllen = sizeof(self->gcontrol[g].buf);
+            struct cmsghdr *c = CMSG_FIRSTHDR(h);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t segment = (uint16_t)size;
+            memcpy(CMSG_DATA(c), &segment, sizeof(segment));
+        }
+        self->gfirst[g] = k;
+        self->gcount[g] = j - k;
+        g++;
+        k = j;
+    }
+    return g;
+}
+
+static void
+flush(Forwarder *self)
+{
+    int n = self->send_count;
     self->send_count = 0;
+    if (!self->gso || n < 2) {
+        send_plain(self, 0, n);
+        return;
+    }
+    int g = join(self, n);
+    int i = 0;
+    while (i < g) {
+        int r = sendmmsg(self->send_fd, self->gmsgs + i, (unsigned int)(g - i), MSG_DONTWAIT);
+        if (r >= 0) {
+            for (int q = i; q < i + r; q++)
+                self->gso_sends += self->gcount[q] > 1;
+            i += r;
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        if (self->gcount[i] > 1 && errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
+            /* The kernel refused the segmentation (too old, or a path MTU
+             * below the segment): send them one by one from now on. */
+            self->gso = 0;
+            send_plain(self, self->gfirst[i], self->gcount[i]);
+        } else {
+            self->send_errors += (unsigned long long)self->gcount[i];
+        }
+        i++;
+    }
 }
 
 static void
 queue(Forwarder *self, const decision_t *d)
 {
-    if (self->send_count && (self->send_fd != d->fd || self->send_count == BATCH))
+    if (self->send_count && (self->send_fd != d->fd || self->send_count >= self->batch))
         flush(self);
     int k = self->send_count++;
     self->send_fd = d->fd;
@@ -809,6 +920,7 @@ queue(Forwarder *self, const decision_t *d)
     m->msg_namelen = sizeof(*name);
     m->msg_iov = iov;
     m->msg_iovlen = (size_t)parts;
+    self->slengths[k] = d->header_length + d->length + d->padding;
     slot_t *s = &self->slots[d->slot];
     s->counters[d->to_client ? 2 : 0] += 1;
     s->counters[d->to_client ? 3 : 1] += d->counted;
@@ -855,7 +967,7 @@ pump(Forwarder *self, PyObject *args)
             self->rmsgs[k].msg_hdr.msg_iov = &self->riov[k];
             self->rmsgs[k].msg_hdr.msg_iovlen = 1;
         }
-        int got = recvmmsg(fd, self->rmsgs, BATCH, MSG_DONTWAIT, NULL);
+        int got = recvmmsg(fd, self->rmsgs, (unsigned int)self->batch, MSG_DONTWAIT, NULL);
         if (got < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || total > 0)
                 break;
@@ -894,7 +1006,7 @@ pump(Forwarder *self, PyObject *args)
         }
         flush(self);
         total += got;
-        if (called || got < BATCH)
+        if (called || got < self->batch)
             break;
     }
     return PyLong_FromLong(total);
@@ -955,6 +1067,28 @@ send_errors(Forwarder *self, PyObject *noargs)
     return PyLong_FromUnsignedLongLong(self->send_errors);
 }
 
+static PyObject *
+gso_sends(Forwarder *self, PyObject *noargs)
+{
+    return PyLong_FromUnsignedLongLong(self->gso_sends);
+}
+
+static PyObject *
+tune(Forwarder *self, PyObject *args)
+{
+    int batch, gso;
+    if (!PyArg_ParseTuple(args, "ip", &batch, &gso))
+        return NULL;
+    if (batch < 1 || batch > BATCH) {
+        PyErr_Format(PyExc_ValueError, "a batch is 1 to %d datagrams", BATCH);
+        return NULL;
+    }
+    flush(self);
+    self->batch = batch;
+    self->gso = gso;
+    Py_RETURN_NONE;
+}
+
 /* -- the type --------------------------------------------------------------- */
 
 static PyObject *
@@ -969,6 +1103,8 @@ forwarder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->nodes = PyMem_Calloc(64, sizeof(node_t));
     self->slot_capacity = 16;
     self->slots = PyMem_Calloc(16, sizeof(slot_t));
+    self->batch = BATCH;
+    self->gso = 1;
     /* Pages are only touched as datagrams that large arrive. */
     self->buffers = PyMem_RawMalloc((size_t)BATCH * BUFFER_SIZE);
     if (!self->buckets || !self->nodes || !self->slots || !self->buffers) {
@@ -1039,6 +1175,10 @@ static PyMethodDef forwarder_methods[] = {
     {"clear_sends", (PyCFunction)clear_sends, METH_NOARGS, "clear_sends(): every Send entry"},
     {"entry_count", (PyCFunction)entry_count, METH_NOARGS, "entry_count() -> entries held"},
     {"send_errors", (PyCFunction)send_errors, METH_NOARGS, "send_errors() -> datagrams lost"},
+    {"gso_sends", (PyCFunction)gso_sends, METH_NOARGS,
+     "gso_sends() -> sends that carried several datagrams (UDP GSO)"},
+    {"tune", (PyCFunction)tune, METH_VARARGS,
+     "tune(batch, gso): datagrams per recvmmsg and sendmmsg (1-BATCH), and UDP GSO"},
     {"pump", (PyCFunction)pump, METH_VARARGS, "pump(fd, from_peers, callback, batches) -> read"},
     {"decide", (PyCFunction)decide, METH_VARARGS,
      "decide(fd, from_peers, data, (host, port)) -> None or (fd, (host, port), bytes)"},

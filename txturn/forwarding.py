@@ -42,12 +42,22 @@ BATCHES_PER_READ = 8
 Counters = tuple[int, int, int, int]
 
 
+#: C{TXTURN_FAST_PATH} values other than C{on} (the default) and C{off}:
+#: the fast path without one of its batching mechanisms, for bench/relay.py
+#: to measure what each is worth.
+TUNINGS = {"no-gso": (32, False), "unbatched": (1, False)}
+
+
+def _setting() -> str:
+    return os.environ.get("TXTURN_FAST_PATH", "on").lower()
+
+
 def compiled_module() -> ModuleType | None:
     """
     C{txturn._forwarder}, unless it was not built or C{TXTURN_FAST_PATH}
     is C{off}.
     """
-    if os.environ.get("TXTURN_FAST_PATH", "on").lower() in ("off", "0", "no", "false"):
+    if _setting() in ("off", "0", "no", "false"):
         return None
     try:
         from txturn import _forwarder  # type: ignore[attr-defined]
@@ -187,6 +197,9 @@ class Forwarding:
 
     def __init__(self, module: ModuleType) -> None:
         self.forwarder = module.Forwarder(secrets.token_bytes(16))
+        tuning = TUNINGS.get(_setting())
+        if tuning is not None:
+            self.forwarder.tune(*tuning)
 
     def open(self, client: Any, client_address: Address, txid_prefix: bytes) -> int | None:
         fd = _handle(client)
