@@ -89,7 +89,7 @@ _GROUPS: list[tuple[str, list[str]]] = [
     ),
     ("Identity", ["software", "no-software", "server-name"]),
     ("Redirection", ["alternate-server", "alternate-server-load"]),
-    ("Processes", ["workers"]),
+    ("Processes", ["workers", "no-fast-path"]),
     ("Draining", ["drain-timeout"]),
     ("Metrics and usage", ["prometheus", "prometheus-port", "prometheus-address", "usage-file"]),
     ("Configuration and logging", ["config", "log-level", "verbose", "Verbose"]),
@@ -325,6 +325,11 @@ class Options(usage.Options):
         ["no-dtls", None, "Do not serve TURN over DTLS."],
         ["no-udp-relay", None, "Refuse UDP relays (403)."],
         ["no-tcp-relay", None, "Refuse TCP relays, RFC 6062 (442)."],
+        [
+            "no-fast-path",
+            None,
+            "Relay UDP in Python only, not through the compiled fast path (used when built).",
+        ],
     ]
 
     def __init__(self) -> None:

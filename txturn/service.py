@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 from txturn.credentials import ICredentialSource, NonceManager
 from txturn.dtls import DtlsListener
 from txturn.events import AllocationDeleted, IServerObserver
-from txturn.forwarding import NO_FORWARDING, PumpedPort, forwarding, pumping
+from txturn.forwarding import NO_FORWARDING, Forwarding, PumpedPort, forwarding, pumping
 from txturn.host_addresses import host_addresses
 from txturn.interfaces import Address, host_port
 from txturn.limits import ConnectionLimits
@@ -171,6 +171,7 @@ class TurnService(service.MultiService):
         # A worker relays on its own slice of the range.
         low, high = shard.relay_ports(min_port, max_port) if shard else (min_port, max_port)
         #: The compiled fast path (L{txturn.forwarding}), or L{NO_FORWARDING}.
+        self._fast_path = fast_path
         self.forwarding = forwarding() if fast_path else NO_FORWARDING
         self.relays = UdpRelayAllocator(
             reactor, relay_addresses, low, high, external=external_ips, forwarding=self.forwarding
@@ -415,6 +416,23 @@ class TurnService(service.MultiService):
             allocations=self.server.config.total_quota,
         )
 
+    def _log_fast_path(self) -> None:
+        """
+        Say once how UDP is relayed: an operator comparing two servers'
+        CPU should know which path each runs.
+        """
+        if self._shard is not None and self._shard.index:
+            return
+        if isinstance(self.forwarding, Forwarding):
+            self.log.info("UDP relayed through the compiled fast path (recvmmsg, sendmmsg, GSO)")
+        elif not self._fast_path:
+            self.log.info("UDP relayed in Python: the fast path is turned off")
+        else:
+            self.log.info(
+                "UDP relayed in Python: the fast path was not built (pip found no C "
+                "compiler or Python headers) or TXTURN_FAST_PATH=off"
+            )
+
     def _refresh_host_addresses(self) -> None:
         """
         A wildcard listener answers on every address of the host, so each
@@ -439,6 +457,7 @@ class TurnService(service.MultiService):
         # twistd binds in privilegedStartService; "twist" calls only this.
         self._bind()
         super().startService()  # type: ignore[no-untyped-call]
+        self._log_fast_path()
         self.guard.start()
         if any(host in WILDCARDS for host, _ in self.listen):
             self._refresh_host_addresses()

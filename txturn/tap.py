@@ -79,6 +79,7 @@ def makeService(
         metrics_listen=metrics_listen,
         metrics=shard is not None and options["prometheus"],
         shard=shard,
+        fast_path=not options["no-fast-path"],
         limits=ConnectionLimits(
             max_connections=options["max-connections"],
             max_unallocated_per_source=options["max-connections-per-ip"],
@@ -280,6 +281,7 @@ def _tls(options: Options) -> TlsCredentials | None:
 #: Options a reload cannot change: they are bound sockets or shape them.
 _NEEDS_RESTART = (
     "realm",
+    "no-fast-path",
     "port",
     "tls-port",
     "listen",
