@@ -2,11 +2,16 @@
 The long fuzz run: mutations of real requests into the server core (UDP
 datagrams, and stream chunks cut at random through TCP framing), by
 default 1,000,000 of them, then mutated DTLS and TLS records into the
-transports (another 1,000,000), and the figures: how many, how fast, and
-what escaped, reached the last-resort handler or stayed behind for
-senders that never authenticated (all should be 0).
+transports (another 1,000,000), then mutated client datagrams and random
+peer datagrams into a core behind the compiled fast path and a pure
+Python core side by side (another 1,000,000, when the fast path is
+built), and the figures: how many, how fast, and what escaped, reached
+the last-resort handler, stayed behind for senders that never
+authenticated, or came out of the two paths differently (all should be
+0).
 
-usage: python bench/fuzz.py [--iterations 1000000] [--transports 1000000] [--seed 1]
+usage: python bench/fuzz.py [--iterations 1000000] [--transports 1000000]
+                            [--forwarding 1000000] [--seed 1]
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from txturn.forwarding import compiled_module  # noqa: E402
+from txturn.forwarding_check import fuzz_forwarding  # noqa: E402
 from txturn.fuzzing import fuzz, fuzz_transports  # noqa: E402
 
 
@@ -25,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iterations", type=int, default=1_000_000)
     parser.add_argument("--transports", type=int, default=1_000_000)
+    parser.add_argument("--forwarding", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     start = time.perf_counter()
@@ -54,8 +62,29 @@ def main() -> None:
         print(failure.getTraceback())  # noqa: T201
     for escape in sorted(set(transports["escaped"]))[:5]:
         print("escaped:", escape)  # noqa: T201
+    module = compiled_module()
+    differences: list[object] = []
+    forwarding_failures: list[object] = []
+    if module is None:
+        print("the fast path is not built: no forwarding fuzz")  # noqa: T201
+    else:
+        start = time.perf_counter()
+        twins = fuzz_forwarding(args.forwarding, args.seed, module)
+        elapsed = time.perf_counter() - start
+        differences = twins["mismatches"] + twins["escaped"]
+        forwarding_failures = twins["failures"]
+        print(  # noqa: T201
+            f"{twins['iterations']:,} datagrams to the fast and Python paths in {elapsed:.1f} s "
+            f"({twins['iterations'] / elapsed:,.0f}/s): forwarded by the fast path="
+            f"{twins['forwarded']:,} different={len(twins['mismatches'])} "
+            f"escaped={len(twins['escaped'])} failures={len(twins['failures'])}"
+        )
+        for data, fast, slow in twins["mismatches"][:3]:
+            print("different:", data[:64].hex(), fast[:1], slow[:1])  # noqa: T201
     if (
-        result["escaped"]
+        differences
+        or forwarding_failures
+        or result["escaped"]
         or result["failures"]
         or result["strangers"]
         or transports["escaped"]

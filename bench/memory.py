@@ -43,7 +43,7 @@ def measure(name: str, allocations: int, turnserver: str) -> tuple[float, float]
         clients = relay.allocate_clients(port, allocations, sink.getsockname())
         time.sleep(1.0)
         loaded = relay.rss_mib(process.pid)
-        for s, _, _ in clients:
+        for s, _, _, _ in clients:
             s.close()
     finally:
         sink.close()

@@ -1,9 +1,12 @@
 """
 Relay benchmark: packets/s and Mbit/s that a TURN server relays from
 clients to a peer over ChannelData, for 1 and 50 clients at 100- and
-1000-byte payloads, and over Send indications (Firefox's way: no
-channels) at 100 bytes; the same for coturn's turnserver when installed,
-in the same run, with the ratio.
+1000-byte payloads, over Send indications (Firefox's way: no channels) at
+100 bytes, and both ways at once (ChannelData up, the peer's datagrams
+down); and the round trip through the relay at 10,000 round trips a
+second (p50, p99).  For txturn with its compiled fast path, txturn on
+its pure Python path (TXTURN_FAST_PATH=off), and coturn's turnserver when
+installed, in the same run, with the ratios to coturn.
 
 The server runs pinned to CPU 0, the load generator (bench/loadgen.c,
 compiled on first use) to CPU 1.  The generator sends with sendmmsg and
@@ -11,7 +14,8 @@ counts at the peer with recvmmsg, and reports its own CPU, so a figure
 limited by the generator rather than the server is visible.  Everything is
 on 127.0.0.1, and every run stops after --seconds.
 
-usage: python bench/relay.py [--seconds 3] [--only txturn|coturn] [--turnserver PATH]
+usage: python bench/relay.py [--seconds 3] [--rounds 1] [--variants]
+                             [--only txturn|python|coturn] [--turnserver PATH]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,7 +63,9 @@ def pinned(cpu: int, argv: list[str]) -> list[str]:
     return argv
 
 
-def start_txturn(port: int, *extra: str, cpu: int | None = 0) -> subprocess.Popen[bytes]:
+def start_txturn(
+    port: int, *extra: str, cpu: int | None = 0, fast_path: str = "on"
+) -> subprocess.Popen[bytes]:
     """
     C{twistd -n turn} on 127.0.0.1 with the benchmark user, pinned to
     C{cpu} (or not, with C{None}); C{extra} options are appended.
@@ -74,6 +81,7 @@ def start_txturn(port: int, *extra: str, cpu: int | None = 0) -> subprocess.Pope
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=os.path.dirname(HERE),
+        env={**os.environ, "TXTURN_FAST_PATH": fast_path},
     )
 
 
@@ -133,7 +141,8 @@ def wait_for_server(port: int) -> None:
     raise RuntimeError("server did not start")
 
 
-Client = tuple[socket.socket, int, StunClient]
+#: A client's socket, channel, credentials and relayed port.
+Client = tuple[socket.socket, int, StunClient, int]
 
 
 def allocate_clients(
@@ -150,7 +159,8 @@ def allocate_clients(
         sock.settimeout(2)
         sock.connect(("127.0.0.1", port))
         client = StunClient(USER, PASSWORD)
-        transact(sock, client, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+        response = transact(sock, client, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+        relayed = response.get(Attr.XOR_RELAYED_ADDRESS)[1]
         channel = 0x4000 + i
         if send:
             transact(sock, client, Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, peer)])
@@ -161,7 +171,7 @@ def allocate_clients(
                 Method.CHANNEL_BIND,
                 [(Attr.CHANNEL_NUMBER, channel), (Attr.XOR_PEER_ADDRESS, peer)],
             )
-        clients.append((sock, channel, client))
+        clients.append((sock, channel, client, relayed))
     return clients
 
 
@@ -195,28 +205,38 @@ def measure(
     loadgen: str,
     port: int,
     server_pid: int,
+    workload: str,
     clients: int,
     payload: int,
     seconds: float,
-    send: bool = False,
 ) -> dict[str, float]:
+    """
+    One workload (C{channel}, C{send}, C{both} or C{latency}) against the
+    server on C{port}.
+    """
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     sink.bind(("127.0.0.1", 0))
     peer = sink.getsockname()
+    send = workload == "send"
     socks = allocate_clients(port, clients, peer, send)
     header = send_header(peer, payload) if send else ""
-    fds = [sink.fileno()] + [s.fileno() for s, _, _ in socks]
+    fds = [sink.fileno()] + [s.fileno() for s, _, _, _ in socks]
+    mode = {"both": ["--both"], "latency": [f"--latency={LATENCY_RATE}"]}.get(workload, [])
     cpu0 = cpu_seconds(server_pid)
     result = subprocess.run(
         pinned(
             1,
             [
                 loadgen,
+                *mode,
                 str(seconds),
                 str(payload),
                 str(sink.fileno()),
-                *[f"{s.fileno()}:{f'x{header}' if send else ch}" for s, ch, _ in socks],
+                *[
+                    f"{s.fileno()}:{f'x{header}' if send else ch}@{relayed}"
+                    for s, ch, _, relayed in socks
+                ],
             ],
         ),
         pass_fds=fds,
@@ -225,7 +245,7 @@ def measure(
         check=True,
     )
     server_cpu = cpu_seconds(server_pid) - cpu0
-    for s, _, client in socks:
+    for s, _, client, _ in socks:
         # Delete the allocation, or a later socket that gets the same
         # ephemeral port would find it (437).
         try:
@@ -241,23 +261,64 @@ def measure(
         s.close()
     sink.close()
     figures = dict(kv.split("=") for kv in result.stdout.split())
+    if workload == "latency":
+        return {
+            "p50": float(figures["p50_us"]),
+            "p99": float(figures["p99_us"]),
+            "loss": 1 - int(figures["returned"]) / max(1, int(figures["sent"])),
+            "server_cpu": server_cpu / seconds,
+            "rss": rss_mib(server_pid),
+        }
     elapsed = float(figures["seconds"])
-    received = int(figures["received"])
+    received = int(figures["received"]) + int(figures.get("back_received", 0))
+    sent = int(figures["sent"]) + int(figures.get("back_sent", 0))
     return {
-        "sent_pps": int(figures["sent"]) / seconds,
+        "sent_pps": sent / seconds,
         "pps": received / elapsed,
         "mbps": received * payload * 8 / elapsed / 1e6,
-        "loss": 1 - received / max(1, int(figures["sent"])),
+        "loss": 1 - received / max(1, sent),
         "server_cpu": server_cpu / elapsed,
         "sender_cpu": float(figures["sender_cpu"]) / seconds,
         "rss": rss_mib(server_pid),
     }
 
 
+#: Round trips a second of the latency workload.
+LATENCY_RATE = 10_000
+
 #: (workload, clients, payload) measured for each server.
-WORKLOADS = [("channel", clients, payload) for clients in (1, 50) for payload in (100, 1000)] + [
-    ("send", clients, 100) for clients in (1, 50)
-]
+WORKLOADS = (
+    [("channel", clients, payload) for clients in (1, 50) for payload in (100, 1000)]
+    + [("send", clients, 100) for clients in (1, 50)]
+    + [("both", clients, 100) for clients in (1, 50)]
+    + [("latency", 50, 100)]
+)
+
+#: The servers compared: txturn with its fast path, txturn on the pure
+#: Python path, coturn; and (with --variants) the fast path without UDP GSO
+#: and without any batching, to see what each is worth.
+SERVERS = ("txturn", "python", "coturn", "no-gso", "unbatched")
+FAST_PATH = {"txturn": "on", "python": "off", "no-gso": "no-gso", "unbatched": "unbatched"}
+
+
+def show(name: str, key: tuple[str, int, int], r: dict[str, float]) -> None:
+    workload, clients, payload = key
+    if workload == "latency":
+        print(  # noqa: T201 - a benchmark prints its figures
+            f"{name:7} {workload:7} clients={clients:<3} payload={payload:<5} "
+            f"{LATENCY_RATE:,} round trips/s: p50={r['p50']:7.1f} us p99={r['p99']:7.1f} us "
+            f"loss={r['loss']:6.1%}  server_cpu={r['server_cpu']:5.0%}",
+            flush=True,
+        )
+        return
+    print(  # noqa: T201 - a benchmark prints its figures
+        f"{name:7} {workload:7} clients={clients:<3} payload={payload:<5} "
+        f"{r['pps']:>10,.0f} pkt/s {r['mbps']:>8,.1f} Mbit/s  "
+        f"loss={r['loss']:6.1%}  server_cpu={r['server_cpu']:5.0%} "
+        f"rss={r['rss']:5.1f}MiB  generator: {r['sent_pps']:>10,.0f} pkt/s sent, "
+        f"sender_cpu={r['sender_cpu']:4.0%}",
+        flush=True,
+    )
 
 
 def run_server(
@@ -265,24 +326,17 @@ def run_server(
 ) -> dict[tuple[str, int, int], dict[str, float]]:
     port = free_port()
     logdir = tempfile.mkdtemp()
-    process = start_txturn(port) if name == "txturn" else start_coturn(port, logdir, turnserver)
+    if name == "coturn":
+        process = start_coturn(port, logdir, turnserver)
+    else:
+        process = start_txturn(port, fast_path=FAST_PATH[name])
     results = {}
     try:
         wait_for_server(port)
         for key in WORKLOADS:
             workload, clients, payload = key
-            results[key] = measure(
-                loadgen, port, process.pid, clients, payload, seconds, workload == "send"
-            )
-            r = results[key]
-            print(  # noqa: T201 - a benchmark prints its figures
-                f"{name:7} {workload:7} clients={clients:<3} payload={payload:<5} "
-                f"{r['pps']:>10,.0f} pkt/s {r['mbps']:>8,.1f} Mbit/s  "
-                f"loss={r['loss']:6.1%}  server_cpu={r['server_cpu']:5.0%} "
-                f"rss={r['rss']:5.1f}MiB  generator: {r['sent_pps']:>10,.0f} pkt/s sent, "
-                f"sender_cpu={r['sender_cpu']:4.0%}",
-                flush=True,
-            )
+            results[key] = measure(loadgen, port, process.pid, workload, clients, payload, seconds)
+            show(name, key, results[key])
             time.sleep(0.5)
     finally:
         process.terminate()
@@ -291,33 +345,77 @@ def run_server(
     return results
 
 
+Results = dict[tuple[str, int, int], dict[str, float]]
+
+
+def compare(rounds: list[dict[str, Results]]) -> None:
+    """
+    Each txturn's figures over coturn's, the median over rounds:
+    packets per second and packets per CPU-second of the server (higher
+    is better), and for latency coturn's p50 and p99 over ours (so above
+    1 is better too).
+    """
+    print()  # noqa: T201
+    names = [name for name in rounds[0] if name != "coturn"]
+    for key in WORKLOADS:
+        ratios = []
+        for name in names:
+            if key[0] == "latency":
+                p50 = median([r["coturn"][key]["p50"] / r[name][key]["p50"] for r in rounds])
+                p99 = median([r["coturn"][key]["p99"] / r[name][key]["p99"] for r in rounds])
+                ratios.append(f"{name} p50 {p50:.2f} p99 {p99:.2f}")
+                continue
+            pps = median([r[name][key]["pps"] / r["coturn"][key]["pps"] for r in rounds])
+            per_cpu = median(
+                [
+                    (r[name][key]["pps"] / max(r[name][key]["server_cpu"], 0.01))
+                    / (r["coturn"][key]["pps"] / max(r["coturn"][key]["server_cpu"], 0.01))
+                    for r in rounds
+                ]
+            )
+            ratios.append(f"{name} {pps:.2f} ({per_cpu:.2f}/cpu)")
+        print(  # noqa: T201
+            f"{key[0]:7} clients={key[1]:<3} payload={key[2]:<5} over coturn: " + ", ".join(ratios)
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--only", choices=["txturn", "coturn"])
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="alternating rounds; ratios are their medians"
+    )
+    parser.add_argument("--only", choices=SERVERS)
+    parser.add_argument(
+        "--variants", action="store_true", help="also the fast path without GSO, unbatched"
+    )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(sorted({w for w, _, _ in WORKLOADS})),
+        help="comma-separated: channel, send, both, latency",
+    )
     parser.add_argument(
         "--turnserver",
         default="turnserver",
         help="coturn's turnserver to compare with (bench/build_coturn.sh builds upstream's)",
     )
     args = parser.parse_args()
+    WORKLOADS[:] = [key for key in WORKLOADS if key[0] in args.workloads.split(",")]
     loadgen = build_loadgen()
-    servers = ["txturn"]
+    servers = ["txturn", "python"] + (["no-gso", "unbatched"] if args.variants else [])
     if shutil.which(args.turnserver):
         servers.append("coturn")
     else:
         print("coturn's turnserver not installed: txturn figures only")  # noqa: T201
     if args.only:
         servers = [args.only]
-    results = {name: run_server(name, loadgen, args.seconds, args.turnserver) for name in servers}
-    if len(results) == 2:
-        print()  # noqa: T201
-        for key, ours in results["txturn"].items():
-            theirs = results["coturn"][key]
-            print(  # noqa: T201
-                f"{key[0]:7} clients={key[1]:<3} payload={key[2]:<5} txturn/coturn = "
-                f"{ours['pps'] / theirs['pps']:.2f}"
-            )
+    rounds = []
+    for _ in range(args.rounds):
+        rounds.append(
+            {name: run_server(name, loadgen, args.seconds, args.turnserver) for name in servers}
+        )
+    if "coturn" in servers and len(servers) > 1:
+        compare(rounds)
 
 
 if __name__ == "__main__":

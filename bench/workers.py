@@ -71,17 +71,17 @@ def run(label: str, workers: int, cpu: int | None, args: argparse.Namespace) -> 
                     str(args.seconds),
                     str(args.payload),
                     str(sink.fileno()),
-                    *[f"{s.fileno()}:{ch}" for s, ch, _ in clients],
+                    *[f"{s.fileno()}:{ch}" for s, ch, _, _ in clients],
                 ],
             ),
-            pass_fds=[sink.fileno()] + [s.fileno() for s, _, _ in clients],
+            pass_fds=[sink.fileno()] + [s.fileno() for s, _, _, _ in clients],
             capture_output=True,
             text=True,
             check=True,
         )
         used = {pid: relay.cpu_seconds(pid) - before[pid] for pid in pids}
         supervisor = relay.cpu_seconds(process.pid) - supervisor_before
-        for s, _, _ in clients:
+        for s, _, _, _ in clients:
             s.close()
         sink.close()
     finally:
