@@ -114,14 +114,26 @@ def transact(
     sock: socket.socket, client: StunClient, method: int, attrs: list[tuple[int, Any]]
 ) -> Any:
     for _ in range(3):
-        sock.send(client.request(method, attrs))
-        response = client.learn(sock.recv(2048))
+        request = client.request(method, attrs)
+        sock.send(request)
+        response = client.learn(answer(sock, request[8:20]))
         if response.cls == Class.ERROR and response.get(Attr.ERROR_CODE)[0] in (401, 438):
             continue
         if response.cls != Class.SUCCESS:
             raise RuntimeError(f"{method:#x} failed: {response.get(Attr.ERROR_CODE)}")
         return response
     raise RuntimeError("authentication failed")
+
+
+def answer(sock: socket.socket, transaction_id: bytes) -> bytes:
+    """
+    The response to C{transaction_id}, skipping relayed data still
+    arriving from a workload that just ended.
+    """
+    while True:
+        data = sock.recv(65536)
+        if data[:1] in (b"\x01", b"\x00") and data[8:20] == transaction_id:
+            return data
 
 
 def wait_for_server(port: int) -> None:
@@ -154,12 +166,21 @@ def allocate_clients(
     """
     clients = []
     for i in range(count):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        sock.settimeout(2)
-        sock.connect(("127.0.0.1", port))
-        client = StunClient(USER, PASSWORD)
-        response = transact(sock, client, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+        for attempt in range(3):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            sock.settimeout(2)
+            sock.connect(("127.0.0.1", port))
+            client = StunClient(USER, PASSWORD)
+            try:
+                response = transact(sock, client, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+                break
+            except RuntimeError:
+                # 437: an earlier run's allocation on this ephemeral port
+                # has not expired; another port will do.
+                sock.close()
+                if attempt == 2:
+                    raise
         relayed = response.get(Attr.XOR_RELAYED_ADDRESS)[1]
         channel = 0x4000 + i
         if send:
@@ -248,12 +269,13 @@ def measure(
     for s, _, client, _ in socks:
         # Delete the allocation, or a later socket that gets the same
         # ephemeral port would find it (437).
+        s.setblocking(False)
         try:
-            s.settimeout(0.5)
             while True:
-                s.recv(2048)
+                s.recv(65536)
         except OSError:
             pass
+        s.settimeout(2)
         try:
             transact(s, client, Method.REFRESH, [(Attr.LIFETIME, 0)])
         except (OSError, RuntimeError):

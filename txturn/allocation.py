@@ -22,7 +22,8 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-from typing import Callable
+import sys
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -59,6 +60,14 @@ MAX_KEPT_PEER_ATTRIBUTES = 64
 
 def _ignore(event: object) -> None:
     pass
+
+
+#: What most allocations never write to starts as these shared empty
+#: containers and gets its own on the first write (L{Allocation._own}):
+#: a thousand allocations hold a thousand fewer dicts of each.  Reading
+#: or popping from them never writes.
+_NO_DROPS: collections.Counter[str] = collections.Counter()
+_EMPTY: Any = {}
 
 
 def host_family(host: str) -> int:
@@ -144,18 +153,19 @@ class Allocation:
         self.to_peers_packets = self.to_peers_bytes = 0
         self.to_client_packets = self.to_client_bytes = 0
         #: Relayed packets dropped, by reason (see L{drop}).
-        self.dropped: collections.Counter[str] = collections.Counter()
+        self.dropped: collections.Counter[str] = _NO_DROPS
         self.client = client
         self.client_address = client_address
-        self.username = username
+        # One string per user, not per allocation.
+        self.username = sys.intern(username)
         self.relays: dict[int, IRelay] = {}
         self._expiry: dict[int, IDelayedCall] = {}
         self.permissions: dict[str, IDelayedCall] = {}
         self.channels: dict[int, tuple[Address, IRelay]] = {}
         self.peer_channels: dict[Address, int] = {}
-        self._channel_timers: dict[int, IDelayedCall] = {}
-        self._cooldown_channels: dict[int, tuple[Address, IDelayedCall]] = {}
-        self._cooldown_peers: dict[Address, int] = {}
+        self._channel_timers: dict[int, IDelayedCall] = _EMPTY
+        self._cooldown_channels: dict[int, tuple[Address, IDelayedCall]] = _EMPTY
+        self._cooldown_peers: dict[Address, int] = _EMPTY
         self._on_empty = on_empty
         #: The Allocate transaction that made this allocation and the
         #: response it got, so a retransmission gets the same answer.
@@ -170,7 +180,7 @@ class Allocation:
         self._txid_prefix = os.urandom(8)
         #: IPv4 peer -> its XOR-PEER-ADDRESS attribute, which no transaction
         #: id changes; bounded, as peers choose their ports.
-        self._peer_attributes: dict[Address, bytes] = {}
+        self._peer_attributes: dict[Address, bytes] = _EMPTY
         self._send_to_client = client.send
         self._pad = bool(client.stream)
         self._forwarding = forwarding
@@ -308,6 +318,8 @@ class Allocation:
         else:
             self.channels[channel] = (peer, relay)
             self.peer_channels[peer] = channel
+            if self._channel_timers is _EMPTY:
+                self._channel_timers = {}
             self._channel_timers[channel] = self._reactor.callLater(
                 CHANNEL_LIFETIME, self._channel_expired, channel
             )
@@ -323,6 +335,8 @@ class Allocation:
         self._emit(ChannelExpired(self.id, channel, peer))
         del self.peer_channels[peer]
         del self._channel_timers[channel]
+        if self._cooldown_peers is _EMPTY:
+            self._cooldown_peers, self._cooldown_channels = {}, {}
         self._cooldown_peers[peer] = channel
         self._cooldown_channels[channel] = (
             peer,
@@ -374,6 +388,8 @@ class Allocation:
         (its deletion event reports them) and for the server.  Only the
         drop path pays for it.
         """
+        if self.dropped is _NO_DROPS:
+            self.dropped = collections.Counter()
         self.dropped[reason] += 1
         self._stats[reason] += 1
 
@@ -441,6 +457,8 @@ class Allocation:
         attributes = self._peer_attributes
         attribute = attributes.get(peer)
         if attribute is None and ":" not in peer[0]:
+            if attributes is _EMPTY:
+                attributes = self._peer_attributes = {}
             if len(attributes) >= MAX_KEPT_PEER_ATTRIBUTES:
                 attributes.clear()
             attribute = attributes[peer] = xor_peer_attribute(peer, b"")

@@ -419,6 +419,10 @@ class TurnServer:
         if allocation.username != request.username:
             request.fail(441)
             return None
+        # The client has had the Allocate's answer (it used the
+        # allocation), so no retransmission of that Allocate is coming:
+        # the answer kept for one can go.
+        allocation.allocate_transaction = allocation.allocate_response = b""
         return allocation
 
     # -- methods -------------------------------------------------------------------
