@@ -436,6 +436,54 @@ class AllocateTests(ServerTestCase):
         self.clock.advance(1)
         self.assertEqual(len(self.server.allocations), 0)
 
+    def test_shorter_refresh(self) -> None:
+        """
+        A Refresh to a shorter lifetime than is left ends the allocation
+        at the new time, not the old.
+        """
+        self.allocate([(Attr.LIFETIME, 3000)])
+        self.authed(Method.REFRESH, [(Attr.LIFETIME, 700)])
+        self.clock.advance(699)
+        self.assertEqual(len(self.server.allocations), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(self.server.allocations), 0)
+
+    def test_one_timer(self) -> None:
+        """
+        An allocation holds one timer, whatever it has permissions and
+        channels for (one per lifetime cost some 340 bytes each), and each
+        still ends on time: the permissions 300 s after they were made or
+        refreshed, the channel 600 s after its bind, the allocation at
+        its 1,200.
+        """
+        self.allocate([(Attr.LIFETIME, 1200)])
+        peers = [("203.0.113.%d" % i, 9) for i in range(1, 4)]
+        self.authed(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, p) for p in peers])
+        self.clock.advance(100)
+        self.authed(
+            Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, peers[0])]
+        )
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        [allocation] = self.server.allocations.values()
+        self.clock.advance(199.5)
+        self.assertEqual(len(allocation.permissions), 3)
+        self.clock.advance(0.5)
+        # The channel's bind refreshed its peer's permission at 100 s.
+        self.assertEqual(list(allocation.permissions), [peers[0][0]])
+        self.clock.advance(100)
+        self.assertEqual(allocation.permissions, {})
+        self.assertEqual(list(allocation.channels), [0x4000])
+        self.clock.advance(299.5)
+        self.assertEqual(list(allocation.channels), [0x4000])
+        self.clock.advance(0.5)
+        self.assertEqual(allocation.channels, {})
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(499)
+        self.assertEqual(len(self.server.allocations), 1)
+        self.clock.advance(1)
+        self.assertEqual(self.server.allocations, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_refresh_zero_deletes(self) -> None:
         """
         Refresh with LIFETIME 0 deletes the allocation at once.

@@ -1,12 +1,15 @@
 # -*- test-case-name: tests.test_server -*-
 """
 One TURN allocation: its relays (one per address family, two for a dual
-allocation), permissions and channel bindings, and the timers that expire
+allocation), permissions and channel bindings, and the timer that expires
 them.
 
-Every lifetime is an C{IDelayedCall} on the injected reactor, reset when
-refreshed, so the relay hot path never reads a clock: a permission or a
-channel exists in its dict exactly as long as it is valid.
+Every lifetime is a deadline, and one C{IDelayedCall} per allocation on
+the injected reactor fires at the earliest of them and ends whatever is
+due, so the relay hot path never reads a clock: a permission or a
+channel exists in its dict exactly as long as it is valid.  (One timer,
+not one per permission and channel: each is some 340 bytes, and most
+allocations hold three.)
 
 Permissions and channels are keyed by peer address, and a peer address
 has one family, so each belongs to exactly one of the relays; deleting one
@@ -110,7 +113,8 @@ class Allocation:
         "permissions",
         "channels",
         "peer_channels",
-        "_channel_timers",
+        "_channel_ends",
+        "_timer",
         "_cooldown_channels",
         "_cooldown_peers",
         "_on_empty",
@@ -159,12 +163,17 @@ class Allocation:
         # One string per user, not per allocation.
         self.username = sys.intern(username)
         self.relays: dict[int, IRelay] = {}
-        self._expiry: dict[int, IDelayedCall] = {}
-        self.permissions: dict[str, IDelayedCall] = {}
+        #: family -> when its relay's lifetime ends.
+        self._expiry: dict[int, float] = {}
+        #: peer IP -> when its permission ends.
+        self.permissions: dict[str, float] = {}
         self.channels: dict[int, tuple[Address, IRelay]] = {}
         self.peer_channels: dict[Address, int] = {}
-        self._channel_timers: dict[int, IDelayedCall] = _EMPTY
-        self._cooldown_channels: dict[int, tuple[Address, IDelayedCall]] = _EMPTY
+        self._channel_ends: dict[int, float] = _EMPTY
+        #: The one timer: it fires at the earliest of the deadlines above
+        #: (and the channel cool-downs').
+        self._timer: IDelayedCall | None = None
+        self._cooldown_channels: dict[int, tuple[Address, float]] = _EMPTY
         self._cooldown_peers: dict[Address, int] = _EMPTY
         self._on_empty = on_empty
         #: The Allocate transaction that made this allocation and the
@@ -199,7 +208,7 @@ class Allocation:
         self.relays[family] = relay
         relay.receiver = self.from_peer
         relay.icmp_receiver = self.icmp_from_peer
-        self._expiry[family] = self._reactor.callLater(lifetime, self._expired, family)
+        self._expiry[family] = self._in(lifetime)
 
     def relay_for(self, host: str) -> IRelay | None:
         """
@@ -209,10 +218,10 @@ class Allocation:
 
     def refresh(self, lifetime: float, family: int | None = None) -> None:
         for f in [family] if family is not None else list(self._expiry):
-            self._expiry[f].reset(lifetime)
+            self._expiry[f] = self._in(lifetime)
 
     def expires_in(self) -> float:
-        return max(call.getTime() for call in self._expiry.values()) - self._reactor.seconds()
+        return max(self._expiry.values()) - self._reactor.seconds()
 
     def _expired(self, family: int) -> None:
         self.end_reason = "expired"
@@ -225,25 +234,20 @@ class Allocation:
         none is left the whole allocation goes (C{on_empty}).
         """
         relay = self.relays.pop(family)
-        call = self._expiry.pop(family, None)
-        if call is not None and call.active():
-            call.cancel()
+        self._expiry.pop(family, None)
         for host in [h for h in self.permissions if host_family(h) == family]:
-            timer = self.permissions.pop(host)
-            if timer.active():
-                timer.cancel()
+            del self.permissions[host]
         for channel in [
             c for c, (peer, _) in self.channels.items() if host_family(peer[0]) == family
         ]:
             peer, _ = self.channels.pop(channel)
             del self.peer_channels[peer]
-            self._channel_timers.pop(channel).cancel()
+            del self._channel_ends[channel]
         for channel in [
             c for c, (peer, _) in self._cooldown_channels.items() if host_family(peer[0]) == family
         ]:
-            peer, timer = self._cooldown_channels.pop(channel)
+            peer, _ = self._cooldown_channels.pop(channel)
             self._cooldown_peers.pop(peer, None)
-            timer.cancel()
         relay.receiver = _discard
         relay.icmp_receiver = _discard_icmp
         slot = self._slot
@@ -252,6 +256,10 @@ class Allocation:
             if not self.relays:
                 self._slot = None
                 self._count(self._forwarding.close(slot))
+        if not self.relays and self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
         closing = relay.close()
         if not self.relays and not self.closed:
             self.closed = True
@@ -265,19 +273,72 @@ class Allocation:
         """
         return [self.remove_family(family) for family in list(self.relays)]
 
+    # -- the one timer -----------------------------------------------------------
+
+    def _in(self, seconds: float) -> float:
+        """
+        The deadline C{seconds} from now, with the allocation's timer set
+        to fire by then.
+        """
+        deadline = self._reactor.seconds() + seconds
+        self._fire_by(deadline)
+        return deadline
+
+    def _fire_by(self, deadline: float) -> None:
+        timer = self._timer
+        delay = max(0.0, deadline - self._reactor.seconds())
+        if timer is None or not timer.active():
+            self._timer = self._reactor.callLater(delay, self._tick)
+        elif deadline < timer.getTime():
+            timer.reset(delay)
+
+    def _tick(self) -> None:
+        """
+        The timer fired: end whatever is due (the relays' lifetimes, then
+        permissions, channels and channel cool-downs), and set the timer
+        for the next deadline.  A deadline that was pushed back since the
+        timer was set is simply not due yet.
+        """
+        self._timer = None
+        now = self._reactor.seconds()
+        for family, end in list(self._expiry.items()):
+            if end <= now and family in self._expiry:
+                self._expired(family)
+        if self.closed:
+            return
+        for host, end in list(self.permissions.items()):
+            if end <= now and self.permissions.get(host) == end:
+                self._permission_expired(host)
+        for channel, end in list(self._channel_ends.items()):
+            if end <= now and self._channel_ends.get(channel) == end:
+                self._channel_expired(channel)
+        for channel, (_, end) in list(self._cooldown_channels.items()):
+            if end <= now and channel in self._cooldown_channels:
+                self._cooldown_over(channel)
+        ends = [
+            *self._expiry.values(),
+            *self.permissions.values(),
+            *self._channel_ends.values(),
+            *(end for _, end in self._cooldown_channels.values()),
+        ]
+        if ends:
+            self._fire_by(min(ends))
+
+    def timers(self) -> list[IDelayedCall]:
+        """
+        Every pending timer (one at most), for tests and accounting.
+        """
+        return [self._timer] if self._timer is not None and self._timer.active() else []
+
     # -- permissions -----------------------------------------------------------
 
     def install_permission(self, host: str) -> None:
         """
         Install or refresh the permission for peer IP C{host} (300 s).
         """
-        call = self.permissions.get(host)
-        if call is not None and call.active():
-            call.reset(PERMISSION_LIFETIME)
-        else:
-            self.permissions[host] = self._reactor.callLater(
-                PERMISSION_LIFETIME, self._permission_expired, host
-            )
+        new = host not in self.permissions
+        self.permissions[host] = self._in(PERMISSION_LIFETIME)
+        if new:
             self._emit(PermissionInstalled(self.id, host))
 
     def _permission_expired(self, host: str) -> None:
@@ -310,19 +371,15 @@ class Allocation:
         """
         cooled = self._cooldown_channels.pop(channel, None)
         if cooled is not None:
-            cooled[1].cancel()
             self._cooldown_peers.pop(cooled[0], None)
-        timer = self._channel_timers.get(channel)
-        if timer is not None and timer.active():
-            timer.reset(CHANNEL_LIFETIME)
+        if channel in self._channel_ends:
+            self._channel_ends[channel] = self._in(CHANNEL_LIFETIME)
         else:
             self.channels[channel] = (peer, relay)
             self.peer_channels[peer] = channel
-            if self._channel_timers is _EMPTY:
-                self._channel_timers = {}
-            self._channel_timers[channel] = self._reactor.callLater(
-                CHANNEL_LIFETIME, self._channel_expired, channel
-            )
+            if self._channel_ends is _EMPTY:
+                self._channel_ends = {}
+            self._channel_ends[channel] = self._in(CHANNEL_LIFETIME)
             if self._slot is not None:
                 self._forwarding.channel_bound(self._slot, channel, relay, peer)
             self._emit(ChannelBound(self.id, channel, peer))
@@ -334,29 +391,15 @@ class Allocation:
             self._forwarding.channel_expired(self._slot, channel, relay, peer)
         self._emit(ChannelExpired(self.id, channel, peer))
         del self.peer_channels[peer]
-        del self._channel_timers[channel]
+        del self._channel_ends[channel]
         if self._cooldown_peers is _EMPTY:
             self._cooldown_peers, self._cooldown_channels = {}, {}
         self._cooldown_peers[peer] = channel
-        self._cooldown_channels[channel] = (
-            peer,
-            self._reactor.callLater(CHANNEL_COOLDOWN, self._cooldown_over, channel),
-        )
+        self._cooldown_channels[channel] = (peer, self._in(CHANNEL_COOLDOWN))
 
     def _cooldown_over(self, channel: int) -> None:
         peer, _ = self._cooldown_channels.pop(channel)
         self._cooldown_peers.pop(peer, None)
-
-    def timers(self) -> list[IDelayedCall]:
-        """
-        Every pending timer, for tests and accounting.
-        """
-        return [
-            *self._expiry.values(),
-            *self.permissions.values(),
-            *self._channel_timers.values(),
-            *(call for _, call in self._cooldown_channels.values()),
-        ]
 
     # -- the relay hot path ------------------------------------------------------
 
