@@ -109,6 +109,22 @@ static void *sender(void *arg) {
     return NULL;
 }
 
+/* Point msgs[i] at bufs[i] (and, given names, the sender's address). */
+static void prepare(struct mmsghdr *msgs, struct iovec *iov, unsigned char (*bufs)[2048],
+                    struct sockaddr_in *names) {
+    memset(msgs, 0, sizeof(*msgs) * BATCH);
+    for (int i = 0; i < BATCH; i++) {
+        iov[i].iov_base = bufs[i];
+        iov[i].iov_len = sizeof(bufs[i]);
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        if (names) {
+            msgs[i].msg_hdr.msg_name = &names[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof(names[i]);
+        }
+    }
+}
+
 /* --both: the peer sends to every relayed address in turn. */
 static void *reverse_sender(void *arg) {
     (void)arg;
@@ -164,13 +180,7 @@ static void *client_receiver(void *arg) {
         }
         quiet_since = 0;
         for (int e = 0; e < ready; e++) {
-            memset(msgs, 0, sizeof(msgs));
-            for (int i = 0; i < BATCH; i++) {
-                iov[i].iov_base = bufs[i];
-                iov[i].iov_len = sizeof(bufs[i]);
-                msgs[i].msg_hdr.msg_iov = &iov[i];
-                msgs[i].msg_hdr.msg_iovlen = 1;
-            }
+            prepare(msgs, iov, bufs, NULL);
             int n = recvmmsg(events[e].data.fd, msgs, BATCH, MSG_DONTWAIT, NULL);
             if (n <= 0)
                 continue;
@@ -299,15 +309,7 @@ int main(int argc, char **argv) {
     double last = start;
     struct sockaddr_in sources[BATCH];
     for (;;) {
-        memset(msgs, 0, sizeof(msgs));
-        for (int i = 0; i < BATCH; i++) {
-            iov[i].iov_base = bufs[i];
-            iov[i].iov_len = sizeof(bufs[i]);
-            msgs[i].msg_hdr.msg_iov = &iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-            msgs[i].msg_hdr.msg_name = &sources[i];
-            msgs[i].msg_hdr.msg_namelen = sizeof(sources[i]);
-        }
+        prepare(msgs, iov, bufs, sources);
         int n = recvmmsg(sink_fd, msgs, BATCH, MSG_WAITFORONE, NULL);
         if (n > 0) {
             received += n;

@@ -330,6 +330,18 @@ check_slot(Forwarder *self, int slot)
     return 0;
 }
 
+/* (slot, descriptor, (host, port)): what add_send and remove_peer take. */
+static int
+parse_slot_fd_peer(Forwarder *self, PyObject *args, int *slot, int *fd, uint32_t *addr,
+                   uint32_t *port)
+{
+    PyObject *peer;
+    if (!PyArg_ParseTuple(args, "iiO", slot, fd, &peer) || check_slot(self, *slot) < 0
+        || parse_address(peer, addr, port) < 0)
+        return -1;
+    return 0;
+}
+
 /* -- methods the core calls ------------------------------------------------ */
 
 static PyObject *
@@ -455,10 +467,8 @@ static PyObject *
 add_send(Forwarder *self, PyObject *args)
 {
     int slot, fd;
-    PyObject *peer;
     uint32_t addr, port;
-    if (!PyArg_ParseTuple(args, "iiO", &slot, &fd, &peer) || check_slot(self, slot) < 0
-        || parse_address(peer, &addr, &port) < 0)
+    if (parse_slot_fd_peer(self, args, &slot, &fd, &addr, &port) < 0)
         return NULL;
     key_t_ key;
     make_key(&key, K_SEND, -1, slot, 0, addr, port);
@@ -522,10 +532,8 @@ static PyObject *
 remove_peer(Forwarder *self, PyObject *args)
 {
     int slot, fd;
-    PyObject *peer;
     uint32_t addr, port;
-    if (!PyArg_ParseTuple(args, "iiO", &slot, &fd, &peer) || check_slot(self, slot) < 0
-        || parse_address(peer, &addr, &port) < 0)
+    if (parse_slot_fd_peer(self, args, &slot, &fd, &addr, &port) < 0)
         return NULL;
     key_t_ key;
     make_key(&key, K_PEER, fd, -1, 0, addr, port);
