@@ -4,11 +4,36 @@ The one thing setup.cfg cannot say: the optional C fast path.
 C{optional=True} makes a failed compile (no compiler, no Python headers,
 not Linux) a warning: the package then installs without
 C{txturn._forwarder} and relays on the pure Python path.
+
+A built extension is also copied beside the sources, so that the tests
+run from a checkout (C{pip install '.[test]' && python -m twisted.trial
+tests}, where the checkout's C{txturn} comes first on C{sys.path}) run
+the compiled path that was just built, not only the installed copy.
 """
 
+import os
+import shutil
+
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class BuildExt(build_ext):
+    def run(self) -> None:
+        super().run()
+        if self.inplace:
+            return
+        for extension in self.extensions:
+            built = self.get_ext_fullpath(extension.name)
+            beside = os.path.join(HERE, self.get_ext_filename(extension.name))
+            if os.path.exists(built) and os.path.isdir(os.path.dirname(beside)):
+                shutil.copyfile(built, beside)
+
 
 setup(
+    cmdclass={"build_ext": BuildExt},
     ext_modules=[
         Extension(
             "txturn._forwarder",
@@ -16,5 +41,5 @@ setup(
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
-    ]
+    ],
 )
