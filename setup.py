@@ -29,7 +29,12 @@ class BuildExt(build_ext):
             built = self.get_ext_fullpath(extension.name)
             beside = os.path.join(HERE, self.get_ext_filename(extension.name))
             if os.path.exists(built) and os.path.isdir(os.path.dirname(beside)):
-                shutil.copyfile(built, beside)
+                # A new file renamed into place, never a rewrite of the
+                # old one: a process that has the old one loaded (a test
+                # that builds the wheel, say) keeps its mapping intact.
+                fresh = beside + ".new"
+                shutil.copyfile(built, fresh)
+                os.replace(fresh, beside)
 
 
 setup(
