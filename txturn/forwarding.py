@@ -189,11 +189,9 @@ def _handle(channel_or_relay: Any) -> int | None:
 @implementer(IForwarding)
 class Forwarding:
     """
-    Forwarding entries in a compiled C{Forwarder}, and the reads of the
-    sockets it pumps.
+    Forwarding entries in a compiled C{Forwarder}, which also reads the
+    sockets it pumps (L{PumpedPort}).
     """
-
-    log = logger()
 
     def __init__(self, module: ModuleType) -> None:
         self.forwarder = module.Forwarder(secrets.token_bytes(16))
@@ -265,12 +263,6 @@ class Forwarding:
     def policy_changed(self) -> None:
         self.forwarder.clear_sends()
 
-    def pump(self, fd: int, from_peers: bool, deliver: Callable[[bytes, Address], None]) -> None:
-        """
-        Read C{fd} through the entries; C{deliver} gets the rest.
-        """
-        self.forwarder.pump(fd, from_peers, deliver, BATCHES_PER_READ)
-
 
 def forwarding() -> IForwarding:
     """
@@ -289,6 +281,14 @@ def pumping(port: "PumpedPort", forwarding: object, from_peers: bool) -> None:
         port.pump_with(forwarding, from_peers)
 
 
+def pumped_descriptor(transport: object) -> int | None:
+    """
+    The descriptor the fast path knows a protocol's C{transport} by (a
+    relay's or a listener's), when it pumps it.
+    """
+    return transport.forwarding_handle() if isinstance(transport, PumpedPort) else None
+
+
 class PumpedPort(udp.Port):
     """
     A UDP port read by the fast path: C{recvmmsg} in batches, forwarding
@@ -301,10 +301,16 @@ class PumpedPort(udp.Port):
     log = logger()
     forwarding: Forwarding | None = None
     from_peers = False
+    #: The compiled read and the hand-up, bound once: C{doRead} runs per
+    #: wake-up of the reactor.
+    _pump: Callable[..., int] | None = None
+    _hand_up: Callable[[bytes, Address], None] | None = None
 
     def pump_with(self, forwarding: Forwarding, from_peers: bool) -> None:
         self.forwarding = forwarding
         self.from_peers = from_peers
+        self._pump = forwarding.forwarder.pump
+        self._hand_up = self._deliver
 
     def forwarding_handle(self) -> int | None:
         """
@@ -316,11 +322,12 @@ class PumpedPort(udp.Port):
         return fileno
 
     def doRead(self) -> None:
-        if self.forwarding is None or self.addressFamily != 2:
+        pump = self._pump
+        if pump is None or self.addressFamily != 2:
             super().doRead()  # type: ignore[no-untyped-call]
             return
         try:
-            self.forwarding.pump(self.socket.fileno(), self.from_peers, self._deliver)
+            pump(self.socket.fileno(), self.from_peers, self._hand_up, BATCHES_PER_READ)
         except OSError as e:
             self.read_failed(e)
 

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
 
-from txturn.forwarding import PumpedPort
+from txturn.forwarding import pumped_descriptor
 from txturn.interfaces import Address, IClientChannel
 from txturn.server import TurnServer
 from txturn.sockets import datagram_sender
@@ -45,8 +45,7 @@ class TurnDatagramProtocol(DatagramProtocol):
         """
         The descriptor the fast path knows this listener by, if it pumps it.
         """
-        transport = self.transport
-        return transport.forwarding_handle() if isinstance(transport, PumpedPort) else None
+        return pumped_descriptor(self.transport)
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         self._server.datagram_received(self, data, addr)

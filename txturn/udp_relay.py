@@ -30,7 +30,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txturn.forwarding import IForwarding, PumpedPort, pumping
+from txturn.forwarding import IForwarding, PumpedPort, pumped_descriptor, pumping
 from txturn.interfaces import Address, IRelay, IRelayAllocator, RelayUnavailable
 from txturn.log_level import logger
 from txturn.port_pool import PortPool
@@ -217,8 +217,7 @@ class UdpRelay(DatagramProtocol):
         """
         The descriptor the fast path knows this relay by, if it pumps it.
         """
-        transport = self.transport
-        return transport.forwarding_handle() if isinstance(transport, PumpedPort) else None
+        return pumped_descriptor(self.transport)
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         self.receiver(data, addr)
