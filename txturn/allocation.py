@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from txturn.credential_policy import NO_POLICY
 from txturn.events import ChannelBound, ChannelExpired, PermissionExpired, PermissionInstalled
 from txturn.forwarding import NO_FORWARDING, IForwarding
 from txturn.interfaces import Address, IClientChannel, IRelay
@@ -131,6 +132,7 @@ class Allocation:
         "dropped",
         "_forwarding",
         "_slot",
+        "policy",
     )
 
     def __init__(
@@ -185,6 +187,9 @@ class Allocation:
         self.tcp = False
         #: Relayed bytes per second, both directions (--max-bps), or None.
         self.bandwidth = bandwidth
+        #: What the credential that made it restricts: its peers, on
+        #: every path (L{txturn.credential_policy}).
+        self.policy = NO_POLICY
         self._stats = stats if stats is not None else collections.Counter()
         self._txid_prefix = os.urandom(8)
         #: IPv4 peer -> its XOR-PEER-ADDRESS attribute, which no transaction

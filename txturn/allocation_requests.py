@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from txturn.allocate_request import AllocateRequest, Refusal, parse_allocate
 from txturn.allocation import Allocation
+from txturn.credential_policy import NO_POLICY, CredentialPolicy
 from txturn.events import AllocationCreated, AllocationRefreshed
 from txturn.interfaces import IRelay, RelayUnavailable
 from txturn.limits import LogThrottle, TokenBucket
@@ -39,6 +40,8 @@ class AllocationRequests:
     def __init__(self, server: "TurnServer") -> None:
         #: Reservation tokens being fetched from other workers.
         self._fetching: set[bytes] = set()
+        #: Allocates waiting for the fleet's ledger, by 5-tuple and transaction.
+        self._asking: set[tuple[object, ...]] = set()
         self._server = server
         self._table = server.table
         # Ids unique on the whole server, also under --workers N.
@@ -89,6 +92,14 @@ class AllocationRequests:
             return request.fail(meaning.code, meaning.reason)
         if fetch and meaning.token is not None and self._fetching_elsewhere(request, meaning.token):
             return
+        if self._asking_ledger(request, meaning):
+            return
+        self._create(request, meaning)
+
+    def _create(self, request: Request, meaning: AllocateRequest) -> None:
+        """
+        Check the server's own quotas, open the relays and answer.
+        """
         # The quota check and the places the allocation then takes are one
         # step, also when workers share the places.
         with self._table.places.transaction():
@@ -106,6 +117,45 @@ class AllocationRequests:
                     relay.set_dont_fragment(True)
             lifetime = self.lifetime(request) or self._server.config.default_lifetime
             self._allocated(request, relays, lifetime, extra)
+
+    def _asking_ledger(self, request: Request, meaning: AllocateRequest) -> bool:
+        """
+        With a fleet-wide ledger (C{--redis}): ask it for one more
+        allocation of the user, and create it when it says yes; 486 when
+        it says no; with no answer, go on with this server's own counts.
+        A retransmission meanwhile is not answered: the first one will be.
+        """
+        server = self._server
+        ledger = server.ledger
+        if ledger is None or (
+            meaning.token is not None and server.reservations.owner(meaning.token) is not None
+        ):
+            return False
+        key = (request.client, request.address, request.transaction_id)
+        if key in self._asking:
+            return True
+        self._asking.add(key)
+        username = request.username
+        limit = _policy(request).narrow(server.config.user_quota)
+
+        def answered(granted: bool | None) -> None:
+            self._asking.discard(key)
+            if granted is False:
+                self._over_quota(username, limit)
+                request.fail(486)
+                return
+            try:
+                self._create(request, meaning)
+            finally:
+                if granted and not self._created(request):
+                    ledger.release(username)
+
+        ledger.acquire(username, limit).addCallback(answered).addErrback(server.unexpected, request)
+        return True
+
+    def _created(self, request: Request) -> bool:
+        existing = self._table.get(request.client, request.address)
+        return existing is not None and existing.allocate_transaction == request.transaction_id
 
     def _fetching_elsewhere(self, request: Request, token: bytes) -> bool:
         """
@@ -191,15 +241,9 @@ class AllocationRequests:
         if meaning.token is not None and server.reservations.owner(meaning.token) == username:
             return None
         needed = meaning.places
-        if config.user_quota and self._table.held_by(username) + needed > config.user_quota:
-            server.count("user_quota")
-            self._unavailable_log.emit(
-                ("user quota", username),
-                self.log.info,
-                "Allocate by {user} refused with 486: {limit} allocations, the --user-quota",
-                user=username,
-                limit=config.user_quota,
-            )
+        limit = _policy(request).narrow(config.user_quota)
+        if limit and self._table.held_by(username) + needed > limit:
+            self._over_quota(username, limit)
             return 486
         in_use = self._table.places.in_use()
         if config.total_quota and in_use + needed > config.total_quota:
@@ -213,6 +257,17 @@ class AllocationRequests:
             )
             return 508
         return None
+
+    def _over_quota(self, username: str, limit: int) -> None:
+        self._server.count("user_quota")
+        self._unavailable_log.emit(
+            ("user quota", username),
+            self.log.info,
+            "Allocate by {user} refused with 486: {limit} allocations, the --user-quota "
+            "or the credential's own limit",
+            user=username,
+            limit=limit,
+        )
 
     def _open_udp(
         self, request: Request, meaning: AllocateRequest, relays: dict[int, IRelay], extra: Extra
@@ -323,6 +378,8 @@ class AllocationRequests:
         """
         server = self._server
         client, address, username = request.client, request.address, request.username
+        policy = _policy(request)
+        max_bps = policy.narrow_bps(server.config.max_bps)
         allocation = Allocation(
             server.reactor,
             client,
@@ -333,13 +390,10 @@ class AllocationRequests:
             allocation_id=next(self._ids),
             emit=server.emit,
             forwarding=server.forwarding,
-            bandwidth=(
-                TokenBucket(server.reactor, server.config.max_bps)
-                if server.config.max_bps
-                else None
-            ),
+            bandwidth=TokenBucket(server.reactor, max_bps) if max_bps else None,
         )
         allocation.tcp = tcp
+        allocation.policy = policy
         attributes: Extra = []
         for relay_family, relay in sorted(relays.items()):
             allocation.add_relay(relay_family, relay, lifetime)
@@ -397,3 +451,10 @@ def _family(requested: int | None, request: Request, available: frozenset[int]) 
     if FAMILY_IPV4 in available:
         return FAMILY_IPV4
     return family_of(request.address[0])
+
+
+def _policy(request: Request) -> CredentialPolicy:
+    """
+    What the credential of an authenticated request restricts.
+    """
+    return request.auth.policy if request.auth is not None else NO_POLICY

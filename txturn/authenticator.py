@@ -15,14 +15,19 @@ from __future__ import annotations
 import collections
 import secrets
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
+from txturn.credential_cache import CredentialsUnavailable
+from txturn.credential_policy import NO_POLICY, CredentialPolicy, PolicyReader
 from txturn.credentials import CredentialError, ICredentialSource, NonceManager, rest_expiry
 from txturn.events import AuthenticationFailed
 from txturn.interfaces import Address
 from txturn.limits import SourceLimiter
+from txturn.revocations import Revocations
 from txturn.stun import Attr, Message, PasswordAlgorithm, error_response
 
 #: What the server offers in PASSWORD-ALGORITHMS, most preferred first.
@@ -41,6 +46,22 @@ class AuthContext:
     username: str
     key: bytes
     sha256: bool
+    #: What the credential itself restricts (L{txturn.credential_policy}).
+    policy: CredentialPolicy = NO_POLICY
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """
+    A request between its nonce check and its keys.
+    """
+
+    request: Message
+    address: Address
+    nonce: str
+    realm: str
+    algorithm: int
+    now: float
 
 
 class Authenticator:
@@ -59,6 +80,7 @@ class Authenticator:
         challenges: SourceLimiter,
         stats: collections.Counter[str],
         emit: Callable[[object], None] | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
         self._reactor = reactor
         self.credentials = credentials
@@ -69,11 +91,15 @@ class Authenticator:
         self._emit = emit
         self._logged_failures: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._dummy_key = secrets.token_bytes(16)
+        #: Names refused before their time (L{txturn.revocations}).
+        self.revocations = revocations if revocations is not None else Revocations()
+        self.policies = PolicyReader()
 
-    def check(self, request: Message, address: Address) -> AuthContext | Message | None:
+    def check(self, request: Message, address: Address) -> Any:
         """
         An L{AuthContext} for an authenticated request; otherwise the
-        response to send, or C{None} to stay silent.
+        response to send, or C{None} to stay silent.  When the credential
+        source has to wait (a database), a Deferred of one of these.
 
         An unknown user is checked against a random key, so it costs the
         same and gets the same 401 as a wrong password.
@@ -93,22 +119,71 @@ class Authenticator:
         if not self.nonces.is_valid(nonce, address[0], now):
             self._failed(address, username, nonce, "stale nonce")
             return self._challenge(request, address, 438)
-        if username is None:
-            username = self.credentials.username_for_hash(hashed, realm)
-        keys: Sequence[bytes] = ()
+        attempt = _Attempt(request, address, nonce, realm, algorithm, now)
+        try:
+            if username is None:
+                found = self.credentials.username_for_hash(hashed, realm)
+                if isinstance(found, defer.Deferred):
+                    return found.addCallback(self._named, attempt).addErrback(
+                        self._unavailable, attempt
+                    )
+                return self._named(found, attempt)
+            return self._named(username, attempt)
+        except CredentialsUnavailable:
+            return self._server_error(attempt)
+
+    def _named(self, username: str | None, attempt: "_Attempt") -> Any:
+        """
+        Look up the keys of C{username} (C{None}: a USERHASH nobody has).
+        """
+        keys: Any = ()
         if username is not None:
             try:
-                keys = self.credentials.keys_for(username, realm, algorithm, now)
+                keys = self.credentials.keys_for(
+                    username, attempt.realm, attempt.algorithm, attempt.now
+                )
             except CredentialError:
                 keys = ()  # a realm or name OpaqueString refuses: unknown user
+        if isinstance(keys, defer.Deferred):
+            return keys.addCallback(
+                lambda found: self._decide(username, found, attempt)
+            ).addErrback(self._unavailable, attempt)
+        return self._decide(username, keys, attempt)
+
+    def _decide(
+        self, username: str | None, keys: Sequence[bytes], attempt: "_Attempt"
+    ) -> AuthContext | Message | None:
+        request, address, nonce, now = attempt.request, attempt.address, attempt.nonce, attempt.now
         key = _signing_key(request, keys or (self._dummy_key,))
         if not keys or key is None:
             self._failed(address, username, nonce, _failure(bool(keys), username, now))
             return self._challenge(request, address, 401)
+        assert username is not None
+        if self.revocations.is_revoked(username, now):
+            self._failed(address, username, nonce, "revoked credential")
+            return self._challenge(request, address, 401)
+        try:
+            policy = self.policies.policy_of(username)
+        except CredentialError as e:
+            self._failed(address, username, nonce, f"bad credential policy: {e}")
+            return self._challenge(request, address, 401)
         # The nonce was bound to this address: the source receives what we
         # send it, so it has earned a larger share of challenges.
         self.challenges.prove(address[0])
-        return AuthContext(username, key, request.integrity_sha256_offset is not None)
+        return AuthContext(username, key, request.integrity_sha256_offset is not None, policy)
+
+    def _unavailable(self, failure: Failure, attempt: "_Attempt") -> Message | Failure:
+        if not isinstance(failure.value, CredentialsUnavailable):
+            return failure
+        return self._server_error(attempt)
+
+    def _server_error(self, attempt: "_Attempt") -> Message:
+        """
+        The credential source could not say: 500, so the client neither
+        waits forever nor takes it for a wrong password.
+        """
+        self._stats["credentials_unavailable"] += 1
+        return error_response(attempt.request, 500, "Credentials unavailable")
 
     def _challenge(self, request: Message, address: Address, code: int) -> Message | None:
         """

@@ -16,8 +16,10 @@ import hmac
 import secrets
 import struct
 import unicodedata
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
+from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from txturn.stun import NONCE_COOKIE, PasswordAlgorithm
@@ -155,27 +157,30 @@ class ICredentialSource(Interface):
     hashed keys (a C{name:0x<md5>} user database).
     """
 
-    def keys_for(username: str, realm: str, algorithm: int, now: float) -> Sequence[bytes]:
+    def keys_for(username: str, realm: str, algorithm: int, now: float) -> Any:
         """
         The long-term keys that may have signed a request of C{username}
         in C{realm} with the given password algorithm: one for a static
         user, one per secret for a REST name while secrets are rotated,
         none if the user is unknown, expired, or has no key of that
         algorithm.  C{now} is the server's clock.
+
+        A source that has to wait for a database may return a Deferred
+        of the keys instead; L{txturn.credential_cache.CachedCredentials}
+        puts such a source behind a cache and a timeout.
         """
 
-    def username_for_hash(hashed: bytes, realm: str) -> str | None:
+    def username_for_hash(hashed: bytes, realm: str) -> Any:
         """
-        The username whose USERHASH in C{realm} is C{hashed}, if known.
+        The username whose USERHASH in C{realm} is C{hashed}, if known
+        (or a Deferred of it).
         """
 
 
 class _KeySource(Protocol):
-    def keys_for(
-        self, username: str, realm: str, algorithm: int, now: float
-    ) -> Sequence[bytes]: ...
+    def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Any: ...
 
-    def username_for_hash(self, hashed: bytes, realm: str) -> str | None: ...
+    def username_for_hash(self, hashed: bytes, realm: str) -> Any: ...
 
 
 @implementer(ICredentialSource)
@@ -340,22 +345,56 @@ class CredentialChain:
     def __init__(self, sources: Sequence[_KeySource]) -> None:
         self.sources = list(sources)
 
-    def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Sequence[bytes]:
-        found: list[bytes] = []
-        for source in self.sources:
-            found += source.keys_for(username, realm, algorithm, now)
-        return found
+    def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Any:
+        """
+        Every source's keys; a Deferred of them if any source answers
+        with one (a database behind a L{txturn.credential_cache}).
+        """
+        answers = [source.keys_for(username, realm, algorithm, now) for source in self.sources]
+        if not any(isinstance(a, defer.Deferred) for a in answers):
+            found: list[bytes] = []
+            for keys in answers:
+                found += keys
+            return found
+        return defer.gatherResults(
+            [defer.succeed(a) if not isinstance(a, defer.Deferred) else a for a in answers],
+            consumeErrors=True,
+        ).addCallbacks(lambda lists: [k for keys in lists for k in keys], _first_error)
 
     def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
         """
-        The first key any source has, or C{None}.
+        The first key any synchronous source has, or C{None}.
         """
         keys = self.keys_for(username, realm, algorithm, now)
+        if isinstance(keys, defer.Deferred):
+            keys.addErrback(lambda _: None)
+            return None
         return keys[0] if keys else None
 
-    def username_for_hash(self, hashed: bytes, realm: str) -> str | None:
-        for source in self.sources:
+    def username_for_hash(self, hashed: bytes, realm: str) -> Any:
+        """
+        The first name a source finds, asking them in order; a Deferred
+        from the first source that answers with one.
+        """
+        for index, source in enumerate(self.sources):
             name = source.username_for_hash(hashed, realm)
+            if isinstance(name, defer.Deferred):
+                rest = CredentialChain(self.sources[index + 1 :])
+                return name.addCallback(
+                    lambda found: (
+                        found if found is not None else rest.username_for_hash(hashed, realm)
+                    )
+                )
             if name is not None:
                 return name
         return None
+
+
+def _first_error(failure: Failure) -> Failure:
+    """
+    What failed in a L{defer.gatherResults}: the source's own error.
+    """
+    error = failure.value
+    if isinstance(error, defer.FirstError):
+        return error.subFailure
+    return failure

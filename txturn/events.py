@@ -72,7 +72,8 @@ class AllocationRefreshed:
 class AllocationDeleted:
     """
     @ivar reason: C{"expired"}, C{"refresh"} (the client deleted it),
-        C{"connection closed"} or C{"server stopping"}.
+        C{"connection closed"}, C{"revoked"} (its credential was) or
+        C{"server stopping"}.
     @ivar duration: seconds since it was created.
     @ivar to_peers: what the client sent through it.
     @ivar to_client: what peers sent through it.
@@ -155,8 +156,9 @@ class RequestAnswered:
 class AuthenticationFailed:
     """
     @ivar reason: C{"unknown user"}, C{"bad integrity"} (a wrong password),
-        C{"expired credential"} (a REST name past its time) or C{"stale
-        nonce"}.
+        C{"expired credential"} (a REST name past its time), C{"revoked
+        credential"}, C{"bad credential policy: ..."} (a policy field that
+        does not parse) or C{"stale nonce"}.
     """
 
     client: Address

@@ -49,9 +49,15 @@ class PeerRequests:
             return 443
         policy = self._server.policy
         allowed = policy.allows_peer(peer[0], peer[1]) if port_matters else policy.allows(peer[0])
-        if not allowed:
+        # The credential's own ranges narrow the server's policy, never
+        # widen it: a peer must pass both.
+        if not allowed or not allocation.policy.allows(peer[0]):
             self._server.count("refused_peer")
-            reason = policy.explain(peer[0], peer[1])
+            reason = (
+                policy.explain(peer[0], peer[1])
+                if not allowed
+                else "outside the credential's peer ranges"
+            )
             # A client can ask for refused peers at will, each address a new
             # reason: one line a minute in all, with the count of the rest.
             self._refusals.emit(
@@ -135,7 +141,7 @@ class PeerRequests:
         relay = allocation.relay_for(peer[0])
         if relay is None:
             return
-        if not server.policy.allows_peer(peer[0], peer[1]):
+        if not server.policy.allows_peer(peer[0], peer[1]) or not allocation.policy.allows(peer[0]):
             allocation.drop("refused_peer")
             return
         if allocation.bandwidth is not None and not allocation.bandwidth.take(len(data)):

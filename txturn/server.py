@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from txturn import __version__
 from txturn.allocation import Allocation
@@ -52,8 +53,10 @@ from txturn.peer_connections import PeerConnections
 from txturn.peer_requests import PeerRequests
 from txturn.places import IPlaces
 from txturn.policy import PeerPolicy
+from txturn.quota_ledger import IQuotaLedger
 from txturn.request import Request
 from txturn.reservations import Reservations
+from txturn.revocations import Revocations
 from txturn.stun import (
     CHANNEL_DATA_HEADER,
     Attr,
@@ -171,6 +174,10 @@ class TurnServer:
         self.draining = False
         #: Counters of what was refused or dropped, for operators.
         self.stats: collections.Counter[str] = collections.Counter()
+        #: Credentials refused before their time (C{txturn-admin revoke}).
+        self.revocations = Revocations()
+        #: The fleet-wide per-user quota, when one is shared (C{--redis}).
+        self.ledger: IQuotaLedger | None = None
         self.authenticator = Authenticator(
             reactor,
             credentials,
@@ -185,6 +192,7 @@ class TurnServer:
             ),
             self.stats,
             emit=self.emit,
+            revocations=self.revocations,
         )
         self.table = AllocationTable(places)
         #: The hot path's lookup, bound once.
@@ -245,6 +253,18 @@ class TurnServer:
         """
         self.credentials = credentials
         self.authenticator.credentials = credentials
+
+    def revoke(self, name: str, until: float) -> int:
+        """
+        Refuse C{name} (a username, or the user of REST names) until
+        C{until}, a Unix time, and delete the allocations it holds;
+        returns how many.
+        """
+        self.revocations.revoke(name, until)
+        doomed = [a for a in self.table if self.revocations.matches(name, a.username)]
+        for allocation in doomed:
+            _delete(allocation, "revoked")
+        return len(doomed)
 
     def add_observer(self, observer: IServerObserver) -> None:
         self.observers.append(observer)
@@ -336,27 +356,52 @@ class TurnServer:
                 return
             request = self._request(client, address, message)
             self._dispatch(request)
-        except StunDecodeError as e:
+        except Exception as e:
+            self._handling_failed(e, request, message, address)
+
+    def unexpected(self, failure: Failure, request: Request) -> None:
+        """
+        An errback for work a request left waiting (on a database, say):
+        what went wrong is handled as if it had gone wrong at once.
+        """
+        error = failure.value
+        assert isinstance(error, Exception)
+        self._handling_failed(error, request, request.message, request.address, failure)
+
+    def _handling_failed(
+        self,
+        error: Exception,
+        request: Request | None,
+        message: Message,
+        address: Address,
+        failure: Failure | None = None,
+    ) -> None:
+        """
+        Answer and log what went wrong handling C{message}: a malformed
+        attribute is 400, anything else is our bug, 500.
+        """
+        if isinstance(error, StunDecodeError):
             # A well-framed message with a malformed attribute value.  The
             # precise reason is for our log, not for the sender.
             self.log.debug(
                 "Malformed attribute from {client}: {error}",
                 client=host_port(address),
-                error=str(e),
+                error=str(error),
             )
-            if request is not None and message.cls == Class.REQUEST and request.result is None:
-                request.fail(400)
-        except Exception as e:
+            code = 400
+        else:
             # A bug, not bad input: say so (once a minute per kind, as a
             # sender could repeat it per packet), answer 500, keep serving.
             self._error_log.emit(
-                _error_kind(e),
+                _error_kind(error),
                 self.log.failure,
                 "Unexpected error handling a message from {client}",
+                failure=failure,
                 client=host_port(address),
             )
-            if request is not None and message.cls == Class.REQUEST and request.result is None:
-                request.fail(500)
+            code = 500
+        if request is not None and message.cls == Class.REQUEST and request.result is None:
+            request.fail(code)
 
     def _dispatch(self, request: Request) -> None:
         message = request.message
@@ -376,7 +421,38 @@ class TurnServer:
         if handler is None:
             request.fail(400, "Unknown method")
             return
-        handler(request)
+        # Every other method is authenticated first.  The credential
+        # source may have to wait for a database: then the handler runs
+        # when the keys are known.
+        result = self.authenticator.check(message, request.address)
+        if isinstance(result, defer.Deferred):
+            result.addCallback(self._authenticated_later, request, handler)
+            return
+        self._authenticated(result, request, handler)
+
+    def _authenticated_later(
+        self, result: object, request: Request, handler: Callable[[Request], None]
+    ) -> None:
+        try:
+            self._authenticated(result, request, handler)
+        except Exception as e:
+            self._handling_failed(e, request, request.message, request.address)
+
+    def _authenticated(
+        self, result: object, request: Request, handler: Callable[[Request], None]
+    ) -> None:
+        """
+        Run C{handler} for an authenticated request with no unknown
+        comprehension-required attribute; otherwise answer as the
+        L{Authenticator} chose (if at all) or with 420.
+        """
+        if not isinstance(result, AuthContext):
+            if isinstance(result, Message):
+                request.answer(result)
+            return
+        request.auth = result
+        if not self._unknown_attributes(request):
+            handler(request)
 
     # -- requests ------------------------------------------------------------------
 
@@ -385,18 +461,10 @@ class TurnServer:
 
     def authenticate(self, request: Request) -> bool:
         """
-        Authenticate C{request} and check it carries no unknown
-        comprehension-required attribute; when it fails either, answer as
-        the L{Authenticator} chose (if at all) or with 420, and return
-        C{False}.
+        Whether C{request} was authenticated (L{_dispatch} does it before
+        any handler runs).
         """
-        result = self.authenticator.check(request.message, request.address)
-        if not isinstance(result, AuthContext):
-            if result is not None:
-                request.answer(result)
-            return False
-        request.auth = result
-        return not self._unknown_attributes(request)
+        return request.auth is not None
 
     def _unknown_attributes(self, request: Request) -> bool:
         unknown = request.message.unknown_required()

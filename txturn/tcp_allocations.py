@@ -51,6 +51,7 @@ class TcpAllocations:
             allocation.closed
             or peer[0] not in allocation.permissions
             or not server.policy.allows_peer(peer[0], peer[1])
+            or not allocation.policy.allows(peer[0])
         ):
             if not allocation.closed:
                 server.stats["refused_peer"] += 1

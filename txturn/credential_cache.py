@@ -1,0 +1,177 @@
+# -*- test-case-name: tests.test_credential_cache -*-
+"""
+Keys from a credential source that may block (a database, Redis), kept
+in a bounded cache so that authentication stays a dict lookup and
+survives the source's outages.
+
+A lookup that the cache answers fresh returns the keys at once, so a
+request is handled in the same call as before.  A miss, or a stale entry,
+asks the source, which answers with a Deferred; the request waits for it,
+at most C{timeout} seconds:
+
+- the source answers: the keys are kept for C{ttl} seconds (an unknown
+  user for C{negative_ttl}, so a user just added works within seconds);
+- the source fails or times out: a user who had keys within C{stale_for}
+  seconds keeps them (an outage does not log out clients who already
+  authenticated); anyone else gets L{CredentialsUnavailable}, which the
+  server answers with 500, rather than leaving the client waiting.
+
+Concurrent misses of one name ask the source once; at most
+C{max_pending} names are asked at a time, and the cache holds at most
+C{size} entries, least recently used first out.  Time is the injected
+reactor's.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txturn.credentials import ICredentialSource
+from txturn.limits import LogThrottle
+from txturn.log_level import logger
+
+
+class CredentialsUnavailable(Exception):
+    """
+    The credential source did not answer in time, and nothing cached
+    stands in for it.
+    """
+
+
+@dataclass
+class _Entry:
+    value: Any
+    fresh_until: float
+    usable_until: float
+
+
+@implementer(ICredentialSource)
+class CachedCredentials:
+    """
+    An L{ICredentialSource} in front of one whose answers may be
+    Deferreds.
+
+    @param source: its C{keys_for} and C{username_for_hash} may return
+        their value or a Deferred of it.
+    """
+
+    log = logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        source: Any,
+        *,
+        ttl: float = 10.0,
+        negative_ttl: float = 2.0,
+        stale_for: float = 3600.0,
+        timeout: float = 2.0,
+        size: int = 10_000,
+        max_pending: int = 256,
+    ) -> None:
+        self._reactor = reactor
+        self.source = source
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.stale_for = stale_for
+        self.timeout = timeout
+        self.size = size
+        self.max_pending = max_pending
+        self._entries: collections.OrderedDict[tuple[Any, ...], _Entry] = collections.OrderedDict()
+        self._waiting: dict[tuple[Any, ...], list[defer.Deferred[Any]]] = {}
+        self._failures = LogThrottle(reactor)
+        #: Lookups answered from the cache, by the source, from a stale
+        #: entry in an outage, and failed; for metrics and tests.
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Any:
+        """
+        The keys, at once when fresh in the cache, else a Deferred of them.
+        """
+        return self._lookup(
+            ("keys", username, realm, algorithm),
+            lambda: self.source.keys_for(username, realm, algorithm, now),
+        )
+
+    def username_for_hash(self, hashed: bytes, realm: str) -> Any:
+        return self._lookup(
+            ("hash", hashed, realm), lambda: self.source.username_for_hash(hashed, realm)
+        )
+
+    def forget(self) -> None:
+        """
+        Drop every entry: the next lookups ask the source.
+        """
+        self._entries.clear()
+
+    def _lookup(self, key: tuple[Any, ...], ask: Callable[[], Any]) -> Any:
+        entry = self._entries.get(key)
+        now = self._reactor.seconds()
+        if entry is not None and now < entry.fresh_until:
+            self._entries.move_to_end(key)
+            self.stats["hits"] += 1
+            return entry.value
+        waiter: defer.Deferred[Any] = defer.Deferred()
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.append(waiter)
+            return waiter
+        if len(self._waiting) >= self.max_pending:
+            return self._fallback(key, entry, now, "too many lookups in progress")
+        self._waiting[key] = [waiter]
+        self.stats["misses"] += 1
+        asked = defer.maybeDeferred(ask)
+        if isinstance(asked, defer.Deferred) and not asked.called:
+            asked.addTimeout(self.timeout, self._reactor)
+        asked.addCallbacks(self._answered, self._failed, (key,), {}, (key, entry))
+        return waiter
+
+    def _answered(self, value: Any, key: tuple[Any, ...]) -> None:
+        now = self._reactor.seconds()
+        ttl = self.ttl if value else self.negative_ttl
+        self._entries[key] = _Entry(value, now + ttl, now + self.stale_for if value else 0.0)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        for waiter in self._waiting.pop(key, []):
+            waiter.callback(value)
+
+    def _failed(self, failure: Failure, key: tuple[Any, ...], entry: _Entry | None) -> None:
+        error = failure.value
+        reason = str(error) or type(error).__name__
+        if isinstance(error, (defer.TimeoutError, defer.CancelledError)):
+            reason = f"no answer in {self.timeout:g} s"
+        waiters = self._waiting.pop(key, [])
+        try:
+            value = self._fallback(key, entry, self._reactor.seconds(), reason)
+        except CredentialsUnavailable as e:
+            for waiter in waiters:
+                waiter.errback(e)
+            return
+        for waiter in waiters:
+            waiter.callback(value)
+
+    def _fallback(self, key: tuple[Any, ...], entry: _Entry | None, now: float, reason: str) -> Any:
+        """
+        A stale entry's value while it may stand in; otherwise raise.
+        """
+        self._failures.emit(
+            ("credential source",),
+            self.log.warn,
+            "Credential lookup failed ({reason}): users seen in the last {stale:g} s "
+            "keep their keys, others are answered 500",
+            reason=reason,
+            stale=self.stale_for,
+        )
+        if entry is not None and now < entry.usable_until:
+            self.stats["stale"] += 1
+            return entry.value
+        self.stats["failed"] += 1
+        raise CredentialsUnavailable(reason)
