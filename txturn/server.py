@@ -261,7 +261,20 @@ class TurnServer:
         returns how many.
         """
         self.revocations.revoke(name, until)
-        doomed = [a for a in self.table if self.revocations.matches(name, a.username)]
+        return self._delete_revoked()
+
+    def set_revocations(self, entries: Mapping[str, float], now: float) -> int:
+        """
+        Refuse exactly the names in C{entries} (name -> until), deleting
+        the allocations they hold; returns how many.
+        """
+        self.revocations.replace(entries, now)
+        return self._delete_revoked()
+
+    def _delete_revoked(self) -> int:
+        now = self._reactor.seconds()
+        revoked = self.revocations.is_revoked
+        doomed = [a for a in self.table if revoked(a.username, now)]
         for allocation in doomed:
             _delete(allocation, "revoked")
         return len(doomed)

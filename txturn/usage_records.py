@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import IO, Callable
+from typing import IO, Callable, Sequence
 
 from zope.interface import implementer
 
@@ -31,15 +31,22 @@ class UsageRecords:
     @param realm: the realm the records name.
     @param wall_clock: seconds since the epoch, for the start time (the
         core's clock only measures durations).
+    @param also: more writers each record goes to (a Redis stream,
+        L{txturn.redis_usage}).
     """
 
     log = logger()
 
     def __init__(
-        self, open_file: Callable[[], IO[str]], realm: str, wall_clock: Callable[[], float]
+        self,
+        open_file: Callable[[], IO[str]] | None,
+        realm: str,
+        wall_clock: Callable[[], float],
+        also: Sequence[Callable[[dict[str, object]], None]] = (),
     ) -> None:
         self._open = open_file
-        self._file = open_file()
+        self._file = open_file() if open_file is not None else None
+        self._also = list(also)
         self._realm = realm
         self._wall_clock = wall_clock
         #: Allocation id -> (server address, relayed addresses, start):
@@ -57,6 +64,10 @@ class UsageRecords:
             self.write(record(event, self._realm, server, relayed, start))
 
     def write(self, fields: dict[str, object]) -> None:
+        for writer in self._also:
+            writer(fields)
+        if self._file is None:
+            return
         try:
             self._file.write(json.dumps(fields, sort_keys=True) + "\n")
             self._file.flush()
@@ -67,11 +78,14 @@ class UsageRecords:
         """
         Close the file and open it again (after logrotate moved it).
         """
+        if self._file is None or self._open is None:
+            return
         self._file.close()
         self._file = self._open()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def record(

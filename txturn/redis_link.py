@@ -1,0 +1,188 @@
+# -*- test-case-name: tests.test_redis -*-
+"""
+One connection to the Redis a fleet shares (C{--redis URL}), with a
+timeout on every call and a notion of whether Redis is reachable.
+
+The client is U{txredisapi<https://github.com/IlyaSkriblovsky/txredisapi>}:
+it speaks Redis on Twisted's own reactor, reconnects by itself, and has
+publish/subscribe, so the server needs neither a thread pool nor the
+asyncio reactor (which would take the fast path's epoll loop away).
+
+When a call fails or times out, the link is I{down}: later calls fail at
+once (the server then counts quotas on its own and answers from its key
+cache), the degradation is logged once, and a PING every second finds
+out when Redis is back.  Then the link is up again and tells whoever
+asked (L{RedisLink.on_up}), so state written while Redis was away is
+written again.  All timers are on the injected reactor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import unquote, urlsplit
+
+import txredisapi
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+
+from txturn.log_level import logger
+
+#: Every key and channel txturn uses starts with this.
+PREFIX = "txturn:"
+
+
+class RedisDown(Exception):
+    """
+    Redis did not answer the last call; this one was not sent.
+    """
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """
+    Where Redis is, from a C{redis://[[user]:password@]host[:port][/db]} URL.
+    """
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    def __str__(self) -> str:
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """
+    @raise ValueError: saying what is wrong with C{url}.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"{url}: a redis:// URL is needed")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"{url}: bad port") from None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"{url}: the path is a database number")
+    if not parts.hostname:
+        raise ValueError(f"{url}: no host")
+    return RedisAddress(
+        parts.hostname,
+        port,
+        int(path or 0),
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def connect(address: RedisAddress, timeout: float) -> Any:
+    """
+    A txredisapi connection that reconnects by itself.
+    """
+    return txredisapi.lazyConnection(
+        address.host,
+        address.port,
+        dbid=address.db or None,
+        reconnect=True,
+        password=address.password,
+        username=address.username,
+        connectTimeout=timeout,
+        replyTimeout=timeout,
+        convertNumbers=False,
+    )
+
+
+class RedisLink:
+    """
+    Calls to Redis with a timeout, and whether it is reachable.
+
+    @ivar up: whether the last call (or PING) was answered.
+    @ivar on_up: called with no argument each time Redis is back.
+    """
+
+    log = logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        address: RedisAddress,
+        timeout: float = 1.0,
+        connection: Any = None,
+    ) -> None:
+        self._reactor = reactor
+        self.address = address
+        self.timeout = timeout
+        self.connection = connection if connection is not None else connect(address, timeout)
+        self.up = True
+        self.on_up: list[Callable[[], object]] = []
+        self._probe: IDelayedCall | None = None
+        self._closed = False
+
+    def call(self, command: str, *args: Any) -> defer.Deferred[Any]:
+        """
+        Run a Redis command (C{"HGET"}, C{"EVAL"}, ...); fails with
+        L{RedisDown} at once while Redis is unreachable.
+        """
+        if not self.up or self._closed:
+            return defer.fail(RedisDown(str(self.address)))
+        d: defer.Deferred[Any] = self.connection.execute_command(command, *args)
+        d.addTimeout(self.timeout, self._reactor)
+        d.addErrback(self._failed)
+        return d
+
+    def _failed(self, failure: Any) -> Any:
+        error = failure.value
+        # A Redis error reply (a bad script, a wrong type) is an answer:
+        # Redis is up, the caller gets the error.
+        if not isinstance(error, txredisapi.ResponseError):
+            self.went_down(
+                f"no answer in {self.timeout:g} s"
+                if isinstance(error, defer.TimeoutError | defer.CancelledError)
+                else str(error) or type(error).__name__
+            )
+        return failure
+
+    def went_down(self, reason: str) -> None:
+        if not self.up or self._closed:
+            return
+        self.up = False
+        self.log.warn(
+            "Redis at {address} unreachable ({reason}): quotas are counted per server "
+            "and keys come from the cache until it is back",
+            address=str(self.address),
+            reason=reason,
+        )
+        self._probe = self._reactor.callLater(1.0, self._ping)
+
+    def _ping(self) -> None:
+        self._probe = None
+        d: defer.Deferred[Any] = self.connection.execute_command("PING")
+        d.addTimeout(self.timeout, self._reactor)
+        d.addCallbacks(self._back, self._still_down)
+
+    def _still_down(self, failure: Any) -> None:
+        if not self._closed:
+            self._probe = self._reactor.callLater(1.0, self._ping)
+
+    def _back(self, _: object) -> None:
+        if self._closed:
+            return
+        self.up = True
+        self.log.info("Redis at {address} reachable again", address=str(self.address))
+        for callback in list(self.on_up):
+            callback()
+
+    def close(self) -> defer.Deferred[Any]:
+        """
+        Stop probing and disconnect; fires when the connection is closed.
+        """
+        self._closed = True
+        if self._probe is not None and self._probe.active():
+            self._probe.cancel()
+        self._probe = None
+        d: defer.Deferred[Any] = self.connection.disconnect()
+        return d

@@ -1,0 +1,226 @@
+# -*- test-case-name: tests.test_user_db -*-
+"""
+Users in an SQLite database (C{--user-db sqlite:///path}), kept by
+C{txturn-admin} and read by the server without a restart.
+
+The database holds RFC 8489 long-term keys, never passwords: for each
+(realm, name), the MD5 key, the SHA-256 key and the USERHASH, all derived
+by C{txturn-admin add} from the password it is given.  A coturn database
+(C{turnusers_lt}, its MD5 C{hmackey} column) is read as well, so moving a
+deployment's users over takes no conversion.
+
+The server reads through Twisted's L{adbapi.ConnectionPool}, on one
+thread with a read-only connection, so a slow disk or a write lock held
+by C{txturn-admin} never blocks the reactor; L{CachedCredentials} puts
+the lookups behind a cache and a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from typing import Any, Iterator
+from urllib.parse import quote
+
+from twisted.enterprise import adbapi
+from zope.interface import implementer
+
+from txturn.credentials import ICredentialSource, long_term_key, opaque_string, userhash
+from txturn.stun import PasswordAlgorithm
+
+SCHEME = "sqlite://"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS txturn_users (
+    realm TEXT NOT NULL,
+    name TEXT NOT NULL,
+    md5 BLOB NOT NULL,
+    sha256 BLOB NOT NULL,
+    userhash BLOB NOT NULL,
+    PRIMARY KEY (realm, name)
+);
+CREATE INDEX IF NOT EXISTS txturn_users_userhash ON txturn_users (userhash);
+"""
+
+#: The two tables a user database may have: ours, and coturn's.
+OURS, COTURN = "txturn_users", "turnusers_lt"
+
+_QUERIES = {
+    OURS: (
+        "SELECT md5, sha256 FROM txturn_users WHERE realm = ? AND name = ?",
+        "SELECT name FROM txturn_users WHERE realm = ? AND userhash = ?",
+    ),
+    COTURN: ("SELECT hmackey FROM turnusers_lt WHERE realm = ? AND name = ?", None),
+}
+
+
+class UserDbError(Exception):
+    """
+    A user database that cannot be used, said in one line.
+    """
+
+
+def sqlite_path(url: str) -> str | None:
+    """
+    The file a C{sqlite://} URL names (C{sqlite:///var/lib/turn.db} is
+    C{/var/lib/turn.db}), or C{None} for anything else.
+    """
+    if not url.startswith(SCHEME):
+        return None
+    return url[len(SCHEME) :]
+
+
+def check_database(path: str) -> str:
+    """
+    Which users table the database at C{path} has, or why it cannot be
+    used.
+
+    @raise UserDbError: for a missing file, a file that is not SQLite, or
+        a database with neither table.
+    """
+    if not os.path.exists(path):
+        raise UserDbError(
+            f"{path}: no such database (create it with: txturn-admin --user-db "
+            f"{SCHEME}{path} add NAME)"
+        )
+    try:
+        with contextlib.closing(_connect(path, read_only=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as e:
+        raise UserDbError(f"{path}: not a usable SQLite database ({e})") from None
+    for table in (OURS, COTURN):
+        if table in tables:
+            return table
+    raise UserDbError(f"{path}: an SQLite database without a {OURS} (or coturn {COTURN}) table")
+
+
+def _connect(path: str, read_only: bool = False) -> sqlite3.Connection:
+    if read_only:
+        return sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=1.0)
+    return sqlite3.connect(path, timeout=5.0)
+
+
+@implementer(ICredentialSource)
+class SqliteCredentials:
+    """
+    The keys of the users in an SQLite database, as Deferreds.
+
+    @param pool: a pool of read-only connections (L{open_pool}).
+    """
+
+    def __init__(self, pool: adbapi.ConnectionPool, realm: str, table: str) -> None:
+        self._pool = pool
+        self.realm = realm
+        self._keys_query, self._hash_query = _QUERIES[table]
+        self._coturn = table == COTURN
+
+    def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Any:
+        if realm != self.realm:
+            return ()
+        d = self._pool.runQuery(self._keys_query, (realm, username))  # type: ignore[no-untyped-call]
+        return d.addCallback(self._keys, algorithm)
+
+    def _keys(self, rows: list[tuple[Any, ...]], algorithm: int) -> tuple[bytes, ...]:
+        if not rows:
+            return ()
+        if self._coturn:
+            # coturn keeps the hex MD5 key; a SHA-256 one only with its
+            # own SHA-256 setting, which its clients then must use.
+            key = _hex_key(rows[0][0])
+            return (key,) if key is not None and algorithm == PasswordAlgorithm.MD5 else ()
+        md5, sha256 = rows[0]
+        return (bytes(sha256 if algorithm == PasswordAlgorithm.SHA256 else md5),)
+
+    def username_for_hash(self, hashed: bytes, realm: str) -> Any:
+        if realm != self.realm or self._hash_query is None:
+            return None
+        d = self._pool.runQuery(self._hash_query, (realm, hashed))  # type: ignore[no-untyped-call]
+        return d.addCallback(lambda rows: rows[0][0] if rows else None)
+
+
+def _hex_key(value: object) -> bytes | None:
+    if not isinstance(value, str) or len(value) != 32:
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None
+
+
+def open_pool(path: str, reactor: Any = None) -> adbapi.ConnectionPool:
+    """
+    One read-only connection on one thread: lookups are short, and
+    SQLite serialises them anyway.
+    """
+    kwargs: dict[str, Any] = {}
+    if reactor is not None:
+        kwargs["cp_reactor"] = reactor
+    return adbapi.ConnectionPool(  # type: ignore[no-untyped-call]
+        "sqlite3",
+        f"file:{quote(path)}?mode=ro",
+        uri=True,
+        timeout=1.0,
+        check_same_thread=False,
+        cp_min=1,
+        cp_max=1,
+        cp_openfun=_query_only,
+        **kwargs,
+    )
+
+
+def _query_only(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA query_only = ON")
+
+
+class SqliteUsers:
+    """
+    What C{txturn-admin} does to an SQLite user database: add, delete
+    and list users, storing only their keys.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def _open(self, create: bool) -> Iterator[sqlite3.Connection]:
+        """
+        A connection, committed and closed after the block.
+        """
+        if not create:
+            check_database(self.path)
+        elif not os.path.exists(self.path):
+            # Keys are secrets too: nobody else reads the file.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        with contextlib.closing(_connect(self.path)) as db:
+            db.executescript(SCHEMA)
+            with db:
+                yield db
+
+    def add(self, realm: str, name: str, password: str) -> None:
+        name, realm = opaque_string(name), opaque_string(realm)
+        row = (
+            realm,
+            name,
+            long_term_key(name, realm, password, PasswordAlgorithm.MD5),
+            long_term_key(name, realm, password, PasswordAlgorithm.SHA256),
+            userhash(name, realm),
+        )
+        with self._open(create=True) as db:
+            db.execute(
+                "INSERT OR REPLACE INTO txturn_users (realm, name, md5, sha256, userhash) "
+                "VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
+
+    def delete(self, realm: str, name: str) -> bool:
+        with self._open(create=False) as db:
+            cursor = db.execute(
+                "DELETE FROM txturn_users WHERE realm = ? AND name = ?", (realm, name)
+            )
+            return cursor.rowcount > 0
+
+    def names(self, realm: str | None = None) -> list[tuple[str, str]]:
+        with self._open(create=False) as db:
+            rows = db.execute("SELECT realm, name FROM txturn_users ORDER BY realm, name")
+            return [(r, n) for r, n in rows if realm is None or r == realm]
