@@ -356,10 +356,10 @@ class CredentialChain:
             for keys in answers:
                 found += keys
             return found
-        return defer.gatherResults(
-            [defer.succeed(a) if not isinstance(a, defer.Deferred) else a for a in answers],
+        return defer.DeferredList(
+            [a if isinstance(a, defer.Deferred) else defer.succeed(a) for a in answers],
             consumeErrors=True,
-        ).addCallbacks(lambda lists: [k for keys in lists for k in keys], _first_error)
+        ).addCallback(_gathered)
 
     def key_for(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
         """
@@ -390,11 +390,19 @@ class CredentialChain:
         return None
 
 
-def _first_error(failure: Failure) -> Failure:
+def _gathered(results: list[tuple[bool, Any]]) -> Any:
     """
-    What failed in a L{defer.gatherResults}: the source's own error.
+    The keys every source found; a source that failed (a database that
+    is down) counts only when no other source has a key, so static users
+    and REST credentials keep working through a database's outage.
     """
-    error = failure.value
-    if isinstance(error, defer.FirstError):
-        return error.subFailure
-    return failure
+    found: list[bytes] = []
+    failure: Failure | None = None
+    for succeeded, value in results:
+        if succeeded:
+            found += value
+        elif failure is None:
+            failure = value
+    if not found and failure is not None:
+        return failure
+    return found

@@ -23,7 +23,9 @@ from txturn.credentials import CredentialError, StaticCredentials
 from txturn.host_addresses import default_listen_addresses, default_relay_addresses
 from txturn.log_level import LEVELS
 from txturn.policy import parse_range
+from txturn.redis_address import parse_redis_url
 from txturn.tls import TlsConfigurationError, TlsCredentials
+from txturn.user_db import UserDbError, check_database, sqlite_path
 
 #: Where a REST API secret can come from without appearing in ps.
 SECRET_VARIABLE = "TXTURN_STATIC_AUTH_SECRET"
@@ -55,6 +57,7 @@ _GROUPS: list[tuple[str, list[str]]] = [
             "realm",
             "user",
             "user-db",
+            "user-cache-ttl",
             "static-auth-secret",
             "static-auth-secret-file",
             "credential-file",
@@ -89,6 +92,7 @@ _GROUPS: list[tuple[str, list[str]]] = [
     ),
     ("Identity", ["software", "no-software", "server-name"]),
     ("Redirection", ["alternate-server", "alternate-server-load"]),
+    ("Fleet", ["redis", "redis-ttl", "usage-stream"]),
     ("Processes", ["workers", "no-fast-path"]),
     ("Draining", ["drain-timeout"]),
     ("Metrics and usage", ["prometheus", "prometheus-port", "prometheus-address", "usage-file"]),
@@ -111,7 +115,11 @@ _METAVARS = {
     "min-port": "N",
     "max-port": "N",
     "realm": "REALM",
-    "user-db": "FILE",
+    "user-db": "FILE|sqlite:///PATH",
+    "user-cache-ttl": "SECONDS",
+    "redis": "URL",
+    "redis-ttl": "SECONDS",
+    "usage-stream": "KEY",
     "static-auth-secret-file": "FILE",
     "config": "FILE",
     "log-level": "LEVEL",
@@ -148,6 +156,8 @@ _METAVARS = {
 #: Options that are a number of seconds, positive.
 _SECONDS = (
     "drain-timeout",
+    "user-cache-ttl",
+    "redis-ttl",
     "max-allocate-lifetime",
     "stale-nonce",
     "tcp-connect-timeout",
@@ -215,7 +225,38 @@ class Options(usage.Options):
         ["min-port", None, "49152", "Lowest relay port."],
         ["max-port", None, "65535", "Highest relay port."],
         ["realm", "r", "txturn", "Realm for long-term credentials."],
-        ["user-db", "b", None, "File of name:password or name:0x<md5 key> lines."],
+        [
+            "user-db",
+            "b",
+            None,
+            "File of name:password or name:0x<md5 key> lines, or an SQLite database of "
+            "users (sqlite:///path; kept by txturn-admin, read without a restart).",
+        ],
+        [
+            "user-cache-ttl",
+            None,
+            "10",
+            "Seconds the keys of a user from an SQLite or Redis database are kept.",
+        ],
+        [
+            "redis",
+            None,
+            None,
+            "redis://[[user]:password@]host[:port][/db] a fleet shares: users, per-user "
+            "quotas across servers, revocations (txturn-admin).",
+        ],
+        [
+            "redis-ttl",
+            None,
+            "30",
+            "Seconds a server that stopped answering still counts in --redis quotas.",
+        ],
+        [
+            "usage-stream",
+            None,
+            None,
+            "Also add each usage record to this Redis stream (with --redis).",
+        ],
         [
             "static-auth-secret-file",
             None,
@@ -343,6 +384,10 @@ class Options(usage.Options):
         self["nat64-prefix"] = []
         self["static-auth-secret"] = []
         self["alternate-server"] = []
+        #: What --user-db and --redis name, once checked.
+        self["user-db-sqlite"] = None
+        self["user-db-table"] = None
+        self["redis-address"] = None
         #: FILE:LINE warnings about the configuration file, for the log.
         self["config-warnings"] = []
 
@@ -654,6 +699,7 @@ class Options(usage.Options):
             self["listen"] = default_listen_addresses()
         if self["user-db"] is not None:
             self._read_user_db()
+        self._redis()
         if self["no-software"]:
             self["software"] = None
         self._transports()
@@ -731,6 +777,10 @@ class Options(usage.Options):
             self["static-auth-secret"].append(environment)
 
     def _read_user_db(self) -> None:
+        path = sqlite_path(self["user-db"])
+        if path is not None:
+            self._sqlite_user_db(path)
+            return
         path = self["user-db"]
         try:
             with open(path, "rb") as f:
@@ -738,10 +788,9 @@ class Options(usage.Options):
         except OSError as e:
             raise usage.UsageError(f"cannot read --user-db {path}: {e.strerror}") from e
         if data.startswith(b"SQLite format 3"):
-            raise usage.UsageError(
-                f"--user-db {path} is an SQLite database (coturn's); txturn's user-db is a "
-                "text file of name:password or name:0x<md5 key> lines"
-            )
+            # coturn's userdb (or ours, named without sqlite://).
+            self._sqlite_user_db(path)
+            return
         try:
             self["user-db-lines"] = data.decode("utf-8").splitlines()
         except UnicodeDecodeError:
@@ -750,6 +799,22 @@ class Options(usage.Options):
             StaticCredentials.from_lines(self["realm"], self["user-db-lines"])
         except CredentialError as e:
             raise usage.UsageError(f"--user-db {self['user-db']}: {e}") from e
+
+    def _sqlite_user_db(self, path: str) -> None:
+        try:
+            self["user-db-table"] = check_database(path)
+        except UserDbError as e:
+            raise usage.UsageError(f"--user-db: {e}") from None
+        self["user-db-sqlite"] = path
+
+    def _redis(self) -> None:
+        if self["redis"] is not None:
+            try:
+                self["redis-address"] = parse_redis_url(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(f"--redis: {e}") from None
+        elif self["usage-stream"] is not None:
+            raise usage.UsageError("--usage-stream needs --redis")
 
     def _transports(self) -> None:
         """

@@ -35,6 +35,7 @@ import secrets
 from typing import Any
 
 import txredisapi
+from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IDelayedCall
@@ -102,10 +103,11 @@ _BATCH = 500
 
 
 @implementer(IQuotaLedger, IServerObserver)
-class RedisFleet:
+class RedisFleet(service.Service):
     """
     This server's part in the fleet: its quota ledger, its heartbeat and
-    its revocation subscriber.
+    its revocation subscriber; a service to add to the L{TurnService}
+    (C{fleet.setServiceParent(turn)}).
 
     @param ttl: seconds a silent server's allocations still count.
     """
@@ -138,21 +140,23 @@ class RedisFleet:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def start(self) -> None:
+    def startService(self) -> None:
         """
         Join the fleet: watch the server, beat, and hear revocations.
         """
+        super().startService()  # type: ignore[no-untyped-call]
         self.server.ledger = self
         self.server.add_observer(self)
         self.link.on_up.append(self._rejoined)
         self._beat()
         self._subscriber = _subscribe(self._reactor, self.link, self)
 
-    def stop(self) -> defer.Deferred[Any]:
+    def stopService(self) -> defer.Deferred[Any]:
         """
-        Leave the fleet: this server's counts go from Redis at once
-        (its allocations are gone), and both connections close.
+        Leave the fleet: this server stops counting in Redis at once (its
+        allocations are going), and both connections close.
         """
+        super().stopService()  # type: ignore[no-untyped-call]
         self._stopped = True
         if self._heartbeat is not None and self._heartbeat.active():
             self._heartbeat.cancel()

@@ -16,6 +16,7 @@ from cryptography import x509
 from twisted.logger import Logger
 from twisted.python import usage
 
+from txturn.credential_cache import CachedCredentials
 from txturn.credentials import CredentialChain, RestApiCredentials, StaticCredentials
 from txturn.limits import ConnectionLimits
 from txturn.log_level import set_log_level
@@ -53,11 +54,13 @@ def makeService(
     if shard is None:
         for warning in options["config-warnings"]:
             _log.warn("{warning}", warning=warning)
-    credentials, generated = _credentials(options)
     if shard is None:
         _summarize(options)
         if options["workers"] > 1:
-            return _supervisor(options, reactor, generated)
+            return _supervisor(options, reactor, _credentials(options, Backends())[1])
+    # The databases are opened once; a reload keeps them.
+    backends = Backends.open(options, reactor)
+    credentials, generated = _credentials(options, backends)
     # A worker's metrics are served, summed, by its supervisor.
     metrics_listen = _metrics_listen(options) if shard is None else None
     turn = TurnService(
@@ -90,11 +93,15 @@ def makeService(
             dtls_max_sessions_per_source=options["max-dtls-sessions-per-ip"],
         ),
     )
+    backends.join(turn, options, reactor)
     records = None
-    if options["usage-file"] is not None:
-        path = options["usage-file"]
+    path = options["usage-file"]
+    if path is not None or backends.usage_stream is not None:
         records = UsageRecords(
-            lambda: open(path, "a", encoding="utf-8"), options["realm"], time.time
+            (lambda: open(path, "a", encoding="utf-8")) if path is not None else None,
+            options["realm"],
+            time.time,
+            also=[backends.usage_stream] if backends.usage_stream is not None else [],
         )
         turn.server.add_observer(records)
 
@@ -105,7 +112,7 @@ def makeService(
             return
         turn.drain(options["drain-timeout"]).addCallback(lambda _: reactor.stop())
 
-    SignalHandlers(reactor, Reloader(turn, options, records), drain).setServiceParent(  # type: ignore[no-untyped-call]
+    SignalHandlers(reactor, Reloader(turn, options, records, backends), drain).setServiceParent(  # type: ignore[no-untyped-call]
         turn
     )
     return turn
@@ -204,13 +211,68 @@ def _warn_weakening(options: Options) -> None:
         )
 
 
-def _credentials(options: Options) -> tuple[CredentialChain, tuple[str, str] | None]:
+class Backends:
+    """
+    The databases a server process keeps for its life (C{--user-db
+    sqlite://}, C{--redis}): their credential sources, opened once and
+    kept across reloads, and the services that close them.
+    """
+
+    def __init__(self) -> None:
+        self.sources: list[Any] = []
+        self.services: list[Any] = []
+        self.link: Any = None
+        self.usage_stream: Any = None
+
+    @classmethod
+    def open(cls, options: Options, reactor: Any) -> "Backends":
+        backends = cls()
+        realm, ttl = options["realm"], options["user-cache-ttl"]
+        path = options["user-db-sqlite"]
+        if path is not None:
+            from txturn.user_db import PoolService, SqliteCredentials, open_pool
+
+            pool = open_pool(path, reactor)
+            sqlite = SqliteCredentials(pool, realm, options["user-db-table"])
+            backends.sources.append(CachedCredentials(reactor, sqlite, ttl=ttl))
+            backends.services.append(PoolService(pool))
+        address = options["redis-address"]
+        if address is not None:
+            from txturn.redis_link import RedisLink
+            from txturn.redis_users import RedisCredentials
+
+            backends.link = RedisLink(reactor, address)
+            redis = RedisCredentials(backends.link, realm)
+            backends.sources.append(CachedCredentials(reactor, redis, ttl=ttl))
+            if options["usage-stream"] is not None:
+                from txturn.redis_usage import RedisUsageStream
+
+                backends.usage_stream = RedisUsageStream(backends.link, options["usage-stream"])
+        return backends
+
+    def join(self, turn: TurnService, options: Options, reactor: Any) -> None:
+        """
+        Start and stop with C{turn}; with C{--redis}, share its quotas and
+        hear revocations.
+        """
+        for child in self.services:
+            child.setServiceParent(turn)
+        if self.link is not None:
+            from txturn.redis_fleet import RedisFleet
+
+            fleet = RedisFleet(reactor, self.link, turn.server, ttl=options["redis-ttl"])
+            fleet.setServiceParent(turn)  # type: ignore[no-untyped-call]
+
+
+def _credentials(
+    options: Options, backends: Backends
+) -> tuple[CredentialChain, tuple[str, str] | None]:
     """
     The configured credential sources; with none, a generated user and
     its (name, password) to announce.
     """
     realm = options["realm"]
-    sources: list[Any] = []
+    sources: list[Any] = list(backends.sources)
     lines: list[str] = [f"{n}:{p}" for n, p in options["user"]]
     lines += list(options.get("user-db-lines", []))
     if lines:
@@ -296,6 +358,10 @@ _NEEDS_RESTART = (
     "prometheus-port",
     "prometheus-address",
     "workers",
+    "redis",
+    "usage-stream",
+    "user-cache-ttl",
+    "redis-ttl",
     "challenge-rate",
     "stale-nonce",
     # The limits a connection or DTLS session is admitted under.
@@ -390,11 +456,16 @@ class Reloader:
     """
 
     def __init__(
-        self, service: TurnService, options: Options, records: UsageRecords | None = None
+        self,
+        service: TurnService,
+        options: Options,
+        records: UsageRecords | None = None,
+        backends: Backends | None = None,
     ) -> None:
         self._service = service
         self._options = options
         self._records = records
+        self._backends = backends if backends is not None else Backends()
 
     def __call__(self, why: str) -> None:
         if self._records is not None:
@@ -416,7 +487,7 @@ class Reloader:
         set_log_level(new["log-level"])
         for warning in new["config-warnings"]:
             _log.warn("{warning}", warning=warning)
-        credentials, generated = _credentials(new)
+        credentials, generated = _credentials(new, self._backends)
         changed = self._service.reload(
             # A generated user stays the one announced at startup.
             credentials=credentials if generated is None else None,

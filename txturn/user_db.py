@@ -23,7 +23,7 @@ import sqlite3
 from typing import Any, Iterator
 from urllib.parse import quote
 
-from twisted.enterprise import adbapi
+from twisted.application.service import Service
 from zope.interface import implementer
 
 from txturn.credentials import ICredentialSource, long_term_key, opaque_string, userhash
@@ -109,7 +109,7 @@ class SqliteCredentials:
     @param pool: a pool of read-only connections (L{open_pool}).
     """
 
-    def __init__(self, pool: adbapi.ConnectionPool, realm: str, table: str) -> None:
+    def __init__(self, pool: Any, realm: str, table: str) -> None:
         self._pool = pool
         self.realm = realm
         self._keys_query, self._hash_query = _QUERIES[table]
@@ -118,7 +118,7 @@ class SqliteCredentials:
     def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Any:
         if realm != self.realm:
             return ()
-        d = self._pool.runQuery(self._keys_query, (realm, username))  # type: ignore[no-untyped-call]
+        d = self._pool.runQuery(self._keys_query, (realm, username))
         return d.addCallback(self._keys, algorithm)
 
     def _keys(self, rows: list[tuple[Any, ...]], algorithm: int) -> tuple[bytes, ...]:
@@ -135,7 +135,7 @@ class SqliteCredentials:
     def username_for_hash(self, hashed: bytes, realm: str) -> Any:
         if realm != self.realm or self._hash_query is None:
             return None
-        d = self._pool.runQuery(self._hash_query, (realm, hashed))  # type: ignore[no-untyped-call]
+        d = self._pool.runQuery(self._hash_query, (realm, hashed))
         return d.addCallback(lambda rows: rows[0][0] if rows else None)
 
 
@@ -148,11 +148,13 @@ def _hex_key(value: object) -> bytes | None:
         return None
 
 
-def open_pool(path: str, reactor: Any = None) -> adbapi.ConnectionPool:
+def open_pool(path: str, reactor: Any = None) -> Any:
     """
-    One read-only connection on one thread: lookups are short, and
-    SQLite serialises them anyway.
+    An L{adbapi.ConnectionPool} of one read-only connection on one
+    thread: lookups are short, and SQLite serialises them anyway.
     """
+    from twisted.enterprise import adbapi
+
     kwargs: dict[str, Any] = {}
     if reactor is not None:
         kwargs["cp_reactor"] = reactor
@@ -167,6 +169,19 @@ def open_pool(path: str, reactor: Any = None) -> adbapi.ConnectionPool:
         cp_openfun=_query_only,
         **kwargs,
     )
+
+
+class PoolService(Service):
+    """
+    Closes the pool's connection and thread when the server stops.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self.pool.close()
 
 
 def _query_only(connection: sqlite3.Connection) -> None:

@@ -1,0 +1,218 @@
+# -*- test-case-name: tests.test_admin -*-
+"""
+C{txturn-admin}: users in an SQLite database or in Redis, revocations
+across a fleet, and credentials that carry their own policy; coturn's
+C{turnadmin}, for txturn.
+
+::
+
+    txturn-admin --user-db sqlite:///var/lib/txturn/users.db add alice
+    txturn-admin --redis redis://127.0.0.1:6379 list
+    txturn-admin --redis redis://127.0.0.1:6379 revoke alice --for 3600
+    txturn-admin mint --secret-file /etc/txturn/secret --user alice \\
+        --peer 203.0.113.0/24 --allocations 2 --ttl 3600
+
+Only the RFC 8489 long-term keys (MD5 and SHA-256) are stored, never a
+password.  A running server sees users added or deleted within
+C{--user-cache-ttl} seconds, with no restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from twisted.internet import defer, task
+
+from txturn.credential_policy import mint_credential
+from txturn.credentials import CredentialError, rest_expiry
+from txturn.redis_address import parse_redis_url
+from txturn.user_db import SqliteUsers, UserDbError, sqlite_path
+
+#: Where C{add} reads a password from when not given one (kept out of ps).
+PASSWORD_VARIABLE = "TXTURN_PASSWORD"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="txturn-admin",
+        description="Manage txturn users, revocations and REST credentials.",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--user-db", metavar="sqlite:///PATH", help="SQLite user database.")
+    where.add_argument("--redis", metavar="URL", help="redis://[[user]:password@]host[:port][/db]")
+    parser.add_argument("--realm", default="txturn", help="Realm of the users [txturn].")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = commands.add_parser("add", help="Add a user, or change their password.")
+    add.add_argument("name")
+    add.add_argument(
+        "--password",
+        help=f"The password (else ${PASSWORD_VARIABLE}, else asked, else one line of stdin).",
+    )
+    commands.add_parser("delete", help="Delete a user.").add_argument("name")
+    commands.add_parser("list", help="List the users.")
+    revoke = commands.add_parser(
+        "revoke", help="Refuse a user or a REST credential on every server (--redis)."
+    )
+    revoke.add_argument("name", help="A username, a REST username, or the user of REST names.")
+    until = revoke.add_mutually_exclusive_group()
+    until.add_argument("--until", type=float, help="Unix time the revocation ends.")
+    until.add_argument("--for", dest="for_", type=float, metavar="SECONDS", help="How long.")
+    commands.add_parser("unrevoke", help="Lift a revocation (--redis).").add_argument("name")
+    commands.add_parser("revoked", help="List revocations in force (--redis).")
+    mint = commands.add_parser(
+        "mint", help="Mint a TURN REST credential, optionally carrying a policy."
+    )
+    secret = mint.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--secret", help="The --static-auth-secret.")
+    secret.add_argument("--secret-file", help="A file whose first line is the secret.")
+    mint.add_argument("--user", required=True, help="Who the credential is for.")
+    mint.add_argument("--ttl", type=int, default=86400, help="Seconds it is good for [86400].")
+    mint.add_argument(
+        "--peer", action="append", metavar="CIDR", help="A peer range it may reach (repeat)."
+    )
+    mint.add_argument("--allocations", type=int, help="Allocations it may hold at once.")
+    mint.add_argument("--bps", type=int, help="Bytes per second per allocation.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: Callable[[str], Any] | None = None) -> int:
+    """
+    Run one command; 0 on success, 1 with one line on stderr otherwise.
+    """
+    write = out if out is not None else sys.stdout.write
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "mint":
+            return _mint(args, write)
+        if args.redis is not None:
+            return _redis(args, write)
+        if args.user_db is not None:
+            return _sqlite(args, write)
+        raise UserDbError("say where the users are: --user-db sqlite:///PATH or --redis URL")
+    except (UserDbError, CredentialError, ValueError, OSError) as e:
+        sys.stderr.write(f"txturn-admin: {e}\n")
+        return 1
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password:
+        return str(args.password)
+    if os.environ.get(PASSWORD_VARIABLE):
+        return os.environ[PASSWORD_VARIABLE]
+    if sys.stdin.isatty():
+        return getpass.getpass(f"Password for {args.name}: ")
+    line = sys.stdin.readline().rstrip("\n")
+    if not line:
+        raise CredentialError("no password given")
+    return line
+
+
+def _sqlite(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
+    path = sqlite_path(args.user_db)
+    if path is None:
+        raise UserDbError(f"{args.user_db}: an sqlite:/// URL is needed")
+    users = SqliteUsers(path)
+    if args.command == "add":
+        users.add(args.realm, args.name, _password(args))
+    elif args.command == "delete":
+        if not users.delete(args.realm, args.name):
+            raise UserDbError(f"no user {args.name} in realm {args.realm}")
+    elif args.command == "list":
+        for realm, name in users.names(args.realm):
+            write(f"{name}\t{realm}\n")
+    else:
+        raise UserDbError(f"{args.command} needs --redis: revocations reach a fleet through it")
+    return 0
+
+
+def _redis(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
+    address = parse_redis_url(args.redis)
+    password = _password(args) if args.command == "add" else ""
+    failed: list[str] = []
+
+    @defer.inlineCallbacks
+    def run(reactor: Any) -> Any:
+        from txturn.redis_link import RedisLink
+        from txturn.redis_users import FOREVER, RedisUsers
+
+        link = RedisLink(reactor, address, timeout=5.0)
+        users = RedisUsers(link)
+        now = time.time()
+        try:
+            if args.command == "add":
+                yield users.add(args.realm, args.name, password)
+            elif args.command == "delete":
+                if not (yield users.delete(args.realm, args.name)):
+                    failed.append(f"no user {args.name} in realm {args.realm}")
+            elif args.command == "list":
+                for realm, name in (yield users.names(args.realm)):
+                    write(f"{name}\t{realm}\n")
+            elif args.command == "revoke":
+                until = _until(args, now, FOREVER)
+                yield users.revoke(args.name, until, now)
+            elif args.command == "unrevoke":
+                if not (yield users.unrevoke(args.name)):
+                    failed.append(f"{args.name} was not revoked")
+            elif args.command == "revoked":
+                for name, until in sorted((yield users.revoked(now)).items()):
+                    shown = (
+                        "forever"
+                        if until >= FOREVER
+                        else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+                    )
+                    write(f"{name}\t{shown}\n")
+        except Exception as e:
+            failed.append(f"Redis at {address}: {e}")
+        finally:
+            yield link.close()
+
+    try:
+        task.react(lambda reactor: run(reactor), [])
+    except SystemExit:
+        pass  # react() always exits; what failed is in failed
+    if failed:
+        raise UserDbError(failed[0])
+    return 0
+
+
+def _until(args: argparse.Namespace, now: float, forever: float) -> float:
+    """
+    When a revocation ends: as asked; else when a REST credential would
+    have expired anyway; else never.
+    """
+    if args.until is not None:
+        return float(args.until)
+    if args.for_ is not None:
+        return now + float(args.for_)
+    expiry = rest_expiry(args.name)
+    if expiry is not None and ":" in args.name:
+        return float(expiry)
+    return forever
+
+
+def _mint(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
+    if args.secret_file is not None:
+        with open(args.secret_file, encoding="utf-8") as f:
+            secret = f.readline().strip()
+    else:
+        secret = args.secret
+    username, password = mint_credential(
+        secret,
+        args.user,
+        int(time.time()) + args.ttl,
+        peers=args.peer,
+        allocations=args.allocations,
+        bps=args.bps,
+    )
+    write(json.dumps({"username": username, "credential": password, "ttl": args.ttl}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
