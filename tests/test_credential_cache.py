@@ -1,0 +1,293 @@
+"""
+Credential sources that wait (L{txturn.credential_cache}), and the core
+waiting for them, on a L{Clock}: the cache answers at once when fresh,
+asks the source once per name, stands in for it in an outage, answers
+500 when it hangs, stays bounded; revoked names are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from tests.test_server import REALM, ServerTestCase
+from txturn.credential_cache import CachedCredentials, CredentialsUnavailable
+from txturn.credentials import (
+    CredentialChain,
+    ICredentialSource,
+    RestApiCredentials,
+    StaticCredentials,
+    long_term_key,
+    userhash,
+)
+from txturn.events import AllocationDeleted, AuthenticationFailed
+from txturn.revocations import Revocations
+from txturn.stun import Attr, Class, Message, Method, PasswordAlgorithm, encode
+from txturn.testing import make_server
+
+MD5 = PasswordAlgorithm.MD5
+
+
+@implementer(ICredentialSource)
+class SlowSource:
+    """
+    A database whose answers the test gives: each lookup is a Deferred
+    kept in C{asked}.
+    """
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+        self.asked: list[tuple[str, defer.Deferred[Any]]] = []
+
+    def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Any:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.asked.append((username, d))
+        return d
+
+    def answer(self, index: int = -1) -> None:
+        username, d = self.asked[index]
+        password = self.users.get(username)
+        d.callback(() if password is None else (long_term_key(username, REALM, password),))
+
+    def fail(self, index: int = -1) -> None:
+        self.asked[index][1].errback(ConnectionError("database down"))
+
+    def username_for_hash(self, hashed: bytes, realm: str) -> Any:
+        for name in self.users:
+            if userhash(name, realm) == hashed:
+                return defer.succeed(name)
+        return defer.succeed(None)
+
+
+class CacheTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.source = SlowSource({"alice": "secret"})
+        self.cache = CachedCredentials(self.clock, self.source, ttl=10, stale_for=100, timeout=2)
+
+    def lookup(self, name: str = "alice") -> Any:
+        return self.cache.keys_for(name, REALM, MD5, 0)
+
+    def test_fresh_is_immediate(self) -> None:
+        """
+        The first lookup waits for the source; the next ones, within the
+        TTL, are answered at once without asking it.
+        """
+        first = self.lookup()
+        self.assertIsInstance(first, defer.Deferred)
+        self.source.answer()
+        key = self.successResultOf(first)
+        self.assertEqual(self.lookup(), key)
+        self.clock.advance(9)
+        self.assertEqual(self.lookup(), key)
+        self.assertEqual(len(self.source.asked), 1)
+        self.clock.advance(2)
+        self.assertIsInstance(self.lookup(), defer.Deferred)
+        self.assertEqual(len(self.source.asked), 2)
+
+    def test_coalesced(self) -> None:
+        """
+        Concurrent misses of one name ask the source once.
+        """
+        waiting = [self.lookup() for _ in range(5)]
+        self.assertEqual(len(self.source.asked), 1)
+        self.source.answer()
+        self.assertEqual(len({tuple(self.successResultOf(d)) for d in waiting}), 1)
+
+    def test_outage_keeps_known_users(self) -> None:
+        """
+        When the source fails, a user seen within C{stale_for} keeps their
+        keys; one never seen gets L{CredentialsUnavailable}.
+        """
+        d = self.lookup()
+        self.source.answer()
+        key = self.successResultOf(d)
+        self.clock.advance(50)
+        d = self.lookup()
+        self.source.fail()
+        self.assertEqual(self.successResultOf(d), key)
+        d = self.lookup("bob")
+        self.source.fail()
+        self.failureResultOf(d, CredentialsUnavailable)
+        self.clock.advance(60)  # 110 s after the last answer: too old
+        d = self.lookup()
+        self.source.fail()
+        self.failureResultOf(d, CredentialsUnavailable)
+
+    def test_timeout(self) -> None:
+        """
+        A source that never answers: L{CredentialsUnavailable} after the
+        timeout, not a client left waiting.
+        """
+        d = self.lookup()
+        self.assertNoResult(d)
+        self.clock.advance(2.1)
+        self.failureResultOf(d, CredentialsUnavailable)
+
+    def test_negative_short(self) -> None:
+        """
+        An unknown user is remembered for a short while only, so one
+        added with txturn-admin works within seconds.
+        """
+        d = self.lookup("carol")
+        self.source.answer()
+        self.assertEqual(self.successResultOf(d), ())
+        self.assertEqual(self.lookup("carol"), ())
+        self.clock.advance(2.5)
+        self.source.users["carol"] = "pw"
+        d = self.lookup("carol")
+        self.source.answer()
+        self.assertEqual(len(self.successResultOf(d)), 1)
+
+    def test_bounded(self) -> None:
+        """
+        At most C{size} entries, and C{max_pending} lookups at a time.
+        """
+        cache = CachedCredentials(self.clock, self.source, size=3, max_pending=2)
+        for i in range(10):
+            d = cache.keys_for(f"u{i}", REALM, MD5, 0)
+            self.source.answer()
+            self.successResultOf(d)
+        self.assertEqual(len(cache._entries), 3)
+        cache.keys_for("x", REALM, MD5, 0)
+        cache.keys_for("y", REALM, MD5, 0)
+        with self.assertRaises(CredentialsUnavailable):
+            cache.keys_for("z", REALM, MD5, 0)
+
+
+class ChainTests(SynchronousTestCase):
+    def test_database_down_static_works(self) -> None:
+        """
+        A static user (or REST name) keeps working when the database next
+        to it fails; a name only the database could know fails.
+        """
+        clock = Clock()
+        source = SlowSource({})
+        chain = CredentialChain(
+            [StaticCredentials(REALM, {"alice": "secret"}), CachedCredentials(clock, source)]
+        )
+        d = chain.keys_for("alice", REALM, MD5, 0)
+        source.fail()
+        self.assertEqual(len(self.successResultOf(d)), 1)
+        d = chain.keys_for("nobody", REALM, MD5, 0)
+        source.fail()
+        self.failureResultOf(d, CredentialsUnavailable)
+
+    def test_sync_stays_sync(self) -> None:
+        """
+        Static and REST sources alone answer at once, not in a Deferred.
+        """
+        chain = CredentialChain(
+            [StaticCredentials(REALM, {"alice": "secret"}), RestApiCredentials("s")]
+        )
+        self.assertIsInstance(chain.keys_for("alice", REALM, MD5, 0), list)
+
+
+class WaitingCoreTests(ServerTestCase):
+    """
+    The core with a source that waits.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.source = SlowSource({"alice": "secret"})
+        self.events: list[object] = []
+        self.server = make_server(
+            realm=REALM,
+            clock=self.clock,
+            credentials=CachedCredentials(self.clock, self.source, timeout=2),
+            relays=self.relays,
+        )
+        self.server.add_observer(self)
+
+    def observe(self, event: object) -> None:
+        self.events.append(event)
+
+    def challenge(self) -> None:
+        self.exchange(self.client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
+
+    def test_allocate_after_lookup(self) -> None:
+        """
+        The Allocate is answered when the keys come, signed with them.
+        """
+        self.challenge()
+        self.send(self.client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
+        self.assertEqual(self.channel.sent, [])
+        self.source.answer()
+        raw, to = self.channel.sent.pop()
+        response = self.client.learn(raw)
+        self.assertSuccess(response)
+        self.assertTrue(response.check_integrity(self.client.key))
+        # Fresh in the cache: the Refresh is answered in the same call.
+        self.assertSuccess(self.authed(Method.REFRESH, [(Attr.LIFETIME, 600)]))
+
+    def test_hung_source_500(self) -> None:
+        self.challenge()
+        self.send(self.client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
+        self.clock.advance(2.5)
+        raw, to = self.channel.sent.pop()
+        self.assertError(self.client.learn(raw), 500)
+        self.assertEqual(self.server.stats["credentials_unavailable"], 1)
+
+    def test_userhash(self) -> None:
+        """
+        USERHASH through a source whose name lookup is a Deferred.
+        """
+        self.challenge()
+        message = Message(Method.ALLOCATE, Class.REQUEST, os.urandom(12))
+        message.add(Attr.REQUESTED_TRANSPORT, 17)
+        message.add(Attr.USERHASH, userhash("alice", REALM))
+        message.add(Attr.REALM, REALM)
+        message.add(Attr.NONCE, self.client.nonce)
+        self.send(encode(message, self.client.key))
+        self.source.answer()
+        raw, to = self.channel.sent.pop()
+        self.assertSuccess(self.client.learn(raw))
+
+    def test_revoked(self) -> None:
+        """
+        A revoked user is refused at the next request, and their
+        allocations go; a revocation over lets them in again.
+        """
+        self.challenge()
+        self.send(self.client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
+        self.source.answer()
+        self.client.learn(self.channel.sent.pop()[0])
+        self.assertEqual(self.server.revoke("alice", self.clock.seconds() + 60), 1)
+        deleted = [e for e in self.events if isinstance(e, AllocationDeleted)]
+        self.assertEqual([e.reason for e in deleted], ["revoked"])
+        self.assertError(self.authed(Method.REFRESH, [(Attr.LIFETIME, 600)]), 401)
+        failed = [e for e in self.events if isinstance(e, AuthenticationFailed)]
+        self.assertEqual(failed[-1].reason, "revoked credential")
+        self.clock.advance(61)
+        self.send(self.client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
+        self.source.answer()  # the cached keys are stale by now
+        self.assertSuccess(self.client.learn(self.channel.sent.pop()[0]))
+
+
+class RevocationTests(SynchronousTestCase):
+    def test_matching(self) -> None:
+        """
+        A name revokes itself and every REST name of that user; a REST
+        name revokes only itself; each until its time.
+        """
+        revoked = Revocations()
+        revoked.revoke("alice", 100)
+        revoked.revoke("1700000000:bob", 100)
+        self.assertTrue(revoked.is_revoked("alice", 50))
+        self.assertTrue(revoked.is_revoked("1700000000:alice", 50))
+        self.assertTrue(revoked.is_revoked("1700000000:alice:eyJ", 50))
+        self.assertTrue(revoked.is_revoked("1700000000:bob", 50))
+        self.assertFalse(revoked.is_revoked("1700000001:bob", 50))
+        self.assertFalse(revoked.is_revoked("alicea", 50))
+        self.assertFalse(revoked.is_revoked("alice", 100))
+        self.assertEqual(len(revoked), 1)  # the one over was forgotten
+        revoked.replace({"x": 10, "y": 200}, 50)
+        self.assertEqual(len(revoked), 1)
+        self.assertTrue(revoked.is_revoked("y", 50))
+        self.assertFalse(revoked.is_revoked("alice", 50))
