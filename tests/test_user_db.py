@@ -1,0 +1,210 @@
+"""
+Users in SQLite (L{txturn.user_db}): what C{txturn-admin} stores (keys,
+never passwords), lookups through a real connection pool, coturn's
+table, clear errors for a database that cannot be used, and a real
+C{twistd turn} that sees users added and deleted with no restart.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.internet import reactor as _reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from tests.test_interop import run_aioice, spawn, twistd_turn, udp_requester
+from tests.test_service import free_udp_port
+from txturn.credentials import long_term_key, userhash
+from txturn.stun import Attr, Class, Method, PasswordAlgorithm
+from txturn.user_db import (
+    COTURN,
+    OURS,
+    SqliteCredentials,
+    SqliteUsers,
+    UserDbError,
+    check_database,
+    open_pool,
+)
+
+reactor: Any = _reactor
+REALM = "example.org"
+
+
+def admin(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "txturn.admin", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env={**os.environ, "TXTURN_PASSWORD": ""},
+    )
+
+
+class StoreTests(TestCase):
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+
+    def test_keys_only(self) -> None:
+        """
+        C{add} stores the MD5 and SHA-256 keys and the USERHASH, nothing
+        from which the password is read back; the file is the owner's.
+        """
+        users = SqliteUsers(self.path)
+        users.add(REALM, "alice", "correct horse")
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+        with sqlite3.connect(self.path) as db:
+            columns = [row[1] for row in db.execute("PRAGMA table_info(txturn_users)")]
+            row = db.execute("SELECT * FROM txturn_users").fetchone()
+        self.assertEqual(columns, ["realm", "name", "md5", "sha256", "userhash"])
+        self.assertEqual(row[2], long_term_key("alice", REALM, "correct horse"))
+        self.assertNotIn(b"correct horse", open(self.path, "rb").read())
+        self.assertEqual(users.names(), [(REALM, "alice")])
+        self.assertTrue(users.delete(REALM, "alice"))
+        self.assertFalse(users.delete(REALM, "alice"))
+        self.assertEqual(users.names(), [])
+
+    def test_errors(self) -> None:
+        """
+        A missing file, a file that is not SQLite and a database without
+        a users table each get one line saying so.
+        """
+        with self.assertRaisesRegex(UserDbError, "no such database"):
+            check_database(self.path)
+        with open(self.path, "wb") as f:
+            f.write(b"not a database at all" * 100)
+        with self.assertRaisesRegex(UserDbError, "not a usable SQLite database"):
+            check_database(self.path)
+        os.remove(self.path)
+        sqlite3.connect(self.path).execute("CREATE TABLE other (x)").connection.commit()
+        with self.assertRaisesRegex(UserDbError, "without a txturn_users"):
+            check_database(self.path)
+
+    def test_admin_command(self) -> None:
+        """
+        C{txturn-admin} adds (password on stdin), lists and deletes, and
+        says what is wrong in one line.
+        """
+        url = f"sqlite://{self.path}"
+        self.assertEqual(admin("--user-db", url, "add", "bob", stdin="pw\n").returncode, 0)
+        listed = admin("--user-db", url, "--realm", "txturn", "list")
+        self.assertEqual(listed.stdout, "bob\ttxturn\n")
+        self.assertEqual(admin("--user-db", url, "delete", "bob").returncode, 0)
+        failed = admin("--user-db", url, "delete", "bob")
+        self.assertEqual(
+            (failed.returncode, failed.stderr), (1, "txturn-admin: no user bob in realm txturn\n")
+        )
+        missing = admin("--user-db", f"sqlite://{self.path}.none", "list")
+        self.assertEqual(missing.returncode, 1)
+        self.assertIn("no such database", missing.stderr)
+        revoke = admin("--user-db", url, "revoke", "bob")
+        self.assertIn("needs --redis", revoke.stderr)
+
+
+class LookupTests(TestCase):
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+
+    def pool(self) -> Any:
+        pool = open_pool(self.path, reactor)
+        pool.start()
+        self.addCleanup(pool.close)
+        return pool
+
+    @defer.inlineCallbacks
+    def test_keys(self) -> Any:
+        SqliteUsers(self.path).add(REALM, "alice", "secret")
+        source = SqliteCredentials(self.pool(), REALM, check_database(self.path))
+        for algorithm in (PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256):
+            keys = yield source.keys_for("alice", REALM, algorithm, 0)
+            self.assertEqual(keys, (long_term_key("alice", REALM, "secret", algorithm),))
+        self.assertEqual((yield source.keys_for("nobody", REALM, 1, 0)), ())
+        self.assertEqual(source.keys_for("alice", "other realm", 1, 0), ())
+        name = yield source.username_for_hash(userhash("alice", REALM), REALM)
+        self.assertEqual(name, "alice")
+
+    @defer.inlineCallbacks
+    def test_coturn_database(self) -> Any:
+        """
+        coturn's C{turnusers_lt} (hex MD5 keys) is read as it is.
+        """
+        key = long_term_key("carol", REALM, "pw")
+        with sqlite3.connect(self.path) as db:
+            db.execute("CREATE TABLE turnusers_lt (realm, name, hmackey)")
+            db.execute("INSERT INTO turnusers_lt VALUES (?, ?, ?)", (REALM, "carol", key.hex()))
+        self.assertEqual(check_database(self.path), COTURN)
+        source = SqliteCredentials(self.pool(), REALM, COTURN)
+        self.assertEqual((yield source.keys_for("carol", REALM, 1, 0)), (key,))
+        self.assertEqual((yield source.keys_for("carol", REALM, 2, 0)), ())
+        self.assertNotEqual(COTURN, OURS)
+
+
+class ServerTests(TestCase):
+    """
+    A real C{twistd turn --user-db sqlite:///...}.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.url = f"sqlite://{self.path}"
+        self.port = free_udp_port()
+
+    @defer.inlineCallbacks
+    def test_users_without_restart(self) -> Any:
+        """
+        A user added while the server runs relays (aioice) at once; once
+        deleted, they are refused within --user-cache-ttl.
+        """
+        self.assertEqual(admin("--user-db", self.url, "add", "first", stdin="one\n").returncode, 0)
+        watcher = spawn(
+            twistd_turn(
+                self.port,
+                "--user-db",
+                self.url,
+                "--user-cache-ttl",
+                "1",
+                "--relay-ip",
+                "127.0.0.1",
+                "--allow-loopback-peers",
+            ),
+            self,
+        )
+        yield watcher.wait_for(rb"TURN listening on UDP")
+        self.assertNotIn(b"No credentials configured", watcher.output)
+        added = yield threads.deferToThread(
+            admin, "--user-db", self.url, "add", "alice", stdin="wonderland\n"
+        )
+        self.assertEqual(added.returncode, 0, added.stderr)
+        result = yield run_aioice(self, self.port, "alice", "wonderland", 10)
+        self.assertEqual(result["received"], 10)
+        yield threads.deferToThread(admin, "--user-db", self.url, "delete", "alice")
+        # The server is another process: its cache ages in real time.
+        yield deferLater(reactor, 1.5, lambda: None)
+        _, request = udp_requester(self, self.port, "alice", "wonderland")
+        refused = yield threads.deferToThread(
+            request, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]
+        )
+        self.assertEqual((refused.cls, refused.get(Attr.ERROR_CODE)[0]), (Class.ERROR, 401))
+        self.assertNotIn(b"Traceback", watcher.output)
+
+    @defer.inlineCallbacks
+    def test_startup_errors(self) -> Any:
+        """
+        A missing or malformed database stops startup with one clear line.
+        """
+        for content, expected in (
+            (None, rb"no such database \(create it with: txturn-admin"),
+            (b"garbage" * 1000, rb"not a usable SQLite database"),
+        ):
+            if content is not None:
+                with open(self.path, "wb") as f:
+                    f.write(content)
+            watcher = spawn(twistd_turn(self.port, "--user-db", self.url), self)
+            yield watcher.ended
+            self.assertRegex(watcher.output, b"--user-db: .*" + expected)
+            self.assertNotIn(b"Traceback", watcher.output)
