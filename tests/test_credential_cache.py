@@ -25,7 +25,7 @@ from txturn.credentials import (
     long_term_key,
     userhash,
 )
-from txturn.events import AllocationDeleted, AuthenticationFailed
+from txturn.events import AllocationDeleted, AuthenticationFailed, IServerObserver
 from txturn.revocations import Revocations
 from txturn.stun import Attr, Class, Message, Method, PasswordAlgorithm, encode
 from txturn.testing import make_server
@@ -188,6 +188,7 @@ class ChainTests(SynchronousTestCase):
         self.assertIsInstance(chain.keys_for("alice", REALM, MD5, 0), list)
 
 
+@implementer(IServerObserver)
 class WaitingCoreTests(ServerTestCase):
     """
     The core with a source that waits.

@@ -171,16 +171,19 @@ class CorePolicyTests(ServerTestCase):
 
     def test_create_permission(self) -> None:
         self.assertSuccess(self.allocate())
-        outside = [(Attr.XOR_PEER_ADDRESS, OUTSIDE)]
+        outside: list[tuple[int, Any]] = [(Attr.XOR_PEER_ADDRESS, OUTSIDE)]
         self.assertError(self.authed(Method.CREATE_PERMISSION, outside), 403)
-        inside = [(Attr.XOR_PEER_ADDRESS, INSIDE)]
+        inside: list[tuple[int, Any]] = [(Attr.XOR_PEER_ADDRESS, INSIDE)]
         self.assertSuccess(self.authed(Method.CREATE_PERMISSION, inside))
         # Both at once: refused whole.
         self.assertError(self.authed(Method.CREATE_PERMISSION, inside + outside), 403)
 
     def test_channel_bind(self) -> None:
         self.assertSuccess(self.allocate())
-        bind = [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, OUTSIDE)]
+        bind: list[tuple[int, Any]] = [
+            (Attr.CHANNEL_NUMBER, 0x4000),
+            (Attr.XOR_PEER_ADDRESS, OUTSIDE),
+        ]
         self.assertError(self.authed(Method.CHANNEL_BIND, bind), 403)
         bind = [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, INSIDE)]
         self.assertSuccess(self.authed(Method.CHANNEL_BIND, bind))

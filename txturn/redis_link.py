@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import txredisapi
 from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IDelayedCall
 
 from txturn.log_level import logger
@@ -37,21 +38,25 @@ class RedisDown(Exception):
     """
 
 
-def connect(address: RedisAddress, timeout: float) -> Any:
+def connect(reactor: Any, address: RedisAddress, timeout: float) -> Any:
     """
-    A txredisapi connection that reconnects by itself.
+    A txredisapi factory of one connection that reconnects by itself,
+    within a second of Redis coming back (txredisapi's default waits up
+    to ten).
     """
-    return txredisapi.lazyConnection(
-        address.host,
-        address.port,
-        dbid=address.db or None,
-        reconnect=True,
+    factory = txredisapi.RedisFactory(
+        str(address),
+        address.db or None,
+        1,
+        isLazy=True,
         password=address.password,
         username=address.username,
-        connectTimeout=timeout,
         replyTimeout=timeout,
         convertNumbers=False,
     )
+    factory.maxDelay = 1.0
+    factory.startConnecting(HostnameEndpoint(reactor, address.host, address.port, timeout))
+    return factory
 
 
 class RedisLink:
@@ -69,13 +74,17 @@ class RedisLink:
         reactor: Any,
         address: RedisAddress,
         timeout: float = 1.0,
-        connection: Any = None,
+        factory: Any = None,
     ) -> None:
         self._reactor = reactor
         self.address = address
         self.timeout = timeout
-        self.connection = connection if connection is not None else connect(address, timeout)
+        self._factory = factory if factory is not None else connect(reactor, address, timeout)
+        self.connection = self._factory.handler
         self.up = True
+        #: Whether a call was ever answered: until then, no connection
+        #: only means it is still being made.
+        self._answered = False
         self.on_up: list[Callable[[], object]] = []
         self._probe: IDelayedCall | None = None
         self._closed = False
@@ -85,12 +94,19 @@ class RedisLink:
         Run a Redis command (C{"HGET"}, C{"EVAL"}, ...); fails with
         L{RedisDown} at once while Redis is unreachable.
         """
+        if self._answered and not self._factory.size:
+            # The connection dropped: no need to wait for a timeout.
+            self.went_down("connection lost")
         if not self.up or self._closed:
             return defer.fail(RedisDown(str(self.address)))
         d: defer.Deferred[Any] = self.connection.execute_command(command, *args)
         d.addTimeout(self.timeout, self._reactor)
-        d.addErrback(self._failed)
+        d.addCallbacks(self._succeeded, self._failed)
         return d
+
+    def _succeeded(self, result: Any) -> Any:
+        self._answered = True
+        return result
 
     def _failed(self, failure: Any) -> Any:
         error = failure.value

@@ -1,0 +1,357 @@
+"""
+A fleet sharing one real C{redis-server}, started by each test on a
+loopback port: two C{twistd turn} processes hold one per-user quota, a
+killed server's allocations stop counting within C{--redis-ttl}, a
+revocation from C{txturn-admin} reaches both within a second and deletes
+the allocations, both keep serving while Redis is down and rejoin when
+it is back; users kept in Redis relay real clients, and usage records
+reach a Redis stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from twisted.internet import defer, threads
+from twisted.internet import reactor as _reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.test_interop import (
+    OutputWatcher,
+    require,
+    run_aioice,
+    spawn,
+    twistd_turn,
+    uclient_args,
+    uclient_totals,
+    udp_requester,
+)
+from tests.test_service import free_udp_port
+from txturn.credential_policy import mint_credential
+from txturn.redis_address import parse_redis_url
+from txturn.stun import Attr, Class, Message, Method
+
+reactor: Any = _reactor
+
+Requester = Callable[[int, list[tuple[int, Any]]], Message]
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def redis_binary() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        if os.environ.get("CI"):
+            raise AssertionError("redis-server is missing: .ci/run must install it")
+        raise SkipTest("redis-server not installed (apt-get install redis-server)")
+    return path
+
+
+class RedisProcess:
+    """
+    A C{redis-server} on 127.0.0.1 that keeps nothing on disk, stopped
+    when the test ends.
+    """
+
+    def __init__(self, test: TestCase) -> None:
+        self.test = test
+        self.port = free_tcp_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.watcher: OutputWatcher | None = None
+
+    def start(self) -> defer.Deferred[Any]:
+        argv = [
+            redis_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
+        self.watcher = spawn(argv, self.test)
+        return self.watcher.wait_for(rb"Ready to accept connections")
+
+    def stop(self) -> defer.Deferred[None]:
+        assert self.watcher is not None and self.watcher.transport is not None
+        self.watcher.transport.signalProcess("KILL")
+        return self.watcher.ended
+
+    def command(self, *args: str) -> Any:
+        """
+        One command, by a blocking client (call in a thread).
+        """
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(
+                f"*{len(args)}\r\n".encode()
+                + b"".join(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args)
+            )
+            reader = s.makefile("rb")
+            return _reply(reader)
+
+
+def _reply(reader: Any) -> Any:
+    line = reader.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:]
+    if kind in (b"+", b"-"):
+        return rest.decode()
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        if int(rest) < 0:
+            return None
+        data = reader.read(int(rest) + 2)[:-2]
+        return data.decode()
+    if kind == b"*":
+        return [_reply(reader) for _ in range(max(int(rest), 0))]
+    raise AssertionError(f"unexpected reply {line!r}")
+
+
+def admin(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "txturn.admin", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TXTURN_PASSWORD": "from-the-environment"},
+    )
+
+
+class FleetTests(TestCase):
+    """
+    Two servers, A and B, sharing one Redis.
+    """
+
+    def setUp(self) -> Any:
+        self.redis = RedisProcess(self)
+        self.secret = "fleet-secret"
+        return self.redis.start()
+
+    @defer.inlineCallbacks
+    def server(self, *extra: str) -> Any:
+        port = free_udp_port()
+        watcher = spawn(
+            twistd_turn(
+                port,
+                "--user",
+                "test:secret",
+                "--static-auth-secret",
+                self.secret,
+                "--user-quota",
+                "3",
+                "--redis",
+                self.redis.url,
+                "--redis-ttl",
+                "2",
+                "--relay-ip",
+                "127.0.0.1",
+                "--allow-loopback-peers",
+                "--no-tcp",
+                *extra,
+            ),
+            self,
+        )
+        yield watcher.wait_for(rb"TURN listening on UDP")
+        # The first heartbeat: this server counts in the fleet.
+        yield self.wait_until(lambda: self.servers_alive() >= 1)
+        return port, watcher
+
+    def servers_alive(self) -> int:
+        return len(self.redis.command("KEYS", "txturn:server:*"))
+
+    @defer.inlineCallbacks
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> Any:
+        """
+        Poll C{condition} (in a thread: it may ask Redis) until true; the
+        servers are other processes, so this is real time.
+        """
+        deadline = time.monotonic() + timeout
+        while not (yield threads.deferToThread(condition)):
+            if time.monotonic() > deadline:
+                self.fail("condition not met in time")
+            yield deferLater(reactor, 0.05, lambda: None)
+
+    @defer.inlineCallbacks
+    def allocate(self, port: int, user: str = "test", password: str = "secret") -> Any:
+        _, request = udp_requester(self, port, user, password)
+        response = yield threads.deferToThread(
+            request, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]
+        )
+        return request, response
+
+    def code(self, response: Message) -> int:
+        return 0 if response.cls == Class.SUCCESS else response.get(Attr.ERROR_CODE)[0]
+
+    @defer.inlineCallbacks
+    def test_quota_across_servers(self) -> Any:
+        """
+        Quota 3: two allocations on A and one on B, then 486 on both; A
+        killed (SIGKILL: no goodbye), its two stop counting within
+        --redis-ttl and B can have them.
+        """
+        port_a, watcher_a = yield self.server()
+        port_b, _ = yield self.server()
+        codes = []
+        for port in (port_a, port_a, port_b, port_a, port_b):
+            _, response = yield self.allocate(port)
+            codes.append(self.code(response))
+        self.assertEqual(codes, [0, 0, 0, 486, 486])
+        assert watcher_a.transport is not None
+        watcher_a.transport.signalProcess("KILL")
+        killed = time.monotonic()
+        yield watcher_a.ended
+        codes = []
+        for _ in range(2):
+            while True:
+                _, response = yield self.allocate(port_b)
+                if self.code(response) == 0:
+                    break
+                self.assertEqual(self.code(response), 486)
+                self.assertLess(time.monotonic() - killed, 5.0, "A's allocations still count")
+                yield deferLater(reactor, 0.2, lambda: None)
+            codes.append(time.monotonic() - killed)
+        # Within the TTL (2 s), and a heartbeat's slack.
+        self.assertLess(max(codes), 2.0 + 1.5)
+        _, response = yield self.allocate(port_b)
+        self.assertEqual(self.code(response), 486)
+
+    @defer.inlineCallbacks
+    def test_revocation(self) -> Any:
+        """
+        C{txturn-admin revoke}: within a second both servers delete the
+        user's allocations, and refuse the credential; a REST credential
+        revoked alone leaves its user's other credentials working.
+        """
+        port_a, watcher_a = yield self.server()
+        port_b, watcher_b = yield self.server()
+        request_a, response = yield self.allocate(port_a)
+        self.assertEqual(self.code(response), 0)
+        request_b, response = yield self.allocate(port_b)
+        self.assertEqual(self.code(response), 0)
+        revoked = yield threads.deferToThread(admin, "--redis", self.redis.url, "revoke", "test")
+        self.assertEqual(revoked.returncode, 0, revoked.stderr)
+        started = time.monotonic()
+        for watcher in (watcher_a, watcher_b):
+            yield watcher.wait_for(rb"Revoked test: 1 allocations deleted", timeout=1.0)
+            yield watcher.wait_for(
+                rb"Allocation \d+ of test from \S+ deleted \(revoked\)", timeout=1.0
+            )
+        self.assertLess(time.monotonic() - started, 1.0)
+        for request in (request_a, request_b):
+            refused = yield threads.deferToThread(request, Method.REFRESH, [(Attr.LIFETIME, 600)])
+            self.assertEqual(self.code(refused), 401)
+        listed = yield threads.deferToThread(admin, "--redis", self.redis.url, "revoked")
+        self.assertEqual(listed.stdout, "test\tforever\n")
+
+        first, first_password = mint_credential(self.secret, "rest", int(time.time()) + 600)
+        second, second_password = mint_credential(self.secret, "rest", int(time.time()) + 601)
+        yield threads.deferToThread(admin, "--redis", self.redis.url, "revoke", first)
+        yield watcher_b.wait_for(b"Revoked " + first.encode(), timeout=1.0)
+        _, response = yield self.allocate(port_b, first, first_password)
+        self.assertEqual(self.code(response), 401)
+        _, response = yield self.allocate(port_b, second, second_password)
+        self.assertEqual(self.code(response), 0)
+        lifted = yield threads.deferToThread(admin, "--redis", self.redis.url, "unrevoke", "test")
+        self.assertEqual(lifted.returncode, 0)
+        yield watcher_a.wait_for(rb"Revocation of test lifted", timeout=1.0)
+        _, response = yield self.allocate(port_a)
+        self.assertEqual(self.code(response), 0)
+
+    @defer.inlineCallbacks
+    def test_redis_down(self) -> Any:
+        """
+        Redis killed: both servers keep allocating (each to the quota on
+        its own), say so once; Redis back: they say so, write their
+        counts again, and the quota is the fleet's again.
+        """
+        port_a, watcher_a = yield self.server()
+        port_b, watcher_b = yield self.server()
+        _, response = yield self.allocate(port_a)
+        self.assertEqual(self.code(response), 0)
+        yield self.redis.stop()
+        codes = []
+        for port in (port_a, port_a, port_b, port_b):
+            _, response = yield self.allocate(port)
+            codes.append(self.code(response))
+        self.assertEqual(codes, [0, 0, 0, 0])
+        for watcher in (watcher_a, watcher_b):
+            yield watcher.wait_for(rb"Redis at redis://127.0.0.1:\d+/0 unreachable")
+        yield self.redis.start()
+        for watcher in (watcher_a, watcher_b):
+            yield watcher.wait_for(rb"Redis at redis://127.0.0.1:\d+/0 reachable again")
+            self.assertEqual(watcher.output.count(b"unreachable"), 1)
+
+        def counts() -> list[int]:
+            flat = self.redis.command("HGETALL", "txturn:quota:test")
+            return sorted(int(n) for n in flat[1::2])
+
+        yield self.wait_until(lambda: counts() == [2, 3])
+        _, response = yield self.allocate(port_b)
+        self.assertEqual(self.code(response), 486)
+
+    @defer.inlineCallbacks
+    def test_users_and_usage_stream(self) -> Any:
+        """
+        A user added to Redis with txturn-admin relays turnutils_uclient
+        and aioice; the usage records of both reach the Redis stream.
+        """
+        uclient = require("turnutils_uclient")
+        added = yield threads.deferToThread(admin, "--redis", self.redis.url, "add", "carol")
+        self.assertEqual(added.returncode, 0, added.stderr)
+        listed = yield threads.deferToThread(admin, "--redis", self.redis.url, "list")
+        self.assertEqual(listed.stdout, "carol\ttxturn\n")
+        # uclient allocates for RTP and RTCP, one with a reservation.
+        port, watcher = yield self.server("--usage-stream", "txturn:usage", "--user-quota", "10")
+        result = yield run_aioice(self, port, "carol", "from-the-environment", 10)
+        self.assertEqual(result["received"], 10)
+        peer_port = free_udp_port()
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        args = uclient_args(port, peer_port, 10, 1)
+        args[args.index("-u") + 1] = "carol"
+        args[args.index("-w") + 1] = "from-the-environment"
+        out, err, code = yield threads.deferToThread(
+            lambda: subprocess.run([uclient, *args], capture_output=True, text=True)
+        ).addCallback(lambda p: (p.stdout, p.stderr, p.returncode))
+        sent, received, lost = uclient_totals(out + err)
+        # One client allocates twice (RTP and RTCP): 2 x 10 messages.
+        self.assertEqual((sent, received, lost), (20, 20, 0))
+
+        def records() -> list[dict[str, Any]]:
+            entries = self.redis.command("XRANGE", "txturn:usage", "-", "+")
+            return [dict(zip(fields[::2], fields[1::2])) for _, fields in entries]
+
+        yield self.wait_until(lambda: len(records()) >= 3)
+        for record in records():
+            self.assertEqual(record["user"], "carol")
+            self.assertEqual(record["reason"], "refresh")
+            self.assertGreater(json.loads(record["to_peers"])["packets"], 0)
+        self.assertNotIn(b"Traceback", watcher.output)
+
+
+class AddressTests(TestCase):
+    def test_urls(self) -> None:
+        address = parse_redis_url("redis://u:p%40ss@cache.example:6380/2")
+        self.assertEqual(
+            (address.host, address.port, address.db, address.username, address.password),
+            ("cache.example", 6380, 2, "u", "p@ss"),
+        )
+        self.assertEqual(parse_redis_url("redis://127.0.0.1").port, 6379)
+        for bad in ("http://x", "redis://x/db", "redis://:1", "redis://x:port"):
+            with self.assertRaises(ValueError, msg=bad):
+                parse_redis_url(bad)
