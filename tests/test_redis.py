@@ -216,7 +216,7 @@ class FleetTests(TestCase):
         watcher_a.transport.signalProcess("KILL")
         killed = time.monotonic()
         yield watcher_a.ended
-        codes = []
+        waited: list[float] = []
         for _ in range(2):
             while True:
                 _, response = yield self.allocate(port_b)
@@ -225,9 +225,9 @@ class FleetTests(TestCase):
                 self.assertEqual(self.code(response), 486)
                 self.assertLess(time.monotonic() - killed, 5.0, "A's allocations still count")
                 yield deferLater(reactor, 0.2, lambda: None)
-            codes.append(time.monotonic() - killed)
+            waited.append(time.monotonic() - killed)
         # Within the TTL (2 s), and a heartbeat's slack.
-        self.assertLess(max(codes), 2.0 + 1.5)
+        self.assertLess(max(waited), 2.0 + 1.5)
         _, response = yield self.allocate(port_b)
         self.assertEqual(self.code(response), 486)
 
