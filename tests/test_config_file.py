@@ -5,7 +5,9 @@ C{twistd turn}.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 
 from twisted.logger import LogLevel
 from twisted.python import usage
@@ -227,15 +229,20 @@ class ConfigOptionTests(SynchronousTestCase):
 
     def test_sqlite_userdb(self) -> None:
         """
-        coturn's SQLite user database is refused with a line that says
-        what txturn wants instead.
+        coturn's SQLite user database (its C{turnusers_lt} table) is read
+        as it is; a damaged one is refused with a line that says so.
         """
         path = str(self.mktemp())
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("CREATE TABLE turnusers_lt (realm, name, hmackey)")
+            db.commit()
+        options = self.parse("--userdb", path)
+        self.assertEqual((options["user-db-sqlite"], options["user-db-table"]), (path, COTURN))
         with open(path, "wb") as f:
             f.write(b"SQLite format 3\x00" + b"\x00" * 100)
         with self.assertRaises(usage.UsageError) as caught:
             self.parse("--userdb", path)
-        self.assertIn("is an SQLite database (coturn's)", str(caught.exception))
+        self.assertIn("not a usable SQLite database", str(caught.exception))
 
     def test_twistd_options(self) -> None:
         """
