@@ -237,7 +237,8 @@ class ConfigOptionTests(SynchronousTestCase):
             db.execute("CREATE TABLE turnusers_lt (realm, name, hmackey)")
             db.commit()
         options = self.parse("--userdb", path)
-        self.assertEqual((options["user-db-sqlite"], options["user-db-table"]), (path, COTURN_TABLE))
+        self.assertEqual(options["user-db-sqlite"], path)
+        self.assertEqual(options["user-db-table"], COTURN_TABLE)
         with open(path, "wb") as f:
             f.write(b"SQLite format 3\x00" + b"\x00" * 100)
         with self.assertRaises(usage.UsageError) as caught:
