@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txturn.config_file import ConfigFileError, Entry, read_config
 from txturn.tap import SECRET_VARIABLE, Options
+from txturn.user_db import COTURN as COTURN_TABLE
 
 #: A coturn file as an operator has it, with what txturn implements,
 #: what it accepts, what it does not implement and a typo.
