@@ -279,7 +279,9 @@ def _credentials(
         sources.append(StaticCredentials.from_lines(realm, lines))
     if options["static-auth-secret"]:
         sources.append(RestApiCredentials(options["static-auth-secret"]))
-    if sources:
+    # A database of users counts even where it is not opened (in the
+    # supervisor of --workers N, which authenticates nobody).
+    if sources or options["user-db-sqlite"] is not None or options["redis-address"] is not None:
         return CredentialChain(sources), None
     username, password = _generated_user(options)
     return CredentialChain([StaticCredentials(realm, {username: password})]), (username, password)
