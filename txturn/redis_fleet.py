@@ -177,15 +177,8 @@ class RedisFleet(service.Service):
         if not self.link.up:
             return defer.succeed(None)
         self._in_flight[username] += 1
-        d = self.link.call(
-            "EVAL",
-            ACQUIRE,
-            1,
-            QUOTA_KEY + username,
-            self.id,
-            limit,
-            SERVER_KEY,
-            int(self.ttl * 1000),
+        d = self.link.script(
+            ACQUIRE, [QUOTA_KEY + username], [self.id, limit, SERVER_KEY, int(self.ttl * 1000)]
         )
 
         def done(result: Any) -> Any:
@@ -240,8 +233,8 @@ class RedisFleet(service.Service):
         for start in range(0, max(len(pairs), 1), 2 * _BATCH):
             batch = pairs[start : start + 2 * _BATCH]
             calls.append(
-                self.link.call(
-                    "EVAL", HEARTBEAT, 0, self.id, SERVER_KEY + self.id, ttl_ms, QUOTA_KEY, *batch
+                self.link.script(
+                    HEARTBEAT, [], [self.id, SERVER_KEY + self.id, ttl_ms, QUOTA_KEY, *batch]
                 )
             )
         return defer.gatherResults(calls, consumeErrors=True).addErrback(lambda _: None)

@@ -91,15 +91,24 @@ class RedisLink:
 
     def call(self, command: str, *args: Any) -> defer.Deferred[Any]:
         """
-        Run a Redis command (C{"HGET"}, C{"EVAL"}, ...); fails with
+        Run a Redis command (C{"HGET"}, C{"PUBLISH"}, ...); fails with
         L{RedisDown} at once while Redis is unreachable.
         """
+        return self._guarded(lambda: self.connection.execute_command(command, *args))
+
+    def script(self, source: str, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
+        """
+        Run a Lua script: sent once, then named by its SHA-1 (EVALSHA).
+        """
+        return self._guarded(lambda: self.connection.eval(source, keys, args))
+
+    def _guarded(self, send: Callable[[], defer.Deferred[Any]]) -> defer.Deferred[Any]:
         if self._answered and not self._factory.size:
             # The connection dropped: no need to wait for a timeout.
             self.went_down("connection lost")
         if not self.up or self._closed:
             return defer.fail(RedisDown(str(self.address)))
-        d: defer.Deferred[Any] = self.connection.execute_command(command, *args)
+        d = send()
         d.addTimeout(self.timeout, self._reactor)
         d.addCallbacks(self._succeeded, self._failed)
         return d
