@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prometheus_client import generate_latest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests.test_metrics import value
 from tests.test_server import REALM, ServerTestCase
 from txturn.credential_cache import CachedCredentials, CredentialsUnavailable
 from txturn.credentials import (
@@ -26,6 +28,7 @@ from txturn.credentials import (
     userhash,
 )
 from txturn.events import AllocationDeleted, AuthenticationFailed, IServerObserver
+from txturn.metrics import Metrics
 from txturn.revocations import Revocations
 from txturn.stun import Attr, Class, Message, Method, PasswordAlgorithm, encode
 from txturn.testing import make_server
@@ -228,12 +231,20 @@ class WaitingCoreTests(ServerTestCase):
         self.assertSuccess(self.authed(Method.REFRESH, [(Attr.LIFETIME, 600)]))
 
     def test_hung_source_500(self) -> None:
+        """
+        A source that hangs: 500 after the timeout, counted for metrics.
+        """
+        metrics = Metrics(self.server, [])
         self.challenge()
         self.send(self.client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
         self.clock.advance(2.5)
         raw, to = self.channel.sent.pop()
         self.assertError(self.client.learn(raw), 500)
-        self.assertEqual(self.server.stats["credentials_unavailable"], 1)
+        page = generate_latest(metrics.registry).decode()
+        self.assertEqual(value(page, "turn_credentials_unavailable_total"), 1)
+        self.server.revoke("someone", self.clock.seconds() + 10)
+        page = generate_latest(metrics.registry).decode()
+        self.assertEqual(value(page, "turn_revocations"), 1)
 
     def test_userhash(self) -> None:
         """

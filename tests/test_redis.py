@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from typing import Any, Callable
 
 from twisted.internet import defer, threads
@@ -34,6 +35,7 @@ from tests.test_interop import (
     uclient_totals,
     udp_requester,
 )
+from tests.test_metrics import value
 from tests.test_service import free_udp_port
 from txturn.credential_policy import mint_credential
 from txturn.redis_address import parse_redis_url
@@ -280,8 +282,22 @@ class FleetTests(TestCase):
         its own), say so once; Redis back: they say so, write their
         counts again, and the quota is the fleet's again.
         """
-        port_a, watcher_a = yield self.server()
+        metrics_port = free_tcp_port()
+        port_a, watcher_a = yield self.server(
+            "--prometheus",
+            "--prometheus-address",
+            "127.0.0.1",
+            "--prometheus-port",
+            str(metrics_port),
+        )
         port_b, watcher_b = yield self.server()
+
+        def connected() -> float:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as page:
+                return value(page.read().decode(), "turn_fleet_connected")
+
+        self.assertEqual((yield threads.deferToThread(connected)), 1)
         _, response = yield self.allocate(port_a)
         self.assertEqual(self.code(response), 0)
         yield self.redis.stop()
@@ -292,6 +308,7 @@ class FleetTests(TestCase):
         self.assertEqual(codes, [0, 0, 0, 0])
         for watcher in (watcher_a, watcher_b):
             yield watcher.wait_for(rb"Redis at redis://127.0.0.1:\d+/0 unreachable")
+        self.assertEqual((yield threads.deferToThread(connected)), 0)
         yield self.redis.start()
         for watcher in (watcher_a, watcher_b):
             yield watcher.wait_for(rb"Redis at redis://127.0.0.1:\d+/0 reachable again")
@@ -302,6 +319,7 @@ class FleetTests(TestCase):
             return sorted(int(n) for n in flat[1::2])
 
         yield self.wait_until(lambda: counts() == [2, 3])
+        self.assertEqual((yield threads.deferToThread(connected)), 1)
         _, response = yield self.allocate(port_b)
         self.assertEqual(self.code(response), 486)
 

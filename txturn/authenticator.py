@@ -164,8 +164,10 @@ class Authenticator:
             return self._challenge(request, address, 401)
         try:
             policy = self.policies.policy_of(username)
-        except CredentialError as e:
-            self._failed(address, username, nonce, f"bad credential policy: {e}")
+        except CredentialError:
+            # Signed by the secret, so minted by the operator's own code:
+            # one bounded reason (a metrics label), not the parser's words.
+            self._failed(address, username, nonce, "bad credential policy")
             return self._challenge(request, address, 401)
         # The nonce was bound to this address: the source receives what we
         # send it, so it has earned a larger share of challenges.

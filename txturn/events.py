@@ -157,7 +157,7 @@ class AuthenticationFailed:
     """
     @ivar reason: C{"unknown user"}, C{"bad integrity"} (a wrong password),
         C{"expired credential"} (a REST name past its time), C{"revoked
-        credential"}, C{"bad credential policy: ..."} (a policy field that
+        credential"}, C{"bad credential policy"} (a policy field that
         does not parse) or C{"stale nonce"}.
     """
 

@@ -206,6 +206,25 @@ class Metrics:
             "401 and 438 answers not sent: the source had its share.",
             value=stats["challenges_limited"],
         )
+        yield CounterMetricFamily(
+            "turn_credentials_unavailable",
+            "Requests answered 500: the user database did not answer in time and had "
+            "no recent keys of the user.",
+            value=stats["credentials_unavailable"],
+        )
+        yield GaugeMetricFamily(
+            "turn_revocations",
+            "Credentials revoked now (txturn-admin revoke).",
+            value=len(self._server.revocations),
+        )
+        ledger = self._server.ledger
+        if ledger is not None:
+            yield GaugeMetricFamily(
+                "turn_fleet_connected",
+                "1 while the fleet's Redis answers (quotas are the fleet's), 0 while "
+                "this server counts on its own.",
+                value=1 if ledger.available else 0,
+            )
 
     def _ports(self) -> Iterator[Metric]:
         free = GaugeMetricFamily(

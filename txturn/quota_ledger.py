@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 class IQuotaLedger(Interface):
     """
     Allocations per user, counted for a whole fleet.
     """
+
+    available = Attribute("Whether the ledger answers now (for metrics).")
 
     def acquire(username: str, limit: int) -> Any:
         """

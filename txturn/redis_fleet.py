@@ -173,6 +173,10 @@ class RedisFleet(service.Service):
 
     # -- IQuotaLedger -------------------------------------------------------------
 
+    @property
+    def available(self) -> bool:
+        return bool(self.link.up)
+
     def acquire(self, username: str, limit: int) -> defer.Deferred[bool | None]:
         if not self.link.up:
             return defer.succeed(None)
