@@ -110,6 +110,8 @@ class RedisFleet(service.Service):
     (C{fleet.setServiceParent(turn)}).
 
     @param ttl: seconds a silent server's allocations still count.
+    @param hear_revocations: whether to subscribe to the revocations
+        channel (tests of the rest say no).
     """
 
     log = logger()
@@ -121,6 +123,7 @@ class RedisFleet(service.Service):
         server: TurnServer,
         ttl: float = 30.0,
         server_id: str | None = None,
+        hear_revocations: bool = True,
     ) -> None:
         self._reactor = reactor
         self.link = link
@@ -136,6 +139,7 @@ class RedisFleet(service.Service):
         self._written: set[str] = set()
         self._heartbeat: IDelayedCall | None = None
         self._subscriber: txredisapi.SubscriberFactory | None = None
+        self._hear_revocations = hear_revocations
         self._stopped = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -149,7 +153,8 @@ class RedisFleet(service.Service):
         self.server.add_observer(self)
         self.link.on_up.append(self._rejoined)
         self._beat()
-        self._subscriber = _subscribe(self._reactor, self.link, self)
+        if self._hear_revocations:
+            self._subscriber = _subscribe(self._reactor, self.link, self)
 
     def stopService(self) -> defer.Deferred[Any]:
         """
@@ -197,7 +202,7 @@ class RedisFleet(service.Service):
     def release(self, username: str) -> None:
         if not self.link.up:
             return
-        self.link.call("EVAL", RELEASE, 1, QUOTA_KEY + username, self.id).addErrback(lambda _: None)
+        self.link.script(RELEASE, [QUOTA_KEY + username], [self.id]).addErrback(lambda _: None)
 
     # -- IServerObserver -----------------------------------------------------------
 
