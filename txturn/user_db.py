@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import quote
 
 from twisted.application.service import Service
@@ -28,6 +27,9 @@ from zope.interface import implementer
 
 from txturn.credentials import ICredentialSource, long_term_key, opaque_string, userhash
 from txturn.stun import PasswordAlgorithm
+
+if TYPE_CHECKING:
+    import sqlite3
 
 SCHEME = "sqlite://"
 
@@ -84,6 +86,8 @@ def check_database(path: str) -> str:
             f"{path}: no such database (create it with: txturn-admin --user-db "
             f"{SCHEME}{path} add NAME)"
         )
+    import sqlite3  # only where a database is used: 1 MiB less otherwise
+
     try:
         with contextlib.closing(_connect(path, read_only=True)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
@@ -96,6 +100,8 @@ def check_database(path: str) -> str:
 
 
 def _connect(path: str, read_only: bool = False) -> sqlite3.Connection:
+    import sqlite3
+
     if read_only:
         return sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=1.0)
     return sqlite3.connect(path, timeout=5.0)
