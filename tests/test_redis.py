@@ -360,6 +360,16 @@ class FleetTests(TestCase):
             self.assertEqual(record["reason"], "refresh")
             self.assertGreater(json.loads(record["to_peers"])["packets"], 0)
         self.assertNotIn(b"Traceback", watcher.output)
+        # An allocation the server ends as it stops reaches the stream too.
+        _, response = yield self.allocate(port, "carol", "from-the-environment")
+        self.assertEqual(self.code(response), 0)
+        assert watcher.transport is not None
+        watcher.transport.signalProcess("TERM")
+        yield watcher.ended
+        reasons = yield threads.deferToThread(lambda: [r["reason"] for r in records()])
+        # Mine, and any of uclient's it left to expire.
+        self.assertIn("server stopping", reasons[3:])
+        self.assertEqual(set(reasons[3:]), {"server stopping"})
 
 
 class AddressTests(TestCase):

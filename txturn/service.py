@@ -592,7 +592,6 @@ class TurnService(service.MultiService):
         connection and listening port; the Deferred fires once every port
         is closed.
         """
-        parent_stopped = super().stopService()  # type: ignore[no-untyped-call]
         self.guard.stop()
         if self._address_refresh is not None and self._address_refresh.active():
             self._address_refresh.cancel()
@@ -604,6 +603,9 @@ class TurnService(service.MultiService):
             factory.disconnect_all()
         self.ports = []
         self._stream_factories = []
+        # Child services last: what watches the allocations (a fleet's
+        # Redis link, its usage stream) hears them end before it stops.
+        parent_stopped = super().stopService()  # type: ignore[no-untyped-call]
         if isinstance(parent_stopped, defer.Deferred):
             closing.append(parent_stopped)
         return defer.gatherResults(closing, consumeErrors=True)
