@@ -9,13 +9,19 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
 import subprocess
 import sys
+import time
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.test_interop import run_aioice, spawn, twistd_turn
 from tests.test_server import CLIENT, PEER, REALM, ServerTestCase
+from tests.test_service import free_udp_port
 from txturn.credential_policy import (
     NO_POLICY,
     CredentialPolicy,
@@ -267,4 +273,42 @@ class CorePolicyTests(ServerTestCase):
         self.assertSuccess(self.allocate())
         self.assertSuccess(
             self.authed(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, OUTSIDE)])
+        )
+
+
+class RealClientTests(TestCase):
+    """
+    aioice through a real C{twistd turn} with policy-carrying credentials:
+    one whose ranges hold the echo peer relays; one whose ranges do not
+    gets nothing through, and the server says why.
+    """
+
+    @defer.inlineCallbacks
+    def test_aioice(self) -> Any:
+        port = free_udp_port()
+        watcher = spawn(
+            twistd_turn(
+                port,
+                "--static-auth-secret",
+                SECRET,
+                "--relay-ip",
+                "127.0.0.1",
+                "--allow-loopback-peers",
+            ),
+            self,
+        )
+        yield watcher.wait_for(rb"TURN listening on UDP")
+        expiry = int(time.time()) + 600
+        allowed = mint_credential(SECRET, "alice", expiry, peers=["127.0.0.0/8"], allocations=1)
+        result = yield run_aioice(self, port, *allowed, 10)
+        self.assertEqual((result["received"], result["intact"]), (10, True))
+        elsewhere = mint_credential(SECRET, "bob", expiry, peers=["198.51.100.0/24"])
+        script = os.path.join(os.path.dirname(__file__), "clients", "aioice_echo.py")
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, [script, "127.0.0.1", str(port), *elsewhere, "5"], env=os.environ.copy()
+        )
+        received = json.loads(out.decode().splitlines()[-1])["received"] if code == 0 else 0
+        self.assertEqual(received, 0)
+        yield watcher.wait_for(
+            rb"Refused peer 127\.0\.0\.1:\d+ for \S+:bob:\S+: outside the credential"
         )
