@@ -23,6 +23,7 @@ from typing import Any, Callable
 from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
 from twisted.internet.task import deferLater
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.test_interop import (
@@ -38,8 +39,10 @@ from tests.test_interop import (
 from tests.test_metrics import value
 from tests.test_service import free_udp_port
 from txturn.credential_policy import mint_credential
+from txturn.options import REDIS_VARIABLE, Options
 from txturn.redis_address import parse_redis_url
 from txturn.stun import Attr, Class, Message, Method
+from txturn.tap import _warn_weakening
 
 reactor: Any = _reactor
 
@@ -383,3 +386,20 @@ class AddressTests(TestCase):
         for bad in ("http://x", "redis://x/db", "redis://:1", "redis://x:port"):
             with self.assertRaises(ValueError, msg=bad):
                 parse_redis_url(bad)
+
+    def test_url_out_of_ps(self) -> None:
+        """
+        C{$TXTURN_REDIS_URL} stands in for C{--redis}, so a password stays
+        out of ps; one on the command line is warned about.
+        """
+        self.patch(os, "environ", {REDIS_VARIABLE: "redis://:pw@127.0.0.1:6390/1"})
+        options = Options()
+        options.parseOptions(["--user", "a:b"])
+        self.assertEqual(options["redis-address"].password, "pw")
+        self.patch(os, "environ", {})
+        options = Options()
+        options.parseOptions(["--redis", "redis://:pw@127.0.0.1:6390/1"])
+        options["argv"] = ["--redis", "redis://:pw@127.0.0.1:6390/1"]
+        with capturedLogs() as events:
+            _warn_weakening(options)
+        self.assertIn("--redis (with a password)", [e.get("options") for e in events][-1])

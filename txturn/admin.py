@@ -45,7 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--user-db", metavar="sqlite:///PATH", help="SQLite user database.")
-    where.add_argument("--redis", metavar="URL", help="redis://[[user]:password@]host[:port][/db]")
+    where.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("TXTURN_REDIS_URL") or None,
+        help="redis://[[user]:password@]host[:port][/db] [$TXTURN_REDIS_URL]",
+    )
     parser.add_argument("--realm", default="txturn", help="Realm of the users [txturn].")
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="Add a user, or change their password.")
@@ -90,10 +95,10 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], Any] | None = N
     try:
         if args.command == "mint":
             return _mint(args, write)
-        if args.redis is not None:
-            return _redis(args, write)
         if args.user_db is not None:
             return _sqlite(args, write)
+        if args.redis is not None:
+            return _redis(args, write)
         raise UserDbError("say where the users are: --user-db sqlite:///PATH or --redis URL")
     except (UserDbError, CredentialError, ValueError, OSError) as e:
         sys.stderr.write(f"txturn-admin: {e}\n")

@@ -29,6 +29,8 @@ from txturn.user_db import UserDbError, check_database, sqlite_path
 
 #: Where a REST API secret can come from without appearing in ps.
 SECRET_VARIABLE = "TXTURN_STATIC_AUTH_SECRET"
+#: Where --redis is read from when not given, so its password stays out of ps.
+REDIS_VARIABLE = "TXTURN_REDIS_URL"
 #: Keys of a configuration file that are twistd's options.
 _TWISTD_KEYS = frozenset(["pidfile", "logfile", "uid", "gid"])
 
@@ -243,7 +245,7 @@ class Options(usage.Options):
             None,
             None,
             "redis://[[user]:password@]host[:port][/db] a fleet shares: users, per-user "
-            "quotas across servers, revocations (txturn-admin).",
+            "quotas across servers, revocations (txturn-admin) [default: $TXTURN_REDIS_URL].",
         ],
         [
             "redis-ttl",
@@ -808,6 +810,9 @@ class Options(usage.Options):
         self["user-db-sqlite"] = path
 
     def _redis(self) -> None:
+        if self["redis"] is None and os.environ.get(REDIS_VARIABLE):
+            # Kept out of ps, like the REST secret: the URL may hold a password.
+            self["redis"] = os.environ[REDIS_VARIABLE]
         if self["redis"] is not None:
             try:
                 self["redis-address"] = parse_redis_url(self["redis"])

@@ -20,7 +20,7 @@ from txturn.credential_cache import CachedCredentials
 from txturn.credentials import CredentialChain, RestApiCredentials, StaticCredentials
 from txturn.limits import ConnectionLimits
 from txturn.log_level import set_log_level
-from txturn.options import SECRET_VARIABLE, Options, group
+from txturn.options import REDIS_VARIABLE, SECRET_VARIABLE, Options, group
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
 from txturn.service import TurnService, check_relay_addresses, listener_addresses
@@ -202,12 +202,16 @@ def _warn_weakening(options: Options) -> None:
         for name in ("--static-auth-secret", "--user", "-u")
         if any(a == name or a.startswith(name + "=") for a in argv)
     ]
+    address = options["redis-address"]
+    if address is not None and address.password and any(a.startswith("--redis") for a in argv):
+        exposed.append("--redis (with a password)")
     if exposed:
         _log.warn(
             "{options} on the command line: visible to every local user in ps; use "
-            "--static-auth-secret-file, --user-db, {variable} or a -c file",
+            "--static-auth-secret-file, --user-db, {variable}, {redis} or a -c file",
             options=", ".join(exposed),
             variable=SECRET_VARIABLE,
+            redis=REDIS_VARIABLE,
         )
 
 
