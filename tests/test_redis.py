@@ -217,6 +217,10 @@ class FleetTests(TestCase):
             _, response = yield self.allocate(port)
             codes.append(self.code(response))
         self.assertEqual(codes, [0, 0, 0, 486, 486])
+        shown = yield threads.deferToThread(admin, "--redis", self.redis.url, "allocations", "test")
+        lines = shown.stdout.splitlines()
+        self.assertEqual(sorted(line.split("\t")[1] for line in lines[:-1]), ["1", "2"])
+        self.assertEqual(lines[-1], "total\t3")
         assert watcher_a.transport is not None
         watcher_a.transport.signalProcess("KILL")
         killed = time.monotonic()

@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     until.add_argument("--for", dest="for_", type=float, metavar="SECONDS", help="How long.")
     commands.add_parser("unrevoke", help="Lift a revocation (--redis).").add_argument("name")
     commands.add_parser("revoked", help="List revocations in force (--redis).")
+    commands.add_parser(
+        "allocations", help="A user's allocations on each live server of the fleet (--redis)."
+    ).add_argument("name")
     mint = commands.add_parser(
         "mint", help="Mint a TURN REST credential, optionally carrying a policy."
     )
@@ -164,6 +167,11 @@ def _redis(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
             elif args.command == "unrevoke":
                 if not (yield users.unrevoke(args.name)):
                     failed.append(f"{args.name} was not revoked")
+            elif args.command == "allocations":
+                held = yield users.allocations(args.name)
+                for server, count in sorted(held.items()):
+                    write(f"{server}\t{count}\n")
+                write(f"total\t{sum(held.values())}\n")
             elif args.command == "revoked":
                 for name, until in sorted((yield users.revoked(now)).items()):
                     shown = (

@@ -133,6 +133,20 @@ class RedisUsers:
         return {name: until for name, until in entries.items() if until > now}
 
     @defer.inlineCallbacks
+    def allocations(self, name: str) -> Any:
+        """
+        The allocations C{name} holds on each live server (by its id), as
+        the fleet's quota counts them.
+        """
+        flat = yield self._link.call("HGETALL", f"{PREFIX}quota:{name}")
+        pairs = list(flat.items()) if isinstance(flat, dict) else list(zip(flat[::2], flat[1::2]))
+        held: dict[str, int] = {}
+        for server, count in pairs:
+            if (yield self._link.call("EXISTS", f"{PREFIX}server:{server}")):
+                held[str(server)] = int(count)
+        return held
+
+    @defer.inlineCallbacks
     def _prune(self, now: float) -> Any:
         entries = yield revocations(self._link)
         over = [name for name, until in entries.items() if until <= now]
