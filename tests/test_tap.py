@@ -20,6 +20,7 @@ from txturn.service import TurnService
 from txturn.stun import PasswordAlgorithm
 from txturn.tap import Options, Reloader, makeService
 from txturn.testing import self_signed_certificate
+from txturn.user_db import SqliteUsers
 
 
 def parse(*args: str) -> Options:
@@ -530,6 +531,17 @@ class ReloadTests(SynchronousTestCase):
         self.write("realm=example.org\nuser=alice:a\nrelay-ip=192.0.2.1\nworkers=2\n")
         self.reload("SIGHUP")
         self.assertIn("SIGHUP: --workers changed, which takes a restart", self.lines())
+
+    def test_database_needs_a_restart(self) -> None:
+        """
+        A user database named on reload is not opened (databases are
+        opened once), and the log says so rather than ignoring it.
+        """
+        database = os.path.abspath(self.mktemp())
+        SqliteUsers(database).add("example.org", "carol", "c")
+        self.write(f"realm=example.org\nuser=alice:a\nrelay-ip=192.0.2.1\nuserdb={database}\n")
+        self.reload("SIGHUP")
+        self.assertIn("SIGHUP: --user-db changed, which takes a restart", self.lines())
 
     def test_bad_file_kept(self) -> None:
         self.write("realm=example.org\nuser-quota=lots\n")

@@ -488,6 +488,9 @@ class Reloader:
             return
         old, self._options = self._options, new
         ignored = [name for name in _NEEDS_RESTART if old.get(name) != new.get(name)]
+        if old.get("user-db-sqlite") != new.get("user-db-sqlite"):
+            # A database is opened once; a text file is read again.
+            ignored.append("user-db")
         # The realm is in every key and nonce the server has handed out.
         new["realm"] = old["realm"]
         set_log_level(new["log-level"])
