@@ -43,6 +43,7 @@ from txturn.options import REDIS_VARIABLE, Options
 from txturn.redis_address import parse_redis_url
 from txturn.stun import Attr, Class, Message, Method
 from txturn.tap import _warn_weakening
+from txturn.testing import self_signed_certificate
 
 reactor: Any = _reactor
 
@@ -71,17 +72,26 @@ class RedisProcess:
     when the test ends.
     """
 
-    def __init__(self, test: TestCase) -> None:
+    def __init__(self, test: TestCase, certificate: tuple[str, str] | None = None) -> None:
         self.test = test
         self.port = free_tcp_port()
-        self.url = f"redis://127.0.0.1:{self.port}"
+        self.certificate = certificate
+        if certificate is None:
+            self.url = f"redis://127.0.0.1:{self.port}"
+        else:
+            self.url = f"rediss://localhost:{self.port}/0?ssl_ca_certs={certificate[0]}"
         self.watcher: OutputWatcher | None = None
 
     def start(self) -> defer.Deferred[Any]:
+        if self.certificate is None:
+            ports = ["--port", str(self.port)]
+        else:
+            cert, key = self.certificate
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert,
+                     "--tls-key-file", key, "--tls-auth-clients", "no"]  # fmt: skip
         argv = [
             redis_binary(),
-            "--port",
-            str(self.port),
+            *ports,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -138,15 +148,13 @@ def admin(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-class FleetTests(TestCase):
+class FleetBase(TestCase):
     """
-    Two servers, A and B, sharing one Redis.
+    Servers sharing the Redis of C{self.redis}.
     """
 
-    def setUp(self) -> Any:
-        self.redis = RedisProcess(self)
-        self.secret = "fleet-secret"
-        return self.redis.start()
+    redis: RedisProcess
+    secret = "fleet-secret"
 
     @defer.inlineCallbacks
     def server(self, *extra: str) -> Any:
@@ -202,6 +210,16 @@ class FleetTests(TestCase):
 
     def code(self, response: Message) -> int:
         return 0 if response.cls == Class.SUCCESS else response.get(Attr.ERROR_CODE)[0]
+
+
+class FleetTests(FleetBase):
+    """
+    Two servers, A and B, sharing one Redis.
+    """
+
+    def setUp(self) -> Any:
+        self.redis = RedisProcess(self)
+        return self.redis.start()
 
     @defer.inlineCallbacks
     def test_quota_across_servers(self) -> Any:
@@ -379,6 +397,50 @@ class FleetTests(TestCase):
         self.assertEqual(set(reasons[3:]), {"server stopping"})
 
 
+class TlsTests(FleetBase):
+    """
+    The fleet over C{rediss://}: Redis with a TLS port only.
+    """
+
+    def setUp(self) -> Any:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.redis = RedisProcess(self, self_signed_certificate(directory, "localhost"))
+        return self.redis.start()
+
+    def servers_alive(self) -> int:
+        return 1  # the plain-text probe cannot speak TLS; allocate() proves it
+
+    @defer.inlineCallbacks
+    def test_over_tls(self) -> Any:
+        """
+        Quota and revocation through a TLS connection whose certificate
+        is checked for the host name.
+        """
+        port_a, watcher_a = yield self.server()
+        port_b, _ = yield self.server()
+        yield watcher_a.wait_for(rb"TURN listening")
+        codes = []
+        for port in (port_a, port_b, port_a, port_b):
+            _, response = yield self.allocate(port)
+            codes.append(self.code(response))
+        self.assertEqual(codes, [0, 0, 0, 486])
+        revoked = yield threads.deferToThread(admin, "--redis", self.redis.url, "revoke", "test")
+        self.assertEqual(revoked.returncode, 0, revoked.stderr)
+        yield watcher_a.wait_for(rb"Revoked test: 2 allocations deleted", timeout=2.0)
+        self.assertNotIn(b"unreachable", watcher_a.output)
+        # A certificate from another CA is refused: that server counts on
+        # its own, and says so.
+        other = os.path.abspath(self.mktemp())
+        os.makedirs(other)
+        untrusted, _ = self_signed_certificate(other, "localhost")
+        wrong = self.redis.url.replace(self.redis.certificate[0], untrusted)  # type: ignore[index]
+        port_c, watcher_c = yield self.server("--redis", wrong)
+        yield watcher_c.wait_for(rb"Redis at rediss://localhost:\d+/0 unreachable")
+        _, response = yield self.allocate(port_c)
+        self.assertEqual(self.code(response), 0)
+
+
 class AddressTests(TestCase):
     def test_urls(self) -> None:
         address = parse_redis_url("redis://u:p%40ss@cache.example:6380/2")
@@ -387,7 +449,16 @@ class AddressTests(TestCase):
             ("cache.example", 6380, 2, "u", "p@ss"),
         )
         self.assertEqual(parse_redis_url("redis://127.0.0.1").port, 6379)
-        for bad in ("http://x", "redis://x/db", "redis://:1", "redis://x:port"):
+        secure = parse_redis_url("rediss://cache.example/1?ssl_ca_certs=/etc/ca.pem")
+        self.assertEqual((secure.tls, secure.ca_file, secure.db), (True, "/etc/ca.pem", 1))
+        for bad in (
+            "http://x",
+            "redis://x/db",
+            "redis://:1",
+            "redis://x:port",
+            "redis://x?ssl_ca_certs=/ca.pem",
+            "rediss://x?verify=no",
+        ):
             with self.assertRaises(ValueError, msg=bad):
                 parse_redis_url(bad)
 

@@ -244,8 +244,9 @@ class Options(usage.Options):
             "redis",
             None,
             None,
-            "redis://[[user]:password@]host[:port][/db] a fleet shares: users, per-user "
-            "quotas across servers, revocations (txturn-admin) [default: $TXTURN_REDIS_URL].",
+            "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS) a fleet shares: "
+            "users, per-user quotas across servers, revocations (txturn-admin) "
+            "[default: $TXTURN_REDIS_URL].",
         ],
         [
             "redis-ttl",
@@ -815,9 +816,11 @@ class Options(usage.Options):
             self["redis"] = os.environ[REDIS_VARIABLE]
         if self["redis"] is not None:
             try:
-                self["redis-address"] = parse_redis_url(self["redis"])
+                self["redis-address"] = address = parse_redis_url(self["redis"])
             except ValueError as e:
                 raise usage.UsageError(f"--redis: {e}") from None
+            if address.ca_file is not None and not os.access(address.ca_file, os.R_OK):
+                raise usage.UsageError(f"--redis: cannot read ssl_ca_certs {address.ca_file}")
         elif self["usage-stream"] is not None:
             raise usage.UsageError("--usage-stream needs --redis")
 

@@ -37,14 +37,13 @@ from typing import Any
 import txredisapi
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IDelayedCall
 from zope.interface import implementer
 
 from txturn.events import AllocationCreated, AllocationDeleted, IServerObserver
 from txturn.log_level import logger
 from txturn.quota_ledger import IQuotaLedger
-from txturn.redis_link import PREFIX, RedisLink
+from txturn.redis_link import PREFIX, RedisLink, endpoint
 from txturn.redis_users import FOREVER, REVOCATIONS_CHANNEL, revocations
 from txturn.server import TurnServer
 
@@ -323,5 +322,5 @@ def _subscribe(reactor: Any, link: RedisLink, fleet: RedisFleet) -> txredisapi.S
     factory.username = address.username
     factory.fleet = fleet
     factory.maxDelay = 1.0
-    factory.startConnecting(HostnameEndpoint(reactor, address.host, address.port, link.timeout))
+    factory.startConnecting(endpoint(reactor, address, link.timeout))
     return factory

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import txredisapi
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall
 
 from txturn.log_level import logger
@@ -55,8 +55,26 @@ def connect(reactor: Any, address: RedisAddress, timeout: float) -> Any:
         convertNumbers=False,
     )
     factory.maxDelay = 1.0
-    factory.startConnecting(HostnameEndpoint(reactor, address.host, address.port, timeout))
+    factory.startConnecting(endpoint(reactor, address, timeout))
     return factory
+
+
+def endpoint(reactor: Any, address: RedisAddress, timeout: float) -> Any:
+    """
+    Where to connect: TCP, or TLS for C{rediss://}, with the server's
+    certificate checked for its host name.
+    """
+    plain = HostnameEndpoint(reactor, address.host, address.port, timeout)
+    if not address.tls:
+        return plain
+    from twisted.internet import ssl
+
+    trust: Any = None
+    if address.ca_file is not None:
+        with open(address.ca_file, "rb") as f:
+            trust = ssl.Certificate.loadPEM(f.read())
+    options = ssl.optionsForClientTLS(address.host, trustRoot=trust)
+    return wrapClientTLS(options, plain)
 
 
 class RedisLink:
