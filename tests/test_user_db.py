@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -20,6 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.test_interop import run_aioice, spawn, twistd_turn, udp_requester
 from tests.test_service import free_udp_port
+from txturn.credential_policy import mint_credential
 from txturn.credentials import long_term_key, userhash
 from txturn.stun import Attr, Class, Method, PasswordAlgorithm
 from txturn.user_db import (
@@ -102,8 +104,8 @@ class StoreTests(TestCase):
         missing = admin("--user-db", f"sqlite://{self.path}.none", "list")
         self.assertEqual(missing.returncode, 1)
         self.assertIn("no such database", missing.stderr)
-        revoke = admin("--user-db", url, "revoke", "bob")
-        self.assertIn("needs --redis", revoke.stderr)
+        fleet = admin("--user-db", url, "allocations", "bob")
+        self.assertIn("needs --redis", fleet.stderr)
 
 
 class LookupTests(TestCase):
@@ -191,6 +193,36 @@ class ServerTests(TestCase):
         )
         self.assertEqual((refused.cls, refused.get(Attr.ERROR_CODE)[0]), (Class.ERROR, 401))
         self.assertNotIn(b"Traceback", watcher.output)
+
+    @defer.inlineCallbacks
+    def test_revocation_without_redis(self) -> Any:
+        """
+        C{txturn-admin --user-db ... revoke} on a REST credential: the
+        server reads it within a second, deletes its allocation and
+        refuses it; C{unrevoke} lets it in again.
+        """
+        self.assertEqual(admin("--user-db", self.url, "add", "first", stdin="one\n").returncode, 0)
+        watcher = spawn(
+            twistd_turn(self.port, "--user-db", self.url, "--static-auth-secret", "s3cret"),
+            self,
+        )
+        yield watcher.wait_for(rb"TURN listening on UDP")
+        username, password = mint_credential("s3cret", "dave", int(time.time()) + 600)
+        _, request = udp_requester(self, self.port, username, password)
+        allocate: list[tuple[int, Any]] = [(Attr.REQUESTED_TRANSPORT, 17)]
+        allocated = yield threads.deferToThread(request, Method.ALLOCATE, allocate)
+        self.assertEqual(allocated.cls, Class.SUCCESS)
+        revoked = yield threads.deferToThread(admin, "--user-db", self.url, "revoke", username)
+        self.assertEqual(revoked.returncode, 0, revoked.stderr)
+        yield watcher.wait_for(rb"Revoked credentials: 1 allocations deleted", timeout=2.0)
+        refused = yield threads.deferToThread(request, Method.ALLOCATE, allocate)
+        self.assertEqual(refused.get(Attr.ERROR_CODE)[0], 401)
+        listed = yield threads.deferToThread(admin, "--user-db", self.url, "revoked")
+        self.assertTrue(listed.stdout.startswith(username + "\t"), listed.stdout)
+        yield threads.deferToThread(admin, "--user-db", self.url, "unrevoke", username)
+        yield deferLater(reactor, 1.5, lambda: None)  # the server reads once a second
+        again = yield threads.deferToThread(request, Method.ALLOCATE, allocate)
+        self.assertEqual(again.cls, Class.SUCCESS)
 
     @defer.inlineCallbacks
     def test_startup_errors(self) -> Any:

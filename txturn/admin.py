@@ -32,6 +32,7 @@ from twisted.internet import defer, task
 from txturn.credential_policy import mint_credential
 from txturn.credentials import CredentialError, rest_expiry
 from txturn.redis_address import parse_redis_url
+from txturn.revocations import FOREVER
 from txturn.user_db import SqliteUsers, UserDbError, sqlite_path
 
 #: Where C{add} reads a password from when not given one (kept out of ps).
@@ -62,14 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("delete", help="Delete a user.").add_argument("name")
     commands.add_parser("list", help="List the users.")
     revoke = commands.add_parser(
-        "revoke", help="Refuse a user or a REST credential on every server (--redis)."
+        "revoke", help="Refuse a user or a REST credential (on every server, with --redis)."
     )
     revoke.add_argument("name", help="A username, a REST username, or the user of REST names.")
     until = revoke.add_mutually_exclusive_group()
     until.add_argument("--until", type=float, help="Unix time the revocation ends.")
     until.add_argument("--for", dest="for_", type=float, metavar="SECONDS", help="How long.")
-    commands.add_parser("unrevoke", help="Lift a revocation (--redis).").add_argument("name")
-    commands.add_parser("revoked", help="List revocations in force (--redis).")
+    commands.add_parser("unrevoke", help="Lift a revocation.").add_argument("name")
+    commands.add_parser("revoked", help="List revocations in force.")
     commands.add_parser(
         "allocations", help="A user's allocations on each live server of the fleet (--redis)."
     ).add_argument("name")
@@ -134,9 +135,26 @@ def _sqlite(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
     elif args.command == "list":
         for realm, name in users.names(args.realm):
             write(f"{name}\t{realm}\n")
+    elif args.command == "revoke":
+        users.revoke(args.name, _until(args, time.time(), FOREVER))
+    elif args.command == "unrevoke":
+        if not users.unrevoke(args.name):
+            raise UserDbError(f"{args.name} was not revoked")
+    elif args.command == "revoked":
+        _show_revoked(users.revoked(time.time()), write)
     else:
-        raise UserDbError(f"{args.command} needs --redis: revocations reach a fleet through it")
+        raise UserDbError(f"{args.command} needs --redis: it counts the fleet's allocations")
     return 0
+
+
+def _show_revoked(entries: dict[str, float], write: Callable[[str], Any]) -> None:
+    for name, until in sorted(entries.items()):
+        shown = (
+            "forever"
+            if until >= FOREVER
+            else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+        )
+        write(f"{name}\t{shown}\n")
 
 
 def _redis(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
@@ -147,7 +165,7 @@ def _redis(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
     @defer.inlineCallbacks
     def run(reactor: Any) -> Any:
         from txturn.redis_link import RedisLink
-        from txturn.redis_users import FOREVER, RedisUsers
+        from txturn.redis_users import RedisUsers
 
         link = RedisLink(reactor, address, timeout=5.0)
         users = RedisUsers(link)
@@ -173,13 +191,7 @@ def _redis(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
                     write(f"{server}\t{count}\n")
                 write(f"total\t{sum(held.values())}\n")
             elif args.command == "revoked":
-                for name, until in sorted((yield users.revoked(now)).items()):
-                    shown = (
-                        "forever"
-                        if until >= FOREVER
-                        else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
-                    )
-                    write(f"{name}\t{shown}\n")
+                _show_revoked((yield users.revoked(now)), write)
         except Exception as e:
             failed.append(f"Redis at {address}: {e}")
         finally:

@@ -44,7 +44,8 @@ from txturn.events import AllocationCreated, AllocationDeleted, IServerObserver
 from txturn.log_level import logger
 from txturn.quota_ledger import IQuotaLedger
 from txturn.redis_link import PREFIX, RedisLink, endpoint
-from txturn.redis_users import FOREVER, REVOCATIONS_CHANNEL, revocations
+from txturn.redis_users import REVOCATIONS_CHANNEL, revocations
+from txturn.revocations import FOREVER
 from txturn.server import TurnServer
 
 SERVER_KEY = PREFIX + "server:"

@@ -23,12 +23,11 @@ from zope.interface import implementer
 
 from txturn.credentials import ICredentialSource, long_term_key, opaque_string, userhash
 from txturn.redis_link import PREFIX, RedisLink
+from txturn.revocations import FOREVER as FOREVER
 from txturn.stun import PasswordAlgorithm
 
 REVOKED = PREFIX + "revoked"
 REVOCATIONS_CHANNEL = PREFIX + "revocations"
-#: The end of a revocation given no end: the year 9999.
-FOREVER = 253402300799.0
 
 
 def user_key(realm: str, name: str) -> str:

@@ -17,6 +17,9 @@ from typing import Mapping
 
 from txturn.credentials import rest_expiry
 
+#: The end of a revocation given no end: the year 9999.
+FOREVER = 253402300799.0
+
 #: Revocations kept at most; beyond it the one ending first goes.  A
 #: revocation of a REST credential ends when the credential would have.
 MAX_REVOCATIONS = 100_000

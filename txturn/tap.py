@@ -224,8 +224,8 @@ class Backends:
 
     def __init__(self) -> None:
         self.sources: list[Any] = []
-        self.services: list[Any] = []
         self.link: Any = None
+        self.pool: Any = None
         self.usage_stream: Any = None
 
     @classmethod
@@ -234,12 +234,12 @@ class Backends:
         realm, ttl = options["realm"], options["user-cache-ttl"]
         path = options["user-db-sqlite"]
         if path is not None:
-            from txturn.user_db import PoolService, SqliteCredentials, open_pool
+            from txturn.user_db import SqliteCredentials, open_pool
 
             pool = open_pool(path, reactor)
             sqlite = SqliteCredentials(pool, realm, options["user-db-table"])
             backends.sources.append(CachedCredentials(reactor, sqlite, ttl=ttl))
-            backends.services.append(PoolService(pool))
+            backends.pool = pool
         address = options["redis-address"]
         if address is not None:
             from txturn.redis_link import RedisLink
@@ -259,8 +259,12 @@ class Backends:
         Start and stop with C{turn}; with C{--redis}, share its quotas and
         hear revocations.
         """
-        for child in self.services:
-            child.setServiceParent(turn)
+        if self.pool is not None:
+            from txturn.user_db import PoolService
+
+            # Without Redis, revocations come from the database itself.
+            server = turn.server if self.link is None else None
+            PoolService(self.pool, reactor, server).setServiceParent(turn)  # type: ignore[no-untyped-call]
         if self.link is not None:
             from txturn.redis_fleet import RedisFleet
 

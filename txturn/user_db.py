@@ -26,6 +26,7 @@ from twisted.application.service import Service
 from zope.interface import implementer
 
 from txturn.credentials import ICredentialSource, long_term_key, opaque_string, userhash
+from txturn.log_level import logger
 from txturn.stun import PasswordAlgorithm
 
 if TYPE_CHECKING:
@@ -43,6 +44,10 @@ CREATE TABLE IF NOT EXISTS txturn_users (
     PRIMARY KEY (realm, name)
 );
 CREATE INDEX IF NOT EXISTS txturn_users_userhash ON txturn_users (userhash);
+CREATE TABLE IF NOT EXISTS txturn_revoked (
+    name TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
 """
 
 #: The two tables a user database may have: ours, and coturn's.
@@ -179,14 +184,45 @@ def open_pool(path: str, reactor: Any = None) -> Any:
 
 class PoolService(Service):
     """
-    Closes the pool's connection and thread when the server stops.
+    Reads the database's revocations every second (what C{txturn-admin
+    revoke} writes, for a server without Redis), and closes the pool's
+    connection and thread when the server stops.
     """
 
-    def __init__(self, pool: Any) -> None:
+    log = logger()
+
+    def __init__(self, pool: Any, reactor: Any = None, server: Any = None) -> None:
         self.pool = pool
+        self._reactor = reactor
+        self._server = server
+        self._poll: Any = None
+        self._seen: dict[str, float] = {}
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        if self._server is not None:
+            self._read()
+
+    def _read(self) -> None:
+        self._poll = self._reactor.callLater(1.0, self._read)
+        d = self.pool.runQuery("SELECT name, until FROM txturn_revoked")
+        d.addCallbacks(self._revocations, lambda _: None)
+
+    def _revocations(self, rows: list[tuple[Any, Any]]) -> None:
+        now = self._reactor.seconds()
+        entries = {str(name): float(until) for name, until in rows if float(until) > now}
+        if entries == self._seen:
+            return  # nothing new: no walk over the allocations
+        self._seen = entries
+        deleted = self._server.set_revocations(entries, now)
+        if deleted:
+            self.log.info("Revoked credentials: {count} allocations deleted", count=deleted)
 
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]
+        if self._poll is not None and self._poll.active():
+            self._poll.cancel()
+        self._poll = None
         self.pool.close()
 
 
@@ -240,6 +276,19 @@ class SqliteUsers:
                 "DELETE FROM txturn_users WHERE realm = ? AND name = ?", (realm, name)
             )
             return cursor.rowcount > 0
+
+    def revoke(self, name: str, until: float) -> None:
+        with self._open(create=False) as db:
+            db.execute("INSERT OR REPLACE INTO txturn_revoked VALUES (?, ?)", (name, until))
+
+    def unrevoke(self, name: str) -> bool:
+        with self._open(create=False) as db:
+            return db.execute("DELETE FROM txturn_revoked WHERE name = ?", (name,)).rowcount > 0
+
+    def revoked(self, now: float) -> dict[str, float]:
+        with self._open(create=False) as db:
+            db.execute("DELETE FROM txturn_revoked WHERE until <= ?", (now,))
+            return dict(db.execute("SELECT name, until FROM txturn_revoked ORDER BY name"))
 
     def names(self, realm: str | None = None) -> list[tuple[str, str]]:
         with self._open(create=False) as db:
