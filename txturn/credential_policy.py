@@ -37,7 +37,7 @@ import binascii
 import collections
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from txturn.credentials import CredentialError, rest_api_password, rest_expiry
@@ -69,6 +69,9 @@ class CredentialPolicy:
     peers: tuple[Network, ...] | None = None
     allocations: int | None = None
     bps: int | None = None
+    #: host -> allowed, so a Send indication relayed in Python costs a
+    #: dict lookup; bounded, as peers are the client's choice.
+    _decided: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def allows(self, host: str) -> bool:
         """
@@ -77,11 +80,17 @@ class CredentialPolicy:
         """
         if self.peers is None:
             return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.peers)
+        decided = self._decided.get(host)
+        if decided is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                return False
+            decided = any(address in network for network in self.peers)
+            if len(self._decided) >= _CACHE:
+                self._decided.clear()
+            self._decided[host] = decided
+        return decided
 
     def narrow(self, limit: int) -> int:
         """

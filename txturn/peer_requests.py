@@ -141,7 +141,10 @@ class PeerRequests:
         relay = allocation.relay_for(peer[0])
         if relay is None:
             return
-        if not server.policy.allows_peer(peer[0], peer[1]) or not allocation.policy.allows(peer[0]):
+        policy = allocation.policy
+        if not server.policy.allows_peer(peer[0], peer[1]) or (
+            policy.peers is not None and not policy.allows(peer[0])
+        ):
             allocation.drop("refused_peer")
             return
         if allocation.bandwidth is not None and not allocation.bandwidth.take(len(data)):
