@@ -9,8 +9,10 @@ request is handled in the same call as before.  A miss, or a stale entry,
 asks the source, which answers with a Deferred; the request waits for it,
 at most C{timeout} seconds:
 
-- the source answers: the keys are kept for C{ttl} seconds (an unknown
-  user for C{negative_ttl}, so a user just added works within seconds);
+- the source answers: the keys are kept for C{ttl} seconds, and so is
+  the answer that a name is unknown (C{negative_ttl}, the same by
+  default: were it shorter, asking twice a few seconds apart would tell,
+  by timing, a user from a name that is nobody's);
 - the source fails or times out: a user who had keys within C{stale_for}
   seconds keeps them (an outage does not log out clients who already
   authenticated); anyone else gets L{CredentialsUnavailable}, which the
@@ -70,7 +72,7 @@ class CachedCredentials:
         source: Any,
         *,
         ttl: float = 10.0,
-        negative_ttl: float = 2.0,
+        negative_ttl: float | None = None,
         stale_for: float = 3600.0,
         timeout: float = 2.0,
         size: int = 10_000,
@@ -79,7 +81,7 @@ class CachedCredentials:
         self._reactor = reactor
         self.source = source
         self.ttl = ttl
-        self.negative_ttl = negative_ttl
+        self.negative_ttl = negative_ttl if negative_ttl is not None else ttl
         self.stale_for = stale_for
         self.timeout = timeout
         self.size = size
