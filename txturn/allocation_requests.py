@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from txturn.allocate_request import AllocateRequest, Refusal, parse_allocate
 from txturn.allocation import Allocation
-from txturn.credential_policy import NO_POLICY, CredentialPolicy
 from txturn.events import AllocationCreated, AllocationRefreshed
 from txturn.interfaces import IRelay, RelayUnavailable
 from txturn.limits import LogThrottle, TokenBucket
@@ -75,7 +74,7 @@ class AllocationRequests:
 
     def _allocate(self, request: Request, fetch: bool) -> None:
         server = self._server
-        if not server.authenticate(request) or self._retransmitted(request):
+        if self._retransmitted(request):
             return
         if self._redirected(request):
             return
@@ -136,7 +135,7 @@ class AllocationRequests:
             return True
         self._asking.add(key)
         username = request.username
-        limit = _policy(request).narrow(server.config.user_quota)
+        limit = request.policy.narrow(server.config.user_quota)
 
         def answered(granted: bool | None) -> None:
             self._asking.discard(key)
@@ -241,7 +240,7 @@ class AllocationRequests:
         if meaning.token is not None and server.reservations.owner(meaning.token) == username:
             return None
         needed = meaning.places
-        limit = _policy(request).narrow(config.user_quota)
+        limit = request.policy.narrow(config.user_quota)
         if limit and self._table.held_by(username) + needed > limit:
             self._over_quota(username, limit)
             return 486
@@ -378,7 +377,7 @@ class AllocationRequests:
         """
         server = self._server
         client, address, username = request.client, request.address, request.username
-        policy = _policy(request)
+        policy = request.policy
         max_bps = policy.narrow_bps(server.config.max_bps)
         allocation = Allocation(
             server.reactor,
@@ -451,10 +450,3 @@ def _family(requested: int | None, request: Request, available: frozenset[int]) 
     if FAMILY_IPV4 in available:
         return FAMILY_IPV4
     return family_of(request.address[0])
-
-
-def _policy(request: Request) -> CredentialPolicy:
-    """
-    What the credential of an authenticated request restricts.
-    """
-    return request.auth.policy if request.auth is not None else NO_POLICY

@@ -10,9 +10,9 @@ asks the source, which answers with a Deferred; the request waits for it,
 at most C{timeout} seconds:
 
 - the source answers: the keys are kept for C{ttl} seconds, and so is
-  the answer that a name is unknown (C{negative_ttl}, the same by
-  default: were it shorter, asking twice a few seconds apart would tell,
-  by timing, a user from a name that is nobody's);
+  the answer that a name is unknown (were that shorter, asking twice a
+  few seconds apart would tell, by timing, a user from a name that is
+  nobody's);
 - the source fails or times out: a user who had keys within C{stale_for}
   seconds keeps them (an outage does not log out clients who already
   authenticated); anyone else gets L{CredentialsUnavailable}, which the
@@ -72,7 +72,6 @@ class CachedCredentials:
         source: Any,
         *,
         ttl: float = 10.0,
-        negative_ttl: float | None = None,
         stale_for: float = 3600.0,
         timeout: float = 2.0,
         size: int = 10_000,
@@ -81,7 +80,6 @@ class CachedCredentials:
         self._reactor = reactor
         self.source = source
         self.ttl = ttl
-        self.negative_ttl = negative_ttl if negative_ttl is not None else ttl
         self.stale_for = stale_for
         self.timeout = timeout
         self.size = size
@@ -137,8 +135,7 @@ class CachedCredentials:
 
     def _answered(self, value: Any, key: tuple[Any, ...]) -> None:
         now = self._reactor.seconds()
-        ttl = self.ttl if value else self.negative_ttl
-        self._entries[key] = _Entry(value, now + ttl, now + self.stale_for if value else 0.0)
+        self._entries[key] = _Entry(value, now + self.ttl, now + self.stale_for if value else 0.0)
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)

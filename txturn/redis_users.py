@@ -138,9 +138,8 @@ class RedisUsers:
         the fleet's quota counts them.
         """
         flat = yield self._link.call("HGETALL", f"{PREFIX}quota:{name}")
-        pairs = list(flat.items()) if isinstance(flat, dict) else list(zip(flat[::2], flat[1::2]))
         held: dict[str, int] = {}
-        for server, count in pairs:
+        for server, count in _pairs(flat):
             if (yield self._link.call("EXISTS", f"{PREFIX}server:{server}")):
                 held[str(server)] = int(count)
         return held
@@ -159,14 +158,17 @@ def revocations(link: RedisLink) -> Any:
     Every revocation in Redis: name -> the Unix time it ends.
     """
     flat = yield link.call("HGETALL", REVOKED)
-    if isinstance(flat, dict):
-        items = list(flat.items())
-    else:
-        items = list(zip(flat[::2], flat[1::2]))
     entries: dict[str, float] = {}
-    for name, until in items:
+    for name, until in _pairs(flat):
         try:
             entries[str(name)] = float(until)
         except (TypeError, ValueError):
             continue
     return entries
+
+
+def _pairs(flat: list[Any]) -> list[tuple[Any, Any]]:
+    """
+    A hash as HGETALL answers it (field, value, field, value...), paired.
+    """
+    return list(zip(flat[::2], flat[1::2]))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from txturn.authenticator import AuthContext
+from txturn.credential_policy import CredentialPolicy
 from txturn.events import RequestAnswered
 from txturn.interfaces import Address, IClientChannel
 from txturn.stun import Attr, Class, Message, encode, error_response, response_to
@@ -69,6 +70,14 @@ class Request:
         """
         assert self.auth is not None
         return self.auth.username
+
+    @property
+    def policy(self) -> CredentialPolicy:
+        """
+        What the credential restricts (only once L{auth} is set).
+        """
+        assert self.auth is not None
+        return self.auth.policy
 
     # -- answering ------------------------------------------------------------------
 

@@ -439,17 +439,10 @@ class TurnServer:
         # when the keys are known.
         result = self.authenticator.check(message, request.address)
         if isinstance(result, defer.Deferred):
-            result.addCallback(self._authenticated_later, request, handler)
+            result.addCallback(self._authenticated, request, handler)
+            result.addErrback(self.unexpected, request)
             return
         self._authenticated(result, request, handler)
-
-    def _authenticated_later(
-        self, result: object, request: Request, handler: Callable[[Request], None]
-    ) -> None:
-        try:
-            self._authenticated(result, request, handler)
-        except Exception as e:
-            self._handling_failed(e, request, request.message, request.address)
 
     def _authenticated(
         self, result: object, request: Request, handler: Callable[[Request], None]
@@ -472,13 +465,6 @@ class TurnServer:
     def _request(self, client: IClientChannel, address: Address, message: Message) -> Request:
         return Request(client, address, message, self.config.software, emit=self.emit)
 
-    def authenticate(self, request: Request) -> bool:
-        """
-        Whether C{request} was authenticated (L{_dispatch} does it before
-        any handler runs).
-        """
-        return request.auth is not None
-
     def _unknown_attributes(self, request: Request) -> bool:
         unknown = request.message.unknown_required()
         if unknown:
@@ -488,11 +474,9 @@ class TurnServer:
 
     def allocation_for(self, request: Request) -> Allocation | None:
         """
-        Authenticate a request that needs an existing allocation; answer
-        437 (none) or 441 (another user's) and return C{None} otherwise.
+        The allocation an authenticated request is about; answer 437
+        (none) or 441 (another user's) and return C{None} otherwise.
         """
-        if not self.authenticate(request):
-            return None
         allocation = self.table.get(request.client, request.address)
         if allocation is None:
             request.fail(437)

@@ -260,11 +260,14 @@ class Backends:
         hear revocations.
         """
         if self.pool is not None:
-            from txturn.user_db import PoolService
+            from txturn.user_db import PoolService, RevocationReader
 
-            # Without Redis, revocations come from the database itself.
-            server = turn.server if self.link is None else None
-            PoolService(self.pool, reactor, server).setServiceParent(turn)  # type: ignore[no-untyped-call]
+            PoolService(self.pool).setServiceParent(turn)  # type: ignore[no-untyped-call]
+            if self.link is None:
+                # Without Redis, revocations come from the database itself;
+                # it stops before the pool closes (children stop in reverse).
+                reader = RevocationReader(reactor, self.pool, turn.server)
+                reader.setServiceParent(turn)  # type: ignore[no-untyped-call]
         if self.link is not None:
             from txturn.redis_fleet import RedisFleet
 

@@ -127,8 +127,6 @@ class TcpAllocations:
         connection of a pending peer data connection.
         """
         server = self._server
-        if not server.authenticate(request):
-            return
         if not request.client.stream:
             return request.fail(400, "ConnectionBind needs a TCP or TLS connection")
         if server.has_allocation(request.client):

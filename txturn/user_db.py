@@ -184,28 +184,41 @@ def open_pool(path: str, reactor: Any = None) -> Any:
 
 class PoolService(Service):
     """
-    Reads the database's revocations every second (what C{txturn-admin
-    revoke} writes, for a server without Redis), and closes the pool's
-    connection and thread when the server stops.
+    Closes the pool's connection and thread when the server stops.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self.pool.close()
+
+
+class RevocationReader(Service):
+    """
+    For a server without Redis: reads the revocations C{txturn-admin
+    revoke} keeps in the database every second, and gives the server
+    those in force (which deletes the allocations they match).
     """
 
     log = logger()
 
-    def __init__(self, pool: Any, reactor: Any = None, server: Any = None) -> None:
-        self.pool = pool
+    def __init__(self, reactor: Any, pool: Any, server: Any) -> None:
         self._reactor = reactor
+        self._pool = pool
         self._server = server
         self._poll: Any = None
         self._seen: dict[str, float] = {}
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        if self._server is not None:
-            self._read()
+        self._read()
 
     def _read(self) -> None:
         self._poll = self._reactor.callLater(1.0, self._read)
-        d = self.pool.runQuery("SELECT name, until FROM txturn_revoked")
+        d = self._pool.runQuery("SELECT name, until FROM txturn_revoked")
+        # A database without the table (coturn's, say) revokes nothing.
         d.addCallbacks(self._revocations, lambda _: None)
 
     def _revocations(self, rows: list[tuple[Any, Any]]) -> None:
@@ -223,7 +236,6 @@ class PoolService(Service):
         if self._poll is not None and self._poll.active():
             self._poll.cancel()
         self._poll = None
-        self.pool.close()
 
 
 def _query_only(connection: sqlite3.Connection) -> None:
