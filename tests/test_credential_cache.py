@@ -249,6 +249,19 @@ class WaitingCoreTests(ServerTestCase):
         page = generate_latest(metrics.registry).decode()
         self.assertEqual(value(page, "turn_revocations"), 1)
 
+    def test_source_bug_500(self) -> None:
+        """
+        A source, not behind a cache, whose Deferred fails: the request
+        is answered 500 and the error logged, not left unanswered.
+        """
+        self.server.set_credentials(self.source)
+        self.challenge()
+        self.send(self.client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
+        self.source.fail()
+        raw, to = self.channel.sent.pop()
+        self.assertError(self.client.learn(raw), 500)
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+
     def test_userhash(self) -> None:
         """
         USERHASH through a source whose name lookup is a Deferred.
