@@ -478,3 +478,14 @@ class AddressTests(TestCase):
         with capturedLogs() as events:
             _warn_weakening(options)
         self.assertIn("--redis (with a password)", [e.get("options") for e in events][-1])
+
+    def test_admin_without_redis(self) -> None:
+        """
+        txturn-admin against a Redis that does not answer: one line, exit 1.
+        """
+        port = free_tcp_port()
+        failed = admin("--redis", f"redis://127.0.0.1:{port}", "list")
+        self.assertEqual(failed.returncode, 1)
+        self.assertEqual(
+            failed.stderr, f"txturn-admin: Redis at redis://127.0.0.1:{port}/0: no answer in 5 s\n"
+        )

@@ -164,7 +164,7 @@ def _redis(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
 
     @defer.inlineCallbacks
     def run(reactor: Any) -> Any:
-        from txturn.redis_link import RedisLink
+        from txturn.redis_link import RedisDown, RedisLink
         from txturn.redis_users import RedisUsers
 
         link = RedisLink(reactor, address, timeout=5.0)
@@ -192,6 +192,8 @@ def _redis(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
                 write(f"total\t{sum(held.values())}\n")
             elif args.command == "revoked":
                 _show_revoked((yield users.revoked(now)), write)
+        except (defer.TimeoutError, RedisDown):
+            failed.append(f"Redis at {address}: no answer in {link.timeout:g} s")
         except Exception as e:
             failed.append(f"Redis at {address}: {e}")
         finally:
