@@ -50,20 +50,6 @@ class AuthContext:
     policy: CredentialPolicy = NO_POLICY
 
 
-@dataclass(frozen=True)
-class _Attempt:
-    """
-    A request between its nonce check and its keys.
-    """
-
-    request: Message
-    address: Address
-    nonce: str
-    realm: str
-    algorithm: int
-    now: float
-
-
 class Authenticator:
     """
     Checks requests against an L{ICredentialSource}.
@@ -119,41 +105,51 @@ class Authenticator:
         if not self.nonces.is_valid(nonce, address[0], now):
             self._failed(address, username, nonce, "stale nonce")
             return self._challenge(request, address, 438)
-        attempt = _Attempt(request, address, nonce, realm, algorithm, now)
         try:
             if username is None:
                 found = self.credentials.username_for_hash(hashed, realm)
                 if isinstance(found, defer.Deferred):
-                    return found.addCallback(self._named, attempt).addErrback(
-                        self._unavailable, attempt
-                    )
-                return self._named(found, attempt)
-            return self._named(username, attempt)
+                    found.addCallback(self._lookup, request, address, nonce, realm, algorithm, now)
+                    return found.addErrback(self._unavailable, request)
+                username = found
+            return self._lookup(username, request, address, nonce, realm, algorithm, now)
         except CredentialsUnavailable:
-            return self._server_error(attempt)
+            return self._server_error(request)
 
-    def _named(self, username: str | None, attempt: "_Attempt") -> Any:
+    def _lookup(
+        self,
+        username: str | None,
+        request: Message,
+        address: Address,
+        nonce: str,
+        realm: str,
+        algorithm: int,
+        now: float,
+    ) -> Any:
         """
-        Look up the keys of C{username} (C{None}: a USERHASH nobody has).
+        Look up the keys of C{username} (C{None}: a USERHASH nobody has),
+        and decide now or when they come.
         """
         keys: Any = ()
         if username is not None:
             try:
-                keys = self.credentials.keys_for(
-                    username, attempt.realm, attempt.algorithm, attempt.now
-                )
+                keys = self.credentials.keys_for(username, realm, algorithm, now)
             except CredentialError:
                 keys = ()  # a realm or name OpaqueString refuses: unknown user
-        if isinstance(keys, defer.Deferred):
-            return keys.addCallback(
-                lambda found: self._decide(username, found, attempt)
-            ).addErrback(self._unavailable, attempt)
-        return self._decide(username, keys, attempt)
+        if isinstance(keys, (list, tuple)):
+            return self._decide(keys, username, request, address, nonce, now)
+        keys.addCallback(self._decide, username, request, address, nonce, now)
+        return keys.addErrback(self._unavailable, request)
 
     def _decide(
-        self, username: str | None, keys: Sequence[bytes], attempt: "_Attempt"
+        self,
+        keys: Sequence[bytes],
+        username: str | None,
+        request: Message,
+        address: Address,
+        nonce: str,
+        now: float,
     ) -> AuthContext | Message | None:
-        request, address, nonce, now = attempt.request, attempt.address, attempt.nonce, attempt.now
         key = _signing_key(request, keys or (self._dummy_key,))
         if not keys or key is None:
             self._failed(address, username, nonce, _failure(bool(keys), username, now))
@@ -174,18 +170,18 @@ class Authenticator:
         self.challenges.prove(address[0])
         return AuthContext(username, key, request.integrity_sha256_offset is not None, policy)
 
-    def _unavailable(self, failure: Failure, attempt: "_Attempt") -> Message | Failure:
+    def _unavailable(self, failure: Failure, request: Message) -> Message | Failure:
         if not isinstance(failure.value, CredentialsUnavailable):
             return failure
-        return self._server_error(attempt)
+        return self._server_error(request)
 
-    def _server_error(self, attempt: "_Attempt") -> Message:
+    def _server_error(self, request: Message) -> Message:
         """
         The credential source could not say: 500, so the client neither
         waits forever nor takes it for a wrong password.
         """
         self._stats["credentials_unavailable"] += 1
-        return error_response(attempt.request, 500, "Credentials unavailable")
+        return error_response(request, 500, "Credentials unavailable")
 
     def _challenge(self, request: Message, address: Address, code: int) -> Message | None:
         """

@@ -193,7 +193,7 @@ class PolicyReader:
 
         @raise CredentialError: for a policy field that does not parse.
         """
-        if rest_expiry(username, self._separator) is None:
+        if username.count(self._separator) < 2 or rest_expiry(username, self._separator) is None:
             return NO_POLICY
         parts = username.split(self._separator, 2)
         if len(parts) < 3 or not parts[2].startswith(_POLICY_MARK):

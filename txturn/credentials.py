@@ -351,10 +351,15 @@ class CredentialChain:
         with one (a database behind a L{txturn.credential_cache}).
         """
         answers = [source.keys_for(username, realm, algorithm, now) for source in self.sources]
-        if not any(isinstance(a, defer.Deferred) for a in answers):
-            found: list[bytes] = []
-            for keys in answers:
-                found += keys
+        found: list[bytes] = []
+        for keys in answers:
+            # A list or tuple is an answer; anything else is a Deferred
+            # (told apart without isinstance(..., Deferred), an ABC check
+            # that costs more than the rest of this loop).
+            if not isinstance(keys, (list, tuple)):
+                break
+            found += keys
+        else:
             return found
         return defer.DeferredList(
             [a if isinstance(a, defer.Deferred) else defer.succeed(a) for a in answers],

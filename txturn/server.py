@@ -438,11 +438,11 @@ class TurnServer:
         # source may have to wait for a database: then the handler runs
         # when the keys are known.
         result = self.authenticator.check(message, request.address)
-        if isinstance(result, defer.Deferred):
-            result.addCallback(self._authenticated, request, handler)
-            result.addErrback(self.unexpected, request)
+        if isinstance(result, (AuthContext, Message)) or result is None:
+            self._authenticated(result, request, handler)
             return
-        self._authenticated(result, request, handler)
+        result.addCallback(self._authenticated, request, handler)
+        result.addErrback(self.unexpected, request)
 
     def _authenticated(
         self, result: object, request: Request, handler: Callable[[Request], None]
