@@ -6,7 +6,8 @@
 # usage: sh bench/build_coturn.sh GIT_DIR [REV]
 #   GIT_DIR: a clone of https://github.com/coturn/coturn (bare or not);
 #   REV: what to build (default HEAD).
-# Needs cmake, a C compiler, libevent-dev, libssl-dev and libmicrohttpd-dev.
+# Needs cmake, a C compiler, libevent-dev, libssl-dev and libmicrohttpd-dev;
+# libsqlite3-dev and libhiredis-dev for bench/auth.py's user databases.
 set -eu
 git_dir=${1:?usage: build_coturn.sh GIT_DIR [REV]}
 rev=${2:-HEAD}
