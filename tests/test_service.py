@@ -57,10 +57,23 @@ class Collector(DatagramProtocol):
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-    return port
+    """
+    A port free for UDP and for TCP on C{host}: servers given it listen
+    on both (a port free for UDP alone once failed a coturn start in CI
+    on its TCP listener).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(100):
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+        return port
+    raise OSError("no port free for both UDP and TCP")
 
 
 def make_service(port: int = 0, **kwargs: Any) -> TurnService:
