@@ -6,7 +6,6 @@ and the audit reports them.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from typing import Any
@@ -26,7 +25,6 @@ from txturn.service import TurnService
 from txturn.testing import loopback_hosts
 
 reactor: Any = _reactor
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class TxturnAuditTests(TestCase):
@@ -95,7 +93,6 @@ class CoturnAuditTests(TestCase):
             [sys.executable, "-m", "txturn.probe", "--audit", f"turn:127.0.0.1:{port}"]
             + ["-u", "alice", "-w", "secret", "--timeout", "2"],
             capture_output=True,
-            cwd=ROOT,
         )
         out = result.stdout.decode()
         self.assertEqual(result.returncode, 3, out + result.stderr.decode())

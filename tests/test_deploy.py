@@ -16,9 +16,10 @@ from typing import Any
 import yaml
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests import source_path
 from txturn.options import SECRET_VARIABLE, Options
 
-DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy")
+DEPLOY = source_path("deploy")
 
 
 def read(name: str) -> str:

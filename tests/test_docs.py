@@ -5,7 +5,6 @@ The library example in doc/ runs as documented.
 from __future__ import annotations
 
 import importlib.util
-import os
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -13,11 +12,12 @@ from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import TestCase
 
+from tests import source_path
 from txturn.credentials import long_term_key, rest_api_password
 from txturn.stun import PasswordAlgorithm
 
 reactor: Any = _reactor
-EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "doc", "examples", "embed.py")
+EXAMPLE = source_path("doc", "examples", "embed.py")
 
 
 class LibraryExampleTests(TestCase):
@@ -65,7 +65,7 @@ class TestingExampleTests(TestCase):
         The literal block after "as a real client does::" executes, and its
         asserts hold.
         """
-        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "doc", "library.rst")
+        path = source_path("doc", "library.rst")
         with open(path) as f:
             lines = f.read().split("\n")
         start = next(i for i, line in enumerate(lines) if line.endswith("a real client does::"))

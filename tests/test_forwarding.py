@@ -23,6 +23,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from tests import SOURCE
 from txturn import forwarding
 from txturn.events import AllocationDeleted
 from txturn.forwarding_check import (
@@ -39,7 +40,7 @@ from txturn.policy import PeerPolicy
 from txturn.stun import Attr, Class, Method, encode_channel_data
 from txturn.testing import FastClock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = SOURCE
 
 
 def compiled() -> Any:
@@ -392,7 +393,6 @@ class SanitizerTests(TestCase):
                 "LD_PRELOAD": libasan,
                 "ASAN_OPTIONS": "detect_leaks=0,abort_on_error=1",
                 "UBSAN_OPTIONS": "print_stacktrace=1,halt_on_error=1",
-                "PYTHONPATH": ROOT,
                 "PYTHONMALLOC": "malloc",
             },
             capture_output=True,

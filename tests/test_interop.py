@@ -47,7 +47,6 @@ from txturn.testing import (
 from txturn.tls import TlsCredentials
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 reactor: Any = _reactor
 
@@ -97,7 +96,7 @@ def spawn(argv: list[str], test: TestCase) -> OutputWatcher:
     Start a process that the test kills and reaps when it is done.
     """
     watcher = OutputWatcher()
-    process = reactor.spawnProcess(watcher, argv[0], argv, env=os.environ.copy(), path=ROOT)
+    process = reactor.spawnProcess(watcher, argv[0], argv, env=os.environ.copy())
 
     def stop() -> defer.Deferred[None]:
         try:
@@ -200,7 +199,6 @@ def run_aioice(
         sys.executable,
         [script, "127.0.0.1", str(port), username, password, str(count), *extra],
         env=os.environ.copy(),
-        path=ROOT,
     )
     test.assertEqual(code, 0, err.decode())
     return json.loads(out.decode().strip().splitlines()[-1])
@@ -525,9 +523,7 @@ class TwistdTests(TestCase):
         blocker.bind(("127.0.0.1", port))
         self.addCleanup(blocker.close)
         argv = twistd_turn(port, "--user", "a:b")
-        out, err, code = yield getProcessOutputAndValue(
-            argv[0], argv[1:], env=os.environ.copy(), path=ROOT
-        )
+        out, err, code = yield getProcessOutputAndValue(argv[0], argv[1:], env=os.environ.copy())
         self.assertNotEqual(code, 0)
         self.assertIn(f"cannot listen on UDP 127.0.0.1 port {port}", (out + err).decode())
 

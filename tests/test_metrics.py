@@ -197,9 +197,9 @@ class DashboardTests(SynchronousTestCase):
         """
         import json
 
-        path = os.path.join(
-            os.path.dirname(os.path.dirname(__file__)), "doc", "grafana-dashboard.json"
-        )
+        from tests import source_path
+
+        path = source_path("doc", "grafana-dashboard.json")
         with open(path) as f:
             dashboard = json.load(f)
         exported = set(

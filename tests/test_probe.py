@@ -26,7 +26,6 @@ from txturn.testing import self_signed_certificate
 from txturn.tls import TlsCredentials
 
 reactor: Any = _reactor
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class UriTests(SynchronousTestCase):
@@ -142,7 +141,6 @@ class CoturnProbeTests(TestCase):
             [sys.executable, "-m", "txturn.probe", f"turn:127.0.0.1:{port}", "-u", "alice"]
             + ["-w", "secret", "-n", "5"],
             capture_output=True,
-            cwd=ROOT,
         )
         out = result.stdout.decode()
         self.assertEqual(result.returncode, 0, out + result.stderr.decode())

@@ -599,15 +599,12 @@ class ImportCostTests(SynchronousTestCase):
             "print(sorted(m for m in ('twisted.web.server', 'twisted.protocols.amp',"
             " 'prometheus_client', 'txturn.workers.supervisor') if m in sys.modules))\n"
         )
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        environment = dict(os.environ, PYTHONPATH=root)
         alone, workers = (
             subprocess.run(
                 [sys.executable, "-c", probe, *argv],
                 capture_output=True,
                 text=True,
                 check=True,
-                env=environment,
             ).stdout.split("\n")[-2]
             for argv in ([], ["--workers", "2"])
         )
