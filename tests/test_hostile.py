@@ -12,6 +12,7 @@ import os
 import statistics
 import struct
 import time
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -269,14 +270,17 @@ class FairnessTests(CoreTestCase):
                 config.max_channels,
                 config.max_pending_connections,
             ),
-            (100, 128, 128, 32),
+            (None, 128, 128, 32),
         )
 
     def test_one_users_footprint(self) -> None:
         """
-        One user gets 100 allocations, 128 permissions and 128 channels in
-        each, and no more; another user is still served.
+        One user gets 128 permissions and 128 channels in each
+        allocation, and no more than its allocation limit (the service
+        sets half the server's capacity; 100 here); another user is still
+        served.
         """
+        self.server.reconfigure(replace(self.server.config, user_quota=100))
         allocate = [(Attr.REQUESTED_TRANSPORT, 17)]
         codes = [
             self.code(self.request(Method.ALLOCATE, allocate, ("198.51.100.1", p)))

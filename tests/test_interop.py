@@ -9,9 +9,11 @@ tests say so and skip when it is missing outside CI.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -36,7 +38,7 @@ from txturn.log_level import log_level, set_log_level
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
 from txturn.service import TurnService
-from txturn.stun import Message, Method
+from txturn.stun import Attr, Class, Message, Method
 from txturn.testing import (
     StunClient,
     exchange,
@@ -511,6 +513,44 @@ class TwistdTests(TestCase):
         )
         result = yield run_aioice(self, port, servers["username"], servers["credential"], 20)
         self.assertEqual(result["received"], 20)
+
+    @defer.inlineCallbacks
+    def test_crowd_shares_one_user(self) -> Any:
+        """
+        With the default per-user limit, 1,000 allocations of one user in
+        a burst are all granted, as coturn grants them, and then 50
+        uclient clients sharing that user (RTP and RTCP: 100 more
+        allocations) all relay.
+        """
+        uclient, peer = require("turnutils_uclient"), require("turnutils_peer")
+        port, peer_port = free_udp_port(), free_udp_port()
+        spawn([peer, "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        watcher = spawn(twistd_turn(port, "--user", "test:secret", "--allow-loopback-peers"), self)
+        yield watcher.wait_for(rb"Descriptor limit")
+
+        def burst() -> list[int]:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if soft < 2000 <= hard:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (2000, hard))
+            codes = []
+            for _ in range(1000):
+                _, request = udp_requester(self, port)
+                answer = request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+                codes.append(200 if answer.cls == Class.SUCCESS else answer.get(Attr.ERROR_CODE)[0])
+            return codes
+
+        codes = yield threads.deferToThread(burst)
+        self.assertEqual(collections.Counter(codes), {200: 1000})
+        # The burst's sockets stay open, so uclient's cannot reuse their
+        # ports (a 5-tuple still allocated is 437, in coturn too).
+        out, err, code = yield getProcessOutputAndValue(
+            uclient, uclient_args(port, peer_port, 10, 50), env=os.environ.copy()
+        )
+        output = out.decode(errors="replace") + err.decode(errors="replace")
+        sent, received, lost = uclient_totals(output)
+        self.assertGreaterEqual(sent, 500, output[-2000:])
+        self.assertNotIn("error 486", output)
+        self.assertEqual(received, sent, output[-2000:])
 
     @defer.inlineCallbacks
     def test_bind_failure_exits(self) -> Any:

@@ -257,3 +257,29 @@ class SoakTests(LimitTestCase):
         first = round_trip()
         second = round_trip()
         self.assertLess(second - first, 2000, f"{second - first} more blocks after round two")
+
+
+class CrowdTests(LimitTestCase):
+    """
+    A crowd refused by the per-user limit is told apart in the log.
+    """
+
+    def test_refused_crowd_logged(self) -> None:
+        """
+        The 486 is logged once, naming the user, the limit, and what to
+        do if many clients share the credential.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.make(user_quota=2)
+        allocate = [(Attr.REQUESTED_TRANSPORT, 17)]
+        for port in range(1, 6):
+            self.request(Method.ALLOCATE, allocate, ("198.51.100.1", port))
+        lines = [formatEvent(e) for e in events if "486" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("alice", lines[0])
+        self.assertIn("the 2 allocations", lines[0])
+        self.assertIn("raise --user-quota", lines[0])

@@ -554,3 +554,45 @@ class MetricsAddressTests(TestCase):
         )
         self.assertFalse(service.policy.allows_peer("192.0.2.5", 9641))
         self.assertTrue(service.policy.allows_peer("192.0.2.6", 9641))
+
+
+class DefaultUserQuotaTests(TestCase):
+    """
+    With no --user-quota, one user may hold half of what the server can:
+    its relay ports or its total quota, whichever is fewer.
+    """
+
+    def start(self, config: ServerConfig, **kwargs: Any) -> TurnService:
+        service = TurnService(
+            reactor,
+            StaticCredentials(REALM, {"alice": "secret"}),
+            [("127.0.0.1", 0)],
+            ["127.0.0.1"],
+            config=config,
+            transports={"udp"},
+            **kwargs,
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    def test_half_the_relay_ports(self) -> None:
+        """
+        Ten relay ports: five allocations per user.  A reload with no
+        quota set keeps the rule; the full default range gives up to 8,192.
+        """
+        service = self.start(ServerConfig(realm=REALM), min_port=50000, max_port=50009)
+        self.assertEqual(service.server.config.user_quota, 5)
+        service.reload(config=ServerConfig(realm=REALM))
+        self.assertEqual(service.server.config.user_quota, 5)
+        wide = self.start(ServerConfig(realm=REALM)).server.config
+        self.assertEqual(wide.user_quota, min(16384, wide.total_quota) // 2)
+
+    def test_half_the_total(self) -> None:
+        """
+        A total quota smaller than the ports decides; an explicit
+        --user-quota is kept exactly.
+        """
+        self.assertEqual(self.start(ServerConfig(total_quota=40)).server.config.user_quota, 20)
+        exact = self.start(ServerConfig(total_quota=40, user_quota=3))
+        self.assertEqual(exact.server.config.user_quota, 3)

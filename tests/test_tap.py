@@ -551,7 +551,7 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(
             line,
             f"SIGUSR2: reload failed, keeping the running settings: {self.path}:2: "
-            "--user-quota must be a whole number",
+            "--user-quota must be a whole number or auto",
         )
 
 

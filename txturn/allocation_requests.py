@@ -135,7 +135,7 @@ class AllocationRequests:
             return True
         self._asking.add(key)
         username = request.username
-        limit = request.policy.narrow(server.config.user_quota)
+        limit = request.policy.narrow(server.config.user_quota or 0)
 
         def answered(granted: bool | None) -> None:
             self._asking.discard(key)
@@ -240,7 +240,7 @@ class AllocationRequests:
         if meaning.token is not None and server.reservations.owner(meaning.token) == username:
             return None
         needed = meaning.places
-        limit = request.policy.narrow(config.user_quota)
+        limit = request.policy.narrow(config.user_quota or 0)
         if limit and self._table.held_by(username) + needed > limit:
             self._over_quota(username, limit)
             return 486
@@ -262,8 +262,10 @@ class AllocationRequests:
         self._unavailable_log.emit(
             ("user quota", username),
             self.log.info,
-            "Allocate by {user} refused with 486: {limit} allocations, the --user-quota "
-            "or the credential's own limit",
+            "Allocate by {user} refused with 486: the user holds the {limit} allocations "
+            "one user may (--user-quota, by default half of what the server can hold, "
+            "or the credential's own limit); if many clients share this credential, "
+            "raise --user-quota",
             user=username,
             limit=limit,
         )

@@ -139,7 +139,7 @@ _METAVARS = {
     "tcp-buffer": "BYTES",
     "max-tcp-buffer": "BYTES",
     "max-bps": "BYTES",
-    "user-quota": "N",
+    "user-quota": "N|auto",
     "total-quota": "N",
     "max-permissions": "N",
     "max-channels": "N",
@@ -171,7 +171,6 @@ _SECONDS = (
 _COUNTS = (
     ("tcp-buffer", 1),
     ("max-tcp-buffer", 1),
-    ("user-quota", 0),
     ("total-quota", 0),
     ("max-permissions", 0),
     ("max-channels", 0),
@@ -293,8 +292,9 @@ class Options(usage.Options):
         [
             "user-quota",
             None,
-            "100",
-            "Concurrent allocations (and EVEN-PORT reservations) per user, 0 for no limit (486).",
+            "auto",
+            "Concurrent allocations (and EVEN-PORT reservations) per user, 0 for no limit "
+            "(486); auto: half of what the server can hold.",
         ],
         ["total-quota", None, "0", "Allocations in all; 0 for what the descriptors allow (508)."],
         ["max-permissions", None, "128", "Permissions per allocation, 0 for no limit (508)."],
@@ -737,13 +737,20 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be positive")
         if self["tcp-connect-timeout"] < 30:
             raise usage.UsageError("--tcp-connect-timeout must be at least 30 (RFC 6062)")
+        if self["user-quota"] == "auto":
+            self["user-quota"] = None
+        else:
+            self._count("user-quota", 0, " or auto")
         for name, minimum in _COUNTS:
-            try:
-                self[name] = int(self[name])
-            except ValueError:
-                raise usage.UsageError(f"--{name} must be a whole number") from None
-            if self[name] < minimum:
-                raise usage.UsageError(f"--{name} must be at least {minimum}")
+            self._count(name, minimum)
+
+    def _count(self, name: str, minimum: int, alternative: str = "") -> None:
+        try:
+            self[name] = int(self[name])
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a whole number{alternative}") from None
+        if self[name] < minimum:
+            raise usage.UsageError(f"--{name} must be at least {minimum}")
 
     def _check_credential_file(self) -> None:
         self["credential-file-user"] = read_credential_file(self["credential-file"])

@@ -94,9 +94,12 @@ class ServerConfig:
     #: per allocation (508); unbound RFC 6062 connections and Connects in
     #: progress per TCP allocation (508); relayed bytes per second per
     #: allocation, both directions, excess dropped.  0 means no limit.
-    #: The defaults keep one user's footprint to a small share of the
-    #: server (doc/security.rst has the arithmetic).
-    user_quota: int = 100
+    #: C{user_quota=None} (the default) is half of what the server can
+    #: hold, which L{txturn.service.TurnService} works out from its relay
+    #: ports and descriptors (L{user_quota_for}): one user cannot take the
+    #: server, and a crowd sharing one credential still fits (a bare core
+    #: with no service has no such limit).  doc/security.rst.
+    user_quota: int | None = None
     total_quota: int = 0
     max_permissions: int = 128
     max_channels: int = 128
@@ -121,6 +124,17 @@ class ServerConfig:
     alternate_load: int = 0
     #: The name clients use for this fleet over TLS (ALTERNATE-DOMAIN).
     server_name: str | None = None
+
+
+def user_quota_for(capacity: int) -> int:
+    """
+    The default per-user allocation limit on a server that can hold
+    C{capacity} allocations: half of it.  One user (or one stolen
+    credential) cannot take the whole server, while a crowd that shares a
+    credential, as the generated user and most static-user deployments
+    do, is limited only by the server itself.
+    """
+    return max(1, capacity // 2)
 
 
 class TurnServer:

@@ -17,6 +17,7 @@ import errno
 import json
 import socket
 from dataclasses import replace
+from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 from twisted.application import service
@@ -39,7 +40,7 @@ from txturn.interfaces import Address, host_port
 from txturn.limits import ConnectionLimits
 from txturn.log_level import logger
 from txturn.policy import PeerPolicy
-from txturn.server import ServerConfig, TurnServer
+from txturn.server import ServerConfig, TurnServer, user_quota_for
 from txturn.sockets import adopt_listener, listen_tcp, listen_udp
 from txturn.stream import TurnStreamFactory, TurnStreamProtocol
 from txturn.stream_guard import AdmissionFactory, StreamGuard
@@ -401,20 +402,37 @@ class TurnService(service.MultiService):
         self.guard.max_connections = self.limits.max_connections or (
             descriptors.connection_budget(limit)
         )
-        config = self.server.config
         # Workers count places together: N of them have N times the budget.
         self._descriptor_quota = descriptors.allocation_budget(limit) * (
             self._shard.count if self._shard else 1
         )
-        if not config.total_quota:
-            self.server.reconfigure(replace(config, total_quota=self._descriptor_quota))
+        self.server.reconfigure(self._resolved(self.server.config))
         self.log.info(
             "Descriptor limit {limit}: up to {connections} TCP/TLS connections "
-            "and {allocations} allocations",
+            "and {allocations} allocations, {per_user} per user",
             limit=limit,
             connections=self.guard.max_connections,
             allocations=self.server.config.total_quota,
+            per_user=self.server.config.user_quota or "no limit",
         )
+
+    def _resolved(self, config: ServerConfig) -> ServerConfig:
+        """
+        C{config} with its defaults that depend on this server filled in:
+        the total quota from the descriptor limit, and the per-user quota
+        as half of what the server can hold (the smaller of the total
+        quota and the relay ports of its largest address family: the
+        whole range, even for a worker, which shares users' counts with
+        the others).
+        """
+        if not config.total_quota and self._descriptor_quota:
+            config = replace(config, total_quota=self._descriptor_quota)
+        if config.user_quota is None and config.total_quota:
+            families = [ip_address(a).version for a in self.relay_addresses]
+            addresses = max([families.count(4), families.count(6), 1])
+            capacity = min(config.total_quota, len(self._relay_ports) * addresses)
+            config = replace(config, user_quota=user_quota_for(capacity))
+        return config
 
     def _log_fast_path(self) -> None:
         """
@@ -554,8 +572,7 @@ class TurnService(service.MultiService):
             self.server.set_policy(copy)
             changed.append("peer policy")
         if config is not None:
-            if not config.total_quota and self._descriptor_quota:
-                config = replace(config, total_quota=self._descriptor_quota)
+            config = self._resolved(config)
             if self._shard is not None:
                 config = self._shard.share(config)
             self.server.reconfigure(config)
