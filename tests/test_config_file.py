@@ -239,7 +239,7 @@ class ConfigOptionTests(SynchronousTestCase):
             db.commit()
         options = self.parse("--userdb", path)
         self.assertEqual(options["user-db-sqlite"], path)
-        self.assertEqual(options["user-db-table"], COTURN_TABLE)
+        self.assertEqual(options["user-db-tables"], (COTURN_TABLE,))
         with open(path, "wb") as f:
             f.write(b"SQLite format 3\x00" + b"\x00" * 100)
         with self.assertRaises(usage.UsageError) as caught:

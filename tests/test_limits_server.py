@@ -269,11 +269,14 @@ class CrowdTests(LimitTestCase):
         The 486 is logged once, naming the user, the limit, and what to
         do if many clients share the credential.
         """
-        from twisted.logger import formatEvent, globalLogPublisher
+        from typing import cast
+
+        from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.make(user_quota=2)
         allocate = [(Attr.REQUESTED_TRANSPORT, 17)]
         for port in range(1, 6):

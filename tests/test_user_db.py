@@ -7,6 +7,7 @@ C{twistd turn} that sees users added and deleted with no restart.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.test_interop import run_aioice, spawn, twistd_turn, udp_requester
+from tests.test_interop import require, run_aioice, spawn, twistd_turn, udp_requester
 from tests.test_service import free_udp_port
 from txturn.credential_policy import mint_credential
 from txturn.credentials import long_term_key, userhash
@@ -121,7 +122,8 @@ class LookupTests(TestCase):
     @defer.inlineCallbacks
     def test_keys(self) -> Any:
         SqliteUsers(self.path).add(REALM, "alice", "secret")
-        source = SqliteCredentials(self.pool(), REALM, check_database(self.path))
+        self.assertEqual(check_database(self.path), (OURS,))
+        source = SqliteCredentials(self.pool(), REALM)
         for algorithm in (PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256):
             keys = yield source.keys_for("alice", REALM, algorithm, 0)
             self.assertEqual(keys, (long_term_key("alice", REALM, "secret", algorithm),))
@@ -139,8 +141,8 @@ class LookupTests(TestCase):
         with sqlite3.connect(self.path) as db:
             db.execute("CREATE TABLE turnusers_lt (realm, name, hmackey)")
             db.execute("INSERT INTO turnusers_lt VALUES (?, ?, ?)", (REALM, "carol", key.hex()))
-        self.assertEqual(check_database(self.path), COTURN)
-        source = SqliteCredentials(self.pool(), REALM, COTURN)
+        self.assertEqual(check_database(self.path), (COTURN,))
+        source = SqliteCredentials(self.pool(), REALM)
         self.assertEqual((yield source.keys_for("carol", REALM, 1, 0)), (key,))
         self.assertEqual((yield source.keys_for("carol", REALM, 2, 0)), ())
         self.assertNotEqual(COTURN, OURS)
@@ -240,3 +242,96 @@ class ServerTests(TestCase):
             yield watcher.ended
             self.assertRegex(watcher.output, b"--user-db: .*" + expected)
             self.assertNotIn(b"Traceback", watcher.output)
+
+
+class MigrationTests(TestCase):
+    """
+    A database made by coturn's own C{turnadmin}, kept by C{txturn-admin}
+    and served by C{twistd turn}: every user keeps working after every
+    subcommand, and coturn can still read the database.
+    """
+
+    def setUp(self) -> None:
+        self.turnadmin = require("turnadmin")
+        self.path = os.path.abspath(self.mktemp())
+        self.url = f"sqlite://{self.path}"
+        self.port = free_udp_port()
+
+    def tables(self) -> set[str]:
+        with contextlib.closing(sqlite3.connect(self.path)) as db:
+            return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def coturn_lists(self) -> set[str]:
+        listed = subprocess.run(
+            [self.turnadmin, "-l", "-b", self.path], capture_output=True, text=True
+        )
+        return {line.split("[")[0] for line in listed.stdout.splitlines() if "[" in line}
+
+    @defer.inlineCallbacks
+    def allocates(self, name: str, password: str) -> Any:
+        _, request = udp_requester(self, self.port, name, password)
+        answer = yield threads.deferToThread(
+            request, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]
+        )
+        return 200 if answer.cls == Class.SUCCESS else answer.get(Attr.ERROR_CODE)[0]
+
+    @defer.inlineCallbacks
+    def step(self, *args: str, stdin: str | None = None) -> Any:
+        done = yield threads.deferToThread(
+            admin, "--user-db", self.url, "--realm", REALM, *args, stdin=stdin
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        # Lookups are cached for a second (--user-cache-ttl 1).
+        yield deferLater(reactor, 1.2, lambda: None)
+        self.assertEqual((yield self.allocates("alice", "secret")), 200, args)
+        return done.stdout
+
+    @defer.inlineCallbacks
+    def test_turnadmin_database(self) -> Any:
+        made = subprocess.run(
+            [self.turnadmin, "-a", "-b", self.path, "-u", "alice", "-r", REALM, "-p", "secret"],
+            capture_output=True,
+        )
+        self.assertEqual(made.returncode, 0, made.stderr)
+        coturn_tables = self.tables()
+        self.assertIn(COTURN, coturn_tables)
+        listed = admin("--user-db", self.url, "list")
+        self.assertEqual((listed.returncode, listed.stdout), (0, f"alice\t{REALM}\n"))
+        self.assertEqual(self.tables(), coturn_tables, "list wrote to the database")
+
+        watcher = spawn(
+            twistd_turn(
+                self.port, "--user-db", self.url, "--realm", REALM, "--user-cache-ttl", "1"
+            ),
+            self,
+        )
+        yield watcher.wait_for(rb"TURN listening on UDP")
+        self.assertEqual((yield self.allocates("alice", "secret")), 200)
+
+        # add and delete work in coturn's own table, which coturn reads.
+        yield self.step("add", "bob", stdin="builder\n")
+        self.assertEqual(self.tables(), coturn_tables)
+        self.assertEqual(self.coturn_lists(), {"alice", "bob"})
+        self.assertEqual((yield self.allocates("bob", "builder")), 200)
+        self.assertEqual((yield self.step("list")), f"alice\t{REALM}\nbob\t{REALM}\n")
+
+        # Revocations add their own table only, which no lookup reads.
+        yield self.step("revoke", "bob", "--for", "600")
+        yield watcher.wait_for(rb"Revoked credentials")
+        self.assertEqual((yield self.allocates("bob", "builder")), 401)
+        self.assertIn("bob\t", (yield self.step("revoked")))
+        yield self.step("unrevoke", "bob")
+        self.assertEqual((yield self.allocates("bob", "builder")), 200)
+
+        # txturn's tables, created only when asked, hide nobody.
+        yield self.step("init")
+        self.assertIn(OURS, self.tables())
+        yield self.step("add", "carol", stdin="c4rol\n")
+        self.assertEqual((yield self.allocates("carol", "c4rol")), 200)
+        self.assertEqual((yield self.allocates("bob", "builder")), 200)
+        self.assertEqual(self.coturn_lists(), {"alice", "bob"})
+
+        yield self.step("delete", "bob")
+        self.assertEqual(self.coturn_lists(), {"alice"})
+        self.assertEqual((yield self.allocates("bob", "builder")), 401)
+        self.assertNotIn(b"Traceback", watcher.output)

@@ -13,8 +13,12 @@ C{turnadmin}, for txturn.
         --peer 203.0.113.0/24 --allocations 2 --ttl 3600
 
 Only the RFC 8489 long-term keys (MD5 and SHA-256) are stored, never a
-password.  A running server sees users added or deleted within
-C{--user-cache-ttl} seconds, with no restart.
+password.  On a coturn database, users are added to and deleted from
+coturn's own table (MD5 keys, as C{turnadmin} writes them), so both
+servers can share it during a migration; C{list} never writes, and
+txturn's own tables are created only by C{init}.  A running server sees
+users added or deleted within C{--user-cache-ttl} seconds, with no
+restart.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from txturn.redis_address import parse_redis_url
 from txturn.revocations import FOREVER
 from txturn.user_db import SqliteUsers, UserDbError, sqlite_path
 
+#: The realm C{add} and C{delete} use without C{--realm}: the server's default.
+DEFAULT_REALM = "txturn"
 #: Where C{add} reads a password from when not given one (kept out of ps).
 PASSWORD_VARIABLE = "TXTURN_PASSWORD"
 
@@ -52,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("TXTURN_REDIS_URL") or None,
         help="redis://[[user]:password@]host[:port][/db] [$TXTURN_REDIS_URL]",
     )
-    parser.add_argument("--realm", default="txturn", help="Realm of the users [txturn].")
+    parser.add_argument("--realm", help="Realm of the users [txturn; list: every realm].")
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="Add a user, or change their password.")
     add.add_argument("name")
@@ -61,7 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"The password (else ${PASSWORD_VARIABLE}, else asked, else one line of stdin).",
     )
     commands.add_parser("delete", help="Delete a user.").add_argument("name")
-    commands.add_parser("list", help="List the users.")
+    commands.add_parser("list", help="List the users (never writes).")
+    commands.add_parser(
+        "init",
+        help="Create txturn's tables (a new database, or beside coturn's in its own).",
+    )
     revoke = commands.add_parser(
         "revoke", help="Refuse a user or a REST credential (on every server, with --redis)."
     )
@@ -127,11 +137,14 @@ def _sqlite(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
     if path is None:
         raise UserDbError(f"{args.user_db}: an sqlite:/// URL is needed")
     users = SqliteUsers(path)
+    realm = args.realm or DEFAULT_REALM
     if args.command == "add":
-        users.add(args.realm, args.name, _password(args))
+        users.add(realm, args.name, _password(args))
     elif args.command == "delete":
-        if not users.delete(args.realm, args.name):
-            raise UserDbError(f"no user {args.name} in realm {args.realm}")
+        if not users.delete(realm, args.name):
+            raise UserDbError(f"no user {args.name} in realm {realm}")
+    elif args.command == "init":
+        users.init()
     elif args.command == "list":
         for realm, name in users.names(args.realm):
             write(f"{name}\t{realm}\n")
@@ -171,11 +184,12 @@ def _redis(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
         users = RedisUsers(link)
         now = time.time()
         try:
+            realm = args.realm or DEFAULT_REALM
             if args.command == "add":
-                yield users.add(args.realm, args.name, password)
+                yield users.add(realm, args.name, password)
             elif args.command == "delete":
-                if not (yield users.delete(args.realm, args.name)):
-                    failed.append(f"no user {args.name} in realm {args.realm}")
+                if not (yield users.delete(realm, args.name)):
+                    failed.append(f"no user {args.name} in realm {realm}")
             elif args.command == "list":
                 for realm, name in (yield users.names(args.realm)):
                     write(f"{name}\t{realm}\n")
@@ -192,6 +206,8 @@ def _redis(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
                 write(f"total\t{sum(held.values())}\n")
             elif args.command == "revoked":
                 _show_revoked((yield users.revoked(now)), write)
+            elif args.command == "init":
+                failed.append("init is for --user-db: Redis needs no tables")
         except (defer.TimeoutError, RedisDown):
             failed.append(f"Redis at {address}: no answer in {link.timeout:g} s")
         except Exception as e:

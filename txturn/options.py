@@ -389,7 +389,7 @@ class Options(usage.Options):
         self["alternate-server"] = []
         #: What --user-db and --redis name, once checked.
         self["user-db-sqlite"] = None
-        self["user-db-table"] = None
+        self["user-db-tables"] = ()
         self["redis-address"] = None
         #: FILE:LINE warnings about the configuration file, for the log.
         self["config-warnings"] = []
@@ -812,7 +812,7 @@ class Options(usage.Options):
 
     def _sqlite_user_db(self, path: str) -> None:
         try:
-            self["user-db-table"] = check_database(path)
+            self["user-db-tables"] = check_database(path)
         except UserDbError as e:
             raise usage.UsageError(f"--user-db: {e}") from None
         self["user-db-sqlite"] = path

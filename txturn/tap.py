@@ -237,7 +237,7 @@ class Backends:
             from txturn.user_db import SqliteCredentials, open_pool
 
             pool = open_pool(path, reactor)
-            sqlite = SqliteCredentials(pool, realm, options["user-db-table"])
+            sqlite = SqliteCredentials(pool, realm)
             backends.sources.append(CachedCredentials(reactor, sqlite, ttl=ttl))
             backends.pool = pool
         address = options["redis-address"]
