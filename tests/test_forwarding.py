@@ -394,6 +394,8 @@ class SanitizerTests(TestCase):
                 "ASAN_OPTIONS": "detect_leaks=0,abort_on_error=1",
                 "UBSAN_OPTIONS": "print_stacktrace=1,halt_on_error=1",
                 "PYTHONMALLOC": "malloc",
+                # For "tests" only: txturn is the installed one.
+                "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
             },
             capture_output=True,
             text=True,

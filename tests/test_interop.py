@@ -15,6 +15,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -552,20 +553,47 @@ class TwistdTests(TestCase):
         self.assertNotIn("error 486", output)
         self.assertEqual(received, sent, output[-2000:])
 
-    @defer.inlineCallbacks
-    def test_bind_failure_exits(self) -> Any:
+    def test_startup_failures_one_line(self) -> None:
         """
-        A port already in use stops twistd with a clear message and a
-        non-zero exit instead of a server with no listener.
+        Each start-up failure an operator can fix (a port in use, a relay
+        address not on this host, a log file or usage file that cannot be
+        written, a key that cannot be read) stops twistd with exactly one
+        line and a non-zero exit, in the foreground and as a daemon, and
+        leaves no pidfile.
         """
         port = free_udp_port()
         blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         blocker.bind(("127.0.0.1", port))
         self.addCleanup(blocker.close)
-        argv = twistd_turn(port, "--user", "a:b")
-        out, err, code = yield getProcessOutputAndValue(argv[0], argv[1:], env=os.environ.copy())
-        self.assertNotEqual(code, 0)
-        self.assertIn(f"cannot listen on UDP 127.0.0.1 port {port}", (out + err).decode())
+        other = free_udp_port()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        missing = os.path.join(directory, "missing", "file")
+        cert, _ = self_signed_certificate(directory)
+        cases: list[tuple[list[str], list[object], str]] = [
+            ([], [port], f"cannot listen on UDP 127.0.0.1 port {port}: Address already in use"),
+            ([], [other, "--relay-ip", "192.0.2.55"], "relay address 192.0.2.55 (--relay-ip)"),
+            (["--logfile", missing], [other], f"cannot write the log file {missing}"),
+            ([], [other, "--usage-file", missing], f"cannot write --usage-file {missing}"),
+            ([], [other, "--cert", cert, "--key", missing], f"cannot read private key {missing}"),
+        ]
+        twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+        for mode in (["-n"], []):
+            for before, after, expected in cases:
+                pidfile = os.path.join(directory, "twistd.pid")
+                argv = [*twistd, *mode, "--pidfile", pidfile, *before, "turn"]
+                argv += ["--listen", "127.0.0.1", "--user", "a:b", "--port"]
+                argv += [str(a) for a in after]
+                result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+                if os.path.exists(pidfile):
+                    with open(pidfile) as f:
+                        os.kill(int(f.read()), signal.SIGKILL)
+                    self.fail(f"started: {argv}")
+                said = (result.stdout + result.stderr).strip().splitlines()
+                self.assertNotEqual(result.returncode, 0, argv)
+                self.assertEqual(len(said), 1, (argv, said))
+                self.assertTrue(said[0].startswith("twistd turn: "), said)
+                self.assertIn(expected, said[0])
 
 
 def answers_binding(port: int, timeout: float = 15.0) -> None:

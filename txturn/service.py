@@ -80,6 +80,50 @@ def listener_addresses(
     return wanted
 
 
+class StartupError(RuntimeError):
+    """
+    A server that cannot start, for a reason an operator can fix, said in
+    one line (C{twistd turn} prints it and exits 1, with no traceback).
+    """
+
+
+#: The socket type each kind of listener binds.
+_SOCKET_TYPES = {
+    "udp": socket.SOCK_DGRAM,
+    "dtls": socket.SOCK_DGRAM,
+    "tcp": socket.SOCK_STREAM,
+    "tls": socket.SOCK_STREAM,
+    "metrics": socket.SOCK_STREAM,
+}
+
+
+def check_listeners(listeners: Sequence[tuple[str, str, int]]) -> None:
+    """
+    Bind, and at once close, a socket like each listener's: a port that
+    another process holds, or an address this host does not have, is a
+    L{StartupError} before C{twistd} forks or starts logging, so the
+    operator sees one line on the terminal in daemon mode too.
+
+    @param listeners: (kind, host, port); port 0 is always free.
+    """
+    for name, host, port in listeners:
+        if not port:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, _SOCKET_TYPES[name]) as probe:
+            if _SOCKET_TYPES[name] == socket.SOCK_STREAM:
+                # As Twisted's listenTCP: a port in TIME_WAIT is free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as e:
+                raise StartupError(
+                    f"cannot listen on {name.upper()} {host} port {port}: {e.strerror}"
+                ) from None
+
+
 def check_relay_addresses(hosts: Sequence[str]) -> None:
     """
     Every relay address must be one this host can bind, or every Allocate
@@ -92,10 +136,10 @@ def check_relay_addresses(hosts: Sequence[str]) -> None:
                 probe.bind((host, 0))
             except OSError as e:
                 if e.errno == errno.EADDRNOTAVAIL:
-                    raise RuntimeError(
+                    raise StartupError(
                         f"relay address {host} (--relay-ip) is not an address of this host"
                     ) from None
-                raise RuntimeError(
+                raise StartupError(
                     f"cannot open relays on {host} (--relay-ip): {e.strerror}"
                 ) from None
 
@@ -388,7 +432,7 @@ class TurnService(service.MultiService):
         try:
             return bind(self._reactor, host, port, *handler)
         except OSError as e:
-            raise RuntimeError(
+            raise StartupError(
                 f"cannot listen on {name.upper()} {host} port {port}: {e.strerror}"
             ) from e
 

@@ -23,7 +23,13 @@ from txturn.log_level import set_log_level
 from txturn.options import REDIS_VARIABLE, SECRET_VARIABLE, Options, group
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
-from txturn.service import TurnService, check_relay_addresses, listener_addresses
+from txturn.service import (
+    StartupError,
+    TurnService,
+    check_listeners,
+    check_relay_addresses,
+    listener_addresses,
+)
 from txturn.signals import SignalHandlers
 from txturn.tls import TlsCredentials
 from txturn.usage_records import UsageRecords
@@ -45,7 +51,18 @@ def makeService(
     SIGHUP and SIGUSR2 (L{txturn.signals}); with C{--workers} above 1, the
     L{Supervisor} of that many, each of which builds its L{TurnService}
     here again, with its L{Shard}.
+
+    Called by C{twistd} (with no reactor and no shard), it first checks
+    what would stop the server once started (listening ports, relay
+    addresses, the log file) and exits with one line for the first
+    problem, before twistd forks into the background or starts logging:
+    an operator sees the reason on the terminal, never a traceback.
     """
+    if reactor is None and shard is None:
+        try:
+            _preflight(options)
+        except StartupError as e:
+            raise SystemExit(f"twistd turn: {e}") from None
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -145,6 +162,32 @@ def _supervisor(options: Options, reactor: Any, generated: tuple[str, str] | Non
         supervisor
     )
     return supervisor
+
+
+def _preflight(options: Options) -> None:
+    """
+    What would stop a server that twistd is about to start, as a
+    L{StartupError}: a listening port taken, a relay address this host
+    does not have, a log file that cannot be written.
+    """
+    check_relay_addresses(options["relay-ip"])
+    listeners = listener_addresses(
+        [(host, options["port"]) for host in options["listen"]],
+        options["transports"],
+        options["cert"] is not None,
+        options["tls-port"],
+    )
+    metrics = _metrics_listen(options)
+    if metrics is not None:
+        listeners.append(("metrics", *metrics))
+    check_listeners(listeners)
+    parent = options.parent
+    logfile = parent.get("logfile") if isinstance(parent, usage.Options) else None
+    if logfile and logfile != "-":
+        try:
+            open(logfile, "a").close()
+        except OSError as e:
+            raise StartupError(f"cannot write the log file {logfile}: {e.strerror}") from None
 
 
 def _metrics_listen(options: Options) -> tuple[str, int] | None:

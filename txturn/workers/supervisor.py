@@ -41,6 +41,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from txturn import descriptors
 from txturn.log_level import logger
+from txturn.service import StartupError
 from txturn.workers import shared_places
 from txturn.workers.control import (
     FetchReservation,
@@ -122,7 +123,7 @@ class Supervisor(service.MultiService):
             try:
                 self._sockets = bind_group(self._listeners, self.count)
             except OSError as e:
-                raise RuntimeError(f"cannot listen: {e.strerror}") from e
+                raise StartupError(f"cannot listen: {e.strerror}") from e
             # The workers' default total quota is their descriptor budget
             # together: the table has room for every place the quota allows.
             budget = descriptors.allocation_budget(descriptors.raise_limit()) * self.count
