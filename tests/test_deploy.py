@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
+import time
 from typing import Any
 
 import yaml
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.internet import defer, threads
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests import source_path
 from txturn.options import SECRET_VARIABLE, Options
@@ -105,3 +110,97 @@ class KubernetesTests(SynchronousTestCase):
         self.assertEqual(options["config-warnings"], [])
         self.assertEqual(options["static-auth-secret"], ["from-a-secret"])
         self.assertGreater(pod["terminationGracePeriodSeconds"], options["drain-timeout"])
+
+
+def manifest() -> tuple[dict[str, Any], dict[str, Any], str]:
+    """
+    The pod spec, its one container and the ConfigMap's turnserver.conf.
+    """
+    kinds = {d["kind"]: d for d in yaml.safe_load_all(read("kubernetes.yaml"))}
+    pod: dict[str, Any] = kinds["DaemonSet"]["spec"]["template"]["spec"]
+    return pod, pod["containers"][0], kinds["ConfigMap"]["data"]["turnserver.conf"]
+
+
+def entrypoint() -> list[str]:
+    """
+    The Containerfile's ENTRYPOINT, as a list.
+    """
+    for line in read("Containerfile").splitlines():
+        if line.startswith("ENTRYPOINT "):
+            return list(json.loads(line[len("ENTRYPOINT ") :]))
+    raise AssertionError("the Containerfile has no ENTRYPOINT")
+
+
+class KubernetesDrainTests(TestCase):
+    """
+    The pod's stop, as the kubelet does it, with the image's entrypoint
+    as PID 1 in its own PID namespace: the manifest's preStop hook, then
+    SIGTERM at once.
+    """
+
+    @defer.inlineCallbacks
+    def test_stop_drains(self) -> Any:
+        """
+        A uclient call that is relaying when the pod is stopped goes on
+        relaying until it ends, losing nothing; /readyz says "draining"
+        meanwhile; the server exits by itself once the call has ended.
+        """
+        from tests.test_health import get
+        from tests.test_interop import require, spawn, uclient_args, uclient_totals
+        from tests.test_service import free_udp_port
+
+        if os.getuid() != 0 or shutil.which("unshare") is None or shutil.which("nsenter") is None:
+            raise SkipTest("needs root, unshare and nsenter for a PID namespace")
+        uclient = require("turnutils_uclient")
+        pod, container, conf = manifest()
+        port, peer_port, metrics_port = free_udp_port(), free_udp_port(), free_udp_port()
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = os.path.join(directory, "turnserver.conf")
+        drain_timeout = 15
+        with open(config, "w") as f:
+            # The manifest's file, on loopback ports, with a short drain.
+            f.write(conf.replace("drain-timeout=300", f"drain-timeout={drain_timeout}"))
+            f.write(f"listening-port={port}\nprometheus-port={metrics_port}\n")
+            f.write("listening-ip=127.0.0.1\nrelay-ip=127.0.0.1\nallow-loopback-peers\n")
+            f.write("realm=txturn\nuser=test:secret\nno-tls\nno-dtls\n")
+        self.assertGreater(pod["terminationGracePeriodSeconds"], 300)
+        environment = {"HOST_IP": "127.0.0.1"}
+        args = [config if a == "/etc/txturn/turnserver.conf" else a for a in container["args"]]
+        args = [re.sub(r"\$\((\w+)\)", lambda m: environment[m.group(1)], a) for a in args]
+        server = spawn(["unshare", "--pid", "--fork", "--mount-proc", *entrypoint(), *args], self)
+        yield server.wait_for(rb"TURN listening on UDP")
+        assert server.transport is not None
+        unshare = server.transport.pid
+        with open(f"/proc/{unshare}/task/{unshare}/children") as f:
+            [pid_1] = [int(p) for p in f.read().split()]
+        self.assertEqual((yield get(metrics_port, "/readyz")), (200, "ready\n"))
+
+        call = getProcessOutputAndValue(
+            uclient, ["-t", *uclient_args(port, peer_port, 100, 2)], env=os.environ.copy()
+        )
+        yield server.wait_for(rb"(Allocated .*? for test.*?){2}")
+        # What the kubelet does: the preStop hook in the pod's namespaces
+        # (its "python" is the image's), and when it returns, SIGTERM.
+        hook = container["lifecycle"]["preStop"]["exec"]["command"]
+        nsenter = ["nsenter", "--target", str(pid_1), "--pid", "--mount", "--"]
+        done = yield threads.deferToThread(subprocess.run, [*nsenter, *hook], timeout=30)
+        self.assertEqual(done.returncode, 0)
+        os.kill(pid_1, signal.SIGTERM)
+        stopped_at = time.monotonic()
+        yield server.wait_for(rb"SIGTERM while draining")
+        self.assertEqual((yield get(metrics_port, "/readyz")), (503, "not ready: draining\n"))
+
+        out, err, code = yield call
+        output = (out + err).decode(errors="replace")
+        sent, received, lost = uclient_totals(output)
+        # Over TCP to the server: a drain that dropped the calls would
+        # lose nearly everything after the stop.
+        self.assertEqual((sent, received, lost), (200, 200, 0), output[-2000:])
+        self.assertFalse(server.ended.called, "the server stopped before the call ended")
+        # uclient's TCP connections close with the call, which ends its
+        # allocations: the drain is over, and the server exits at once.
+        yield server.ended
+        self.assertLess(time.monotonic() - stopped_at, drain_timeout)
+        self.assertIn(b"Drained: the last allocation ended", server.output)

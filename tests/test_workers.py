@@ -384,7 +384,7 @@ class TwistdWorkersTests(TestCase):
         uclient = require("turnutils_uclient")
         peer_port = free_udp_port()
         spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
-        self.start("--user-quota", "0")
+        self.start()
         yield self.ready()
         out, err, _ = yield getProcessOutputAndValue(
             uclient, uclient_args(self.port, peer_port, 10, 200), env=os.environ.copy()
@@ -404,6 +404,33 @@ class TwistdWorkersTests(TestCase):
         self.assertEqual(value(page, "turn_allocations_created_total", transport="udp"), 300)
         self.assertGreater(value(page, "turn_worker_transfers_total", kind="reservation"), 0)
         self.assertEqual(value(page, "turn_workers"), 2)
+
+    @defer.inlineCallbacks
+    def test_health(self) -> Any:
+        """
+        The supervisor answers /healthz and /readyz: ready with its
+        workers running, 503 "draining" once SIGQUIT has arrived while an
+        allocation keeps the drain going.
+        """
+        from tests.test_health import get
+
+        self.start()
+        yield self.ready()
+        self.assertEqual((yield get(self.metrics_port, "/healthz")), (200, "ok\n"))
+        self.assertEqual((yield get(self.metrics_port, "/readyz")), (200, "ready\n"))
+        _, request = self.udp_client()
+        allocated = yield threads.deferToThread(
+            request, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]
+        )
+        self.assertEqual(allocated.cls, Class.SUCCESS)
+        assert self.server.transport is not None
+        self.server.transport.signalProcess(signal.SIGQUIT)
+        yield self.server.wait_for(rb"SIGQUIT: draining")
+        self.assertEqual((yield get(self.metrics_port, "/readyz")), (503, "not ready: draining\n"))
+        self.assertEqual((yield get(self.metrics_port, "/healthz")), (200, "ok\n"))
+        # The last allocation ends: the drain is over, and so is the server.
+        yield threads.deferToThread(request, Method.REFRESH, [(Attr.LIFETIME, 0)])
+        yield self.server.ended
 
     @defer.inlineCallbacks
     def test_uclient_tcp_allocations(self) -> Any:

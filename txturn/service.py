@@ -331,13 +331,30 @@ class TurnService(service.MultiService):
             from twisted.web.resource import Resource
             from twisted.web.server import Site
 
+            from txturn.health import add_health
+
             root = Resource()  # type: ignore[no-untyped-call]
             root.putChild(b"metrics", self.metrics.page())
+            add_health(root, self.not_ready)
             site = Site(root)  # type: ignore[no-untyped-call]
             site.noisy = False
             host, port = self.metrics_listen
             wanted.append(("metrics", host, port, site))
         return wanted
+
+    def not_ready(self) -> str | None:
+        """
+        Why this server should get no new clients now (C{/readyz}), or
+        C{None}: it is ready while it runs, has a client listener bound,
+        and does not drain.
+        """
+        if not self.running:
+            return "not running"
+        if self.server.draining:
+            return "draining"
+        if not any(name != "metrics" for name, _ in self.ports):
+            return "no client listener bound"
+        return None
 
     def _handler(self, name: str) -> Any:
         """

@@ -9,7 +9,12 @@ What the signals operators send do to a running C{twistd turn}:
    the server, even when there is no log file to reopen;
  - SIGQUIT drains: no new allocations, a stop once the existing ones
    have ended or the drain deadline has passed (nginx's graceful quit);
- - SIGTERM and SIGINT stay the reactor's: a graceful stop.
+ - SIGTERM and SIGINT stay the reactor's: a graceful stop.  But SIGTERM
+   during a drain does not cut it short: Kubernetes runs a C{preStop}
+   hook (which sends SIGQUIT) and then sends SIGTERM at once, and the
+   calls the drain is waiting for must go on until they end or the drain
+   deadline passes (the kubelet's SIGKILL after the grace period is the
+   last word).  SIGINT still stops at once.
 
 The handlers only schedule work on the reactor: a signal can interrupt
 any bytecode, so nothing is done inside the handler itself.
@@ -78,7 +83,16 @@ class SignalHandlers(service.Service):
 
     def _on_quit(self, number: int, frame: Any) -> None:
         if self._drain is not None:
+            if signal.SIGTERM not in self._previous:
+                self._install(signal.SIGTERM, self._on_term_while_draining)
             self._reactor.callFromThread(self._drain)
+
+    def _on_term_while_draining(self, number: int, frame: Any) -> None:
+        self._reactor.callFromThread(
+            self.log.info,
+            "SIGTERM while draining: the drain goes on until the last allocation ends "
+            "or the --drain-timeout passes (SIGINT stops at once)",
+        )
 
     def _on_usr1(self, number: int, frame: Any) -> None:
         self._reactor.callFromThread(

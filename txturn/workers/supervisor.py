@@ -40,6 +40,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from txturn import descriptors
+from txturn.health import add_health
 from txturn.log_level import logger
 from txturn.service import StartupError
 from txturn.workers import shared_places
@@ -142,10 +143,27 @@ class Supervisor(service.MultiService):
         assert self._metrics_listen is not None
         root = Resource()
         root.putChild(b"metrics", SummedMetricsPage(self))
+        add_health(root, self.not_ready)
         site = Site(root)
         site.noisy = False
         host, port = self._metrics_listen
         self.metrics_port = listen_tcp(self._reactor, host, port, site)
+
+    def not_ready(self) -> str | None:
+        """
+        Why the server should get no new clients now (C{/readyz}), or
+        C{None}: ready while it runs, with its listeners bound and at
+        least one worker running, and does not drain or stop.
+        """
+        if self.stopping or not self.running:
+            return "not running"
+        if self.draining:
+            return "draining"
+        if not self._sockets:
+            return "no client listener bound"
+        if not self.workers:
+            return "no worker running"
+        return None
 
     def startService(self) -> None:
         if not self._sockets:
