@@ -31,6 +31,7 @@ from txturn.service import (
     listener_addresses,
 )
 from txturn.signals import SignalHandlers
+from txturn.systemd import SystemdNotifier
 from txturn.tls import TlsCredentials
 from txturn.usage_records import UsageRecords
 
@@ -122,11 +123,16 @@ def makeService(
         )
         turn.server.add_observer(records)
 
+    systemd = SystemdNotifier()
+    if shard is None:
+        systemd.setServiceParent(turn)  # type: ignore[no-untyped-call]
+
     def drain() -> None:
         # A second SIGQUIT (an impatient operator, or one signal reaching
         # a worker twice) changes nothing: one drain, one stop.
         if turn.server.draining:
             return
+        systemd.status("Draining")
         turn.drain(options["drain-timeout"]).addCallback(lambda _: reactor.stop())
 
     SignalHandlers(reactor, Reloader(turn, options, records, backends), drain).setServiceParent(  # type: ignore[no-untyped-call]
@@ -158,7 +164,14 @@ def _supervisor(options: Options, reactor: Any, generated: tuple[str, str] | Non
         generated_user=generated,
         total_quota=options["total-quota"],
     )
-    SignalHandlers(reactor, supervisor.reload, supervisor.drain).setServiceParent(  # type: ignore[no-untyped-call]
+    systemd = SystemdNotifier()
+    systemd.setServiceParent(supervisor)  # type: ignore[no-untyped-call]
+
+    def drain() -> None:
+        systemd.status("Draining")
+        supervisor.drain()
+
+    SignalHandlers(reactor, supervisor.reload, drain).setServiceParent(  # type: ignore[no-untyped-call]
         supervisor
     )
     return supervisor
