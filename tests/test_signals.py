@@ -13,6 +13,7 @@ import pwd
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import time
 from typing import Any
@@ -251,6 +252,119 @@ class SignalTests(TestCase):
         self.assertEqual(result["received"], 5)
 
     @defer.inlineCallbacks
+    def root_only_server(self, *options: str) -> Any:
+        """
+        A server started as root that drops to nobody, whose configuration
+        file and private key are root's alone (0600, as Let's Encrypt's
+        privkey.pem), with its pidfile and log in directories only root
+        may write.  Returns (watcher, pidfile, log, TLS port, cert, key).
+        """
+        if os.getuid() != 0:
+            raise SkipTest("needs root to drop privileges")
+        cert, key = self_signed_certificate(self.directory)
+        tls_port = free_udp_port()
+        self.settings += [f"cert={cert}", f"pkey={key}", f"tls-listening-port={tls_port}"]
+        self.settings += ["proc-user=nobody", "proc-group=nogroup"]
+        self.write(self.config, "\n".join(self.settings) + "\n")
+        for path in (self.config, key):
+            os.chmod(path, 0o600)
+        os.chmod(self.users, 0o644)
+        os.chmod(self.directory, 0o755)
+        run = os.path.join(self.directory, "run")
+        os.makedirs(run, mode=0o755)
+        pidfile, log = os.path.join(run, "turn.pid"), os.path.join(run, "turn.log")
+        watcher = spawn(
+            [
+                sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                f"--pidfile={pidfile}", f"--logfile={log}", "-n",
+                "turn", "-c", self.config, *options,
+            ],
+            self,
+        )  # fmt: skip
+        for _ in range(300):
+            if os.path.exists(log) and b"TURN listening on TLS" in read_bytes(log):
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        return watcher, pidfile, log, tls_port, cert, key
+
+    @defer.inlineCallbacks
+    def test_reload_after_privilege_drop(self) -> Any:
+        """
+        After the drop to nobody, SIGHUP still reads the root-only file
+        (a user added relays) and a renewed root-only key (new handshakes
+        get the new certificate); SIGUSR1 says why it cannot rotate the
+        root-owned log; on SIGTERM the pidfile in a root-only directory
+        is removed.
+        """
+        watcher, pidfile, log, tls_port, cert, key = yield self.root_only_server()
+        self.assertTrue(os.path.exists(pidfile))
+        with open(pidfile) as f:
+            pid = int(f.read())
+        with open(f"/proc/{pid}/status") as f:
+            uid_line = next(line for line in f if line.startswith("Uid:"))
+        self.assertEqual(int(uid_line.split()[1]), pwd.getpwnam("nobody").pw_uid)
+        first = yield threads.deferToThread(served_serial, tls_port)
+
+        self.settings.append("user=bob:builder")
+        self.write(self.config, "\n".join(self.settings) + "\n")
+        os.makedirs(os.path.join(self.directory, "new"))
+        new_cert, new_key = self_signed_certificate(os.path.join(self.directory, "new"))
+        os.chmod(new_key, 0o600)
+        os.replace(new_cert, cert)
+        os.replace(new_key, key)
+        os.kill(pid, signal.SIGHUP)
+        yield wait_in_file(log, b"users added: bob")
+        self.assertNotIn(b"reload failed", read_bytes(log))
+        result = yield run_aioice(self, self.port, "bob", "builder", 5)
+        self.assertEqual(result["received"], 5)
+        second = yield threads.deferToThread(served_serial, tls_port)
+        self.assertNotEqual(first, second)
+
+        os.kill(pid, signal.SIGUSR1)
+        yield wait_in_file(log, b"SIGUSR1: cannot rotate the log file")
+        os.kill(pid, signal.SIGTERM)
+        yield watcher.ended
+        for _ in range(100):
+            if not os.path.exists(pidfile):
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertFalse(os.path.exists(pidfile))
+
+    @defer.inlineCallbacks
+    def test_workers_after_privilege_drop(self) -> Any:
+        """
+        --workers 2 with the same root-only files: the workers, which run
+        as nobody from the start, read the configuration, relay, and
+        reload a user added later.
+        """
+        if os.getuid() == 0:
+            runs = subprocess.run(
+                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+                + [sys.executable, "-c", "import txturn"],
+                capture_output=True,
+            )
+            if runs.returncode != 0:
+                raise SkipTest(
+                    f"nobody cannot run {sys.executable} (an interpreter under a home only "
+                    "root may enter?), so workers started as nobody could not either"
+                )
+        watcher, pidfile, log, _, _, _ = yield self.root_only_server("--workers", "2")
+        for index in (0, 1):
+            yield wait_in_file(log, rb"\[worker %d [^\]]*\] Relaying on" % index)
+        self.settings.append("user=carol:c4rol")
+        self.write(self.config, "\n".join(self.settings) + "\n")
+        with open(pidfile) as f:
+            os.kill(int(f.read()), signal.SIGHUP)
+        # A worker still starting reloads once it is ready (a signal
+        # before its handlers were installed killed it, and the server).
+        yield wait_in_file(log, rb"(\[worker \d [^\]]*\] SIGHUP: reloaded.*){2}")
+        self.assertNotIn(b"reload failed", read_bytes(log))
+        self.assertNotIn(b"before it was ready", read_bytes(log))
+        for _ in range(4):  # the kernel spreads new sources over both workers
+            result = yield run_aioice(self, self.port, "carol", "c4rol", 3)
+            self.assertEqual(result["received"], 3)
+
+    @defer.inlineCallbacks
     def test_certificate_reload(self) -> Any:
         """
         A certificate replaced in place and SIGHUP: new TLS handshakes see
@@ -303,3 +417,24 @@ def served_serial(port: int) -> int:
             der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@defer.inlineCallbacks
+def wait_in_file(path: str, pattern: bytes, timeout: float = 30) -> Any:
+    """
+    Wait until the file at C{path} matches C{pattern} (a log twistd
+    writes, which the test cannot watch as a pipe).
+    """
+    import re
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and re.search(pattern, read_bytes(path), re.S):
+            return
+        yield deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError(f"{pattern!r} not in {path}:\n{read_bytes(path).decode()[-2000:]}")

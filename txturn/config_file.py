@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from txturn.privileged import read_text
+
 #: coturn's name -> ours, where they mean the same thing.
 ALIASES: dict[str, str] = {
     "listening-port": "port",
@@ -240,8 +242,7 @@ def read_config(path: str) -> tuple[list[Entry], list[str]]:
         option it may not set.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_text(path)
     except OSError as e:
         raise ConfigFileError(f"{path}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError:

@@ -23,6 +23,7 @@ from txturn.credentials import CredentialError, StaticCredentials
 from txturn.host_addresses import default_listen_addresses, default_relay_addresses
 from txturn.log_level import LEVELS
 from txturn.policy import parse_range
+from txturn.privileged import read_file, read_text
 from txturn.redis_address import parse_redis_url
 from txturn.tls import TlsConfigurationError, TlsCredentials
 from txturn.user_db import UserDbError, check_database, sqlite_path
@@ -772,8 +773,7 @@ class Options(usage.Options):
         path = self["static-auth-secret-file"]
         if path is not None:
             try:
-                with open(path, encoding="utf-8") as f:
-                    lines = [line.strip() for line in f.read().splitlines()]
+                lines = [line.strip() for line in read_text(path).splitlines()]
             except OSError as e:
                 raise usage.UsageError(
                     f"cannot read --static-auth-secret-file {path}: {e.strerror}"
@@ -793,8 +793,7 @@ class Options(usage.Options):
             return
         path = self["user-db"]
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_file(path)
         except OSError as e:
             raise usage.UsageError(f"cannot read --user-db {path}: {e.strerror}") from e
         if data.startswith(b"SQLite format 3"):
@@ -882,8 +881,7 @@ def read_credential_file(path: str | None) -> tuple[str, str] | None:
     if path is None or not os.path.exists(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            name, sep, password = f.read().strip().partition(":")
+        name, sep, password = read_text(path).strip().partition(":")
     except OSError as e:
         raise usage.UsageError(f"cannot read --credential-file {path}: {e.strerror}") from None
     if not (name and sep and password):

@@ -16,12 +16,14 @@ from cryptography import x509
 from twisted.logger import Logger
 from twisted.python import usage
 
+from txturn import privileged
 from txturn.credential_cache import CachedCredentials
 from txturn.credentials import CredentialChain, RestApiCredentials, StaticCredentials
 from txturn.limits import ConnectionLimits
 from txturn.log_level import set_log_level
 from txturn.options import REDIS_VARIABLE, SECRET_VARIABLE, Options, group
 from txturn.policy import PeerPolicy
+from txturn.privileged import read_file
 from txturn.server import ServerConfig
 from txturn.service import (
     StartupError,
@@ -34,6 +36,7 @@ from txturn.signals import SignalHandlers
 from txturn.systemd import SystemdNotifier
 from txturn.tls import TlsCredentials
 from txturn.usage_records import UsageRecords
+from txturn.user_db import sqlite_path
 
 if TYPE_CHECKING:
     from txturn.workers.shard import Shard
@@ -64,6 +67,7 @@ def makeService(
             _preflight(options)
         except StartupError as e:
             raise SystemExit(f"twistd turn: {e}") from None
+        _keep_root_reader(options)
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -135,9 +139,9 @@ def makeService(
         systemd.status("Draining")
         turn.drain(options["drain-timeout"]).addCallback(lambda _: reactor.stop())
 
-    SignalHandlers(reactor, Reloader(turn, options, records, backends), drain).setServiceParent(  # type: ignore[no-untyped-call]
-        turn
-    )
+    SignalHandlers(
+        reactor, Reloader(turn, options, records, backends), drain, logfile=_logfile(options)
+    ).setServiceParent(turn)  # type: ignore[no-untyped-call]
     return turn
 
 
@@ -171,9 +175,9 @@ def _supervisor(options: Options, reactor: Any, generated: tuple[str, str] | Non
         systemd.status("Draining")
         supervisor.drain()
 
-    SignalHandlers(reactor, supervisor.reload, drain).setServiceParent(  # type: ignore[no-untyped-call]
+    SignalHandlers(reactor, supervisor.reload, drain, logfile=_logfile(options)).setServiceParent(
         supervisor
-    )
+    )  # type: ignore[no-untyped-call]
     return supervisor
 
 
@@ -194,13 +198,51 @@ def _preflight(options: Options) -> None:
     if metrics is not None:
         listeners.append(("metrics", *metrics))
     check_listeners(listeners)
-    parent = options.parent
-    logfile = parent.get("logfile") if isinstance(parent, usage.Options) else None
-    if logfile and logfile != "-":
+    logfile = _logfile(options)
+    if logfile:
         try:
             open(logfile, "a").close()
         except OSError as e:
             raise StartupError(f"cannot write the log file {logfile}: {e.strerror}") from None
+
+
+def _logfile(options: Options) -> str | None:
+    """
+    The file twistd logs to, if it logs to one.
+    """
+    parent = options.parent
+    logfile = parent.get("logfile") if isinstance(parent, usage.Options) else None
+    return str(logfile) if logfile and logfile != "-" else None
+
+
+def _keep_root_reader(options: Options) -> None:
+    """
+    Started as root to drop privileges (C{proc-user}, C{--uid}): fork the
+    helper that reads, as root, the files the configuration names, so a
+    reload after the drop still reads a root-only configuration file or
+    key, and that removes the pidfile afterwards (L{txturn.privileged}).
+    """
+    parent = options.parent
+    if os.getuid() != 0 or not isinstance(parent, usage.Options) or parent.get("uid") is None:
+        return
+    if privileged.installed() is not None:
+        return
+    named = [options[name] for name in _ROOT_READABLE if options.get(name)]
+    if options["user-db"] and sqlite_path(options["user-db"]) is None:
+        named.append(options["user-db"])
+    pidfile = os.path.abspath(parent["pidfile"]) if parent.get("pidfile") else None
+    privileged.install(privileged.PrivilegedReader.start(named, pidfile))
+
+
+#: The options naming files a reload reads again, which may be root's alone.
+_ROOT_READABLE = (
+    "config",
+    "cert",
+    "key",
+    "ca-file",
+    "static-auth-secret-file",
+    "credential-file",
+)
 
 
 def _metrics_listen(options: Options) -> tuple[str, int] | None:
@@ -512,8 +554,8 @@ def _serial(options: Options) -> str | None:
     if options["cert"] is None:
         return None
     try:
-        with open(options["cert"], "rb") as f:
-            return format(x509.load_pem_x509_certificate(f.read()).serial_number, "x")
+        pem = read_file(options["cert"])
+        return format(x509.load_pem_x509_certificate(pem).serial_number, "x")
     except (OSError, ValueError):
         return "unreadable"
 

@@ -19,6 +19,8 @@ from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
+from txturn.privileged import read_file
+
 ALPN = b"stun.turn"
 #: OpenSSL's DTLS1_2_VERSION, which pyOpenSSL does not export.
 DTLS1_2_VERSION = 0xFEFD
@@ -56,29 +58,36 @@ class TlsCredentials:
         self.tls_context()
         self.dtls_context()
 
-    def _check_files(self) -> None:
+    def _read(self) -> tuple[bytes, bytes]:
         """
-        Say what is wrong with a file OpenSSL would only call "no start
-        line" or nothing at all: missing, unreadable, or without the PEM
-        block it must hold.
+        The certificate and key files' PEM, read through
+        L{txturn.privileged.read_file} (so a root-only key still reloads
+        after a privilege drop), saying what is wrong with a file OpenSSL
+        would only call "no start line" or nothing at all: missing,
+        unreadable, or without the PEM block it must hold.
         """
+        found = []
         for path, marker, what in [
             (self.certificate, b"-----BEGIN CERTIFICATE-----", "certificate"),
             (self.key, b"PRIVATE KEY-----", "private key"),
         ]:
             try:
-                with open(path, "rb") as f:
-                    pem = f.read()
+                pem = read_file(path)
             except OSError as e:
                 raise TlsConfigurationError(f"cannot read {what} {path}: {e.strerror}") from None
             if marker not in pem:
                 raise TlsConfigurationError(f"no {what} in {path}")
+            found.append(pem)
+        return found[0], found[1]
 
     def _configure(self, context: SSL.Context, renegotiation: bool = False) -> SSL.Context:
-        self._check_files()
+        certificate_pem, key_pem = self._read()
         try:
-            context.use_certificate_chain_file(self.certificate)
-        except SSL.Error as e:
+            certificates = x509.load_pem_x509_certificates(certificate_pem)
+            context.use_certificate(crypto.X509.from_cryptography(certificates[0]))
+            for extra in certificates[1:]:
+                context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        except (ValueError, SSL.Error) as e:
             raise TlsConfigurationError(
                 f"cannot load certificate {self.certificate}: {_reason(e)}"
             ) from None
@@ -86,8 +95,8 @@ class TlsCredentials:
             f"key {self.key} does not match certificate {self.certificate}"
         )
         try:
-            context.use_privatekey_file(self.key)
-        except SSL.Error as e:
+            context.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem))
+        except (crypto.Error, SSL.Error) as e:
             if "mismatch" in _reason(e):
                 raise mismatch from None
             raise TlsConfigurationError(f"cannot load key {self.key}: {_reason(e)}") from None
@@ -97,8 +106,7 @@ class TlsCredentials:
             raise mismatch from None
         if self.chain is not None:
             try:
-                with open(self.chain, "rb") as f:
-                    pem = f.read()
+                pem = read_file(self.chain)
             except OSError as e:
                 raise TlsConfigurationError(
                     f"cannot read --ca-file {self.chain}: {e.strerror}"
@@ -151,7 +159,7 @@ class ServerConnectionCreator:
         return SSL.Connection(self.context, None)
 
 
-def _reason(error: SSL.Error) -> str:
+def _reason(error: Exception) -> str:
     """
     The most useful words of an OpenSSL error stack.
     """

@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from txturn import descriptors
+from txturn import descriptors, privileged
 from txturn.health import add_health
 from txturn.log_level import logger
 from txturn.service import StartupError
@@ -55,7 +55,13 @@ from txturn.workers.control import (
 from txturn.workers.shard import bind_group
 from txturn.workers.summed_metrics import SummedMetrics
 from txturn.workers.transfers import SENT_DESCRIPTOR_GRACE
-from txturn.workers.worker import BOOTSTRAP_FD, CONTROL_FD, FIRST_LISTENER_FD, PLACES_FD
+from txturn.workers.worker import (
+    BOOTSTRAP_FD,
+    CONTROL_FD,
+    FIRST_LISTENER_FD,
+    PLACES_FD,
+    PRIVILEGED_FD,
+)
 
 #: Seconds workers have to stop after SIGTERM before they are killed.
 STOP_TIMEOUT = 30.0
@@ -222,6 +228,11 @@ class Supervisor(service.MultiService):
             "generated_user": self._generated_user,
             "announce": announce,
         }
+        reader = privileged.installed()
+        connection = reader.connection() if reader is not None else None
+        if connection is not None:
+            child_fds[PRIVILEGED_FD] = connection.fileno()
+            settings["privileged"] = True
         description = os.memfd_create("txturn-worker", 0)
         os.write(description, json.dumps(settings).encode("utf-8"))
         child_fds[BOOTSTRAP_FD] = description
@@ -240,6 +251,8 @@ class Supervisor(service.MultiService):
         finally:
             os.close(description)
             child.close()
+            if connection is not None:
+                connection.close()
         worker.pid = worker.process.pid
         worker.process.closeStdin()
         self.log.info("Worker {index} started (pid {pid})", index=index, pid=worker.pid)
@@ -311,8 +324,24 @@ class Supervisor(service.MultiService):
                 pass  # it has ended; processEnded says so
 
     def reload(self, why: str) -> None:
+        """
+        Every ready worker reloads now; one still starting (whose handlers
+        may not be installed yet, so the signal would kill it) reloads as
+        soon as it is ready, since it may have read the old file.
+        """
         self.log.info("{why}: reloading {count} workers", why=why, count=len(self.workers))
-        self.forward(signal.Signals[why].value)
+        number = signal.Signals[why].value
+        for worker in list(self.workers.values()):
+            if worker.ready:
+                self._signal(worker, number)
+            else:
+                worker.reload_pending = number
+
+    def _signal(self, worker: _Worker, number: int) -> None:
+        try:
+            worker.process.signalProcess(number)
+        except (OSError, ProcessExitedAlready):
+            pass  # it has ended; processEnded says so
 
     def drain(self) -> None:
         """
@@ -438,6 +467,8 @@ class _Worker(ProcessProtocol):
         self.pid: int | None = None
         self.started = 0.0
         self.ready = False
+        #: A reload signal that arrived before the worker was ready.
+        self.reload_pending: int | None = None
         self.control = _SupervisorControl(self)
         self._lines = {1: b"", 2: b""}
 
@@ -485,7 +516,11 @@ class _SupervisorControl(QuietAMP):
 
     @Ready.responder
     def ready(self) -> dict[str, Any]:
-        self._worker.ready = True
+        worker = self._worker
+        worker.ready = True
+        if worker.reload_pending is not None:
+            number, worker.reload_pending = worker.reload_pending, None
+            worker.supervisor._signal(worker, number)
         return {}
 
     @FetchReservation.responder

@@ -42,7 +42,9 @@ from txturn.workers.transfers import Handoff, ReservationBroker, give_reservatio
 BOOTSTRAP_FD = 3
 CONTROL_FD = 4
 PLACES_FD = 5
-FIRST_LISTENER_FD = 6
+#: A connection to the privileged reader (L{txturn.privileged}), if any.
+PRIVILEGED_FD = 6
+FIRST_LISTENER_FD = 7
 
 
 def bootstrap(fd: int = BOOTSTRAP_FD) -> dict[str, Any]:
@@ -140,6 +142,10 @@ def main() -> None:
     from txturn.options import Options
     from txturn.tap import makeService
 
+    if settings.get("privileged"):
+        from txturn import privileged
+
+        privileged.install(privileged.PrivilegedReader(socket.socket(fileno=PRIVILEGED_FD)))
     options = Options()
     options.parseOptions(settings["argv"])
     if settings.get("generated_user"):
