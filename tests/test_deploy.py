@@ -98,21 +98,136 @@ class SystemdTests(SynchronousTestCase):
 class ContainerTests(SynchronousTestCase):
     def test_containerfile(self) -> None:
         """
-        Not root, the TURN ports exposed, twistd turn as the entry point
-        reading the mounted configuration.
+        A build stage and a runtime stage of one base image given as a
+        build argument; not root; the TURN ports exposed; twistd turn as
+        the entry point reading the mounted configuration; a
+        .containerignore that keeps history and build output out.
         """
         lines = [line for line in read("Containerfile").splitlines() if line and line[0] != "#"]
         instructions: dict[str, list[str]] = {}
         for line in lines:
             word, _, rest = line.partition(" ")
             instructions.setdefault(word, []).append(rest)
-        self.assertTrue(instructions["FROM"][0].startswith("docker.io/library/python:3.11"))
+        self.assertTrue(instructions["ARG"][0].startswith("BASE=docker.io/library/python:3.11"))
+        self.assertEqual(instructions["FROM"], ["${BASE} AS build", "${BASE}"])
         self.assertNotIn(instructions["USER"][-1], ("0", "root"))
         self.assertTrue(
             {"3478/udp", "3478/tcp", "5349/tcp"} <= set(instructions["EXPOSE"][0].split())
         )
         self.assertEqual(json.loads(instructions["ENTRYPOINT"][0])[:2], ["twistd", "--nodaemon"])
         self.assertEqual(json.loads(instructions["CMD"][0]), ["-c", "/etc/txturn/turnserver.conf"])
+        with open(source_path(".containerignore")) as f:
+            ignored = f.read().split()
+        self.assertTrue({".git", "build", "dist"} <= set(ignored))
+
+
+class ContainerBuildTests(TestCase):
+    """
+    The image built with podman from a base made of Debian's packages (no
+    registry is reachable here), and uclient relaying through it.
+    """
+
+    BASE = "localhost/txturn-test-base:bookworm"
+    IMAGE = "localhost/txturn-test:latest"
+
+    def podman(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["podman", *args], capture_output=True, text=True, timeout=timeout, env=self.env
+        )
+
+    def setUp(self) -> None:
+        for tool in ("podman", "mmdebstrap"):
+            if shutil.which(tool) is None:
+                raise SkipTest(f"{tool} is not installed (apt-get install podman runc mmdebstrap)")
+        if os.getuid() != 0:
+            raise SkipTest("podman builds here as root")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.directory = directory
+        # What podman needs on these machines: runc, and no default ulimits.
+        conf = os.path.join(directory, "containers.conf")
+        with open(conf, "w") as f:
+            f.write('[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n')
+        self.env = {**os.environ, "CONTAINERS_CONF": conf}
+
+    def base_image(self) -> None:
+        """
+        Debian 12's Python as a base image, made once per machine.
+        """
+        if self.podman("image", "exists", self.BASE).returncode == 0:
+            return
+        tarball = os.path.join(self.directory, "base.tar")
+        made = subprocess.run(
+            ["mmdebstrap", "--variant=minbase", "--include=python3,python3-venv"]
+            + ["--format=tar", "bookworm", tarball, "http://deb.debian.org/debian"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if made.returncode != 0:
+            raise SkipTest(f"mmdebstrap could not make a base image: {made.stderr[-500:]}")
+        imported = self.podman("import", tarball, self.BASE)
+        self.assertEqual(imported.returncode, 0, imported.stderr)
+
+    @defer.inlineCallbacks
+    def test_build_and_relay(self) -> Any:
+        """
+        The image builds (the fast path compiled in the build stage, the
+        plugin cache written there), runs as its own user without
+        writing the plugin cache, and relays uclient's calls.
+        """
+        from tests.test_interop import require, spawn, uclient_args, uclient_totals
+        from tests.test_service import free_udp_port
+
+        uclient = require("turnutils_uclient")
+        yield threads.deferToThread(self.base_image)
+        build = ["build", "--network", "host", "--build-arg", f"BASE={self.BASE}"]
+        certificates = os.environ.get("PIP_CERT")
+        if certificates:  # a TLS-inspecting proxy between this machine and PyPI
+            build += [
+                "--build-arg",
+                "PIP_CERT=/host-ca.pem",
+                "-v",
+                f"{certificates}:/host-ca.pem:ro",
+            ]
+        build += ["-f", source_path("deploy", "Containerfile"), "-t", self.IMAGE, source_path()]
+        built = yield threads.deferToThread(self.podman, *build)
+        # The build stage's image, untagged: gone with the test.
+        self.addCleanup(lambda: threads.deferToThread(self.podman, "image", "prune", "-f"))
+        self.assertEqual(built.returncode, 0, (built.stdout + built.stderr)[-3000:])
+
+        port, peer_port = free_udp_port(), free_udp_port()
+        etc = os.path.join(self.directory, "etc")
+        os.makedirs(etc)
+        with open(os.path.join(etc, "turnserver.conf"), "w") as f:
+            f.write(f"listening-port={port}\nlistening-ip=127.0.0.1\nrelay-ip=127.0.0.1\n")
+            f.write("user=test:secret\nallow-loopback-peers\nno-tls\nno-dtls\n")
+        os.chmod(self.directory, 0o755)
+        os.chmod(etc, 0o755)
+        name = f"txturn-test-{port}"
+        self.patch(os, "environ", self.env)  # spawn() passes os.environ on
+        server = spawn(
+            ["podman", "run", "--rm", "--name", name, "--network", "host"]
+            + ["-v", f"{etc}:/etc/txturn:ro", self.IMAGE],
+            self,
+        )
+        self.addCleanup(lambda: threads.deferToThread(self.podman, "rm", "-f", "-t", "2", name))
+        try:
+            yield server.wait_for(rb"TURN listening on UDP", timeout=60)
+        except defer.TimeoutError:
+            self.fail(server.output.decode(errors="replace")[-3000:])
+        self.assertIn(b"compiled fast path", server.output)
+        self.assertNotIn(b"plugin cache", server.output)
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        out, err, _ = yield getProcessOutputAndValue(
+            uclient, uclient_args(port, peer_port, 20, 5), env=os.environ.copy()
+        )
+        output = (out + err).decode(errors="replace")
+        sent, received, lost = uclient_totals(output)
+        self.assertGreaterEqual(sent, 100, output[-2000:])
+        self.assertEqual((received, lost), (sent, 0), output[-2000:])
+
+    test_build_and_relay.timeout = 1200  # type: ignore[attr-defined]
 
 
 class KubernetesTests(SynchronousTestCase):

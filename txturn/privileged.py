@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_privileged -*-
+# -*- test-case-name: tests.test_signals -*-
 """
 Files only root may read, after twistd has dropped root.
 
