@@ -1,6 +1,7 @@
 """
-Tests for L{txturn.json_log}: a real C{twistd turn} logging JSON while
-aioice relays through it.
+What a real C{twistd turn} logs: JSON lines an operator can ship
+(L{txturn.json_log}), and C{--log-level} governing every line, Twisted's
+own included (L{txturn.log_level.gate}).
 """
 
 from __future__ import annotations
@@ -9,19 +10,23 @@ import json
 import sys
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.test_interop import run_aioice, spawn
+from tests.test_interop import run_aioice, spawn, twistd_turn, udp_requester
 from tests.test_service import free_udp_port
+from txturn.stun import Attr, Method
 
 
 class JsonLogTests(TestCase):
     @defer.inlineCallbacks
     def test_structured(self) -> Any:
         """
-        Every line is a JSON object, and an allocation's lines carry its
-        fields: user, client as host:port, traffic as numbers.
+        Every line is one flat JSON object with a time, a level name, a
+        namespace, the rendered message and the event's fields (user,
+        client as host:port, traffic as numbers), and none of Twisted's
+        bookkeeping; Twisted's own chatter is not there at info.
         """
         port = free_udp_port()
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n"]
@@ -32,12 +37,54 @@ class JsonLogTests(TestCase):
         yield watcher.wait_for(rb"TURN listening on")
         result = yield run_aioice(self, port, "alice", "secret", 5)
         self.assertEqual(result["received"], 5)
-        yield watcher.wait_for(rb"deleted \({reason}\)")
-        events = [json.loads(line) for line in watcher.output.decode().splitlines() if line]
-        [created] = [e for e in events if e["log_format"].startswith("Allocated")]
-        [deleted] = [e for e in events if "deleted ({reason})" in e["log_format"]]
+        yield watcher.wait_for(rb"deleted \(refresh\)")
+        lines = [line for line in watcher.output.decode().splitlines() if line]
+        events = [json.loads(line) for line in lines]
+        for event in events:
+            self.assertLessEqual({"time", "level", "namespace", "message"}, set(event))
+            self.assertIn(event["level"], ("info", "warn", "error"))
+            self.assertFalse([k for k in event if k.startswith("log_")], event)
+            self.assertRegex(event["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
+        self.assertLess(max(len(line) for line in lines), 1000)
+        [created] = [e for e in events if e["message"].startswith("Allocated")]
+        [deleted] = [e for e in events if "deleted (refresh)" in e["message"]]
         self.assertEqual(created["user"], "alice")
         self.assertRegex(created["client"], r"^127\.0\.0\.1:\d+$")
         self.assertEqual(deleted["reason"], "refresh")
         self.assertEqual(deleted["to_peers_packets"], 5)
         self.assertGreater(deleted["to_client_bytes"], 0)
+        self.assertIn(" after ", deleted["message"])
+        for chatter in ("starting on", "starting up", "reactor class"):
+            self.assertFalse([e for e in events if chatter in e["message"]], chatter)
+
+
+class LogLevelTests(TestCase):
+    @defer.inlineCallbacks
+    def test_warn_governs_every_line(self) -> Any:
+        """
+        With --log-level warn, twistd's log has warnings only: none of
+        txturn's info lines, and none of Twisted's ("starting up",
+        "starting on", "Port Closed").
+        """
+        port = free_udp_port()
+        watcher = spawn(
+            twistd_turn(port, "--user", "a:b", "--log-level", "warn", "--allow-loopback-peers"),
+            self,
+        )
+        yield watcher.wait_for(rb"--allow-loopback-peers: relays can reach")
+        # The server answers, so its start-up is over.
+        _, request = udp_requester(self, port, "a", "b")
+        answer = yield threads.deferToThread(
+            request, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]
+        )
+        self.assertIsNotNone(answer)
+        yield deferLater(_reactor(), 0.2, lambda: None)
+        lines = watcher.output.decode().splitlines()
+        self.assertTrue(lines)
+        self.assertEqual([line for line in lines if "#warn]" not in line], [])
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor

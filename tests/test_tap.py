@@ -509,6 +509,23 @@ class ReloadTests(SynchronousTestCase):
         )
         self.assertIn("SIGHUP: --user-quota 10 -> 3; users added: bob", self.lines())
 
+    def test_warnings_once(self) -> None:
+        """
+        A configuration warning is given when the line appears, not again
+        at every SIGHUP; a new one is.
+        """
+        text = "realm=example.org\nuser=alice:a\nrelay-ip=192.0.2.1\nno-such-option\n"
+        self.write(text)
+        self.reload("SIGHUP")
+        self.reload("SIGHUP")
+        warned = [line for line in self.lines() if "unknown option" in line]
+        self.assertEqual(len(warned), 1, warned)
+        self.write(text + "another-unknown\n")
+        self.reload("SIGHUP")
+        warned = [line for line in self.lines() if "unknown option" in line]
+        self.assertEqual(len(warned), 2, warned)
+        self.assertIn("another-unknown", warned[-1])
+
     def test_realm_kept(self) -> None:
         """
         A changed realm needs a restart: keys and nonces carry it, so the

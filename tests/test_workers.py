@@ -430,6 +430,11 @@ class TwistdWorkersTests(TestCase):
         self.assertEqual((yield get(self.metrics_port, "/healthz")), (200, "ok\n"))
         # The last allocation ends: the drain is over, and so is the server.
         yield threads.deferToThread(request, Method.REFRESH, [(Attr.LIFETIME, 0)])
+        # A worker's line keeps its formatting through the supervisor
+        # ("after 3s", not "after 3.0412197113037s").
+        yield self.server.wait_for(
+            rb"\] Allocation \S+ of test from \S+ deleted \(refresh\) after \d+s:"
+        )
         yield self.server.ended
 
     @defer.inlineCallbacks

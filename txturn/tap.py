@@ -19,8 +19,9 @@ from twisted.python import usage
 from txturn import privileged
 from txturn.credential_cache import CachedCredentials
 from txturn.credentials import CredentialChain, RestApiCredentials, StaticCredentials
+from txturn.interfaces import host_port
 from txturn.limits import ConnectionLimits
-from txturn.log_level import set_log_level
+from txturn.log_level import govern_twistd_logging, set_log_level
 from txturn.options import REDIS_VARIABLE, SECRET_VARIABLE, Options, group
 from txturn.policy import PeerPolicy
 from txturn.privileged import read_file
@@ -68,6 +69,7 @@ def makeService(
         except StartupError as e:
             raise SystemExit(f"twistd turn: {e}") from None
         _keep_root_reader(options)
+        govern_twistd_logging()
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -75,7 +77,7 @@ def makeService(
     set_log_level(options["log-level"])
     if shard is None:
         for warning in options["config-warnings"]:
-            _log.warn("{warning}", warning=warning)
+            _log.warn("{problem}", problem=warning)
     if shard is None:
         _summarize(options)
         if options["workers"] > 1:
@@ -263,6 +265,10 @@ def _summarize(options: Options) -> None:
     users = len(_users(options))
     if users:
         modes.append(f"{users} static user(s)")
+    if options["user-db-sqlite"] is not None:
+        modes.append(f"users in SQLite {options['user-db-sqlite']}")
+    if options["redis-address"] is not None:
+        modes.append("users in Redis")
     if options["static-auth-secret"]:
         modes.append(f"REST API with {len(options['static-auth-secret'])} secret(s)")
     _log.info(
@@ -273,6 +279,23 @@ def _summarize(options: Options) -> None:
             f"; relay {k} advertised as {v}" for k, v in options["external-map"].items()
         ),
     )
+    address = options["redis-address"]
+    if address is not None:
+        _log.info(
+            "Fleet: Redis at {redis} (per-user quota across the fleet, revocations{stream})",
+            redis=str(address),
+            stream=f", usage to stream {options['usage-stream']}"
+            if options["usage-stream"]
+            else "",
+        )
+    if options["alternate-server"]:
+        _log.info(
+            "Redirects: Allocates go to {servers} {when}",
+            servers=", ".join(host_port(a) for a in options["alternate-server"]),
+            when=f"once {options['alternate-server-load']} allocations are held"
+            if options["alternate-server-load"]
+            else "always",
+        )
     _log.info(
         "Peers: every non-public range refused{loopback}{allowed}{denied}",
         loopback=", loopback allowed" if options["allow-loopback-peers"] else "",
@@ -599,8 +622,11 @@ class Reloader:
         # The realm is in every key and nonce the server has handed out.
         new["realm"] = old["realm"]
         set_log_level(new["log-level"])
+        # Only what is new: a warning already given at start-up or at an
+        # earlier reload is not repeated at every SIGHUP.
         for warning in new["config-warnings"]:
-            _log.warn("{warning}", warning=warning)
+            if warning not in old["config-warnings"]:
+                _log.warn("{problem}", problem=warning)
         credentials, generated = _credentials(new, self._backends)
         changed = self._service.reload(
             # A generated user stays the one announced at startup.

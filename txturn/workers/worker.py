@@ -29,7 +29,7 @@ import sys
 from typing import Any, TextIO
 
 from twisted.internet.protocol import Factory, connectionDone
-from twisted.logger import eventAsJSON, globalLogBeginner
+from twisted.logger import eventAsJSON, formatEvent, globalLogBeginner
 from twisted.python.failure import Failure
 
 from txturn.log_level import logger
@@ -123,8 +123,12 @@ class WorkerControl(QuietAMP):
 
 def _log_to(out: TextIO) -> Any:
     def observe(event: dict[str, Any]) -> None:
+        # The message rendered here, with its format specs ({duration:.0f}):
+        # Twisted's JSON round trip keeps the fields but not the specs.
+        frozen = dict(event)
+        frozen["log_format"] = formatEvent(event).replace("{", "{{").replace("}", "}}")
         try:
-            out.write(eventAsJSON(event) + "\n")
+            out.write(eventAsJSON(frozen) + "\n")
             out.flush()
         except (OSError, ValueError):
             pass
