@@ -17,4 +17,10 @@ copyright = "2026, The txturn developers"
 version = release = __version__
 extensions = ["txturn_options"]
 exclude_patterns = ["_build", "examples"]
+# sphinx-build -b man doc out: the manual pages, from the same option
+# tables as --help.
+man_pages = [
+    ("man/twistd-turn", "twistd-turn", "TURN/STUN relay server", [author], 8),
+    ("man/txturn-admin", "txturn-admin", "manage txturn users and credentials", [author], 8),
+]
 html_theme = "alabaster"

@@ -5,15 +5,19 @@ The library example in doc/ runs as documented.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests import source_path
 from txturn.credentials import long_term_key, rest_api_password
+from txturn.options import Options
 from txturn.stun import PasswordAlgorithm
 
 reactor: Any = _reactor
@@ -76,3 +80,41 @@ class TestingExampleTests(TestCase):
             block.append(line[4:])
         self.assertIn("authenticated_request", "\n".join(block))
         exec(compile("\n".join(block), path, "exec"), {})  # noqa: S102 - the doc's own code
+
+
+class ManPageTests(SynchronousTestCase):
+    """
+    The manual pages, built by Sphinx's man builder from the same option
+    tables as --help.
+    """
+
+    def test_every_option(self) -> None:
+        """
+        twistd-turn(8) names every option of twistd turn, and
+        txturn-admin(8) every command of txturn-admin.
+        """
+        try:
+            import sphinx  # noqa: F401
+        except ImportError:
+            raise SkipTest("Sphinx is not installed (pip install '.[docs]')") from None
+        out = self.mktemp()
+        built = subprocess.run(
+            [sys.executable, "-m", "sphinx", "-b", "man", "-q", "-W", source_path("doc"), out],
+            capture_output=True,
+            text=True,
+        )
+        self.assertEqual(built.returncode, 0, built.stderr)
+
+        def page(name: str) -> str:
+            with open(os.path.join(out, name)) as f:
+                return f.read().replace("\\-", "-").replace("\\(aq", "'")
+
+        turn = page("twistd-turn.8")
+        options = Options()
+        names = [p[0] for p in options.optParameters] + [f[0] for f in options.optFlags]
+        self.assertGreater(len(names), 50)
+        for name in names:
+            self.assertIn(f"--{name}", turn)
+        admin = page("txturn-admin.8")
+        for command in ("add", "delete", "list", "init", "revoke", "unrevoke", "mint"):
+            self.assertIn(f"txturn-admin {command} ", admin)

@@ -69,6 +69,50 @@ class OptionsDirective(SphinxDirective):
         return list(node.children)
 
 
+class AdminUsageDirective(SphinxDirective):
+    """
+    ``.. txturn-admin-usage::``: the commands and options of
+    ``txturn-admin``, from its own argument parser.
+    """
+
+    has_content = False
+
+    def run(self) -> list[Any]:
+        import argparse
+
+        from txturn.admin import _parser
+
+        parser = _parser()
+        lines: list[str] = [".. rubric:: Options", ""]
+        lines += _actions(parser._actions)
+        lines += [".. rubric:: Commands", ""]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help or "" for a in action._choices_actions}
+                for name, command in action.choices.items():
+                    usage = " ".join(command.format_usage().split()[1:])
+                    lines += [f"``{usage}``", f"    {helps.get(name, '')}", ""]
+                    lines += ["    " + line if line else "" for line in _actions(command._actions)]
+        node = nodes.container()
+        self.state.nested_parse(StringList(lines), self.content_offset, node)
+        return list(node.children)
+
+
+def _actions(actions: list[Any]) -> list[str]:
+    import argparse
+
+    lines: list[str] = []
+    for action in actions:
+        if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+            continue
+        spelling = ", ".join(action.option_strings) or action.dest
+        if action.option_strings and action.nargs != 0:
+            spelling += f" {action.metavar or action.dest.upper()}"
+        lines += [f"``{spelling}``", f"    {' '.join((action.help or '').split())}", ""]
+    return lines
+
+
 def setup(app: Any) -> dict[str, Any]:
     app.add_directive("txturn-options", OptionsDirective)
+    app.add_directive("txturn-admin-usage", AdminUsageDirective)
     return {"parallel_read_safe": True}
