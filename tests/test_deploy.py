@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 from twisted.internet import defer, threads
+from twisted.internet import reactor as _reactor
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -25,6 +27,7 @@ from tests import source_path
 from txturn.options import SECRET_VARIABLE, Options
 
 DEPLOY = source_path("deploy")
+reactor: Any = _reactor
 
 
 def read(name: str) -> str:
@@ -70,7 +73,7 @@ class SystemdTests(SynchronousTestCase):
         unit, path = self.unit()
         settings = directives(unit)
         self.assertEqual(settings["Type"], "notify")
-        self.assertEqual(settings["ExecReload"], "/bin/kill -HUP $MAINPID")
+        self.assertEqual(settings["ExecReload"], "/bin/sh -c 'kill -HUP $MAINPID'")
         self.assertEqual(settings["User"], "txturn")
         self.assertGreaterEqual(int(settings["LimitNOFILE"]), 65536)
         argv = settings["ExecStart"].split()
@@ -129,6 +132,7 @@ class ContainerBuildTests(TestCase):
 
     BASE = "localhost/txturn-test-base:bookworm"
     IMAGE = "localhost/txturn-test:latest"
+    PACKAGES = "python3,python3-venv"
 
     def podman(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -158,7 +162,7 @@ class ContainerBuildTests(TestCase):
             return
         tarball = os.path.join(self.directory, "base.tar")
         made = subprocess.run(
-            ["mmdebstrap", "--variant=minbase", "--include=python3,python3-venv"]
+            ["mmdebstrap", "--variant=minbase", f"--include={self.PACKAGES}"]
             + ["--format=tar", "bookworm", tarball, "http://deb.debian.org/debian"],
             capture_output=True,
             text=True,
@@ -226,6 +230,113 @@ class ContainerBuildTests(TestCase):
         sent, received, lost = uclient_totals(output)
         self.assertGreaterEqual(sent, 100, output[-2000:])
         self.assertEqual((received, lost), (sent, 0), output[-2000:])
+
+    test_build_and_relay.timeout = 1200  # type: ignore[attr-defined]
+
+
+SYSTEMD_IMAGE = """\
+FROM {base}
+COPY {wheel} txturn.service /tmp/
+ARG PIP_CERT
+RUN set -eu; [ -n "${{PIP_CERT:-}}" ] || unset PIP_CERT; \\
+    python3 -m venv /opt/txturn; /opt/txturn/bin/pip install /tmp/{wheel}; \\
+    /opt/txturn/bin/python -c \\
+        "from twisted.plugin import IPlugin as I, getPlugins as g; list(g(I))"; \\
+    useradd --system --home-dir /var/lib/txturn --shell /usr/sbin/nologin txturn; \\
+    install -D -m 0640 -g txturn /dev/null /etc/txturn/turnserver.conf; \\
+    cp /tmp/txturn.service /etc/systemd/system/; systemctl enable txturn
+CMD ["/lib/systemd/systemd"]
+"""
+
+
+class SystemdRunTests(ContainerBuildTests):
+    """
+    The unit as shipped, run by systemd (Debian 12's, as PID 1 in a
+    container): the install steps of doc/deployment.rst, the sandbox
+    that rates 1.4, and still it starts, says it is ready, relays and
+    reloads.
+    """
+
+    BASE = "localhost/txturn-test-systemd:bookworm"
+    IMAGE = "localhost/txturn-test-systemd-unit:latest"
+    PACKAGES = "systemd,systemd-sysv,python3,python3-venv"
+
+    def exec(self, name: str, command: str) -> subprocess.CompletedProcess[str]:
+        return self.podman("exec", name, "sh", "-c", command, timeout=120)
+
+    @defer.inlineCallbacks
+    def test_build_and_relay(self) -> Any:
+        from tests.test_interop import require, spawn, uclient_args, uclient_totals
+        from tests.test_service import free_udp_port
+
+        uclient = require("turnutils_uclient")
+        yield threads.deferToThread(self.base_image)
+        context = os.path.join(self.directory, "context")
+        os.makedirs(context)
+        wheel = os.environ.get("TXTURN_WHEEL")
+        if not wheel:
+            raise SkipTest("no wheel to install ($TXTURN_WHEEL, which .ci/test sets)")
+        shutil.copy(wheel, context)
+        shutil.copy(source_path("deploy", "txturn.service"), context)
+        with open(os.path.join(context, "Containerfile"), "w") as f:
+            f.write(SYSTEMD_IMAGE.format(base=self.BASE, wheel=os.path.basename(wheel)))
+        build = ["build", "--network", "host"]
+        certificates = os.environ.get("PIP_CERT")
+        if certificates:
+            build += ["--build-arg", "PIP_CERT=/host-ca.pem"]
+            build += ["-v", f"{certificates}:/host-ca.pem:ro"]
+        built = yield threads.deferToThread(self.podman, *build, "-t", self.IMAGE, context)
+        self.assertEqual(built.returncode, 0, (built.stdout + built.stderr)[-3000:])
+        self.addCleanup(lambda: threads.deferToThread(self.podman, "image", "prune", "-f"))
+
+        port, peer_port = free_udp_port(), free_udp_port()
+        name = f"txturn-systemd-{port}"
+        started = yield threads.deferToThread(
+            self.podman,
+            *["run", "-d", "--name", name, "--privileged", "--systemd=always"],
+            *["--network", "host", self.IMAGE],
+        )
+        self.assertEqual(started.returncode, 0, started.stderr)
+        self.addCleanup(lambda: threads.deferToThread(self.podman, "rm", "-f", "-t", "2", name))
+        settings = f"listening-port={port}\\nlistening-ip=127.0.0.1\\nrelay-ip=127.0.0.1\\n"
+        settings += "user=test:secret\\nallow-loopback-peers\\nno-tls\\nno-dtls\\n"
+        for _ in range(100):  # until systemd runs in the container
+            running = yield threads.deferToThread(self.exec, name, "systemctl is-system-running")
+            if running.stdout.strip() in ("running", "degraded"):
+                break
+            yield deferLater(reactor, 0.2, lambda: None)
+        configured = yield threads.deferToThread(
+            self.exec,
+            name,
+            f"printf '{settings}' > /etc/txturn/turnserver.conf && systemctl restart txturn",
+        )
+        # Type=notify: restart returns once the server said READY=1.
+        self.assertEqual(configured.returncode, 0, configured.stderr)
+        shown = yield threads.deferToThread(
+            self.exec, name, "systemctl show txturn -p ActiveState -p StatusText -p User"
+        )
+        self.assertIn("ActiveState=active", shown.stdout)
+        self.assertIn("StatusText=Relaying", shown.stdout)
+        self.assertIn("User=txturn", shown.stdout)
+
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        out, err, _ = yield getProcessOutputAndValue(
+            uclient, uclient_args(port, peer_port, 20, 5), env=os.environ.copy()
+        )
+        output = (out + err).decode(errors="replace")
+        sent, received, lost = uclient_totals(output)
+        self.assertGreaterEqual(sent, 100, output[-2000:])
+        self.assertEqual((received, lost), (sent, 0), output[-2000:])
+
+        reloaded = yield threads.deferToThread(
+            self.exec,
+            name,
+            "echo user=bob:builder >> /etc/txturn/turnserver.conf && systemctl reload txturn "
+            "&& sleep 1 && journalctl -u txturn --no-pager",
+        )
+        self.assertEqual(reloaded.returncode, 0, reloaded.stderr)
+        self.assertIn("users added: bob", reloaded.stdout)
+        self.assertNotIn("Traceback", reloaded.stdout)
 
     test_build_and_relay.timeout = 1200  # type: ignore[attr-defined]
 

@@ -161,7 +161,14 @@ def _helper(
     for number in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(number, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # Nothing of the server's: no listener, log file or database.
+    # Nothing of the server's: no listener, log file, database or the
+    # terminal or pipes its output goes to (a reader of the server's
+    # output would wait for the helper too).
+    null = os.open(os.devnull, os.O_RDWR)
+    for standard in (0, 1, 2):
+        os.dup2(null, standard)
+    if null > 2:
+        os.close(null)
     os.closerange(3, first.fileno())
     os.closerange(first.fileno() + 1, 1 << 16)
     connections = [first]
