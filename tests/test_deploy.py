@@ -154,6 +154,35 @@ class ContainerBuildTests(TestCase):
             f.write('[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n')
         self.env = {**os.environ, "CONTAINERS_CONF": conf}
 
+    def pip_arguments(self) -> list[str]:
+        """
+        podman build arguments for this machine's pip: its CA bundle where
+        a TLS-inspecting proxy stands between it and PyPI.
+        """
+        certificates = os.environ.get("PIP_CERT")
+        if not certificates:
+            return []
+        return ["--build-arg", "PIP_CERT=/host-ca.pem", "-v", f"{certificates}:/host-ca.pem:ro"]
+
+    @defer.inlineCallbacks
+    def relays_uclient(self, port: int, peer_port: int) -> Any:
+        """
+        uclient's five clients relay 20 messages each through the server
+        on 127.0.0.1:C{port} to an echo peer, losing none.
+        """
+        from tests.test_interop import require, spawn, uclient_args, uclient_totals
+
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        out, err, _ = yield getProcessOutputAndValue(
+            require("turnutils_uclient"),
+            uclient_args(port, peer_port, 20, 5),
+            env=os.environ.copy(),
+        )
+        output = (out + err).decode(errors="replace")
+        sent, received, lost = uclient_totals(output)
+        self.assertGreaterEqual(sent, 100, output[-2000:])
+        self.assertEqual((received, lost), (sent, 0), output[-2000:])
+
     def base_image(self) -> None:
         """
         Debian 12's Python as a base image, made once per machine.
@@ -180,10 +209,10 @@ class ContainerBuildTests(TestCase):
         plugin cache written there), runs as its own user without
         writing the plugin cache, and relays uclient's calls.
         """
-        from tests.test_interop import require, spawn, uclient_args, uclient_totals
+        from tests.test_interop import require, spawn
         from tests.test_service import free_udp_port
 
-        uclient = require("turnutils_uclient")
+        require("turnutils_uclient")  # skip early, before a long build
         yield threads.deferToThread(self.base_image)
         build = ["build", "--network", "host", "--build-arg", f"BASE={self.BASE}"]
         certificates = os.environ.get("PIP_CERT")
@@ -222,14 +251,7 @@ class ContainerBuildTests(TestCase):
             self.fail(server.output.decode(errors="replace")[-3000:])
         self.assertIn(b"compiled fast path", server.output)
         self.assertNotIn(b"plugin cache", server.output)
-        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
-        out, err, _ = yield getProcessOutputAndValue(
-            uclient, uclient_args(port, peer_port, 20, 5), env=os.environ.copy()
-        )
-        output = (out + err).decode(errors="replace")
-        sent, received, lost = uclient_totals(output)
-        self.assertGreaterEqual(sent, 100, output[-2000:])
-        self.assertEqual((received, lost), (sent, 0), output[-2000:])
+        yield self.relays_uclient(port, peer_port)
 
     test_build_and_relay.timeout = 1200  # type: ignore[attr-defined]
 
@@ -266,10 +288,10 @@ class SystemdRunTests(ContainerBuildTests):
 
     @defer.inlineCallbacks
     def test_build_and_relay(self) -> Any:
-        from tests.test_interop import require, spawn, uclient_args, uclient_totals
+        from tests.test_interop import require
         from tests.test_service import free_udp_port
 
-        uclient = require("turnutils_uclient")
+        require("turnutils_uclient")  # skip early, before a long build
         yield threads.deferToThread(self.base_image)
         context = os.path.join(self.directory, "context")
         os.makedirs(context)
@@ -280,11 +302,7 @@ class SystemdRunTests(ContainerBuildTests):
         shutil.copy(source_path("deploy", "txturn.service"), context)
         with open(os.path.join(context, "Containerfile"), "w") as f:
             f.write(SYSTEMD_IMAGE.format(base=self.BASE, wheel=os.path.basename(wheel)))
-        build = ["build", "--network", "host"]
-        certificates = os.environ.get("PIP_CERT")
-        if certificates:
-            build += ["--build-arg", "PIP_CERT=/host-ca.pem"]
-            build += ["-v", f"{certificates}:/host-ca.pem:ro"]
+        build = ["build", "--network", "host", *self.pip_arguments()]
         built = yield threads.deferToThread(self.podman, *build, "-t", self.IMAGE, context)
         self.assertEqual(built.returncode, 0, (built.stdout + built.stderr)[-3000:])
         self.addCleanup(lambda: threads.deferToThread(self.podman, "image", "prune", "-f"))
@@ -319,14 +337,7 @@ class SystemdRunTests(ContainerBuildTests):
         self.assertIn("StatusText=Relaying", shown.stdout)
         self.assertIn("User=txturn", shown.stdout)
 
-        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
-        out, err, _ = yield getProcessOutputAndValue(
-            uclient, uclient_args(port, peer_port, 20, 5), env=os.environ.copy()
-        )
-        output = (out + err).decode(errors="replace")
-        sent, received, lost = uclient_totals(output)
-        self.assertGreaterEqual(sent, 100, output[-2000:])
-        self.assertEqual((received, lost), (sent, 0), output[-2000:])
+        yield self.relays_uclient(port, peer_port)
 
         reloaded = yield threads.deferToThread(
             self.exec,
