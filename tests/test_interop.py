@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from tests.test_service import free_udp_port
 from txturn.credentials import StaticCredentials
-from txturn.events import AllocationCreated, IServerObserver, RequestAnswered
+from txturn.events import AllocationCreated, IServerObserver
 from txturn.log_level import log_level, set_log_level
 from txturn.policy import PeerPolicy
 from txturn.server import ServerConfig
@@ -431,36 +431,35 @@ class UclientTests(TestCase):
         RFC 8489 says to discard silently, so it is stopped after 10 s.
         """
         failures: list[Any] = []
-        handled: list[str] = []
 
         def observe(event: dict[str, Any]) -> None:
             if event.get("log_failure") is not None:
                 failures.append(event["log_failure"])
-            if event.get("log_namespace", "").startswith("txturn.server"):
-                handled.append(event.get("log_format", ""))
 
         observer = cast(ILogObserver, observe)
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
-
-        @implementer(IServerObserver)
-        class Answers:
-            def observe(self, event: object) -> None:
-                if isinstance(event, RequestAnswered):
-                    handled.append(f"answered {event.method:#x} with {event.code}")
-
         core = self.server.service.server
-        core.add_observer(Answers())
-        self.addCleanup(core.observers.pop)
         port = self.server.service.port_of("udp")
         common = uclient_args(port, self.peer_port, 10, 2, length=100)
         out, err, code = yield getProcessOutputAndValue(self.uclient, ["-N", *common])
         self.assertIn(b"error 400", out + err)
-        before = len(handled)
         # uclient makes its clients one after another, so when the first
         # Allocate is the one it corrupts (dropped in silence, as RFC 8489
         # asks) it waits forever and sends nothing more: that drop, logged
         # at debug level, is then all that shows -R reached the core.
+        # uclient -R may corrupt the first byte of its very first message,
+        # which the core then drops without a word (it is no STUN); so what
+        # shows -R reached the core is the datagrams the core was given,
+        # counted here, not a log line that may never come.
+        given: list[bytes] = []
+        receive = core.datagram_received
+
+        def counting(client: Any, data: bytes, address: Any) -> None:
+            given.append(data)
+            receive(client, data, address)
+
+        self.patch(core, "datagram_received", counting)
         abusive = uclient_args(port, self.peer_port, 10, 8, length=100)
         level = log_level()
         set_log_level(LogLevel.debug)
@@ -468,8 +467,8 @@ class UclientTests(TestCase):
             yield getProcessOutputAndValue("/usr/bin/timeout", ["10", self.uclient, "-R", *abusive])
         finally:
             set_log_level(level)
-        # -R's traffic reached the core: allocations, or malformed messages dropped.
-        self.assertGreater(len(handled), before)
+        # -R's traffic reached the core (and, below, nothing failed).
+        self.assertGreater(len(given), 0)
         # Over TCP: -R was killed with its UDP allocations alive, and a new
         # UDP client given one of its old ports would rightly get 437.
         yield self.run_uclient("-t", transport="tcp", clients=2, messages=20)

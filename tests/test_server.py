@@ -1055,3 +1055,25 @@ class AlternateServerTests(SynchronousTestCase):
         drained.draining = True
         self.server = drained
         self.assertEqual(self.allocate(9).get(Attr.ERROR_CODE)[0], 300)
+
+
+class DrainTests(ServerTestCase):
+    """
+    What a drain refuses, and what it must not.
+    """
+
+    def test_pair_completed(self) -> None:
+        """
+        While draining, a plain Allocate gets 508, but one redeeming the
+        reservation of an EVEN-PORT pair granted before the drain gets its
+        port: refusing it would break a call already being set up (RTCP
+        beside its RTP).
+        """
+        first = self.allocate([(Attr.EVEN_PORT, True)])
+        token = first.get(Attr.RESERVATION_TOKEN)
+        self.server.draining = True
+        self.assertError(self.allocate(address=("198.51.100.7", 40005)), 508)
+        second = self.allocate([(Attr.RESERVATION_TOKEN, token)], address=("198.51.100.7", 40002))
+        self.assertEqual(
+            second.get(Attr.XOR_RELAYED_ADDRESS)[1], first.get(Attr.XOR_RELAYED_ADDRESS)[1] + 1
+        )

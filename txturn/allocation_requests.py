@@ -76,17 +76,23 @@ class AllocationRequests:
         server = self._server
         if self._retransmitted(request):
             return
-        if self._redirected(request):
-            return
-        if server.draining:
-            server.count("draining")
-            return request.fail(508, "Server draining")
         meaning = parse_allocate(
             request.message,
             udp_relays=self._server.config.udp_relay,
             tcp_relays=server.tcp_relays is not None and self._server.config.tcp_relay,
             over_stream=bool(request.client.stream),
         )
+        # An Allocate that redeems a RESERVATION-TOKEN is the second half
+        # of a pair (RTCP beside RTP) whose first half this server
+        # granted: a call already being set up.  A drain or a redirect
+        # would break that call, so only the others are refused or sent
+        # elsewhere.
+        pair = not isinstance(meaning, Refusal) and meaning.token is not None
+        if not pair and self._redirected(request):
+            return
+        if server.draining and not pair:
+            server.count("draining")
+            return request.fail(508, "Server draining")
         if isinstance(meaning, Refusal):
             return request.fail(meaning.code, meaning.reason)
         if fetch and meaning.token is not None and self._fetching_elsewhere(request, meaning.token):
