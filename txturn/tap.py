@@ -130,8 +130,6 @@ def makeService(
         turn.server.add_observer(records)
 
     systemd = SystemdNotifier()
-    if shard is None:
-        systemd.setServiceParent(turn)  # type: ignore[no-untyped-call]
 
     def drain() -> None:
         # A second SIGQUIT (an impatient operator, or one signal reaching
@@ -144,6 +142,10 @@ def makeService(
     SignalHandlers(
         reactor, Reloader(turn, options, records, backends), drain, logfile=_logfile(options)
     ).setServiceParent(turn)  # type: ignore[no-untyped-call]
+    if shard is None:
+        # Last: READY=1 only once the signal handlers are in place, or a
+        # reload or drain sent right after it would kill the process.
+        systemd.setServiceParent(turn)  # type: ignore[no-untyped-call]
     return turn
 
 
@@ -171,15 +173,15 @@ def _supervisor(options: Options, reactor: Any, generated: tuple[str, str] | Non
         total_quota=options["total-quota"],
     )
     systemd = SystemdNotifier()
-    systemd.setServiceParent(supervisor)  # type: ignore[no-untyped-call]
 
     def drain() -> None:
         systemd.status("Draining")
         supervisor.drain()
 
-    SignalHandlers(reactor, supervisor.reload, drain, logfile=_logfile(options)).setServiceParent(
-        supervisor
-    )  # type: ignore[no-untyped-call]
+    handlers = SignalHandlers(reactor, supervisor.reload, drain, logfile=_logfile(options))
+    handlers.setServiceParent(supervisor)  # type: ignore[no-untyped-call]
+    # Last: READY=1 only once the signal handlers are in place.
+    systemd.setServiceParent(supervisor)  # type: ignore[no-untyped-call]
     return supervisor
 
 
