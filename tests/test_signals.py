@@ -161,13 +161,7 @@ class SignalTests(TestCase):
             uclient, uclient_args(self.port, peer_port, 150, 2), env=os.environ.copy()
         )
         yield watcher.wait_for(rb"Allocated .* for test")
-        url = f"http://127.0.0.1:{metrics_port}/metrics".encode()
-        for _ in range(100):  # until uclient's calls relay
-            response = yield Agent(reactor).request(b"GET", url)
-            text = (yield readBody(response)).decode()
-            if value(text, "turn_relayed_packets_total", direction="to_peers"):
-                break
-            yield deferLater(reactor, 0.1, lambda: None)
+        yield relaying(metrics_port)
         started = time.monotonic()
         self.signal(watcher, "TERM")
         yield watcher.ended
@@ -213,13 +207,7 @@ class SignalTests(TestCase):
         calls = getProcessOutputAndValue(
             uclient, ["-t", *uclient_args(self.port, peer_port, 200, 2)], env=os.environ.copy()
         )
-        url = f"http://127.0.0.1:{metrics_port}/metrics".encode()
-        for _ in range(300):  # until uclient's calls relay
-            response = yield Agent(reactor).request(b"GET", url)
-            text = (yield readBody(response)).decode()
-            if value(text, "turn_relayed_packets_total", direction="to_peers"):
-                break
-            yield deferLater(reactor, 0.1, lambda: None)
+        yield relaying(metrics_port)
         self.signal(watcher, "QUIT")
         yield watcher.wait_for(rb"Draining: no new allocations")
         self.signal(watcher, "QUIT")  # a second one changes nothing
@@ -464,3 +452,20 @@ def wait_in_file(path: str, pattern: bytes, timeout: float = 30) -> Any:
             return
         yield deferLater(reactor, 0.1, lambda: None)
     raise AssertionError(f"{pattern!r} not in {path}:\n{read_bytes(path).decode()[-2000:]}")
+
+
+@defer.inlineCallbacks
+def relaying(metrics_port: int, timeout: float = 30) -> Any:
+    """
+    Wait until the server's /metrics on C{metrics_port} shows relayed
+    traffic: every allocation of a uclient run is made by then.
+    """
+    url = f"http://127.0.0.1:{metrics_port}/metrics".encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = yield Agent(reactor).request(b"GET", url)
+        text = (yield readBody(response)).decode()
+        if value(text, "turn_relayed_packets_total", direction="to_peers"):
+            return
+        yield deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError("no relayed traffic on /metrics")
