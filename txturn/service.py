@@ -119,9 +119,15 @@ def check_listeners(listeners: Sequence[tuple[str, str, int]]) -> None:
             try:
                 probe.bind((host, port))
             except OSError as e:
-                raise StartupError(
-                    f"cannot listen on {name.upper()} {host} port {port}: {e.strerror}"
-                ) from None
+                raise cannot_listen(name, host, port, e) from None
+
+
+def cannot_listen(name: str, host: str, port: int, error: OSError) -> StartupError:
+    """
+    The one line for a listener that cannot be bound, before start-up or
+    at it.
+    """
+    return StartupError(f"cannot listen on {name.upper()} {host} port {port}: {error.strerror}")
 
 
 def check_relay_addresses(hosts: Sequence[str]) -> None:
@@ -449,9 +455,7 @@ class TurnService(service.MultiService):
         try:
             return bind(self._reactor, host, port, *handler)
         except OSError as e:
-            raise StartupError(
-                f"cannot listen on {name.upper()} {host} port {port}: {e.strerror}"
-            ) from e
+            raise cannot_listen(name, host, port, e) from e
 
     def _share_descriptors(self) -> None:
         """

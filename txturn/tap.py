@@ -157,7 +157,8 @@ def _supervisor(options: Options, reactor: Any, generated: tuple[str, str] | Non
     """
     from txturn.workers.supervisor import Supervisor
 
-    check_relay_addresses(options["relay-ip"])
+    # twistd's path checked the relay addresses already (_preflight), and
+    # each worker checks them again as it binds.
     supervisor = Supervisor(
         reactor,
         options["argv"],
