@@ -26,11 +26,12 @@ from twisted.trial.unittest import TestCase
 from tests.test_flood import rss_kib
 from tests.test_interop import (
     OutputWatcher,
+    UdpDrops,
+    assert_relayed,
     require,
     spawn,
     twistd_turn,
     uclient_args,
-    uclient_totals,
 )
 from tests.test_service import free_udp_port
 from txturn.testing import first_flight, self_signed_certificate
@@ -169,11 +170,12 @@ class ExhaustionTests(TestCase):
         # idle connections from 11 addresses fill every place (they are
         # evicted, oldest first, to let real clients in), then over UDP.
         for extra in (["-t"], []):
+            drops = UdpDrops()
             out, err, code = yield getProcessOutputAndValue(
                 uclient, extra + uclient_args(port, peer_port, 50, 2, length=100)
             )
-            sent, received, lost = uclient_totals((out + err).decode(errors="replace"))
-            self.assertEqual((received, lost), (sent, 0))
+            sent, _ = assert_relayed(self, (out + err).decode(errors="replace"), drops)
+            self.assertGreaterEqual(sent, 100)
 
         # Every hostile connection is closed within its deadline plus a
         # sweep (idle 10 s, handshake and frame 3 s, sweeps every 2 s).
@@ -259,13 +261,14 @@ class DtlsFloodTests(TestCase):
         self.assertGreater(len(stalled), 500)
 
         started = time.monotonic()
+        drops = UdpDrops()
         out, err, code = yield getProcessOutputAndValue(
             uclient, ["-S", *uclient_args(tls_port, peer_port, 50, 2, length=100)]
         )
         took = time.monotonic() - started
         output = (out + err).decode(errors="replace")
-        sent, received, lost = uclient_totals(output)
-        self.assertEqual((received, lost), (sent, 0), output[-2000:])
+        sent, _ = assert_relayed(self, output, drops)
+        self.assertGreaterEqual(sent, 100, output[-2000:])
         # The stalled handshakes made room at once: the clients did not
         # wait for them to time out (10 s), as a full listener that
         # refused newcomers would have made them.

@@ -17,7 +17,14 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tests.test_interop import require, spawn, twistd_turn, uclient_args, uclient_totals
+from tests.test_interop import (
+    UdpDrops,
+    assert_relayed,
+    require,
+    spawn,
+    twistd_turn,
+    uclient_args,
+)
 from tests.test_service import free_udp_port
 from txturn.stun import Attr, Class, Method, decode
 from txturn.testing import StunClient
@@ -109,8 +116,8 @@ class FloodTests(TestCase):
         ).whenDone()
         relayed = self.relay(uclient, port, peer_port, messages=300)
         yield flood
-        sent, received, lost = yield relayed
-        self.assertEqual((received, lost), (sent, 0))
+        sent, received = yield relayed
+        self.assertGreaterEqual(sent, 600)
         yield self.answered(port, binding)
         yield task.deferLater(reactor, 0.5, lambda: None)
         grown = rss_kib(pid) - before
@@ -118,11 +125,17 @@ class FloodTests(TestCase):
 
     @defer.inlineCallbacks
     def relay(self, uclient: str, port: int, peer_port: int, messages: int) -> Any:
+        """
+        uclient's two clients relay C{messages} each through the server,
+        losing none but what the kernel dropped (see L{assert_relayed}:
+        on a quiet machine the flood fits in the server's receive buffer).
+        """
+        drops = UdpDrops()
         out, err, code = yield getProcessOutputAndValue(
             uclient, uclient_args(port, peer_port, messages, 2, length=100)
         )
         output = out.decode(errors="replace") + err.decode(errors="replace")
-        return uclient_totals(output)
+        return assert_relayed(self, output, drops)
 
     @defer.inlineCallbacks
     def answered(self, port: int, request: bytes) -> Any:

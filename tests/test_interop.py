@@ -123,6 +123,70 @@ def uclient_totals(output: str) -> tuple[int, int, int]:
     return int(sent[-1][0]), int(sent[-1][1]), int(lost.group(1))
 
 
+def udp_receive_drops() -> int:
+    """
+    Datagrams the kernel has dropped in this network namespace because a
+    UDP socket's receive buffer was full (IPv4 and IPv6 together).
+
+    A process that is not scheduled for a while (under a CPU hog, on a
+    busy CI machine) loses datagrams this way whatever the server does:
+    uclient's own socket, the echoing peer's, or the server's.
+    """
+    total = 0
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    total += int(rows[1][rows[0].index("RcvbufErrors")])
+    if os.path.exists("/proc/net/snmp6"):
+        with open("/proc/net/snmp6") as f:
+            for line in f:
+                name, _, number = line.partition(" ")
+                if name == "Udp6RcvbufErrors":
+                    total += int(number)
+    return total
+
+
+class UdpDrops:
+    """
+    The kernel's count of full-buffer UDP drops since this was made: how
+    many of uclient's messages a run may miss without the server having
+    lost any (see L{assert_relayed}).
+    """
+
+    def __init__(self) -> None:
+        self.before = udp_receive_drops()
+
+    def since(self) -> int:
+        return udp_receive_drops() - self.before
+
+
+def assert_relayed(
+    test: TestCase, output: str, drops: UdpDrops, sent: int | None = None
+) -> tuple[int, int]:
+    """
+    Assert that turnutils_uclient's C{output} shows every message relayed
+    both ways, except at most as many as the kernel dropped for full
+    receive buffers since C{drops} was made; return (sent, received).
+
+    On a quiet machine the kernel drops none, so this is "0 lost": a
+    message the server itself loses (user space, where the kernel counts
+    nothing) fails the test on a quiet machine and under a CPU hog alike.
+    C{sent}, if given, is how many messages uclient must have sent.
+    """
+    total, received, _ = uclient_totals(output)
+    if sent is not None:
+        test.assertEqual(total, sent, output[-2000:])
+    dropped = drops.since()
+    missing = total - received
+    test.assertGreaterEqual(missing, 0, output[-2000:])
+    test.assertLessEqual(
+        missing,
+        dropped,
+        f"uclient missed {missing} of {total} messages while the kernel dropped "
+        f"{dropped} datagrams for full receive buffers:\n{output[-2000:]}",
+    )
+    return total, received
+
+
 def uclient_args(
     port: int,
     peer_port: int,
@@ -303,16 +367,15 @@ class UclientTests(TestCase):
         clients: int = 5,
     ) -> Any:
         port = self.server.service.port_of(transport, server)
+        drops = UdpDrops()
         out, err, code = yield getProcessOutputAndValue(
             self.uclient,
             [*flags, *uclient_args(port, self.peer_port, messages, clients, peer, server)],
             env=os.environ.copy(),
         )
         output = out.decode(errors="replace") + err.decode(errors="replace")
-        sent, received, lost = uclient_totals(output)
+        sent, _ = assert_relayed(self, output, drops)
         self.assertGreaterEqual(sent, messages * clients, output[-2000:])
-        self.assertEqual(received, sent, output[-2000:])
-        self.assertEqual(lost, 0)
         self.assertNotIn("error 4", output)
         return output
 
@@ -545,14 +608,14 @@ class TwistdTests(TestCase):
         # an answer in uclient's own buffers, and uclient then retries its
         # ChannelBind with another number, which RFC 8656 rightly refuses
         # (400); what is tested here is the quota, not UDP buffers.
+        drops = UdpDrops()
         out, err, code = yield getProcessOutputAndValue(
             uclient, ["-t", *uclient_args(port, peer_port, 10, 50)], env=os.environ.copy()
         )
         output = out.decode(errors="replace") + err.decode(errors="replace")
-        sent, received, lost = uclient_totals(output)
-        self.assertGreaterEqual(sent, 500, output[-2000:])
         self.assertNotIn("error 486", output)
-        self.assertEqual(received, sent, output[-2000:])
+        sent, _ = assert_relayed(self, output, drops)
+        self.assertGreaterEqual(sent, 500, output[-2000:])
 
     def test_startup_failures_one_line(self) -> None:
         """
@@ -722,11 +785,11 @@ class CoturnConfigTests(TestCase):
             except AssertionError:
                 self.fail(f"{argv[0]} did not start: {watcher.output[-2000:]!r}")
             self.assertTrue(os.path.exists(pidfile))
+            drops = UdpDrops()
             out, err, code = yield getProcessOutputAndValue(
                 uclient, uclient_args(port, peer_port, 20, 2), env=os.environ.copy()
             )
-            sent, received, lost = uclient_totals((out + err).decode(errors="replace"))
-            self.assertEqual((sent, received, lost), (40, 40, 0))
+            assert_relayed(self, (out + err).decode(errors="replace"), drops, sent=40)
             assert watcher.transport is not None
             watcher.transport.signalProcess("TERM")
             yield watcher.ended
@@ -753,13 +816,13 @@ class RedirectTests(TestCase):
                     created.append(event)
 
         target.server.add_observer(Created())
+        drops = UdpDrops()
         out, err, code = yield getProcessOutputAndValue(
             uclient,
             uclient_args(redirecting.port_of("udp"), peer_port, 10, 1, length=100),
             env=os.environ.copy(),
         )
-        sent, received, lost = uclient_totals((out + err).decode(errors="replace"))
-        self.assertEqual((sent, received, lost), (20, 20, 0))
+        assert_relayed(self, (out + err).decode(errors="replace"), drops, sent=20)
         self.assertGreater(redirecting.server.stats["redirected"], 0)
         self.assertEqual(len(redirecting.server.allocations), 0)
         self.assertGreater(len(created), 0)

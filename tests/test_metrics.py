@@ -17,7 +17,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
 
-from tests.test_interop import require, spawn, uclient_args, uclient_totals
+from tests.test_interop import UdpDrops, assert_relayed, require, spawn, uclient_args
 from tests.test_service import free_udp_port
 from txturn.credentials import StaticCredentials
 from txturn.metrics import Metrics
@@ -154,6 +154,7 @@ class ScrapeTests(TestCase):
             body = yield readBody(response)
             return body.decode()
 
+        drops = UdpDrops()
         calls = getProcessOutputAndValue(
             uclient,
             uclient_args(service.port_of("udp"), peer_port, 150, 2),
@@ -177,8 +178,7 @@ class ScrapeTests(TestCase):
         self.assertGreater(moved[0], 0)
         self.assertGreater(moved[1], moved[0])
         out, err, code = yield calls
-        sent, received, lost = uclient_totals((out + err).decode(errors="replace"))
-        self.assertEqual(lost, 0)
+        assert_relayed(self, (out + err).decode(errors="replace"), drops)
         for allocation in list(service.server.allocations.values()):
             allocation.close()  # what expiry does, without the wait
         after = yield scrape()

@@ -29,6 +29,8 @@ from twisted.web.client import Agent, readBody
 
 from tests.test_interop import (
     OutputWatcher,
+    UdpDrops,
+    assert_relayed,
     require,
     run_aioice,
     spawn,
@@ -99,10 +101,13 @@ class SignalTests(TestCase):
         watcher = self.start("--pidfile=")
         yield watcher.wait_for(rb"TURN listening on UDP")
         # 2 clients x 200 messages 20 ms apart: about 4 s of relaying.
+        drops = UdpDrops()
         calls = getProcessOutputAndValue(
             uclient, uclient_args(self.port, peer_port, 200, 2), env=os.environ.copy()
         )
-        yield deferLater(reactor, 1.0, lambda: None)  # uclient's calls are up
+        # uclient's calls are up: its three allocations (-m 2 makes an
+        # RTP/RTCP pair with a reservation, and one more).
+        yield watcher.wait_for(rb"(Allocated .*? for test.*?){3}")
         _, request = udp_requester(self, self.port)
 
         allocated = yield threads.deferToThread(
@@ -130,8 +135,7 @@ class SignalTests(TestCase):
         self.assertEqual(result["received"], 10)
 
         out, err, code = yield calls
-        sent, received, lost = uclient_totals((out + err).decode(errors="replace"))
-        self.assertEqual((sent, received, lost), (400, 400, 0))
+        assert_relayed(self, (out + err).decode(errors="replace"), drops, sent=400)
         self.assertIn(b"Allocated", watcher.output)
         self.assertNotIn(b"Traceback", watcher.output)
 
