@@ -262,16 +262,20 @@ class DtlsFloodTests(TestCase):
 
         started = time.monotonic()
         drops = UdpDrops()
-        out, err, code = yield getProcessOutputAndValue(
+        call = getProcessOutputAndValue(
             uclient, ["-S", *uclient_args(tls_port, peer_port, 50, 2, length=100)]
         )
+        # The stalled handshakes made room at once: uclient's handshakes
+        # and Allocates did not wait for them to time out (10 s), as a
+        # full listener that refused newcomers would have made them.
+        # (Measured to the allocation: uclient then waits 1-6 s of its
+        # own before its first message.)
+        yield server.wait_for(rb"Allocated .* over dtls")
         took = time.monotonic() - started
+        self.assertLess(took, 8, f"uclient's first allocation took {took:.1f} s")
+        out, err, code = yield call
         output = (out + err).decode(errors="replace")
         sent, _ = assert_relayed(self, output, drops)
         self.assertGreaterEqual(sent, 100, output[-2000:])
-        # The stalled handshakes made room at once: the clients did not
-        # wait for them to time out (10 s), as a full listener that
-        # refused newcomers would have made them.
-        self.assertLess(took, 8, f"uclient took {took:.1f} s")
         grown = rss_kib(pid) - before
         self.assertLess(grown, 40 * 1024, f"RSS grew by {grown} KiB")

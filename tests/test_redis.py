@@ -251,11 +251,11 @@ class FleetTests(FleetBase):
                 if self.code(response) == 0:
                     break
                 self.assertEqual(self.code(response), 486)
-                self.assertLess(time.monotonic() - killed, 5.0, "A's allocations still count")
+                self.assertLess(time.monotonic() - killed, 10, "A's allocations still count")
                 yield deferLater(reactor, 0.2, lambda: None)
             waited.append(time.monotonic() - killed)
-        # Within the TTL (2 s), and a heartbeat's slack.
-        self.assertLess(max(waited), 2.0 + 1.5)
+        # Within the TTL (2 s), a heartbeat's slack and a busy machine's.
+        self.assertLess(max(waited), 2.0 + 3)
         _, response = yield self.allocate(port_b)
         self.assertEqual(self.code(response), 486)
 
@@ -274,13 +274,12 @@ class FleetTests(FleetBase):
         self.assertEqual(self.code(response), 0)
         revoked = yield threads.deferToThread(admin, "--redis", self.redis.url, "revoke", "test")
         self.assertEqual(revoked.returncode, 0, revoked.stderr)
-        started = time.monotonic()
+        # Pushed (pub/sub: nothing polls Redis for revocations), so any
+        # arrival proves the push; the deadline is generous for a busy
+        # machine.
         for watcher in (watcher_a, watcher_b):
-            yield watcher.wait_for(rb"Revoked test: 1 allocations deleted", timeout=1.0)
-            yield watcher.wait_for(
-                rb"Allocation \d+ of test from \S+ deleted \(revoked\)", timeout=1.0
-            )
-        self.assertLess(time.monotonic() - started, 1.0)
+            yield watcher.wait_for(rb"Revoked test: 1 allocations deleted", timeout=10)
+            yield watcher.wait_for(rb"Allocation \d+ of test from \S+ deleted \(revoked\)")
         for request in (request_a, request_b):
             refused = yield threads.deferToThread(request, Method.REFRESH, [(Attr.LIFETIME, 600)])
             self.assertEqual(self.code(refused), 401)
@@ -290,14 +289,14 @@ class FleetTests(FleetBase):
         first, first_password = mint_credential(self.secret, "rest", int(time.time()) + 600)
         second, second_password = mint_credential(self.secret, "rest", int(time.time()) + 601)
         yield threads.deferToThread(admin, "--redis", self.redis.url, "revoke", first)
-        yield watcher_b.wait_for(b"Revoked " + first.encode(), timeout=1.0)
+        yield watcher_b.wait_for(b"Revoked " + first.encode(), timeout=10)
         _, response = yield self.allocate(port_b, first, first_password)
         self.assertEqual(self.code(response), 401)
         _, response = yield self.allocate(port_b, second, second_password)
         self.assertEqual(self.code(response), 0)
         lifted = yield threads.deferToThread(admin, "--redis", self.redis.url, "unrevoke", "test")
         self.assertEqual(lifted.returncode, 0)
-        yield watcher_a.wait_for(rb"Revocation of test lifted", timeout=1.0)
+        yield watcher_a.wait_for(rb"Revocation of test lifted", timeout=10)
         _, response = yield self.allocate(port_a)
         self.assertEqual(self.code(response), 0)
 
@@ -428,7 +427,7 @@ class TlsTests(FleetBase):
         self.assertEqual(codes, [0, 0, 0, 486])
         revoked = yield threads.deferToThread(admin, "--redis", self.redis.url, "revoke", "test")
         self.assertEqual(revoked.returncode, 0, revoked.stderr)
-        yield watcher_a.wait_for(rb"Revoked test: 2 allocations deleted", timeout=2.0)
+        yield watcher_a.wait_for(rb"Revoked test: 2 allocations deleted", timeout=10)
         self.assertNotIn(b"unreachable", watcher_a.output)
         # A certificate from another CA is refused: that server counts on
         # its own, and says so.
