@@ -18,7 +18,9 @@ from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
@@ -38,9 +40,11 @@ from tests.test_interop import (
 from tests.test_metrics import value
 from tests.test_service import free_udp_port
 from txturn.credentials import NonceManager
-from txturn.interfaces import IReservationBroker
+from txturn.framing import StreamFramer
+from txturn.interfaces import IConnectionHandoff, IReservationBroker
 from txturn.places import LocalPlaces
 from txturn.server import ServerConfig
+from txturn.stream import TurnStreamFactory
 from txturn.stun import Attr, Class, Message, Method
 from txturn.testing import (
     FakePeerConnection,
@@ -55,6 +59,7 @@ from txturn.workers import shared_places
 from txturn.workers.shard import Shard
 from txturn.workers.shared_places import SharedPlaces
 from txturn.workers.summed_metrics import SummedMetrics
+from txturn.workers.transfers import Handoff
 
 reactor: Any = _reactor
 KEY = b"k" * 16
@@ -284,6 +289,177 @@ class CoreAcrossWorkersTests(TestCase):
         self.assertEqual(self.client.learn(channel.sent[-1][0]).get(Attr.ERROR_CODE)[0], 508)
 
 
+@implementer(IConnectionHandoff)
+class _Handoffs:
+    """
+    Records hand-offs, taking them or not.
+    """
+
+    def __init__(self, takes: bool = True) -> None:
+        self.takes = takes
+        self.calls: list[tuple[int, bytes]] = []
+
+    def hand_off(self, worker: int, channel: Any, frame: bytes) -> bool:
+        self.calls.append((worker, frame))
+        return self.takes
+
+
+class StreamHandoffTests(TestCase):
+    """
+    A connection on worker 1 of 2 whose ConnectionBind names worker 0's
+    connection: handed off once, with what the client sent behind it.
+    """
+
+    def setUp(self) -> None:
+        self.server = make_server({"test": "secret"}, clock=Clock(), worker=(1, 2))
+        self.client = StunClient("test", "secret")
+
+    def connect(self, handoffs: _Handoffs) -> tuple[Any, StringTransport]:
+        protocol = TurnStreamFactory(self.server, "tcp", handoff=handoffs).buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(self.client.request(Method.CONNECTION_BIND, [], authenticate=False))
+        self.assertTrue(self.client.challenged(self.client.learn(transport.value())))
+        transport.clear()
+        return protocol, transport
+
+    def bind(self, connection_id: int) -> bytes:
+        return self.client.request(Method.CONNECTION_BIND, [(Attr.CONNECTION_ID, connection_id)])
+
+    def test_once_with_what_follows(self) -> None:
+        """
+        Two ConnectionBinds in one read: the first is handed off with the
+        second behind it, which this worker never reads; later bytes are
+        not read here either.
+        """
+        handoffs = _Handoffs()
+        protocol, transport = self.connect(handoffs)
+        first, second = self.bind(1000), self.bind(1002)
+        protocol.dataReceived(first + second)
+        protocol.dataReceived(self.bind(1004))
+        self.assertEqual(handoffs.calls, [(0, first + second)])
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.server.stats["handed_off"], 1)
+
+    def test_handed_in_stays(self) -> None:
+        """
+        A connection another worker passed here is never passed on: its
+        ConnectionBinds naming other workers are answered here (400).
+        """
+        handoffs = _Handoffs()
+        protocol, transport = self.connect(handoffs)
+        protocol.handed_in = True
+        protocol.dataReceived(self.bind(1000))
+        self.assertEqual(handoffs.calls, [])
+        answer = self.client.learn(transport.value())
+        self.assertEqual(answer.get(Attr.ERROR_CODE)[0], 400)
+
+    def test_refused_answers_here(self) -> None:
+        """
+        A hand-off refused (too large, control connection failing): both
+        requests are answered here, in order.
+        """
+        handoffs = _Handoffs(takes=False)
+        protocol, transport = self.connect(handoffs)
+        protocol.dataReceived(self.bind(1000) + self.bind(1002))
+        self.assertEqual(len(handoffs.calls), 2)
+        answers = StreamFramer().feed(transport.value())
+        self.assertEqual(
+            [self.client.learn(a).get(Attr.ERROR_CODE)[0] for a in answers], [400, 400]
+        )
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.handle = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.reading = True
+        self.lost = False
+
+    def getHandle(self) -> socket.socket:
+        return self.handle
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def loseConnection(self) -> None:
+        self.lost = True
+
+
+class _Channel:
+    transport_name = "tcp"
+
+    def __init__(self) -> None:
+        self.transport = _Transport()
+
+
+class _Control:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls: list[dict[str, Any]] = []
+        self.answer: defer.Deferred[dict[str, bool]] = defer.Deferred()
+
+    def callRemote(self, command: Any, **arguments: Any) -> defer.Deferred[dict[str, bool]]:
+        if self.error is not None:
+            raise self.error
+        self.calls.append(arguments)
+        return self.answer
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class HandoffTests(TestCase):
+    """
+    L{Handoff}: nothing is let go of before the supervisor is asked, and
+    what it opened is closed whatever happens.
+    """
+
+    def setUp(self) -> None:
+        self.channel = _Channel()
+        self.addCleanup(self.channel.transport.handle.close)
+
+    def test_too_large(self) -> None:
+        """
+        More than one AMP value: not passed, the connection stays here.
+        """
+        control = _Control()
+        before = _open_descriptors()
+        passed = Handoff(control, reactor).hand_off(0, self.channel, b"x" * (65535 + 1))
+        self.assertFalse(passed)
+        self.assertEqual((control.calls, _open_descriptors()), ([], before))
+        self.assertTrue(self.channel.transport.reading)
+        self.assertFalse(self.channel.transport.lost)
+
+    def test_control_fails(self) -> None:
+        """
+        The control connection raises: not passed, the descriptor opened
+        for it closed, the connection still here.
+        """
+        before = _open_descriptors()
+        passed = Handoff(_Control(RuntimeError("gone")), reactor).hand_off(0, self.channel, b"f")
+        self.assertFalse(passed)
+        self.assertEqual(_open_descriptors(), before)
+        self.assertTrue(self.channel.transport.reading)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_passed(self) -> None:
+        """
+        Passed: this worker lets go of the connection, and closes its
+        duplicate once the supervisor has answered.
+        """
+        control = _Control()
+        before = _open_descriptors()
+        self.assertTrue(Handoff(control, reactor).hand_off(0, self.channel, b"f" * 65535))
+        self.assertEqual(control.calls[0]["frame"], b"f" * 65535)
+        self.assertEqual(_open_descriptors(), before + 1)
+        self.assertEqual(
+            (self.channel.transport.reading, self.channel.transport.lost), (False, True)
+        )
+        control.answer.callback({"accepted": True})
+        self.assertEqual(_open_descriptors(), before)
+
+
 @implementer(IReservationBroker)
 class _Broker:
     def __init__(self, owner: Any) -> None:
@@ -491,6 +667,61 @@ class TwistdWorkersTests(TestCase):
         # Each run binds 4 data connections, half of them on the wrong
         # worker on average: 3 runs with none moved would be 1 in 4,096.
         self.assertGreater(moved, 0)
+
+    @defer.inlineCallbacks
+    def test_oversized_connection_bind(self) -> Any:
+        """
+        ConnectionBinds padded past what one hand-off carries (an AMP
+        value, 65,535 bytes) with a comprehension-optional attribute, on
+        connections to both workers, naming connections of both: each is
+        answered 400 where it lands, no worker ends, and 20 clients'
+        allocations all still refresh.  (A hand-off of one used to end
+        the worker's control connection, and the worker with it.)
+        """
+        self.start()
+        yield self.ready()
+        clients = [self.udp_client() for _ in range(20)]
+        for _, request in clients:
+            answer = yield threads.deferToThread(
+                request, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]
+            )
+            self.assertEqual(answer.cls, Class.SUCCESS)
+
+        def attack(connection_id: int) -> int:
+            client = StunClient("test", "secret")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                frames, pending = StreamFramer(), list[bytes]()
+
+                def receive() -> bytes:
+                    while not pending:
+                        data = s.recv(65536)
+                        if not data:
+                            raise ConnectionError("closed")
+                        pending.extend(frames.feed(data))
+                    return pending.pop(0)
+
+                # A nonce first, from a request that is never handed off.
+                s.sendall(client.request(Method.REFRESH, authenticate=False))
+                self.assertTrue(client.challenged(client.learn(receive())))
+                bind = [(Attr.CONNECTION_ID, connection_id), (0x8123, b"")]
+                # The largest frame STUN allows: 65,532 bytes of attributes.
+                unpadded = len(client.request(Method.CONNECTION_BIND, bind)) - 20
+                bind[1] = (0x8123, b"x" * (65_532 - unpadded))
+                request = client.request(Method.CONNECTION_BIND, bind)
+                self.assertEqual(len(request), 65_552)
+                s.sendall(request)
+                code: int = client.learn(receive()).get(Attr.ERROR_CODE)[0]
+                return code
+
+        codes = []
+        for i in range(16):
+            codes.append((yield threads.deferToThread(attack, 1000 + i)))
+        self.assertEqual(codes, [400] * 16)
+        self.assertIn(b"Not passing a 65552-byte ConnectionBind to worker", self.server.output)
+        self.assertNotRegex(self.server.output.decode(), r"Worker \d \(pid \d+\) (was|exited)")
+        for _, request in clients:
+            answer = yield threads.deferToThread(request, Method.REFRESH, [(Attr.LIFETIME, 600)])
+            self.assertEqual(answer.cls, Class.SUCCESS)
 
     @defer.inlineCallbacks
     def test_quota_across_workers(self) -> Any:

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from txturn.credentials import long_term_key
-from txturn.stun import Attr, Class, Message, PasswordAlgorithm, decode, encode
+from txturn.stun import ATTRIBUTES, Attr, Class, Message, PasswordAlgorithm, decode, encode
 
 __all__ = ["StunClient"]
 
@@ -80,7 +80,10 @@ class StunClient:
     ) -> bytes:
         message = Message(method, cls, transaction_id or os.urandom(12))
         for attr_type, value in attributes or []:
-            message.add(attr_type, value)
+            if attr_type in ATTRIBUTES:
+                message.add(attr_type, value)
+            else:
+                message.add_raw(attr_type, value)  # one with no codec: as given
         key = None
         if authenticate and self.nonce is not None:
             assert self.realm is not None

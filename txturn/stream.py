@@ -69,6 +69,12 @@ class TurnStreamProtocol(Protocol):
         self.peer_host = ""
         self.handshake_done = transport_name != "tls"
         self.frames = 0
+        #: Whether this connection has been given to another worker (it
+        #: is that worker's from then on), or came from one: a connection
+        #: is handed off at most once, so ConnectionBinds cannot bounce it
+        #: between workers.
+        self.handed_off = False
+        self.handed_in = False
         self._framer = StreamFramer()
         #: The peer data connection, once this is a client data connection.
         self._peer: IPeerConnection | None = None
@@ -108,8 +114,10 @@ class TurnStreamProtocol(Protocol):
         if self._peer is not None:
             self._peer.write(data)
             return
+        if self.handed_off:
+            return  # another worker's now; the socket has the rest
         self._framer.append(data)
-        while self._peer is None:
+        while self._peer is None and not self.handed_off:
             try:
                 frame = self._framer.next_frame()
             except StunDecodeError as e:
@@ -146,12 +154,19 @@ class TurnStreamProtocol(Protocol):
     def hand_off(self, worker: int, frame: bytes) -> bool:
         """
         Pass this connection, with the ConnectionBind C{frame} read from
-        it, to the worker that holds the peer connection it names.
+        it and whatever the client sent right behind it, to the worker
+        that holds the peer connection it names: once, and never a
+        connection another worker passed here.
         """
         handoff = getattr(self.factory, "handoff", None)
-        if handoff is None or self.transport is None:
+        if handoff is None or self.transport is None or self.handed_off or self.handed_in:
             return False
-        return bool(handoff.hand_off(worker, self, frame))
+        behind = self._framer.take_remaining()
+        if not handoff.hand_off(worker, self, frame + behind):
+            self._framer.append(behind)
+            return False
+        self.handed_off = True
+        return True
 
     def send(self, data: bytes, address: Address) -> None:
         if self.congested:

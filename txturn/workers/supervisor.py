@@ -421,7 +421,15 @@ class Supervisor(service.MultiService):
         if target is None or not target.ready:
             os.close(connection)
             return defer.succeed({"accepted": False})
-        answer = target.control.callRemote(HandOff, worker=worker, connection=connection, **rest)
+        try:
+            answer = target.control.callRemote(
+                HandOff, worker=worker, connection=connection, **rest
+            )
+        except Exception:
+            # Nothing a client sent may end a worker's control connection.
+            self.log.failure("Could not pass a data connection to worker {worker}", worker=worker)
+            os.close(connection)
+            return defer.succeed({"accepted": False})
 
         def done(result: Any) -> dict[str, bool]:
             os.close(connection)

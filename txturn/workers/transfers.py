@@ -27,12 +27,20 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
+from twisted.protocols import amp
 from zope.interface import implementer
 
 from txturn.interfaces import IConnectionHandoff, IRelay, IReservationBroker
 from txturn.joined import JoinedConnection
 from txturn.log_level import logger
 from txturn.workers.control import FetchReservation, HandOff
+
+#: The most bytes a hand-off carries (the ConnectionBind and what the
+#: client sent right behind it): one AMP value.  A larger one would make
+#: C{callRemote} fail after the descriptor was queued on the control
+#: connection, ending it, and with it the worker; a real ConnectionBind
+#: is a few hundred bytes.
+MAX_HANDOFF_FRAME = amp.MAX_VALUE_LENGTH
 
 #: Seconds a descriptor sent in an AMP answer is kept open: the answer is
 #: written (and the descriptor sent with it) on the next write the
@@ -55,36 +63,66 @@ class Handoff:
         self._reactor = reactor
 
     def hand_off(self, worker: int, channel: Any, frame: bytes) -> bool:
+        """
+        Give C{channel} to worker C{worker}, or C{False} (the caller then
+        answers here) if C{frame} cannot travel in one AMP value or the
+        control connection refuses it: nothing is let go of here until
+        the supervisor has been asked, and what was opened for it is
+        closed if asking fails.
+        """
+        if len(frame) > MAX_HANDOFF_FRAME:
+            self.log.info(
+                "Not passing a {size}-byte ConnectionBind to worker {worker}: more than "
+                "{limit} bytes",
+                size=len(frame),
+                worker=worker,
+                limit=MAX_HANDOFF_FRAME,
+            )
+            return False
+        pair: tuple[socket.socket, socket.socket] | None = None
         if channel.transport_name == "tcp":
             family = channel.transport.getHandle().family
-            descriptor, forwarded = self._release(channel), []
+            descriptor, forwarded = os.dup(channel.transport.getHandle().fileno()), []
         else:
-            descriptor, family = self._splice(channel), socket.AF_UNIX
+            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            descriptor, family = pair[1].fileno(), socket.AF_UNIX
             (peer_host, peer_port), (local_host, local_port) = (
                 channel.peer_address,
                 channel.local_address,
             )
             forwarded = [peer_host, str(peer_port), local_host, str(local_port)]
-        answer = self._control.callRemote(
-            HandOff,
-            worker=worker,
-            connection=descriptor,
-            family=int(family),
-            frame=frame,
-            transport=channel.transport_name,
-            forwarded=forwarded,
-        )
+        try:
+            answer = self._control.callRemote(
+                HandOff,
+                worker=worker,
+                connection=descriptor,
+                family=int(family),
+                frame=frame,
+                transport=channel.transport_name,
+                forwarded=forwarded,
+            )
+        except Exception:
+            self.log.failure("Could not pass a data connection to worker {worker}", worker=worker)
+            if pair is None:
+                os.close(descriptor)
+            else:
+                pair[0].close()
+                pair[1].close()
+            return False
+        if pair is None:
+            self._release(channel)
+        else:
+            descriptor = pair[1].detach()
+            self._splice(channel, pair[0])
         answer.addBoth(self._done, worker, descriptor)
         return True
 
     @staticmethod
-    def _release(channel: Any) -> int:
+    def _release(channel: Any) -> None:
         """
-        A duplicate of a TCP connection's descriptor, and the connection
-        forgotten here.
+        Forget a TCP connection whose descriptor another worker now has.
         """
         transport = channel.transport
-        descriptor = os.dup(transport.getHandle().fileno())
         transport.stopReading()
         # Close this process's copy without shutdown(2), which would end
         # the connection for the worker it now belongs to.  (A documented
@@ -92,24 +130,22 @@ class Handoff:
         # sockets.)
         transport._shouldShutdown = False
         transport.loseConnection()
-        return descriptor
 
-    def _splice(self, channel: Any) -> int:
+    def _splice(self, channel: Any, here: socket.socket) -> None:
         """
-        A TLS session cannot leave this process: the other worker gets one
-        end of a socket pair (returned), with the client's addresses, and
-        this connection becomes a splice to the other end, decrypting here
-        what the client sends and encrypting what the other worker
-        answers, like a client data connection joined to its peer.
+        A TLS session cannot leave this process: the other worker got the
+        other end of the socket pair C{here} belongs to, with the
+        client's addresses, and this connection becomes a splice to
+        C{here}, decrypting here what the client sends and encrypting
+        what the other worker answers, like a client data connection
+        joined to its peer.
         """
-        here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         splice = Splice(channel.peer_address)
         self._reactor.adoptStreamConnection(
             here.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: splice)
         )
         here.close()
         channel.attach(splice)
-        return there.detach()
 
     def _done(self, result: Any, worker: int, descriptor: int) -> None:
         os.close(descriptor)

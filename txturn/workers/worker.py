@@ -105,7 +105,15 @@ class WorkerControl(QuietAMP):
             os.close(connection)
         if adopted is None:
             return {"accepted": False}
-        adopted.protocol.dataReceived(frame)
+        # Here for good: never passed on again, whatever it asks next.
+        adopted.protocol.handed_in = True
+        try:
+            adopted.protocol.dataReceived(frame)
+        except Exception:
+            # Taken, and closed: a failure here must not reach AMP, whose
+            # error would reach the worker that passed the connection.
+            self.log.failure("A data connection handed to this worker failed")
+            adopted.abortConnection()
         return {"accepted": True}
 
     @GiveReservation.responder
