@@ -589,7 +589,7 @@ class TwistdTests(TestCase):
         port, peer_port = free_udp_port(), free_udp_port()
         spawn([peer, "-L", "127.0.0.1", "-p", str(peer_port)], self)
         watcher = spawn(twistd_turn(port, "--user", "test:secret", "--allow-loopback-peers"), self)
-        yield watcher.wait_for(rb"Descriptor limit")
+        yield watcher.wait_for(rb"TURN listening on TCP")
 
         def burst() -> list[int]:
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

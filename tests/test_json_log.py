@@ -14,7 +14,7 @@ from twisted.internet import defer, threads
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.test_interop import run_aioice, spawn, twistd_turn, udp_requester
+from tests.test_interop import answers_binding, run_aioice, spawn, twistd_turn, udp_requester
 from tests.test_service import free_udp_port
 from txturn.stun import Attr, Method
 
@@ -71,8 +71,9 @@ class LogLevelTests(TestCase):
             twistd_turn(port, "--user", "a:b", "--log-level", "warn", "--allow-loopback-peers"),
             self,
         )
-        yield watcher.wait_for(rb"--allow-loopback-peers: relays can reach")
-        # The server answers, so its start-up is over.
+        # With warnings only, no line says it listens: wait for answers
+        # (the warning above comes before the listeners are bound).
+        yield threads.deferToThread(answers_binding, port)
         _, request = udp_requester(self, port, "a", "b")
         answer = yield threads.deferToThread(
             request, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]
