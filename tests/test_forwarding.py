@@ -216,6 +216,40 @@ class EntryTests(SynchronousTestCase):
         self.twins.fast.server.set_policy(PeerPolicy())
         self.assertIsNone(self.decide_client(send))
 
+    def test_bounded_per_allocation(self) -> None:
+        """
+        Datagrams from 200 ports of a permitted peer: the fast path learns
+        64 of them (each allocation's bound), the rest stay on the Python
+        path and are relayed the same; the permission's expiry removes
+        every entry, and the table gives its memory back.
+        """
+        entries = self.forwarder.entry_count()
+        for port in range(1000, 1200):
+            peer = (PERMITTED_PEER[0], port)
+            fast, slow = self.twins.from_peer(self.relay, b"x", peer)
+            self.assertEqual(fast, slow)
+        learned = [p for p in range(1000, 1200) if self.decide_peer(b"x", (PERMITTED_PEER[0], p))]
+        self.assertEqual(len(learned), 64)
+        self.assertLessEqual(self.forwarder.entry_count() - entries, 64)
+        sends = [self.send_indication((PERMITTED_PEER[0], p), b"s") for p in range(1000, 1200)]
+        for send in sends:
+            fast, slow = self.twins.from_client(send)
+            self.assertEqual(fast, slow)
+        self.assertEqual(sum(1 for send in sends if self.decide_client(send)), 64)
+        self.clock.advance(300)
+        self.assertIsNone(self.decide_peer(b"x", (PERMITTED_PEER[0], learned[0])))
+        self.assertLessEqual(self.forwarder.entry_count(), entries)
+
+    def test_memory_comes_back(self) -> None:
+        """
+        L{churn_table}: 1,000 allocations with 64 Send entries each, then
+        gone: the table shrinks back to its first size and still finds
+        what it holds.
+        """
+        grown, shrunk, first = churn_table(compiled())
+        self.assertGreaterEqual(grown, 65_000)
+        self.assertEqual(shrunk, first)
+
     def test_counters(self) -> None:
         """
         What the fast path relayed is in the allocation's deletion event,
@@ -269,6 +303,36 @@ class FuzzTests(SynchronousTestCase):
         self.assertEqual(result["escaped"], [])
         self.assertEqual(result["failures"], [])
         self.assertGreater(result["forwarded"], 5_000)
+
+
+def churn_table(module: Any) -> tuple[int, int, int]:
+    """
+    Grow a forwarder's table to 1,000 allocations of 64 Send entries
+    each (more are refused: the bound), remove them in steps, checking
+    that what is left is still found after each shrink; returns its
+    capacity grown, at the end, and at first (the sanitizer run calls it
+    too).
+    """
+    forwarder = module.Forwarder(os.urandom(16))
+    first = forwarder.entry_capacity()
+    slots = [forwarder.add_allocation(5, ("10.0.0.1", port), b"p" * 8) for port in range(1000)]
+    for slot in slots:
+        added = [forwarder.add_send(slot, 7, ("192.0.2.1", port)) for port in range(70)]
+        assert added == [True] * 64 + [False] * 6, added
+    assert forwarder.entry_count() == 1000 * 65
+    grown = forwarder.entry_capacity()
+    for slot in slots[:-1]:
+        forwarder.remove_allocation(slot)
+        # What is left is found: adding it again adds nothing.
+        assert forwarder.add_send(slots[-1], 7, ("192.0.2.1", 63)) is True
+        assert forwarder.entry_count() >= 65
+    assert forwarder.entry_count() == 65
+    forwarder.remove_host(slots[-1], "192.0.2.1")
+    assert forwarder.entry_count() == 1
+    assert forwarder.add_send(slots[-1], 7, ("192.0.2.1", 1)) is True
+    assert forwarder.entry_count() == 2
+    forwarder.remove_allocation(slots[-1])
+    return grown, forwarder.entry_capacity(), first
 
 
 def pump_through_sockets(module: Any) -> str:
@@ -338,10 +402,12 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 sys.modules["txturn._forwarder"] = module
 from txturn.forwarding_check import fuzz_forwarding
-from tests.test_forwarding import pump_through_sockets
+from tests.test_forwarding import churn_table, pump_through_sockets
 result = fuzz_forwarding(int(sys.argv[2]), seed=7, module=module)
 assert not result["mismatches"] and not result["escaped"], result["mismatches"][:1]
 assert pump_through_sockets(module) == "ok"
+grown, shrunk, first = churn_table(module)
+assert shrunk == first < grown, (grown, shrunk, first)
 print("forwarded", result["forwarded"])
 """
 

@@ -52,7 +52,15 @@
 #define GSO_MAX_SEGMENT 1400
 #define GSO_MAX_TOTAL 60000
 
-enum { K_CLIENT = 1, K_CHANNEL = 2, K_SEND = 3, K_PEER = 4 };
+enum { K_CLIENT = 1, K_CHANNEL = 2, K_SEND = 3, K_PEER = 4, KINDS = 5 };
+
+/* Send and peer entries one allocation may hold; past that its traffic
+ * stays on the Python path, which bounds its own state.  Peers choose
+ * their ports: without a bound, one allocation could grow the table
+ * without end (one entry per peer address and port). */
+#define MAX_PER_SLOT 64
+/* The node array never shrinks below this, nor the buckets. */
+#define INITIAL_NODES 64
 
 /* What identifies an entry; zeroed before it is filled, compared whole. */
 typedef struct {
@@ -83,6 +91,7 @@ typedef struct {
 typedef struct {
     int in_use;
     int32_t owned;  /* first node of the slot, or -1 */
+    int32_t counts[KINDS];  /* its nodes of each kind */
     uint8_t txid_prefix[8];
     unsigned long long counters[4];  /* to peers: packets, bytes; to the client: packets, bytes */
 } slot_t;
@@ -250,6 +259,7 @@ put(Forwarder *self, const key_t_ *key, int32_t owner)
     node->next = self->buckets[b];
     self->buckets[b] = i;
     node->owner = owner;
+    self->slots[owner].counts[key->kind]++;
     node->prev_owned = -1;
     node->next_owned = self->slots[owner].owned;
     if (node->next_owned >= 0)
@@ -274,6 +284,7 @@ drop_node(Forwarder *self, int32_t i)
         self->slots[node->owner].owned = node->next_owned;
     if (node->next_owned >= 0)
         self->nodes[node->next_owned].prev_owned = node->prev_owned;
+    self->slots[node->owner].counts[node->key.kind]--;
     memset(node, 0, sizeof(*node));
     node->next = self->free_node;
     self->free_node = i;
@@ -286,6 +297,78 @@ drop_key(Forwarder *self, const key_t_ *key)
     int32_t i = find(self, key);
     if (i >= 0)
         drop_node(self, i);
+}
+
+/* Give memory back once most nodes are gone: live nodes move to the
+ * front of a smaller array (links renumbered), and the buckets shrink
+ * with it.  Called at the end of the methods that remove, never while a
+ * caller holds a node index. */
+static void
+shrink(Forwarder *self)
+{
+    int32_t capacity = self->node_capacity;
+    if (capacity <= INITIAL_NODES || self->node_count >= capacity / 4)
+        return;
+    int32_t size = capacity / 2;
+    while (size / 2 >= INITIAL_NODES && self->node_count < size / 4)
+        size /= 2;
+    int32_t *renumber = PyMem_Malloc(sizeof(int32_t) * (size_t)capacity);
+    node_t *nodes = PyMem_Calloc((size_t)size, sizeof(node_t));
+    uint32_t bucket_count = 64;
+    while (bucket_count < (uint32_t)size)
+        bucket_count *= 2;
+    int32_t *buckets = PyMem_Malloc(sizeof(int32_t) * bucket_count);
+    if (renumber == NULL || nodes == NULL || buckets == NULL) {
+        /* Keep the larger table: it still works. */
+        PyMem_Free(renumber);
+        PyMem_Free(nodes);
+        PyMem_Free(buckets);
+        return;
+    }
+    int32_t n = 0;
+    for (int32_t i = 0; i < capacity; i++)
+        renumber[i] = self->nodes[i].key.kind != 0 ? n++ : -1;
+    for (int32_t i = 0; i < capacity; i++) {
+        if (renumber[i] < 0)
+            continue;
+        node_t *node = &nodes[renumber[i]];
+        *node = self->nodes[i];
+        node->prev_owned = node->prev_owned >= 0 ? renumber[node->prev_owned] : -1;
+        node->next_owned = node->next_owned >= 0 ? renumber[node->next_owned] : -1;
+    }
+    for (int32_t slot = 0; slot < self->slot_capacity; slot++)
+        if (self->slots[slot].in_use && self->slots[slot].owned >= 0)
+            self->slots[slot].owned = renumber[self->slots[slot].owned];
+    for (uint32_t b = 0; b < bucket_count; b++)
+        buckets[b] = -1;
+    for (int32_t i = 0; i < n; i++) {
+        uint32_t b = hash_key(self, &nodes[i].key) & (bucket_count - 1);
+        nodes[i].next = buckets[b];
+        buckets[b] = i;
+    }
+    self->free_node = -1;
+    for (int32_t i = size - 1; i >= n; i--) {
+        nodes[i].next = self->free_node;
+        self->free_node = i;
+    }
+    PyMem_Free(renumber);
+    PyMem_Free(self->nodes);
+    PyMem_Free(self->buckets);
+    self->nodes = nodes;
+    self->node_capacity = size;
+    self->buckets = buckets;
+    self->mask = bucket_count - 1;
+}
+
+/* Whether the slot may add a node of this kind for key: an entry it
+ * has already is overwritten; a new one must fit under the bound. */
+static int
+room_for(Forwarder *self, const key_t_ *key, int32_t slot)
+{
+    int32_t i = find(self, key);
+    if (i >= 0 && self->nodes[i].owner == slot)
+        return 1;
+    return self->slots[slot].counts[key->kind] < MAX_PER_SLOT;
 }
 
 static void
@@ -436,6 +519,7 @@ remove_allocation(Forwarder *self, PyObject *args)
         drop_node(self, s->owned);
     PyObject *out = counters_of(s);
     s->in_use = 0;
+    shrink(self);
     return out;
 }
 
@@ -472,11 +556,13 @@ add_send(Forwarder *self, PyObject *args)
         return NULL;
     key_t_ key;
     make_key(&key, K_SEND, -1, slot, 0, addr, port);
+    if (!room_for(self, &key, slot))
+        Py_RETURN_FALSE;
     node_t *node = put(self, &key, slot);
     if (node == NULL)
         return NULL;
     node->fd = fd;
-    Py_RETURN_NONE;
+    Py_RETURN_TRUE;
 }
 
 static PyObject *
@@ -500,6 +586,10 @@ add_peer(Forwarder *self, PyObject *args)
     }
     key_t_ key;
     make_key(&key, K_PEER, relay_fd, -1, 0, addr, port);
+    if (!room_for(self, &key, slot)) {
+        PyBuffer_Release(&attribute);
+        Py_RETURN_FALSE;
+    }
     node_t *node = put(self, &key, slot);
     if (node == NULL)
         goto fail;
@@ -510,7 +600,7 @@ add_peer(Forwarder *self, PyObject *args)
     if (channel == 0)
         memcpy(node->attribute, attribute.buf, 12);
     PyBuffer_Release(&attribute);
-    Py_RETURN_NONE;
+    Py_RETURN_TRUE;
 fail:
     PyBuffer_Release(&attribute);
     return NULL;
@@ -576,6 +666,7 @@ remove_host(Forwarder *self, PyObject *args)
     }
     remove_matching(self, slot, K_SEND, -1, in.s_addr);
     remove_matching(self, slot, K_PEER, -1, in.s_addr);
+    shrink(self);
     Py_RETURN_NONE;
 }
 
@@ -587,6 +678,7 @@ remove_relay(Forwarder *self, PyObject *args)
         return NULL;
     if (fd >= 0)
         remove_matching(self, slot, 0, fd, 0);
+    shrink(self);
     Py_RETURN_NONE;
 }
 
@@ -596,6 +688,7 @@ clear_sends(Forwarder *self, PyObject *noargs)
     for (int32_t slot = 0; slot < self->slot_capacity; slot++)
         if (self->slots[slot].in_use)
             remove_matching(self, slot, K_SEND, -1, 0);
+    shrink(self);
     Py_RETURN_NONE;
 }
 
@@ -603,6 +696,12 @@ static PyObject *
 entry_count(Forwarder *self, PyObject *noargs)
 {
     return PyLong_FromLong(self->node_count);
+}
+
+static PyObject *
+entry_capacity(Forwarder *self, PyObject *noargs)
+{
+    return PyLong_FromLong(self->node_capacity);
 }
 
 /* -- deciding one datagram ------------------------------------------------- */
@@ -1171,9 +1270,10 @@ static PyMethodDef forwarder_methods[] = {
      "take_counters(slot) -> (to peers packets, bytes, to client packets, bytes) since last"},
     {"add_channel", (PyCFunction)add_channel, METH_VARARGS,
      "add_channel(slot, channel, relay_fd, (host, port))"},
-    {"add_send", (PyCFunction)add_send, METH_VARARGS, "add_send(slot, relay_fd, (host, port))"},
+    {"add_send", (PyCFunction)add_send, METH_VARARGS, "add_send(slot, relay_fd, (host, port)) -> False past the slot's bound"},
     {"add_peer", (PyCFunction)add_peer, METH_VARARGS,
-     "add_peer(slot, relay_fd, peer, listen_fd, client, channel or 0, attribute)"},
+     "add_peer(slot, relay_fd, peer, listen_fd, client, channel or 0, attribute) -> False past "
+     "the slot's bound"},
     {"remove_channel", (PyCFunction)remove_channel, METH_VARARGS, "remove_channel(slot, channel)"},
     {"remove_peer", (PyCFunction)remove_peer, METH_VARARGS, "remove_peer(slot, relay_fd, peer)"},
     {"remove_host", (PyCFunction)remove_host, METH_VARARGS,
@@ -1182,6 +1282,8 @@ static PyMethodDef forwarder_methods[] = {
      "remove_relay(slot, relay_fd): every entry through that relay"},
     {"clear_sends", (PyCFunction)clear_sends, METH_NOARGS, "clear_sends(): every Send entry"},
     {"entry_count", (PyCFunction)entry_count, METH_NOARGS, "entry_count() -> entries held"},
+    {"entry_capacity", (PyCFunction)entry_capacity, METH_NOARGS,
+     "entry_capacity() -> entries the table has memory for"},
     {"send_errors", (PyCFunction)send_errors, METH_NOARGS, "send_errors() -> datagrams lost"},
     {"gso_sends", (PyCFunction)gso_sends, METH_NOARGS,
      "gso_sends() -> sends that carried several datagrams (UDP GSO)"},

@@ -17,6 +17,12 @@ Without the compiled module (no C compiler at install time, or
 C{TXTURN_FAST_PATH=off}) L{NO_FORWARDING} takes its place: the core asks it
 for nothing per packet, and every datagram takes the Python path.
 
+Each allocation holds at most 64 Send entries and 64 peer entries there
+(peers choose their ports; the compiled table refuses more, and that
+traffic stays on the Python path, which bounds its own state); removing
+entries walks only the allocation's own, and the table gives memory back
+as it empties.
+
 Only IPv4 UDP is forwarded: stream and DTLS clients, IPv6 sockets and
 allocations with a bandwidth limit stay on the Python path.
 """
