@@ -152,18 +152,46 @@ class CacheTests(SynchronousTestCase):
 
     def test_bounded(self) -> None:
         """
-        At most C{size} entries, and C{max_pending} lookups at a time.
+        At most C{size} users, and C{max_pending} lookups at a time: past
+        that a lookup fails at once, as a Deferred (never an exception,
+        which would take a chain's other sources down with it).
         """
-        cache = CachedCredentials(self.clock, self.source, size=3, max_pending=2)
+        users = {f"u{i}": "pw" for i in range(10)}
+        cache = CachedCredentials(self.clock, SlowSource(users), size=3, max_pending=2)
         for i in range(10):
             d = cache.keys_for(f"u{i}", REALM, MD5, 0)
-            self.source.answer()
+            cache.source.answer()
             self.successResultOf(d)
         self.assertEqual(len(cache._entries), 3)
         cache.keys_for("x", REALM, MD5, 0)
         cache.keys_for("y", REALM, MD5, 0)
-        with self.assertRaises(CredentialsUnavailable):
-            cache.keys_for("z", REALM, MD5, 0)
+        self.failureResultOf(cache.keys_for("z", REALM, MD5, 0), CredentialsUnavailable)
+
+    def test_unknown_names_apart(self) -> None:
+        """
+        12,000 names nobody has do not evict a real user (kept for the
+        next outage); they are remembered in a cache of their own, at
+        most C{unknown_size} of them.
+        """
+        source = SlowSource({"alice": "secret"})
+        cache = CachedCredentials(self.clock, source, ttl=10, unknown_size=100)
+        d = cache.keys_for("alice", REALM, MD5, 0)
+        source.answer()
+        self.assertEqual(len(self.successResultOf(d)), 1)
+        for i in range(12_000):
+            d = cache.keys_for(f"nobody{i}", REALM, MD5, 0)
+            source.answer()
+            self.assertEqual(self.successResultOf(d), ())
+        self.assertEqual((len(cache._entries), len(cache._unknown)), (1, 100))
+        # An outage: alice is still let in; an unknown name still unknown
+        # while remembered, and then unavailable like any other.
+        self.clock.advance(11)
+        d = cache.keys_for("alice", REALM, MD5, 0)
+        source.fail()
+        self.assertEqual(len(self.successResultOf(d)), 1)
+        d = cache.keys_for("nobody11999", REALM, MD5, 0)
+        source.fail()
+        self.failureResultOf(d, CredentialsUnavailable)
 
 
 class ChainTests(SynchronousTestCase):
@@ -183,6 +211,42 @@ class ChainTests(SynchronousTestCase):
         d = chain.keys_for("nobody", REALM, MD5, 0)
         source.fail()
         self.failureResultOf(d, CredentialsUnavailable)
+
+    def test_overloaded_database_static_works(self) -> None:
+        """
+        With the database's lookups all pending (a slow database and a
+        flood of unknown names), static users and REST names are
+        answered at once, and their userhashes found.
+        """
+        clock = Clock()
+        source = SlowSource({})
+        chain = CredentialChain(
+            [
+                CachedCredentials(clock, source, max_pending=4),
+                StaticCredentials(REALM, {"alice": "secret"}),
+                RestApiCredentials("s"),
+            ]
+        )
+        for i in range(4):
+            chain.keys_for(f"nobody{i}", REALM, MD5, 0)
+        self.assertEqual(len(self.successResultOf(chain.keys_for("alice", REALM, MD5, 0))), 1)
+        rest = self.successResultOf(chain.keys_for("9999999999:bob", REALM, MD5, 0))
+        self.assertEqual(len(rest), 1)
+        self.failureResultOf(chain.keys_for("nobody", REALM, MD5, 0), CredentialsUnavailable)
+
+    def test_userhash_past_a_failing_database(self) -> None:
+        """
+        A USERHASH is looked up past a database that fails.
+        """
+        failing = SlowSource({})
+        failing.username_for_hash = lambda hashed, realm: defer.fail(  # type: ignore[method-assign]
+            ConnectionError("database down")
+        )
+        chain = CredentialChain([failing, StaticCredentials(REALM, {"alice": "secret"})])
+        found = chain.username_for_hash(userhash("alice", REALM), REALM)
+        self.assertEqual(self.successResultOf(found), "alice")
+        missing = chain.username_for_hash(userhash("nobody", REALM), REALM)
+        self.failureResultOf(missing, ConnectionError)
 
     def test_sync_stays_sync(self) -> None:
         """

@@ -19,9 +19,14 @@ at most C{timeout} seconds:
   server answers with 500, rather than leaving the client waiting.
 
 Concurrent misses of one name ask the source once; at most
-C{max_pending} names are asked at a time, and the cache holds at most
-C{size} entries, least recently used first out.  Time is the injected
-reactor's.
+C{max_pending} names are asked at a time (past that a lookup fails at
+once, as a Deferred: L{txturn.credentials.CredentialChain} still gets the
+other sources' answers, so static users and REST secrets never wait on
+or fail with a database).  The cache holds at most C{size} users, least
+recently used first out, and names the source does not know in a
+separate, smaller cache of C{unknown_size}: a flood of made-up names
+cannot evict a real user, whose cached keys must outlive an outage.
+Time is the injected reactor's.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class CachedCredentials:
         stale_for: float = 3600.0,
         timeout: float = 2.0,
         size: int = 10_000,
+        unknown_size: int = 1_000,
         max_pending: int = 256,
     ) -> None:
         self._reactor = reactor
@@ -83,8 +89,11 @@ class CachedCredentials:
         self.stale_for = stale_for
         self.timeout = timeout
         self.size = size
+        self.unknown_size = unknown_size
         self.max_pending = max_pending
+        #: Known users' answers, and (apart) names nobody has.
         self._entries: collections.OrderedDict[tuple[Any, ...], _Entry] = collections.OrderedDict()
+        self._unknown: collections.OrderedDict[tuple[Any, ...], _Entry] = collections.OrderedDict()
         self._waiting: dict[tuple[Any, ...], list[defer.Deferred[Any]]] = {}
         self._failures = LogThrottle(reactor)
         #: Lookups answered from the cache, by the source, from a stale
@@ -110,12 +119,17 @@ class CachedCredentials:
         Drop every entry: the next lookups ask the source.
         """
         self._entries.clear()
+        self._unknown.clear()
 
     def _lookup(self, key: tuple[Any, ...], ask: Callable[[], Any]) -> Any:
-        entry = self._entries.get(key)
+        entries = self._entries
+        entry = entries.get(key)
+        if entry is None:
+            entries = self._unknown
+            entry = entries.get(key)
         now = self._reactor.seconds()
         if entry is not None and now < entry.fresh_until:
-            self._entries.move_to_end(key)
+            entries.move_to_end(key)
             self.stats["hits"] += 1
             return entry.value
         waiter: defer.Deferred[Any] = defer.Deferred()
@@ -124,7 +138,11 @@ class CachedCredentials:
             waiting.append(waiter)
             return waiter
         if len(self._waiting) >= self.max_pending:
-            return self._fallback(key, entry, now, "too many lookups in progress")
+            # A Deferred, never an exception: the other sources of a
+            # chain still answer for their users.
+            return defer.maybeDeferred(
+                self._fallback, key, entry, now, "too many lookups in progress"
+            )
         self._waiting[key] = [waiter]
         self.stats["misses"] += 1
         asked = defer.maybeDeferred(ask)
@@ -135,10 +153,18 @@ class CachedCredentials:
 
     def _answered(self, value: Any, key: tuple[Any, ...]) -> None:
         now = self._reactor.seconds()
-        self._entries[key] = _Entry(value, now + self.ttl, now + self.stale_for if value else 0.0)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        if value:
+            self._unknown.pop(key, None)
+            entries, size = self._entries, self.size
+            entry = _Entry(value, now + self.ttl, now + self.stale_for)
+        else:
+            self._entries.pop(key, None)
+            entries, size = self._unknown, self.unknown_size
+            entry = _Entry(value, now + self.ttl, 0.0)
+        entries[key] = entry
+        entries.move_to_end(key)
+        while len(entries) > size:
+            entries.popitem(last=False)
         for waiter in self._waiting.pop(key, []):
             waiter.callback(value)
 

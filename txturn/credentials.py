@@ -385,10 +385,17 @@ class CredentialChain:
             name = source.username_for_hash(hashed, realm)
             if isinstance(name, defer.Deferred):
                 rest = CredentialChain(self.sources[index + 1 :])
-                return name.addCallback(
+
+                def failed(failure: Failure) -> Any:
+                    # A source that is down hides nobody the others know.
+                    after = defer.maybeDeferred(rest.username_for_hash, hashed, realm)
+                    return after.addCallback(lambda found: failure if found is None else found)
+
+                return name.addCallbacks(
                     lambda found: (
                         found if found is not None else rest.username_for_hash(hashed, realm)
-                    )
+                    ),
+                    failed,
                 )
             if name is not None:
                 return name
