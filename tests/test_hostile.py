@@ -447,6 +447,41 @@ class LimiterTests(SynchronousTestCase):
         self.assertLessEqual(len(throttle._kinds), 2)
 
 
+class UsernameTests(SynchronousTestCase):
+    """
+    USERNAME is taken only in the OpaqueString profile (RFC 8489 section
+    14.3): no control or format character reaches a lookup, a log line or
+    a terminal as a name.
+    """
+
+    def test_refused(self) -> None:
+        clock = Clock()
+        authenticator = Authenticator(
+            clock,
+            StaticCredentials(REALM, {"alice": "secret", "josé": "secret"}),
+            REALM,
+            NonceManager(),
+            SourceLimiter(clock, 1e9, 1e9),
+            __import__("collections").Counter(),
+        )
+        address = ("198.51.100.1", 1)
+
+        def answer(username: str) -> Any:
+            client = StunClient(username, "secret")
+            client.realm = REALM
+            client.nonce = authenticator.nonces.issue(address[0], clock.seconds())
+            request = client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+            return authenticator.check(decode(request), address)
+
+        for name in ["\x1b[2Jalice", "alice\nforged line", "a\u202eb", "\u2028x", "jose\u0301"]:
+            refused = answer(name)
+            self.assertEqual(
+                refused.get(Attr.ERROR_CODE), (400, "USERNAME is not an OpaqueString"), name
+            )
+        for name in ["alice", "josé"]:
+            self.assertIsInstance(answer(name), AuthContext)
+
+
 class ConstantTimeTests(SynchronousTestCase):
     """
     A wrong password, an unknown user and a malformed or expired REST name

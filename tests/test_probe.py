@@ -5,10 +5,12 @@ and TLS, against coturn's turnserver, and the failures it must name.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
+import threading
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -19,9 +21,12 @@ from tests.test_interop import redirecting_pair, start_coturn
 from tests.test_service import free_udp_port
 from txturn.credentials import StaticCredentials
 from txturn.policy import PeerPolicy
+from txturn.printable import printable
 from txturn.probe import Probe, ProbeFailed, TurnUri
+from txturn.probe import main as probe_main
 from txturn.server import ServerConfig
 from txturn.service import TurnService
+from txturn.stun import decode, encode, error_response
 from txturn.testing import self_signed_certificate
 from txturn.tls import TlsCredentials
 
@@ -124,6 +129,68 @@ class ProbeTests(TestCase):
         quiet = self.probe(f"turn:127.0.0.1:{mute.getsockname()[1]}", timeout=0.3)
         failure = yield self.assertFailure(quiet, ProbeFailed)
         self.assertEqual(str(failure), "Binding: no answer within 0.3 s")
+
+
+class EscapeTests(SynchronousTestCase):
+    """
+    What a probed server sends reaches the terminal escaped.
+    """
+
+    def test_printable(self) -> None:
+        self.assertEqual(printable("txturn 0.1 é"), "txturn 0.1 é")
+        self.assertEqual(printable("\x1b[2Jowned\nline"), "\\x1b[2Jowned\\nline")
+        self.assertEqual(printable("a\u202eb\nc", keep="\n"), "a\\u202eb\nc")
+
+    def test_hostile_reason(self) -> None:
+        """
+        A server whose error reason clears the screen and forges a line:
+        txturn-probe prints it escaped.
+        """
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("127.0.0.1", 0))
+        self.addCleanup(server.close)
+
+        def answer() -> None:
+            data, address = server.recvfrom(2048)
+            reason = "\x1b[2J\x1b[31mowned\nOK"
+            server.sendto(encode(error_response(decode(data), 400, reason)), address)
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        done = subprocess.run(
+            [sys.executable, "-m", "txturn.probe", f"turn:127.0.0.1:{server.getsockname()[1]}"]
+            + ["-u", "alice", "--timeout", "5"],
+            capture_output=True,
+            env={**os.environ, "TXTURN_PROBE_PASSWORD": "secret"},
+            timeout=30,
+        )
+        thread.join(5)
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertNotIn(b"\x1b", done.stdout + done.stderr)
+        self.assertIn(b"\\x1b[2J\\x1b[31mowned\\nOK", done.stderr)
+        self.assertNotIn(b"visible to every local user", done.stderr)
+
+    def test_secrets_on_argv_warned(self) -> None:
+        """
+        A password or REST secret on the command line is used, with a
+        warning naming what keeps it out of ps.
+        """
+        mute = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        mute.bind(("127.0.0.1", 0))
+        self.addCleanup(mute.close)
+        uri = f"turn:127.0.0.1:{mute.getsockname()[1]}"
+        for given, instead in [
+            (["-u", "alice", "-w", "secret"], "--password-file or $TXTURN_PROBE_PASSWORD"),
+            (["--secret", "s3cret"], "--secret-file or $TXTURN_STATIC_AUTH_SECRET"),
+        ]:
+            errors = io.StringIO()
+            self.patch(sys, "stderr", errors)
+            self.assertEqual(probe_main([uri, *given, "--timeout", "0.1"]), 1)
+            self.assertIn(
+                f"on the command line is visible to every local user in ps; use {instead}",
+                errors.getvalue(),
+            )
+            self.assertIn("no answer within 0.1 s", errors.getvalue())
 
 
 class CoturnProbeTests(TestCase):

@@ -107,6 +107,17 @@ class StoreTests(TestCase):
         self.assertIn("no such database", missing.stderr)
         fleet = admin("--user-db", url, "allocations", "bob")
         self.assertIn("needs --redis", fleet.stderr)
+        # Secrets on the command line work, with a warning each.
+        added = admin("--user-db", url, "add", "carol", "--password", "pw")
+        self.assertEqual(added.returncode, 0, added.stderr)
+        self.assertIn(
+            "--password on the command line is visible to every local user in ps; "
+            "use $TXTURN_PASSWORD or standard input",
+            added.stderr,
+        )
+        minted = admin("mint", "--secret", "s3cret", "--user", "dave")
+        self.assertIn("--secret on the command line is visible", minted.stderr)
+        self.assertNotIn("visible", admin("--user-db", url, "list").stderr)
 
 
 class LookupTests(TestCase):

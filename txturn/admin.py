@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 from twisted.internet import defer, task
 
+from txturn.argv_secrets import url_has_password, warn_on_argv
 from txturn.credential_policy import mint_credential
 from txturn.credentials import CredentialError, rest_expiry
 from txturn.redis_address import parse_redis_url
@@ -106,6 +107,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], Any] | None = N
     """
     write = out if out is not None else sys.stdout.write
     args = _parser().parse_args(argv)
+    _warn_on_argv(args, argv if argv is not None else sys.argv[1:])
     try:
         if args.command == "mint":
             return _mint(args, write)
@@ -117,6 +119,19 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], Any] | None = N
     except (UserDbError, CredentialError, ValueError, OSError) as e:
         sys.stderr.write(f"txturn-admin: {e}\n")
         return 1
+
+
+def _warn_on_argv(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """
+    Warn about each secret given on the command line.
+    """
+    if getattr(args, "password", None):
+        warn_on_argv("txturn-admin", "--password", f"${PASSWORD_VARIABLE} or standard input")
+    if getattr(args, "secret", None):
+        warn_on_argv("txturn-admin", "--secret", "--secret-file")
+    given = [a.removeprefix("--redis=") for a in argv]
+    if any(url_has_password(url) for url in given):
+        warn_on_argv("txturn-admin", "a Redis password", "$TXTURN_REDIS_URL")
 
 
 def _password(args: argparse.Namespace) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -23,7 +24,13 @@ from twisted.python.failure import Failure
 
 from txturn.credential_cache import CredentialsUnavailable
 from txturn.credential_policy import NO_POLICY, CredentialPolicy, PolicyReader
-from txturn.credentials import CredentialError, ICredentialSource, NonceManager, rest_expiry
+from txturn.credentials import (
+    CredentialError,
+    ICredentialSource,
+    NonceManager,
+    opaque_string,
+    rest_expiry,
+)
 from txturn.events import AuthenticationFailed
 from txturn.interfaces import Address
 from txturn.limits import SourceLimiter
@@ -98,6 +105,12 @@ class Authenticator:
         nonce = request.get(Attr.NONCE)
         if (username is None and hashed is None) or realm is None or nonce is None:
             return error_response(request, 400, "Missing credentials")
+        if username is not None and not _opaque(username):
+            # RFC 8489 section 14.3: USERNAME is sent in the OpaqueString
+            # profile, which has no control characters; nor do we take
+            # format characters (a right-to-left override), which would
+            # reach logs and terminals as a name.
+            return error_response(request, 400, "USERNAME is not an OpaqueString")
         algorithm = _algorithm(request)
         if algorithm is None:
             return error_response(request, 400, "Password algorithm mismatch")
@@ -207,6 +220,22 @@ class Authenticator:
         if len(self._logged_failures) > _LOGGED_FAILURES:
             self._logged_failures.popitem(last=False)
         self._emit(AuthenticationFailed(address, username, reason))
+
+
+def _opaque(username: str) -> bool:
+    """
+    Whether C{username} is as the OpaqueString profile leaves a string
+    (RFC 8265): no control or format characters, non-ASCII spaces mapped,
+    NFC.
+    """
+    if username.isascii():
+        return username.isprintable()
+    try:
+        if opaque_string(username) != username:
+            return False
+    except CredentialError:
+        return False
+    return not any(unicodedata.category(c) in ("Cf", "Zl", "Zp") for c in username)
 
 
 def _algorithm(request: Message) -> int | None:

@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from txturn import __version__
+from txturn.argv_secrets import first_line, from_environment, warn_on_argv
 from txturn.client import StunClient
 from txturn.credentials import rest_api_password
 from txturn.framing import StreamFramer
+from txturn.printable import printable
 from txturn.stun import (
     CHANNEL_DATA_HEADER,
     Attr,
@@ -427,8 +429,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("uri", help="turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT]")
     parser.add_argument("-u", "--user", help="username (with --secret: the name after expiry:)")
-    parser.add_argument("-w", "--password", help="password")
-    parser.add_argument("--secret", help="TURN REST API secret: the probe makes its own name")
+    parser.add_argument("-w", "--password", help=f"password [${PASSWORD_VARIABLE}]")
+    parser.add_argument("--password-file", help="a file whose first line is the password")
+    parser.add_argument(
+        "--secret",
+        help=f"TURN REST API secret: the probe makes its own name [${SECRET_VARIABLE}]",
+    )
+    parser.add_argument("--secret-file", help="a file whose first line is the REST secret")
     parser.add_argument(
         "--peer", help="the address the server should relay to (default: the mapped host)"
     )
@@ -448,13 +455,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         uri = TurnUri.parse(args.uri)
     except ValueError as e:
         parser.error(str(e))
-    if args.secret:
+    secret, password = _secrets(args)
+    if secret:
         username = f"{int(time.time()) + 3600}:{args.user or 'txturn-probe'}"
-        password = rest_api_password(args.secret, username)
-    elif args.user and args.password is not None:
-        username, password = args.user, args.password
+        password = rest_api_password(secret, username)
+    elif args.user and password is not None:
+        username = args.user
     else:
-        parser.error("give --user and --password, or --secret")
+        parser.error(
+            f"give --user and a password (--password-file, ${PASSWORD_VARIABLE}), "
+            f"or a REST secret (--secret-file, ${SECRET_VARIABLE})"
+        )
     probe = Probe(
         uri,
         username,
@@ -471,11 +482,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = probe.run()
     except ProbeFailed as e:
-        sys.stdout.write(probe.report.table() + "\n" if probe.report.rows else "")
-        sys.stderr.write(f"FAILED at {e}\n")
+        shown = probe.report.table() + "\n" if probe.report.rows else ""
+        sys.stdout.write(printable(shown, keep="\n"))
+        sys.stderr.write(f"FAILED at {printable(str(e))}\n")
         return 1
-    sys.stdout.write(report.table() + "\nOK\n")
+    sys.stdout.write(printable(report.table(), keep="\n") + "\nOK\n")
     return 0
+
+
+#: Where txturn-probe finds a password and a REST secret not given on
+#: the command line (the server's own variable, for the secret).
+PASSWORD_VARIABLE = "TXTURN_PROBE_PASSWORD"
+SECRET_VARIABLE = "TXTURN_STATIC_AUTH_SECRET"
+
+
+def _secrets(args: Any) -> tuple[str | None, str | None]:
+    """
+    The REST secret and the password, each from its file, the command
+    line (with a warning) or the environment.
+    """
+    if args.secret_file is not None:
+        secret: str | None = first_line(args.secret_file)
+    elif args.secret:
+        warn_on_argv("txturn-probe", "--secret", f"--secret-file or ${SECRET_VARIABLE}")
+        secret = args.secret
+    else:
+        secret = from_environment(SECRET_VARIABLE) if args.password is None else None
+    if args.password_file is not None:
+        password: str | None = first_line(args.password_file)
+    elif args.password is not None:
+        warn_on_argv("txturn-probe", "--password", f"--password-file or ${PASSWORD_VARIABLE}")
+        password = args.password
+    else:
+        password = from_environment(PASSWORD_VARIABLE)
+    return secret, password
 
 
 def _audit(probe: Probe) -> int:
@@ -488,11 +528,11 @@ def _audit(probe: Probe) -> int:
     try:
         rows = Audit(probe).run()
     except (ProbeFailed, OSError) as e:
-        sys.stderr.write(f"FAILED: {e}\n")
+        sys.stderr.write(f"FAILED: {printable(str(e))}\n")
         return 1
     granted = [row for row in rows if row.granted]
     untested = [row for row in rows if row.result.startswith("untested")]
-    sys.stdout.write(table(rows) + "\n")
+    sys.stdout.write(printable(table(rows), keep="\n") + "\n")
     if len(untested) == len(rows):
         sys.stderr.write("FAILED: nothing could be tested\n")
         return 1
