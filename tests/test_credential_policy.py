@@ -80,7 +80,13 @@ class FormatTests(SynchronousTestCase):
         third field is no policy carry none.
         """
         reader = PolicyReader()
-        for name in ("alice", "1700000000:alice", "1700000000:alice:x", "a:b:eyJ"):
+        for name in (
+            "alice",
+            "1700000000:alice",
+            "1700000000:alice:x",
+            "a:b:eyJ",
+            "1700000000:team:eyal",
+        ):
             self.assertIs(reader.policy_of(name), NO_POLICY, name)
 
     def test_refused(self) -> None:
@@ -94,6 +100,8 @@ class FormatTests(SynchronousTestCase):
             {"peers": "198.51.100.0/24"},
             {"allocations": 0},
             {"bps": True},
+            {"bps": 10**309},
+            {"allocations": 10**13},
             {"bandwidth": 5},
             {"peers": ["10.0.0.0/8"] * 33},
         ):
@@ -102,7 +110,7 @@ class FormatTests(SynchronousTestCase):
         with self.assertRaises(CredentialError):
             reader.policy_of("1700000000:u:eyJub3QganNvbg")
         with self.assertRaises(CredentialError):
-            reader.policy_of("1700000000:u:ey" + "A" * 600)
+            reader.policy_of("1700000000:u:eyJ" + "A" * 600)
         with self.assertRaises(CredentialError):
             mint_credential(SECRET, "a:b", 1)
 

@@ -44,8 +44,13 @@ from txturn.credentials import CredentialError, rest_api_password, rest_expiry
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: Where a policy field starts: the base64url of C{{"}.
-_POLICY_MARK = "ey"
+#: Where a policy field starts: the base64url of C{{"} and a key's first
+#: letter, as every JSON encoder writes an object (C{"ey"} alone took a
+#: REST user part such as C{eyal} for a malformed policy).
+_POLICY_MARK = "eyJ"
+#: The largest number a policy may carry: more is no limit, and a number
+#: of 309 digits made the bandwidth limit fail on every packet.
+_MAX_NUMBER = 10**12
 #: The longest policy field read: a username is at most 509 bytes of
 #: STUN, so this is no limit on honest names and a bound on the work.
 _MAX_POLICY_CHARS = 512
@@ -172,8 +177,8 @@ def _positive(body: dict[str, Any], key: str) -> int | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CredentialError(f"{key} must be a positive whole number")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_NUMBER:
+        raise CredentialError(f"{key} must be a whole number from 1 to {_MAX_NUMBER}")
     return value
 
 
