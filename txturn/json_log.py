@@ -26,6 +26,8 @@ from typing import IO, Any
 from twisted.logger import ILogObserver, LogLevel, formatEvent
 from zope.interface import implementer
 
+from txturn.files import append_private
+
 #: The variable naming file_observer's file.
 FILE_VARIABLE = "TXTURN_LOG_FILE"
 
@@ -97,7 +99,7 @@ def file_observer() -> ILogObserver:
     if not path:
         raise SystemExit(f"twistd turn: set {FILE_VARIABLE} to the JSON log file's path")
     try:
-        out = open(path, "a", encoding="utf-8")
+        out = append_private(path)
     except OSError as e:
         raise SystemExit(f"twistd turn: cannot write the log file {path}: {e.strerror}") from None
     return JsonLines(out)

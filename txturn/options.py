@@ -20,6 +20,7 @@ from twisted.python import usage
 from txturn import __version__
 from txturn.config_file import ConfigFileError, read_config
 from txturn.credentials import CredentialError, StaticCredentials
+from txturn.files import append_private
 from txturn.host_addresses import default_listen_addresses, default_relay_addresses
 from txturn.log_level import LEVELS
 from txturn.policy import parse_range
@@ -710,7 +711,7 @@ class Options(usage.Options):
         self._check_credential_file()
         if self["usage-file"] is not None:
             try:
-                open(self["usage-file"], "a", encoding="utf-8").close()
+                append_private(self["usage-file"]).close()
             except OSError as e:
                 raise usage.UsageError(
                     f"cannot write --usage-file {self['usage-file']}: {e.strerror}"

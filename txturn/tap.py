@@ -19,6 +19,7 @@ from twisted.python import usage
 from txturn import privileged
 from txturn.credential_cache import CachedCredentials
 from txturn.credentials import CredentialChain, RestApiCredentials, StaticCredentials
+from txturn.files import append_private
 from txturn.interfaces import host_port
 from txturn.limits import ConnectionLimits
 from txturn.log_level import govern_twistd_logging, set_log_level
@@ -122,7 +123,7 @@ def makeService(
     path = options["usage-file"]
     if path is not None or backends.usage_stream is not None:
         records = UsageRecords(
-            (lambda: open(path, "a", encoding="utf-8")) if path is not None else None,
+            (lambda: append_private(path)) if path is not None else None,
             options["realm"],
             time.time,
             also=[backends.usage_stream] if backends.usage_stream is not None else [],
