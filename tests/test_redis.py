@@ -301,6 +301,28 @@ class FleetTests(FleetBase):
         self.assertEqual(self.code(response), 0)
 
     @defer.inlineCallbacks
+    def test_realms_apart(self) -> Any:
+        """
+        User bob of realm C{r:eu} and user C{eu:bob} of realm C{r} have
+        different keys (a realm's C{:} is escaped), so neither logs in as
+        the other; listing gives the realm back as it was.
+        """
+        for realm in ("r:eu", "r"):
+            name = "bob" if realm == "r:eu" else "eu:bob"
+            added = yield threads.deferToThread(
+                admin, "--redis", self.redis.url, "--realm", realm, "add", name
+            )
+            self.assertEqual(added.returncode, 0, added.stderr)
+        keys = yield threads.deferToThread(self.redis.command, "KEYS", "txturn:user:*")
+        self.assertEqual(sorted(keys), ["txturn:user:r%3Aeu:bob", "txturn:user:r:eu:bob"])
+        listed = yield threads.deferToThread(admin, "--redis", self.redis.url, "list")
+        self.assertEqual(listed.stdout, "eu:bob\tr\nbob\tr:eu\n")
+        only = yield threads.deferToThread(
+            admin, "--redis", self.redis.url, "--realm", "r:eu", "list"
+        )
+        self.assertEqual(only.stdout, "bob\tr:eu\n")
+
+    @defer.inlineCallbacks
     def test_redis_down(self) -> Any:
         """
         Redis killed: both servers keep allocating (each to the quota on

@@ -30,12 +30,27 @@ REVOKED = PREFIX + "revoked"
 REVOCATIONS_CHANNEL = PREFIX + "revocations"
 
 
+def _realm_part(realm: str) -> str:
+    """
+    The realm as it is written in a key: with its C{%} and C{:} escaped,
+    so that the first C{:} after it ends it.  Otherwise user C{bob} of
+    realm C{r:eu} and user C{eu:bob} of realm C{r} would share one key,
+    and one could log in as the other.  A realm without either (nearly
+    every one) is written as it is, as before.
+    """
+    return realm.replace("%", "%25").replace(":", "%3A")
+
+
+def _realm_of(part: str) -> str:
+    return part.replace("%3A", ":").replace("%25", "%")
+
+
 def user_key(realm: str, name: str) -> str:
-    return f"{PREFIX}user:{realm}:{name}"
+    return f"{PREFIX}user:{_realm_part(realm)}:{name}"
 
 
 def userhash_key(realm: str, hashed: bytes) -> str:
-    return f"{PREFIX}userhash:{realm}:{hashed.hex()}"
+    return f"{PREFIX}userhash:{_realm_part(realm)}:{hashed.hex()}"
 
 
 @implementer(ICredentialSource)
@@ -71,6 +86,13 @@ def _key(value: object) -> tuple[bytes, ...]:
         return ()
 
 
+def _glob_escaped(text: str) -> str:
+    """
+    C{text} matched literally by a Redis C{SCAN MATCH} pattern.
+    """
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 class RedisUsers:
     """
     What C{txturn-admin} does to the users and revocations in Redis.
@@ -95,14 +117,16 @@ class RedisUsers:
 
     @defer.inlineCallbacks
     def names(self, realm: str | None = None) -> Any:
-        pattern = user_key(realm, "*") if realm is not None else f"{PREFIX}user:*"
+        pattern = (
+            user_key(_glob_escaped(realm), "*") if realm is not None else f"{PREFIX}user:*"
+        )
         found: list[tuple[str, str]] = []
         cursor = "0"
         while True:
             cursor, keys = yield self._link.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
             for key in keys:
                 user_realm, _, name = key[len(PREFIX) + len("user:") :].partition(":")
-                found.append((user_realm, name))
+                found.append((_realm_of(user_realm), name))
             if str(cursor) == "0":
                 return sorted(found)
 
