@@ -425,6 +425,67 @@ class PumpTests(SynchronousTestCase):
         self.assertEqual(pump_through_sockets(compiled()), "ok")
 
 
+SMALL_MTU = """
+import os, socket
+from txturn import _forwarder
+from txturn.stun import encode_channel_data
+
+def udp():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+listener, relay, client, peer = udp(), udp(), udp(), udp()
+forwarder = _forwarder.Forwarder(os.urandom(16))
+slot = forwarder.add_allocation(listener.fileno(), client.getsockname(), b"p" * 8)
+forwarder.add_channel(slot, 0x4000, relay.fileno(), peer.getsockname())
+
+def relay_run(size):
+    for i in range(20):
+        client.sendto(encode_channel_data(0x4000, bytes([i]) * size), listener.getsockname())
+    while forwarder.pump(listener.fileno(), False, lambda d, a: None, 8):
+        pass
+    got = []
+    while True:
+        try:
+            got.append(peer.recv(65535))
+        except BlockingIOError:
+            return got
+
+# Segments of 1,300 bytes do not fit the 1,280-byte MTU: GSO sends fail
+# with EMSGSIZE, and those datagrams go one by one (fragmented).
+big = relay_run(1300)
+assert big == [bytes([i]) * 1300 for i in range(20)], len(big)
+assert forwarder.send_errors() == 0, forwarder.send_errors()
+assert forwarder.gso_on()
+before = forwarder.gso_sends()
+small = relay_run(100)
+assert len(small) == 20 and forwarder.gso_sends() > before, (len(small), before)
+print("ok")
+"""
+
+
+class SmallMtuTests(TestCase):
+    def test_gso_stays_on(self) -> None:
+        """
+        In a network namespace whose loopback has a 1,280-byte MTU: one
+        GSO send refused for its segment size (a peer behind a small MTU)
+        is sent one by one, nothing lost, and the next sends are joined
+        again (it used to turn GSO off for the whole process for good).
+        """
+        if os.getuid() != 0 or shutil.which("unshare") is None or not compiler_present():
+            raise SkipTest("needs root, unshare and the compiled fast path")
+        result = subprocess.run(
+            ["unshare", "-n", "sh", "-c", 'ip link set lo up mtu 1280 && exec "$0" -c "$1"']
+            + [sys.executable, SMALL_MTU],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual((result.returncode, result.stdout), (0, "ok\n"), result.stderr[-2000:])
+
+
 class SanitizerTests(TestCase):
     """
     The C code under AddressSanitizer and UndefinedBehaviorSanitizer.

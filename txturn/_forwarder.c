@@ -50,6 +50,9 @@
  * into segments of one size.  A segment must fit the path MTU, or the send
  * fails: only datagrams that fit a 1500-byte Ethernet MTU are joined. */
 #define GSO_MAX_SEGMENT 1400
+/* Flushes sent one by one after the kernel refused a GSO send, before
+ * GSO is tried again. */
+#define GSO_RETRY_FLUSHES 100000
 #define GSO_MAX_TOTAL 60000
 
 enum { K_CLIENT = 1, K_CHANNEL = 2, K_SEND = 3, K_PEER = 4, KINDS = 5 };
@@ -125,7 +128,9 @@ typedef struct {
     size_t slengths[BATCH];
     /* tuning: datagrams per recvmmsg and per sendmmsg; UDP GSO on or off */
     int batch;
-    int gso;
+    int gso;          /* joining now */
+    int gso_wanted;   /* as tuned: GSO is retried after a refusal */
+    unsigned long long gso_off_flushes;
     unsigned long long gso_sends;
     /* the queue joined into GSO sends */
     struct mmsghdr gmsgs[BATCH];
@@ -968,6 +973,8 @@ flush(Forwarder *self)
 {
     int n = self->send_count;
     self->send_count = 0;
+    if (!self->gso && self->gso_wanted && ++self->gso_off_flushes >= GSO_RETRY_FLUSHES)
+        self->gso = 1;
     if (!self->gso || n < 2) {
         send_plain(self, 0, n);
         return;
@@ -984,10 +991,16 @@ flush(Forwarder *self)
         }
         if (errno == EINTR)
             continue;
-        if (self->gcount[i] > 1 && errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
-            /* The kernel refused the segmentation (too old, or a path MTU
-             * below the segment): send them one by one from now on. */
+        if (self->gcount[i] > 1 && errno == EMSGSIZE) {
+            /* A path MTU below the segment (one peer behind a small MTU):
+             * this send goes one by one, the next ones are joined again. */
+            send_plain(self, self->gfirst[i], self->gcount[i]);
+        } else if (self->gcount[i] > 1 && errno != EAGAIN && errno != EWOULDBLOCK
+                   && errno != ENOBUFS) {
+            /* The kernel refused the segmentation itself (too old, or the
+             * device cannot): send one by one for a while, then retry. */
             self->gso = 0;
+            self->gso_off_flushes = 0;
             send_plain(self, self->gfirst[i], self->gcount[i]);
         } else {
             self->send_errors += (unsigned long long)self->gcount[i];
@@ -1175,6 +1188,12 @@ send_errors(Forwarder *self, PyObject *noargs)
 }
 
 static PyObject *
+gso_on(Forwarder *self, PyObject *noargs)
+{
+    return PyBool_FromLong(self->gso);
+}
+
+static PyObject *
 gso_sends(Forwarder *self, PyObject *noargs)
 {
     return PyLong_FromUnsignedLongLong(self->gso_sends);
@@ -1192,7 +1211,7 @@ tune(Forwarder *self, PyObject *args)
     }
     flush(self);
     self->batch = batch;
-    self->gso = gso;
+    self->gso = self->gso_wanted = gso;
     Py_RETURN_NONE;
 }
 
@@ -1211,7 +1230,7 @@ forwarder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->slot_capacity = 16;
     self->slots = PyMem_Calloc(16, sizeof(slot_t));
     self->batch = BATCH;
-    self->gso = 1;
+    self->gso = self->gso_wanted = 1;
     /* Pages are only touched as datagrams that large arrive. */
     self->buffers = PyMem_RawMalloc((size_t)BATCH * BUFFER_SIZE);
     if (!self->buckets || !self->nodes || !self->slots || !self->buffers) {
@@ -1285,6 +1304,7 @@ static PyMethodDef forwarder_methods[] = {
     {"entry_capacity", (PyCFunction)entry_capacity, METH_NOARGS,
      "entry_capacity() -> entries the table has memory for"},
     {"send_errors", (PyCFunction)send_errors, METH_NOARGS, "send_errors() -> datagrams lost"},
+    {"gso_on", (PyCFunction)gso_on, METH_NOARGS, "gso_on() -> whether sends are joined now"},
     {"gso_sends", (PyCFunction)gso_sends, METH_NOARGS,
      "gso_sends() -> sends that carried several datagrams (UDP GSO)"},
     {"tune", (PyCFunction)tune, METH_VARARGS,
