@@ -7,6 +7,7 @@ asks the source once per name, stands in for it in an outage, answers
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any
 
@@ -18,19 +19,23 @@ from zope.interface import implementer
 
 from tests.test_metrics import value
 from tests.test_server import REALM, ServerTestCase
+from txturn.authenticator import AuthContext, Authenticator
+from txturn.client import StunClient
 from txturn.credential_cache import CachedCredentials, CredentialsUnavailable
 from txturn.credentials import (
     CredentialChain,
     ICredentialSource,
+    NonceManager,
     RestApiCredentials,
     StaticCredentials,
     long_term_key,
     userhash,
 )
 from txturn.events import AllocationDeleted, AuthenticationFailed, IServerObserver
+from txturn.limits import SourceLimiter
 from txturn.metrics import Metrics
 from txturn.revocations import Revocations
-from txturn.stun import Attr, Class, Message, Method, PasswordAlgorithm, encode
+from txturn.stun import Attr, Class, Message, Method, PasswordAlgorithm, decode, encode
 from txturn.testing import make_server
 
 MD5 = PasswordAlgorithm.MD5
@@ -192,6 +197,90 @@ class CacheTests(SynchronousTestCase):
         d = cache.keys_for("nobody11999", REALM, MD5, 0)
         source.fail()
         self.failureResultOf(d, CredentialsUnavailable)
+
+
+class SourceShareTests(SynchronousTestCase):
+    """
+    Each client source may make the cache ask the database only so often;
+    and while the database is away, a name it knew and a name it never
+    knew are answered alike.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.source = SlowSource({"alice": "secret"})
+        self.cache = CachedCredentials(
+            self.clock, self.source, ttl=10, lookup_rate=1, lookup_burst=5
+        )
+
+    def test_lookups_per_source(self) -> None:
+        """
+        Ten made-up names from one address: five reach the database, the
+        rest fail at once; another address still gets its lookups, and a
+        cached user is still answered for the first.
+        """
+        d = self.cache.keys_for_source("alice", REALM, MD5, 0, "198.51.100.1")
+        self.source.answer()
+        self.successResultOf(d)
+        for i in range(10):
+            d = self.cache.keys_for_source(f"nobody{i}", REALM, MD5, 0, "198.51.100.1")
+            if i < 4:
+                self.source.answer()
+                self.assertEqual(self.successResultOf(d), ())
+            else:
+                self.failureResultOf(d, CredentialsUnavailable)
+        self.assertEqual(len(self.source.asked), 5)
+        d = self.cache.keys_for_source("nobody99", REALM, MD5, 0, "203.0.113.1")
+        self.source.answer()
+        self.assertEqual(self.successResultOf(d), ())
+        cached = self.cache.keys_for_source("alice", REALM, MD5, 0, "198.51.100.1")
+        self.assertEqual(len(cached), 1)
+        self.assertEqual(self.cache.stats["limited"], 6)
+
+    def authenticator(self, credentials: Any) -> Authenticator:
+        return Authenticator(
+            self.clock,
+            credentials,
+            REALM,
+            NonceManager(),
+            SourceLimiter(self.clock, 1e9, 1e9),
+            collections.Counter(),
+        )
+
+    def answer(self, authenticator: Authenticator, username: str, password: str) -> Any:
+        client = StunClient(username, password)
+        client.realm = REALM
+        client.nonce = authenticator.nonces.issue("198.51.100.1", self.clock.seconds())
+        request = decode(client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
+        result = authenticator.check(request, ("198.51.100.1", 1))
+        if isinstance(result, defer.Deferred):
+            self.source.fail()
+            result = self.successResultOf(result)
+        return result
+
+    def code(self, result: Any) -> int:
+        self.assertIsInstance(result, Message)
+        return int(result.get(Attr.ERROR_CODE)[0])
+
+    def test_outage_no_oracle(self) -> None:
+        """
+        The database is away: alice (seen a minute ago) still gets in
+        with her password; a wrong password for her gets 500, as a name
+        the cache never saw does (it was 401, telling them apart).
+        Beside static users, a wrong static password is 500 as well.
+        """
+        authenticator = self.authenticator(self.cache)
+        d = self.cache.keys_for("alice", REALM, MD5, 0)
+        self.source.answer()
+        self.successResultOf(d)
+        self.clock.advance(60)
+        self.assertIsInstance(self.answer(authenticator, "alice", "secret"), AuthContext)
+        self.assertEqual(self.code(self.answer(authenticator, "alice", "wrong")), 500)
+        self.assertEqual(self.code(self.answer(authenticator, "mallory", "x")), 500)
+        chain = CredentialChain([StaticCredentials(REALM, {"bob": "pw"}), self.cache])
+        authenticator = self.authenticator(chain)
+        self.assertIsInstance(self.answer(authenticator, "bob", "pw"), AuthContext)
+        self.assertEqual(self.code(self.answer(authenticator, "bob", "wrong")), 500)
 
 
 class ChainTests(SynchronousTestCase):

@@ -26,8 +26,10 @@ from txturn.credential_cache import CredentialsUnavailable
 from txturn.credential_policy import NO_POLICY, CredentialPolicy, PolicyReader
 from txturn.credentials import (
     CredentialError,
+    IAskingSource,
     ICredentialSource,
     NonceManager,
+    StaleKeys,
     opaque_string,
     rest_expiry,
 )
@@ -146,7 +148,12 @@ class Authenticator:
         keys: Any = ()
         if username is not None:
             try:
-                keys = self.credentials.keys_for(username, realm, algorithm, now)
+                if IAskingSource.providedBy(self.credentials):
+                    keys = self.credentials.keys_for_source(
+                        username, realm, algorithm, now, address[0]
+                    )
+                else:
+                    keys = self.credentials.keys_for(username, realm, algorithm, now)
             except CredentialError:
                 keys = ()  # a realm or name OpaqueString refuses: unknown user
         if isinstance(keys, (list, tuple)):
@@ -164,6 +171,10 @@ class Authenticator:
         now: float,
     ) -> AuthContext | Message | None:
         key = _signing_key(request, keys or (self._dummy_key,))
+        if key is None and isinstance(keys, StaleKeys):
+            # A source is away: a wrong key for a name it knew is answered
+            # as a name it never knew would be, not with a telling 401.
+            return self._server_error(request)
         if not keys or key is None:
             self._failed(address, username, nonce, _failure(bool(keys), username, now))
             return self._challenge(request, address, 401)

@@ -26,7 +26,12 @@ or fail with a database).  The cache holds at most C{size} users, least
 recently used first out, and names the source does not know in a
 separate, smaller cache of C{unknown_size}: a flood of made-up names
 cannot evict a real user, whose cached keys must outlive an outage.
-Time is the injected reactor's.
+Each client source (an IPv4 address, an IPv6 /64) may make the cache ask
+the database at most C{lookup_rate} times a second (C{lookup_burst} at
+once): a request past that is answered from the cache, or fails like a
+lookup in an outage, so one sender cycling through made-up names cannot
+turn every Allocate into a database query.  Time is the injected
+reactor's.
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txturn.credentials import ICredentialSource
-from txturn.limits import LogThrottle
+from txturn.credentials import IAskingSource, StaleKeys
+from txturn.limits import LogThrottle, SourceLimiter
 from txturn.log_level import logger
 
 
@@ -59,7 +64,7 @@ class _Entry:
     usable_until: float
 
 
-@implementer(ICredentialSource)
+@implementer(IAskingSource)
 class CachedCredentials:
     """
     An L{ICredentialSource} in front of one whose answers may be
@@ -82,6 +87,8 @@ class CachedCredentials:
         size: int = 10_000,
         unknown_size: int = 1_000,
         max_pending: int = 256,
+        lookup_rate: float = 50.0,
+        lookup_burst: float = 500.0,
     ) -> None:
         self._reactor = reactor
         self.source = source
@@ -96,6 +103,8 @@ class CachedCredentials:
         self._unknown: collections.OrderedDict[tuple[Any, ...], _Entry] = collections.OrderedDict()
         self._waiting: dict[tuple[Any, ...], list[defer.Deferred[Any]]] = {}
         self._failures = LogThrottle(reactor)
+        #: Database lookups each client source may cause.
+        self.lookups = SourceLimiter(reactor, lookup_rate, lookup_burst)
         #: Lookups answered from the cache, by the source, from a stale
         #: entry in an outage, and failed; for metrics and tests.
         self.stats: collections.Counter[str] = collections.Counter()
@@ -107,6 +116,18 @@ class CachedCredentials:
         return self._lookup(
             ("keys", username, realm, algorithm),
             lambda: self.source.keys_for(username, realm, algorithm, now),
+        )
+
+    def keys_for_source(
+        self, username: str, realm: str, algorithm: int, now: float, source: str
+    ) -> Any:
+        """
+        C{keys_for}, asking the database only within C{source}'s share.
+        """
+        return self._lookup(
+            ("keys", username, realm, algorithm),
+            lambda: self.source.keys_for(username, realm, algorithm, now),
+            source,
         )
 
     def username_for_hash(self, hashed: bytes, realm: str) -> Any:
@@ -121,7 +142,9 @@ class CachedCredentials:
         self._entries.clear()
         self._unknown.clear()
 
-    def _lookup(self, key: tuple[Any, ...], ask: Callable[[], Any]) -> Any:
+    def _lookup(
+        self, key: tuple[Any, ...], ask: Callable[[], Any], source: str | None = None
+    ) -> Any:
         entries = self._entries
         entry = entries.get(key)
         if entry is None:
@@ -142,6 +165,11 @@ class CachedCredentials:
             # chain still answer for their users.
             return defer.maybeDeferred(
                 self._fallback, key, entry, now, "too many lookups in progress"
+            )
+        if source is not None and not self.lookups.allow(source):
+            self.stats["limited"] += 1
+            return defer.maybeDeferred(
+                self._fallback, key, entry, now, "too many lookups from one source", False
             )
         self._waiting[key] = [waiter]
         self.stats["misses"] += 1
@@ -183,20 +211,31 @@ class CachedCredentials:
         for waiter in waiters:
             waiter.callback(value)
 
-    def _fallback(self, key: tuple[Any, ...], entry: _Entry | None, now: float, reason: str) -> Any:
+    def _fallback(
+        self,
+        key: tuple[Any, ...],
+        entry: _Entry | None,
+        now: float,
+        reason: str,
+        warn: bool = True,
+    ) -> Any:
         """
-        A stale entry's value while it may stand in; otherwise raise.
+        A stale entry's value while it may stand in (as L{StaleKeys}:
+        they may grant, not deny); otherwise raise.
         """
-        self._failures.emit(
-            ("credential source",),
-            self.log.warn,
-            "Credential lookup failed ({reason}): users seen in the last {stale:g} s "
-            "keep their keys, others are answered 500",
-            reason=reason,
-            stale=self.stale_for,
-        )
+        if warn:
+            self._failures.emit(
+                ("credential source",),
+                self.log.warn,
+                "Credential lookup failed ({reason}): users seen in the last {stale:g} s "
+                "keep their keys, others are answered 500",
+                reason=reason,
+                stale=self.stale_for,
+            )
         if entry is not None and now < entry.usable_until:
             self.stats["stale"] += 1
-            return entry.value
+            value = entry.value
+            # Keys (a sequence) are marked; a name for a USERHASH is not.
+            return StaleKeys(value) if isinstance(value, (tuple, list)) else value
         self.stats["failed"] += 1
         raise CredentialsUnavailable(reason)

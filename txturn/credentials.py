@@ -177,6 +177,28 @@ class ICredentialSource(Interface):
         """
 
 
+class IAskingSource(ICredentialSource):
+    """
+    A source that asks a backend (a database) for names it does not
+    hold, and so can be told who is asking: it limits the lookups each
+    client source (an IPv4 address, an IPv6 /64) makes it do.
+    """
+
+    def keys_for_source(username: str, realm: str, algorithm: int, now: float, source: str) -> Any:
+        """
+        C{keys_for}, asked on behalf of a client at C{source}.
+        """
+
+
+class StaleKeys(tuple):  # type: ignore[type-arg]
+    """
+    Keys a cache stood in with while its source was away: they may let
+    a request in, never keep one out (a wrong key for a name seen
+    recently must not be told apart from a name the cache never saw,
+    which gets 500 in an outage).
+    """
+
+
 class _KeySource(Protocol):
     def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Any: ...
 
@@ -331,7 +353,7 @@ class RestApiCredentials:
         return None
 
 
-@implementer(ICredentialSource)
+@implementer(IAskingSource)
 class CredentialChain:
     """
     Several sources consulted in order: static users and the REST secret
@@ -350,7 +372,26 @@ class CredentialChain:
         Every source's keys; a Deferred of them if any source answers
         with one (a database behind a L{txturn.credential_cache}).
         """
-        answers = [source.keys_for(username, realm, algorithm, now) for source in self.sources]
+        return self._gather(
+            [source.keys_for(username, realm, algorithm, now) for source in self.sources]
+        )
+
+    def keys_for_source(
+        self, username: str, realm: str, algorithm: int, now: float, source: str
+    ) -> Any:
+        """
+        C{keys_for}, the sources that ask a backend told who is asking.
+        """
+        return self._gather(
+            [
+                s.keys_for_source(username, realm, algorithm, now, source)
+                if IAskingSource.providedBy(s)
+                else s.keys_for(username, realm, algorithm, now)
+                for s in self.sources
+            ]
+        )
+
+    def _gather(self, answers: list[Any]) -> Any:
         found: list[bytes] = []
         for keys in answers:
             # A list or tuple is an answer; anything else is a Deferred
@@ -410,11 +451,15 @@ def _gathered(results: list[tuple[bool, Any]]) -> Any:
     """
     found: list[bytes] = []
     failure: Failure | None = None
+    stale = False
     for succeeded, value in results:
         if succeeded:
             found += value
+            stale = stale or isinstance(value, StaleKeys)
         elif failure is None:
             failure = value
     if not found and failure is not None:
         return failure
-    return found
+    # Keys from a stand-in may grant, not deny: so may the whole answer
+    # when any source is away (its user could be the one asking).
+    return StaleKeys(found) if stale or failure is not None else found

@@ -117,9 +117,7 @@ class RedisUsers:
 
     @defer.inlineCallbacks
     def names(self, realm: str | None = None) -> Any:
-        pattern = (
-            user_key(_glob_escaped(realm), "*") if realm is not None else f"{PREFIX}user:*"
-        )
+        pattern = user_key(_glob_escaped(realm), "*") if realm is not None else f"{PREFIX}user:*"
         found: list[tuple[str, str]] = []
         cursor = "0"
         while True:
