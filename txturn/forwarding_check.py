@@ -194,7 +194,10 @@ def client_corpus(twins: TwinServers) -> list[bytes]:
     for size in (0, 1, 3, 4, 100, 1000):
         out.append(encode_channel_data(CHANNEL, bytes(range(256))[:size] * (1 + size // 256)))
         out.append(encode_channel_data(0x4002, b"x" * size))
-    for peer in (CHANNEL_PEER, PERMITTED_PEER, STRANGER):
+    # Ports past the fast path's 64 entries per allocation: past the
+    # bound, the Python path must relay exactly the same.
+    many = [(PERMITTED_PEER[0], port) for port in range(20_000, 20_100)]
+    for peer in (CHANNEL_PEER, PERMITTED_PEER, STRANGER, *many):
         for fingerprint in (False, True):
             client.fingerprint = fingerprint
             out.append(
@@ -226,6 +229,8 @@ def fuzz_forwarding(iterations: int, seed: int, module: ModuleType) -> dict[str,
     twins.set_up()
     corpus = client_corpus(twins)
     peers = [CHANNEL_PEER, PERMITTED_PEER, STRANGER, (CHANNEL_PEER[0], 9999)]
+    # Peer ports past the fast path's 64 entries per allocation.
+    peers += [(PERMITTED_PEER[0], port) for port in range(30_000, 30_100)]
     mismatches: list[tuple[bytes, list[Sent], list[Sent]]] = []
     escaped: list[str] = []
     set_ups = 0
