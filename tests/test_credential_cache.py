@@ -237,6 +237,22 @@ class SourceShareTests(SynchronousTestCase):
         self.assertEqual(len(cached), 1)
         self.assertEqual(self.cache.stats["limited"], 6)
 
+    def test_userhash_lookups_per_source(self) -> None:
+        """
+        USERHASH lookups count against the same share.
+        """
+        asked: list[bytes] = []
+        self.source.username_for_hash = lambda hashed, realm: (  # type: ignore[method-assign]
+            asked.append(hashed) or defer.succeed(None)
+        )
+        results = [
+            self.cache.username_for_hash_source(os.urandom(32), REALM, "198.51.100.1")
+            for _ in range(8)
+        ]
+        self.assertEqual(len(asked), 5)
+        for result in results[5:]:
+            self.failureResultOf(result, CredentialsUnavailable)
+
     def authenticator(self, credentials: Any) -> Authenticator:
         return Authenticator(
             self.clock,

@@ -122,7 +122,10 @@ class Authenticator:
             return self._challenge(request, address, 438)
         try:
             if username is None:
-                found = self.credentials.username_for_hash(hashed, realm)
+                if IAskingSource.providedBy(self.credentials):
+                    found = self.credentials.username_for_hash_source(hashed, realm, address[0])
+                else:
+                    found = self.credentials.username_for_hash(hashed, realm)
                 if isinstance(found, defer.Deferred):
                     found.addCallback(self._lookup, request, address, nonce, realm, algorithm, now)
                     return found.addErrback(self._unavailable, request)

@@ -135,6 +135,17 @@ class CachedCredentials:
             ("hash", hashed, realm), lambda: self.source.username_for_hash(hashed, realm)
         )
 
+    def username_for_hash_source(self, hashed: bytes, realm: str, source: str) -> Any:
+        """
+        C{username_for_hash}, asking the database only within C{source}'s
+        share.
+        """
+        return self._lookup(
+            ("hash", hashed, realm),
+            lambda: self.source.username_for_hash(hashed, realm),
+            source,
+        )
+
     def forget(self) -> None:
         """
         Drop every entry: the next lookups ask the source.

@@ -189,6 +189,11 @@ class IAskingSource(ICredentialSource):
         C{keys_for}, asked on behalf of a client at C{source}.
         """
 
+    def username_for_hash_source(hashed: bytes, realm: str, source: str) -> Any:
+        """
+        C{username_for_hash}, asked on behalf of a client at C{source}.
+        """
+
 
 class StaleKeys(tuple):  # type: ignore[type-arg]
     """
@@ -422,19 +427,33 @@ class CredentialChain:
         The first name a source finds, asking them in order; a Deferred
         from the first source that answers with one.
         """
-        for index, source in enumerate(self.sources):
-            name = source.username_for_hash(hashed, realm)
+        return self.username_for_hash_source(hashed, realm, None)
+
+    def username_for_hash_source(self, hashed: bytes, realm: str, source: str | None) -> Any:
+        """
+        C{username_for_hash}, the sources that ask a backend told who is
+        asking (when C{source} is given).
+        """
+        for index, each in enumerate(self.sources):
+            if source is not None and IAskingSource.providedBy(each):
+                name = each.username_for_hash_source(hashed, realm, source)
+            else:
+                name = each.username_for_hash(hashed, realm)
             if isinstance(name, defer.Deferred):
                 rest = CredentialChain(self.sources[index + 1 :])
 
                 def failed(failure: Failure) -> Any:
                     # A source that is down hides nobody the others know.
-                    after = defer.maybeDeferred(rest.username_for_hash, hashed, realm)
+                    after = defer.maybeDeferred(
+                        rest.username_for_hash_source, hashed, realm, source
+                    )
                     return after.addCallback(lambda found: failure if found is None else found)
 
                 return name.addCallbacks(
                     lambda found: (
-                        found if found is not None else rest.username_for_hash(hashed, realm)
+                        found
+                        if found is not None
+                        else rest.username_for_hash_source(hashed, realm, source)
                     ),
                     failed,
                 )
