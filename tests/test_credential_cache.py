@@ -242,9 +242,12 @@ class SourceShareTests(SynchronousTestCase):
         USERHASH lookups count against the same share.
         """
         asked: list[bytes] = []
-        self.source.username_for_hash = lambda hashed, realm: (  # type: ignore[method-assign]
-            asked.append(hashed) or defer.succeed(None)
-        )
+
+        def username_for_hash(hashed: bytes, realm: str) -> Any:
+            asked.append(hashed)
+            return defer.succeed(None)
+
+        self.source.username_for_hash = username_for_hash  # type: ignore[method-assign]
         results = [
             self.cache.username_for_hash_source(os.urandom(32), REALM, "198.51.100.1")
             for _ in range(8)
