@@ -26,13 +26,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.test_dtls_guard import client_connection
 from tests.test_framing import CREDENTIALS, REALM
+from tests.test_interop import alice_service
 from tests.test_server import ServerTestCase
-from txturn.credentials import StaticCredentials
 from txturn.dtls import DtlsListener
 from txturn.framing import StreamFramer
 from txturn.policy import PeerPolicy, parse_range
-from txturn.server import ServerConfig
-from txturn.service import TurnService
 from txturn.stun import Attr, Class, Message, Method, decode, encode, encode_channel_data
 from txturn.testing import (
     FakeDatagramTransport,
@@ -40,9 +38,7 @@ from txturn.testing import (
     first_flight,
     make_server,
     pump,
-    self_signed_certificate,
 )
-from txturn.tls import TlsCredentials
 
 reactor: Any = _reactor
 
@@ -89,22 +85,7 @@ class FrameLengthTests(TestCase):
     """
 
     def setUp(self) -> None:
-        directory = self.mktemp()
-        os.makedirs(directory)
-        self.cert, key = self_signed_certificate(directory)
-        self.service = TurnService(
-            reactor,
-            StaticCredentials("txturn", {"alice": "secret"}),
-            [("127.0.0.1", 0)],
-            ["127.0.0.1"],
-            policy=PeerPolicy(allow_loopback=True),
-            config=ServerConfig(realm="txturn"),
-            tls=TlsCredentials(self.cert, key),
-            tls_port=0,
-            transports={"tcp", "tls"},
-        )
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
+        self.service, self.cert = alice_service(self, {"tcp", "tls"})
 
     def exchange(self, transport: str) -> list[tuple[int, int]]:
         """

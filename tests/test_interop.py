@@ -112,6 +112,32 @@ def spawn(argv: list[str], test: TestCase) -> OutputWatcher:
     return watcher
 
 
+def alice_service(test: TestCase, transports: set[str]) -> tuple[TurnService, str]:
+    """
+    A started TurnService on 127.0.0.1 with user alice/secret in realm
+    txturn, loopback peers allowed, over C{transports} (TLS with a
+    self-signed certificate, whose path is returned), stopped after
+    C{test}.
+    """
+    directory = test.mktemp()
+    os.makedirs(directory)
+    cert, key = self_signed_certificate(directory)
+    service = TurnService(
+        reactor,
+        StaticCredentials("txturn", {"alice": "secret"}),
+        [("127.0.0.1", 0)],
+        ["127.0.0.1"],
+        policy=PeerPolicy(allow_loopback=True),
+        config=ServerConfig(realm="txturn"),
+        tls=TlsCredentials(cert, key),
+        tls_port=0,
+        transports=transports,
+    )
+    service.startService()
+    test.addCleanup(service.stopService)
+    return service, cert
+
+
 def uclient_totals(output: str) -> tuple[int, int, int]:
     """
     (sent, received, lost) from turnutils_uclient's summary.

@@ -17,18 +17,12 @@ from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.test_interop import redirecting_pair, start_coturn
+from tests.test_interop import alice_service, redirecting_pair, start_coturn
 from tests.test_service import free_udp_port
-from txturn.credentials import StaticCredentials
-from txturn.policy import PeerPolicy
 from txturn.printable import printable
 from txturn.probe import Probe, ProbeFailed, TurnUri
 from txturn.probe import main as probe_main
-from txturn.server import ServerConfig
-from txturn.service import TurnService
 from txturn.stun import decode, encode, error_response
-from txturn.testing import self_signed_certificate
-from txturn.tls import TlsCredentials
 
 reactor: Any = _reactor
 
@@ -61,22 +55,7 @@ class ProbeTests(TestCase):
     """
 
     def setUp(self) -> None:
-        directory = self.mktemp()
-        os.makedirs(directory)
-        self.cert, key = self_signed_certificate(directory)
-        self.service = TurnService(
-            reactor,
-            StaticCredentials("txturn", {"alice": "secret"}),
-            [("127.0.0.1", 0)],
-            ["127.0.0.1"],
-            policy=PeerPolicy(allow_loopback=True),
-            config=ServerConfig(realm="txturn"),
-            tls=TlsCredentials(self.cert, key),
-            tls_port=0,
-            transports={"udp", "tcp", "tls"},
-        )
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
+        self.service, self.cert = alice_service(self, {"udp", "tcp", "tls"})
 
     def probe(self, uri: str, password: str = "secret", **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", 2)
