@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 from twisted.internet import defer, task
 
-from txturn.argv_secrets import url_has_password, warn_on_argv
+from txturn.argv_secrets import first_line, url_has_password, warn_on_argv
 from txturn.credential_policy import mint_credential
 from txturn.credentials import CredentialError, rest_expiry
 from txturn.redis_address import parse_redis_url
@@ -256,8 +256,7 @@ def _until(args: argparse.Namespace, now: float, forever: float) -> float:
 
 def _mint(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
     if args.secret_file is not None:
-        with open(args.secret_file, encoding="utf-8") as f:
-            secret = f.readline().strip()
+        secret = first_line(args.secret_file).strip()
     else:
         secret = args.secret
     username, password = mint_credential(
