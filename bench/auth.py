@@ -53,9 +53,9 @@ sys.path.insert(0, ROOT)
 
 import relay  # noqa: E402
 
-from txturn.client import StunClient  # noqa: E402
-from txturn.credentials import long_term_key  # noqa: E402
-from txturn.stun import Attr, Class, Method  # noqa: E402
+from txturn.auth.credentials import long_term_key  # noqa: E402
+from txturn.tools.client import StunClient  # noqa: E402
+from txturn.wire.stun import Attr, Class, Method  # noqa: E402
 
 REALM = relay.REALM
 
@@ -66,7 +66,7 @@ def users(count: int) -> list[tuple[str, str]]:
 
 def admin(*args: str, password: str) -> None:
     subprocess.run(
-        [sys.executable, "-m", "txturn.admin", "--realm", REALM, *args],
+        [sys.executable, "-m", "txturn.tools.admin", "--realm", REALM, *args],
         check=True,
         cwd=ROOT,
         env={**os.environ, "TXTURN_PASSWORD": password},

@@ -23,9 +23,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from txturn.forwarding import compiled_module  # noqa: E402
-from txturn.forwarding_check import fuzz_forwarding  # noqa: E402
-from txturn.fuzzing import fuzz, fuzz_transports  # noqa: E402
+from txturn.fastpath.forwarding import compiled_module  # noqa: E402
+from txturn.testing.forwarding_check import fuzz_forwarding  # noqa: E402
+from txturn.testing.fuzzing import fuzz, fuzz_transports  # noqa: E402
 
 
 def main() -> None:

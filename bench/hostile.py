@@ -38,8 +38,8 @@ from OpenSSL import SSL
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from txturn.stun import Attr, Class, Method, decode  # noqa: E402
 from txturn.testing import StunClient, self_signed_certificate  # noqa: E402
+from txturn.wire.stun import Attr, Class, Method, decode  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 USER, PASSWORD, REALM = "bench", "bench-password", "bench"

@@ -20,15 +20,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet.task import Clock  # noqa: E402
 
-from txturn.credentials import StaticCredentials  # noqa: E402
-from txturn.server import TurnServer  # noqa: E402
-from txturn.stun import Attr, Class, Message, Method, encode  # noqa: E402
+from txturn.auth.credentials import StaticCredentials  # noqa: E402
+from txturn.core.server import TurnServer  # noqa: E402
 from txturn.testing import (  # noqa: E402
     FakeRelayAllocator,
     RecordingClientChannel,
     StunClient,
     documentation_peers,
 )
+from txturn.wire.stun import Attr, Class, Message, Method, encode  # noqa: E402
 
 CLIENT = ("198.51.100.1", 5000)
 CHANNEL_PEER = ("203.0.113.1", 6000)

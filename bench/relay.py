@@ -33,8 +33,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from txturn.stun import Attr, Class, Message, Method, encode  # noqa: E402
 from txturn.testing import StunClient  # noqa: E402
+from txturn.wire.stun import Attr, Class, Message, Method, encode  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.path.join(HERE, "build")

@@ -29,8 +29,8 @@ from relay import (  # noqa: E402
     wait_for_server,
 )
 
-from txturn.stun import Attr, Method  # noqa: E402
 from txturn.testing import StunClient  # noqa: E402
+from txturn.wire.stun import Attr, Method  # noqa: E402
 
 
 def descriptors(pid: int) -> int:

@@ -24,12 +24,12 @@ from typing import Any
 
 from twisted.internet import reactor as _reactor
 
-from txturn.credentials import StaticCredentials
-from txturn.policy import PeerPolicy
-from txturn.server import ServerConfig
-from txturn.service import TurnService
-from txturn.stun import Attr, Class, Method
+from txturn.app.service import TurnService
+from txturn.auth.credentials import StaticCredentials
+from txturn.core.peer_policy import PeerPolicy
+from txturn.core.server import ServerConfig
 from txturn.testing import StunClient, exchange
+from txturn.wire.stun import Attr, Class, Method
 
 reactor: Any = _reactor
 
@@ -43,7 +43,7 @@ def rss_kib() -> int:
 
 
 def entries(service: TurnService) -> int | None:
-    forwarder = getattr(service.server.forwarding, "forwarder", None)
+    forwarder = getattr(service.server.state.forwarding, "forwarder", None)
     return None if forwarder is None else int(forwarder.entry_count())
 
 

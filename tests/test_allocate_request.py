@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.allocate_request}: what an Allocate means, or the
+Tests for L{txturn.core.methods.allocate_attributes}: what an Allocate means, or the
 refusal it earns, as a pure function of the message.
 """
 
@@ -9,8 +9,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.allocate_request import AllocateRequest, Refusal, parse_allocate
-from txturn.stun import FAMILY_IPV4, FAMILY_IPV6, Attr, Class, Message, Method
+from txturn.core.methods.allocate_attributes import AllocateRequest, Refusal, parse_allocate
+from txturn.wire.stun import FAMILY_IPV4, FAMILY_IPV6, Attr, Class, Message, Method
 
 
 def allocate(*attributes: tuple[int, Any]) -> Message:

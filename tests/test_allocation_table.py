@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.allocation_table}.
+Tests for L{txturn.core.table}.
 """
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.allocation import Allocation
-from txturn.allocation_table import AllocationTable
+from txturn.core.allocation import Allocation
+from txturn.core.table import AllocationTable
 from txturn.testing import RecordingClientChannel
 
 

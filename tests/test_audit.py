@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.audit}: txturn refuses every form on every path;
+Tests for L{txturn.tools.audit}: txturn refuses every form on every path;
 Debian's coturn 4.6.1, with its default peer policy, grants several,
 and the audit reports them.
 """
@@ -16,13 +16,13 @@ from twisted.trial.unittest import TestCase
 
 from tests.test_interop import start_coturn
 from tests.test_service import free_udp_port
-from txturn.audit import Audit
-from txturn.credentials import StaticCredentials
-from txturn.policy import PeerPolicy, parse_range
-from txturn.probe import Probe, TurnUri
-from txturn.server import ServerConfig
-from txturn.service import TurnService
+from txturn.app.service import TurnService
+from txturn.auth.credentials import StaticCredentials
+from txturn.core.peer_policy import PeerPolicy, parse_range
+from txturn.core.server import ServerConfig
 from txturn.testing import loopback_hosts
+from txturn.tools.audit import Audit
+from txturn.tools.probe import Probe, TurnUri
 
 reactor: Any = _reactor
 
@@ -90,7 +90,7 @@ class CoturnAuditTests(TestCase):
         yield start_coturn(self, port, "alice:secret")
         result = yield threads.deferToThread(
             subprocess.run,
-            [sys.executable, "-m", "txturn.probe", "--audit", f"turn:127.0.0.1:{port}"]
+            [sys.executable, "-m", "txturn.tools.probe", "--audit", f"turn:127.0.0.1:{port}"]
             + ["-u", "alice", "-w", "secret", "--timeout", "2"],
             capture_output=True,
         )

@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.config_file} and the C{-c}/C{--config} option of
+Tests for L{txturn.app.config_file} and the C{-c}/C{--config} option of
 C{twistd turn}.
 """
 
@@ -13,9 +13,9 @@ from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.config_file import ConfigFileError, Entry, read_config
+from txturn.app.config_file import ConfigFileError, Entry, read_config
+from txturn.auth.user_db import COTURN as COTURN_TABLE
 from txturn.tap import SECRET_VARIABLE, Options
-from txturn.user_db import COTURN as COTURN_TABLE
 
 #: A coturn file as an operator has it, with what txturn implements,
 #: what it accepts, what it does not implement and a typo.

@@ -28,10 +28,7 @@ from tests.test_dtls_guard import client_connection
 from tests.test_framing import CREDENTIALS, REALM
 from tests.test_interop import alice_service
 from tests.test_server import ServerTestCase
-from txturn.dtls import DtlsListener
-from txturn.framing import StreamFramer
-from txturn.policy import PeerPolicy, parse_range
-from txturn.stun import Attr, Class, Message, Method, decode, encode, encode_channel_data
+from txturn.core.peer_policy import PeerPolicy, parse_range
 from txturn.testing import (
     FakeDatagramTransport,
     StunClient,
@@ -39,6 +36,9 @@ from txturn.testing import (
     make_server,
     pump,
 )
+from txturn.transports.dtls import DtlsListener
+from txturn.wire.framing import StreamFramer
+from txturn.wire.stun import Attr, Class, Message, Method, decode, encode, encode_channel_data
 
 reactor: Any = _reactor
 
@@ -240,4 +240,4 @@ class EvenPortQuotaTests(SynchronousTestCase):
             codes.append(0 if answer.cls == Class.SUCCESS else answer.get(Attr.ERROR_CODE)[0])
         # Two allocations, each with its reserved port: four places.
         self.assertEqual(codes, [0, 0, 486, 486, 486, 486])
-        self.assertEqual(server.table.places.held_by("alice"), 4)
+        self.assertEqual(server.state.table.places.held_by("alice"), 4)

@@ -1,5 +1,5 @@
 """
-Credential sources that wait (L{txturn.credential_cache}), and the core
+Credential sources that wait (L{txturn.auth.cache}), and the core
 waiting for them, on a L{Clock}: the cache answers at once when fresh,
 asks the source once per name, stands in for it in an outage, answers
 500 when it hangs, stays bounded; revoked names are refused.
@@ -7,7 +7,6 @@ asks the source once per name, stands in for it in an outage, answers
 
 from __future__ import annotations
 
-import collections
 import os
 from typing import Any
 
@@ -19,10 +18,8 @@ from zope.interface import implementer
 
 from tests.test_metrics import value
 from tests.test_server import REALM, ServerTestCase
-from txturn.authenticator import AuthContext, Authenticator
-from txturn.client import StunClient
-from txturn.credential_cache import CachedCredentials, CredentialsUnavailable
-from txturn.credentials import (
+from txturn.auth.cache import CachedCredentials, CredentialsUnavailable
+from txturn.auth.credentials import (
     CredentialChain,
     ICredentialSource,
     NonceManager,
@@ -31,12 +28,14 @@ from txturn.credentials import (
     long_term_key,
     userhash,
 )
-from txturn.events import AllocationDeleted, AuthenticationFailed, IServerObserver
-from txturn.limits import SourceLimiter
-from txturn.metrics import Metrics
-from txturn.revocations import Revocations
-from txturn.stun import Attr, Class, Message, Method, PasswordAlgorithm, decode, encode
+from txturn.auth.revocations import Revocations
+from txturn.core.authenticator import AuthContext, Authenticator
+from txturn.core.events import AllocationDeleted, AuthenticationFailed, IServerObserver
+from txturn.observers.metrics import Metrics
 from txturn.testing import make_server
+from txturn.tools.client import StunClient
+from txturn.util.rate import SourceLimiter
+from txturn.wire.stun import Attr, Class, Message, Method, PasswordAlgorithm, decode, encode
 
 MD5 = PasswordAlgorithm.MD5
 
@@ -263,7 +262,7 @@ class SourceShareTests(SynchronousTestCase):
             REALM,
             NonceManager(),
             SourceLimiter(self.clock, 1e9, 1e9),
-            collections.Counter(),
+            lambda counter: None,
         )
 
     def answer(self, authenticator: Authenticator, username: str, password: str) -> Any:

@@ -1,5 +1,5 @@
 """
-Credentials that carry their own policy (L{txturn.credential_policy}):
+Credentials that carry their own policy (L{txturn.auth.policy}):
 the format, the minting helper and its CLI, and the core refusing what a
 credential does not allow on every path, on a L{Clock}.
 """
@@ -22,26 +22,27 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.test_interop import run_aioice, spawn, twistd_turn
 from tests.test_server import CLIENT, PEER, REALM, ServerTestCase
 from tests.test_service import free_udp_port
-from txturn.credential_policy import (
+from txturn.auth.credentials import (
+    CredentialChain,
+    CredentialError,
+    RestApiCredentials,
+    rest_api_password,
+)
+from txturn.auth.policy import (
     NO_POLICY,
     CredentialPolicy,
     PolicyReader,
     mint_credential,
     parse_policy,
 )
-from txturn.credentials import (
-    CredentialChain,
-    CredentialError,
-    RestApiCredentials,
-    rest_api_password,
-)
-from txturn.stun import Attr, Class, Method
+from txturn.core.counters import Counter
 from txturn.testing import (
     FakeTcpRelayAllocator,
     RecordingClientChannel,
     StunClient,
     make_server,
 )
+from txturn.wire.stun import Attr, Class, Method
 
 SECRET = "rest-secret"
 #: Inside the credential's range, and outside it; the server allows both.
@@ -134,7 +135,7 @@ class FormatTests(SynchronousTestCase):
             [
                 sys.executable,
                 "-m",
-                "txturn.admin",
+                "txturn.tools.admin",
                 "mint",
                 "--secret",
                 SECRET,
@@ -223,7 +224,7 @@ class CorePolicyTests(ServerTestCase):
                 )
             )
         self.assertEqual([to for _, to in relay.sent], [INSIDE])
-        self.assertEqual(self.allocation.dropped["refused_peer"], 1)
+        self.assertEqual(self.allocation.dropped[Counter.REFUSED_PEER], 1)
 
     def test_connect(self) -> None:
         """

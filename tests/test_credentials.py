@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.credentials}: keys, nonces and credential sources.
+Tests for L{txturn.auth.credentials}: keys, nonces and credential sources.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import hashlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.credentials import (
+from txturn.auth.credentials import (
     CredentialChain,
     CredentialError,
     NonceManager,
@@ -19,7 +19,7 @@ from txturn.credentials import (
     rest_api_password,
     userhash,
 )
-from txturn.stun import NONCE_COOKIE, PasswordAlgorithm
+from txturn.wire.stun import NONCE_COOKIE, PasswordAlgorithm
 
 
 class KeyTests(SynchronousTestCase):

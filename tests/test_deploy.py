@@ -24,7 +24,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests import source_path
-from txturn.options import SECRET_VARIABLE, Options
+from txturn.app.options import SECRET_VARIABLE, Options
 
 DEPLOY = source_path("deploy")
 reactor: Any = _reactor

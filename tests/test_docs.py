@@ -16,9 +16,9 @@ from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests import source_path
-from txturn.credentials import long_term_key, rest_api_password
-from txturn.options import Options
-from txturn.stun import PasswordAlgorithm
+from txturn.app.options import Options
+from txturn.auth.credentials import long_term_key, rest_api_password
+from txturn.wire.stun import PasswordAlgorithm
 
 reactor: Any = _reactor
 EXAMPLE = source_path("doc", "examples", "embed.py")

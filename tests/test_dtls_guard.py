@@ -15,8 +15,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_framing import CREDENTIALS, REALM
-from txturn.dtls import DtlsListener
-from txturn.stun import Attr, Class, Method, decode
 from txturn.testing import (
     FakeDatagramTransport,
     StunClient,
@@ -25,6 +23,8 @@ from txturn.testing import (
     make_server,
     pump,
 )
+from txturn.transports.dtls import DtlsListener
+from txturn.wire.stun import Attr, Class, Method, decode
 
 CLIENT = ("198.51.100.7", 40000)
 

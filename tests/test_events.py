@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.events} and L{txturn.event_log}: the core announces
+Tests for L{txturn.core.events} and L{txturn.observers.event_log}: the core announces
 every lifecycle event to its observers, and the log observer writes one
 readable line for each that matters.
 """
@@ -14,9 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from txturn.credentials import CredentialChain, RestApiCredentials, StaticCredentials
-from txturn.event_log import EventLog
-from txturn.events import (
+from txturn.auth.credentials import CredentialChain, RestApiCredentials, StaticCredentials
+from txturn.core.events import (
     AllocationCreated,
     AllocationDeleted,
     AllocationRefreshed,
@@ -31,7 +30,7 @@ from txturn.events import (
     RequestAnswered,
     Traffic,
 )
-from txturn.stun import Attr, Class, Method
+from txturn.observers.event_log import EventLog
 from txturn.testing import (
     FakePeerConnection,
     FakeTcpRelayAllocator,
@@ -40,6 +39,7 @@ from txturn.testing import (
     authenticated_request,
     make_server,
 )
+from txturn.wire.stun import Attr, Class, Method
 
 REALM = "events"
 CLIENT = ("198.51.100.1", 4000)
@@ -204,7 +204,7 @@ class EventTests(SynchronousTestCase):
         self.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 6)], channel=control)
         self.request(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, PEER)], channel=control)
         allocation = self.server.allocations[(control, CLIENT)]
-        tcp_relays: Any = self.server.tcp_relays
+        tcp_relays: Any = self.server.state.tcp_relays
         connection: FakePeerConnection = tcp_relays.opened[0].peer_connects(PEER)
         connection_id = self.server.peer_connections.by_allocation[allocation].copy().pop()
         data = RecordingClientChannel("tcp")
@@ -236,7 +236,7 @@ class EventTests(SynchronousTestCase):
             def observe(self, event: object) -> None:
                 raise RuntimeError("observer bug")
 
-        self.server.observers.insert(0, Broken())
+        self.server.state.observers.insert(0, Broken())
         response = self.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
         self.assertEqual(response.cls, Class.SUCCESS)
         self.assertEqual(len(self.recorder.of(AllocationCreated)), 1)

@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.files}, and that the files the server creates are not
+Tests for L{txturn.util.files}, and that the files the server creates are not
 world-readable.
 """
 
@@ -10,8 +10,8 @@ import stat
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.files import append_private
-from txturn.options import Options
+from txturn.app.options import Options
+from txturn.util.files import append_private
 
 
 class PrivateFileTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-L{txturn.redis_fleet.RedisFleet} over a fake Redis link, on a L{Clock}:
+L{txturn.fleet.sharing.RedisFleet} over a fake Redis link, on a L{Clock}:
 what it writes when (acquire, release, heartbeats counting acquires in
 flight, zero for users gone), what it does when Redis is away, and the
 revocation messages it applies.  The real Redis is in tests.test_redis.
@@ -15,10 +15,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_server import REALM, ServerTestCase
-from txturn.redis_fleet import ACQUIRE, HEARTBEAT, RELEASE, RedisFleet
-from txturn.redis_link import RedisDown
-from txturn.stun import Attr, Method
+from txturn.fleet.link import RedisDown
+from txturn.fleet.sharing import ACQUIRE, HEARTBEAT, RELEASE, RedisFleet, RedisQuotaLedger
 from txturn.testing import StunClient, make_server
+from txturn.wire.stun import Attr, Method
 
 
 class FakeLink:
@@ -51,19 +51,17 @@ class FakeLink:
 class LedgerTests(ServerTestCase):
     def setUp(self) -> None:
         super().setUp()
+        self.link = FakeLink()
+        self.fleet = RedisQuotaLedger(self.link, ttl=30, server_id="me")  # type: ignore[arg-type]
         self.server = make_server(
-            {"alice": "secret"}, realm=REALM, clock=self.clock, relays=self.relays, user_quota=2
+            {"alice": "secret"},
+            realm=REALM,
+            clock=self.clock,
+            relays=self.relays,
+            user_quota=2,
+            ledger=self.fleet,
         )
         self.client = StunClient("alice", "secret")
-        self.link = FakeLink()
-        self.fleet = RedisFleet(
-            self.clock,
-            self.link,  # type: ignore[arg-type]
-            self.server,
-            ttl=30,
-            server_id="me",
-        )
-        self.server.ledger = self.fleet
         self.server.add_observer(self.fleet)
 
     def test_acquire_then_create(self) -> None:
@@ -138,12 +136,12 @@ class HeartbeatTests(SynchronousTestCase):
         self.clock = Clock()
         self.server = make_server(clock=self.clock)
         self.link = FakeLink()
+        self.ledger = RedisQuotaLedger(self.link, ttl=3, server_id="me")  # type: ignore[arg-type]
         self.fleet = RedisFleet(
             self.clock,
             self.link,  # type: ignore[arg-type]
             self.server,
-            ttl=3,
-            server_id="me",
+            self.ledger,
             hear_revocations=False,
         )
 
@@ -151,7 +149,7 @@ class HeartbeatTests(SynchronousTestCase):
         _, args, _ = self.link.runs(HEARTBEAT)[-1]
         self.assertEqual(args[:4], ["me", "txturn:server:me", 3000, "txturn:quota:"])
         rest = args[4:]
-        return dict(zip(rest[::2], rest[1::2]))
+        return dict(zip(rest[::2], rest[1::2], strict=True))
 
     def test_counts_and_in_flight(self) -> None:
         """
@@ -161,11 +159,11 @@ class HeartbeatTests(SynchronousTestCase):
         """
         self.fleet._beat()
         self.assertEqual(self.pairs(), {})
-        self.fleet.held["alice"] = 2
-        self.fleet.acquire("bob", 5)
+        self.ledger.held["alice"] = 2
+        self.ledger.acquire("bob", 5)
         self.clock.advance(1)
         self.assertEqual(self.pairs(), {"alice": 2, "bob": 1})
-        self.fleet.held.clear()
+        self.ledger.held.clear()
         self.link.runs(ACQUIRE)[-1][2].callback(0)
         self.clock.advance(1)
         self.assertEqual(self.pairs(), {"alice": 0, "bob": 0})
@@ -181,7 +179,7 @@ class HeartbeatTests(SynchronousTestCase):
         self.fleet.startService()
         self.clock.advance(5)
         self.assertEqual(self.link.runs(HEARTBEAT), [])
-        self.fleet.held["alice"] = 1
+        self.ledger.held["alice"] = 1
         self.link.up = True
         for callback in self.link.on_up:
             callback()

@@ -26,8 +26,8 @@ from tests.test_interop import (
     uclient_args,
 )
 from tests.test_service import free_udp_port
-from txturn.stun import Attr, Class, Method, decode
 from txturn.testing import StunClient
+from txturn.wire.stun import Attr, Class, Method, decode
 
 reactor: Any = _reactor
 

@@ -1,10 +1,10 @@
 """
-Tests for the compiled fast path (L{txturn.forwarding}, C{txturn._forwarder}):
+Tests for the compiled fast path (L{txturn.fastpath.forwarding}, C{txturn.fastpath._forwarder}):
 it forwards exactly what the Python core decided, for exactly as long as
 the state behind it lives, and hands everything else up unchanged.
 
 The core-level tests drive a fast and a pure Python core in lock step
-(L{txturn.forwarding_check.TwinServers}) on a clock; what the compiled
+(L{txturn.testing.forwarding_check.TwinServers}) on a clock; what the compiled
 loop does with real sockets is in L{ServiceTests.test_fast_path_carries}
 (C{tests.test_service}) and the sanitizer run here.
 """
@@ -24,9 +24,12 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests import SOURCE
-from txturn import forwarding
-from txturn.events import AllocationDeleted
-from txturn.forwarding_check import (
+from txturn.core.events import AllocationDeleted
+from txturn.core.forwarding import NO_FORWARDING
+from txturn.core.peer_policy import PeerPolicy
+from txturn.fastpath import forwarding
+from txturn.testing import FastClock
+from txturn.testing.forwarding_check import (
     CHANNEL,
     CHANNEL_PEER,
     CLIENT,
@@ -36,9 +39,7 @@ from txturn.forwarding_check import (
     TwinServers,
     fuzz_forwarding,
 )
-from txturn.policy import PeerPolicy
-from txturn.stun import Attr, Class, Method, encode_channel_data
-from txturn.testing import FastClock
+from txturn.wire.stun import Attr, Class, Method, encode_channel_data
 
 ROOT = SOURCE
 
@@ -72,7 +73,7 @@ class BuildTests(SynchronousTestCase):
         """
         if not compiler_present():
             raise SkipTest("no C compiler or Python headers here")
-        from txturn import _forwarder  # type: ignore[attr-defined]
+        from txturn.fastpath import _forwarder  # type: ignore[attr-defined]
 
         self.assertTrue(callable(_forwarder.Forwarder))
 
@@ -81,7 +82,7 @@ class BuildTests(SynchronousTestCase):
         C{TXTURN_FAST_PATH=off} gives the pure Python path.
         """
         self.patch(os, "environ", {**os.environ, "TXTURN_FAST_PATH": "off"})
-        self.assertIs(forwarding.forwarding(), forwarding.NO_FORWARDING)
+        self.assertIs(forwarding.forwarding(), NO_FORWARDING)
 
     def test_without_compiler(self) -> None:
         """
@@ -109,7 +110,7 @@ class BuildTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, result.stderr[-2000:])
         [wheel] = glob.glob(os.path.join(out, "txturn-*.whl"))
         names = zipfile.ZipFile(wheel).namelist()
-        self.assertIn("txturn/forwarding.py", names)
+        self.assertIn("txturn/fastpath/forwarding.py", names)
         self.assertEqual([n for n in names if n.endswith(".so")], [])
 
 
@@ -183,7 +184,7 @@ class EntryTests(SynchronousTestCase):
         self.assertEqual(fast, slow)
         decided = self.decide_peer(b"x" * 5, PERMITTED_PEER)
         self.assertEqual(decided[:2], (LISTENER, CLIENT))
-        python = self.twins.slow.server.table.get(self.twins.slow.channel, CLIENT)
+        python = self.twins.slow.server.state.table.get(self.twins.slow.channel, CLIENT)
         assert python is not None
         expected = python.data_indication(PERMITTED_PEER, Attr.DATA, b"x" * 5)
         self.assertEqual(decided[2][:8] + decided[2][20:], expected[:8] + expected[20:])
@@ -397,11 +398,11 @@ def pump_through_sockets(module: Any) -> str:
 
 SANITIZED = """
 import importlib.util, sys
-spec = importlib.util.spec_from_file_location("txturn._forwarder", sys.argv[1])
+spec = importlib.util.spec_from_file_location("txturn.fastpath._forwarder", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-sys.modules["txturn._forwarder"] = module
-from txturn.forwarding_check import fuzz_forwarding
+sys.modules["txturn.fastpath._forwarder"] = module
+from txturn.testing.forwarding_check import fuzz_forwarding
 from tests.test_forwarding import churn_table, pump_through_sockets
 result = fuzz_forwarding(int(sys.argv[2]), seed=7, module=module)
 assert not result["mismatches"] and not result["escaped"], result["mismatches"][:1]
@@ -427,8 +428,8 @@ class PumpTests(SynchronousTestCase):
 
 SMALL_MTU = """
 import os, socket
-from txturn import _forwarder
-from txturn.stun import encode_channel_data
+from txturn.fastpath import _forwarder
+from txturn.wire.stun import encode_channel_data
 
 def udp():
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -510,7 +511,12 @@ class SanitizerTests(TestCase):
         subprocess.run(
             ["gcc", "-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer"]
             + ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
-            + [f"-I{include}", os.path.join(ROOT, "txturn", "_forwarder.c"), "-o", library],
+            + [
+                f"-I{include}",
+                os.path.join(ROOT, "txturn", "fastpath", "_forwarder.c"),
+                "-o",
+                library,
+            ],
             check=True,
         )
         result = subprocess.run(

@@ -1,5 +1,5 @@
 """
-Tests for stream framing (L{txturn.framing}), and one behaviour suite run
+Tests for stream framing (L{txturn.wire.framing}), and one behaviour suite run
 over every client transport (UDP, TCP, TLS, DTLS) in memory, with a
 L{Clock} and fake relays.
 """
@@ -16,11 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.dtls import DtlsListener
-from txturn.framing import StreamFramer
-from txturn.server import TurnServer
-from txturn.stream import TurnStreamFactory, TurnStreamProtocol
-from txturn.stun import Attr, Class, Message, Method, StunDecodeError, decode
+from txturn.core.server import TurnServer
 from txturn.testing import (
     FakeDatagramTransport,
     FakeRelayAllocator,
@@ -32,7 +28,11 @@ from txturn.testing import (
     pump,
     self_signed_certificate,
 )
-from txturn.tls import TlsCredentials
+from txturn.transports.dtls import DtlsListener
+from txturn.transports.stream import TurnStreamFactory, TurnStreamProtocol
+from txturn.transports.tls import TlsCredentials
+from txturn.wire.framing import StreamFramer
+from txturn.wire.stun import Attr, Class, Message, Method, StunDecodeError, decode
 
 CLIENT = ("198.51.100.7", 40000)
 PEER = ("203.0.113.5", 5000)

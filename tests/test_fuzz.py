@@ -1,14 +1,14 @@
 """
 Hostile input to the server core: mutations of real requests never raise,
 never reach the last-resort error handler, and leave no state for senders
-that never authenticated (the engine is L{txturn.fuzzing}).
+that never authenticated (the engine is L{txturn.testing.fuzzing}).
 """
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.fuzzing import fuzz
+from txturn.testing.fuzzing import fuzz
 
 
 class FuzzTests(SynchronousTestCase):

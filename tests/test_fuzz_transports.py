@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.fuzzing import fuzz_transports
+from txturn.testing.fuzzing import fuzz_transports
 
 
 class TransportFuzzTests(SynchronousTestCase):

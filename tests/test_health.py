@@ -1,5 +1,5 @@
 """
-C{/healthz} and C{/readyz} (L{txturn.health}) on a real service's
+C{/healthz} and C{/readyz} (L{txturn.app.health}) on a real service's
 metrics listener, and on the supervisor of C{--workers}.
 """
 
@@ -13,9 +13,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
 from tests.test_service import REALM, free_udp_port
-from txturn.credentials import StaticCredentials
-from txturn.server import ServerConfig
-from txturn.service import TurnService
+from txturn.app.service import TurnService
+from txturn.auth.credentials import StaticCredentials
+from txturn.core.server import ServerConfig
 
 reactor: Any = _reactor
 
@@ -69,5 +69,5 @@ class HealthTests(TestCase):
         for name, port in self.service.ports:
             if name != "metrics":
                 port.stopListening()
-        self.service.ports = [(n, p) for n, p in self.service.ports if n == "metrics"]
+        self.service.listeners.ports = [(n, p) for n, p in self.service.ports if n == "metrics"]
         self.assertEqual(self.service.not_ready(), "no client listener bound")

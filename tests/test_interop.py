@@ -33,13 +33,12 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
 from tests.test_service import free_udp_port
-from txturn.credentials import StaticCredentials
-from txturn.events import AllocationCreated, IServerObserver
-from txturn.log_level import log_level, set_log_level
-from txturn.policy import PeerPolicy
-from txturn.server import ServerConfig
-from txturn.service import TurnService
-from txturn.stun import Attr, Class, Message, Method
+from txturn.app.service import TurnService
+from txturn.auth.credentials import StaticCredentials
+from txturn.core.counters import Counter
+from txturn.core.events import AllocationCreated, IServerObserver
+from txturn.core.peer_policy import PeerPolicy
+from txturn.core.server import ServerConfig
 from txturn.testing import (
     StunClient,
     exchange,
@@ -47,7 +46,9 @@ from txturn.testing import (
     needs_ipv6,
     self_signed_certificate,
 )
-from txturn.tls import TlsCredentials
+from txturn.transports.tls import TlsCredentials
+from txturn.util.log_level import log_level, set_log_level
+from txturn.wire.stun import Attr, Class, Message, Method
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -849,6 +850,6 @@ class RedirectTests(TestCase):
             env=os.environ.copy(),
         )
         assert_relayed(self, (out + err).decode(errors="replace"), drops, sent=20)
-        self.assertGreater(redirecting.server.stats["redirected"], 0)
+        self.assertGreater(redirecting.server.counters[Counter.REDIRECTED], 0)
         self.assertEqual(len(redirecting.server.allocations), 0)
         self.assertGreater(len(created), 0)

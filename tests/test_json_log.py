@@ -1,7 +1,7 @@
 """
 What a real C{twistd turn} logs: JSON lines an operator can ship
-(L{txturn.json_log}), and C{--log-level} governing every line, Twisted's
-own included (L{txturn.log_level.gate}).
+(L{txturn.observers.json_log}), and C{--log-level} governing every line, Twisted's
+own included (L{txturn.util.log_level.gate}).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.test_interop import answers_binding, run_aioice, spawn, twistd_turn, udp_requester
 from tests.test_service import free_udp_port
-from txturn.stun import Attr, Method
+from txturn.wire.stun import Attr, Method
 
 
 class JsonLogTests(TestCase):
@@ -30,7 +30,7 @@ class JsonLogTests(TestCase):
         """
         port = free_udp_port()
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n"]
-        argv += ["--pidfile=", "--logger=txturn.json_log.stdout_observer", "turn"]
+        argv += ["--pidfile=", "--logger=txturn.observers.json_log.stdout_observer", "turn"]
         argv += ["--listen", "127.0.0.1", "--port", str(port), "--relay-ip", "127.0.0.1"]
         argv += ["--user", "alice:secret", "--allow-loopback-peers", "--no-tcp"]
         watcher = spawn(argv, self)

@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.limits}, on a L{Clock}.
+Tests for L{txturn.util.rate}, on a L{Clock}.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.limits import SourceLimiter, TokenBucket
+from txturn.util.rate import SourceLimiter, TokenBucket
 
 
 class TokenBucketTests(SynchronousTestCase):

@@ -13,8 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.stream import TurnStreamFactory
-from txturn.stun import Attr, Class, Message, Method
+from txturn.core.counters import Counter
 from txturn.testing import (
     FakeRelayAllocator,
     FastClock,
@@ -23,6 +22,8 @@ from txturn.testing import (
     authenticated_request,
     make_server,
 )
+from txturn.transports.stream import TurnStreamFactory
+from txturn.wire.stun import Attr, Class, Message, Method
 
 REALM = "limits"
 PEER = ("203.0.113.5", 5000)
@@ -103,7 +104,7 @@ class QuotaTests(LimitTestCase):
         self.assertEqual(self.code(self.request(Method.CREATE_PERMISSION, third)), 508)
         bind = [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, peers[2])]
         self.assertEqual(self.code(self.request(Method.CHANNEL_BIND, bind)), 508)
-        self.assertEqual(self.server.stats["max_permissions"], 2)
+        self.assertEqual(self.server.counters[Counter.MAX_PERMISSIONS], 2)
 
     def test_max_bps(self) -> None:
         """
@@ -125,7 +126,7 @@ class QuotaTests(LimitTestCase):
         self.clock.advance(1)
         relay.receiver(b"y" * 400, PEER)
         self.assertEqual(len(self.channel.sent), 1)
-        self.assertEqual(self.server.stats["dropped_bandwidth"], 4)
+        self.assertEqual(self.server.counters[Counter.DROPPED_BANDWIDTH], 4)
 
 
 class ChallengeLimitTests(LimitTestCase):
@@ -148,7 +149,7 @@ class ChallengeLimitTests(LimitTestCase):
         self.clock.advance(1)
         self.server.datagram_received(self.channel, request, ("198.51.100.1", 1))
         self.assertEqual(len(self.channel.sent), 5)
-        self.assertEqual(self.server.stats["challenges_limited"], 7)
+        self.assertEqual(self.server.counters[Counter.CHALLENGES_LIMITED], 7)
 
     def test_flood_leaves_no_state(self) -> None:
         """
@@ -193,7 +194,7 @@ class CongestionTests(SynchronousTestCase):
         producer.resumeProducing()
         protocol.send(b"three", ("198.51.100.1", 1))
         self.assertEqual(transport.value(), b"onethree")
-        self.assertEqual(server.stats["dropped_congested"], 1)
+        self.assertEqual(server.counters[Counter.DROPPED_CONGESTED], 1)
 
 
 class SoakTests(LimitTestCase):
@@ -245,7 +246,7 @@ class SoakTests(LimitTestCase):
             self.clock.advance(900)
             self.assertEqual(self.server.allocations, {})
             self.assertEqual(self.relays.open_relays, set())
-            self.assertEqual(self.server.table.users, {})
+            self.assertEqual(self.server.state.table.users, {})
             self.clock.advance(300)  # channel cooldowns
             self.assertEqual(self.clock.getDelayedCalls(), [])
             self.relays.opened.clear()

@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.log_level}.
+Tests for L{txturn.util.log_level}.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, cast
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.log_level import log_level, logger, set_log_level
+from txturn.util.log_level import log_level, logger, set_log_level
 
 
 class Example:

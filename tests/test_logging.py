@@ -12,10 +12,10 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, eventAsText, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.credentials import long_term_key, rest_api_password
-from txturn.stun import Attr, Method
+from txturn.auth.credentials import long_term_key, rest_api_password
 from txturn.tap import Options, makeService
 from txturn.testing import RecordingClientChannel, StunClient
+from txturn.wire.stun import Attr, Method
 
 PASSWORD = "pa55-w0rd-never-logged"
 SECRET = "rest-secret-never-logged"

@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.metrics}: in memory on the core, and scraped over HTTP
+Tests for L{txturn.observers.metrics}: in memory on the core, and scraped over HTTP
 from a running service while turnutils_uclient relays through it.
 """
 
@@ -19,12 +19,11 @@ from twisted.web.client import Agent, readBody
 
 from tests.test_interop import UdpDrops, assert_relayed, require, spawn, uclient_args
 from tests.test_service import free_udp_port
-from txturn.credentials import StaticCredentials
-from txturn.metrics import Metrics
-from txturn.policy import PeerPolicy
-from txturn.server import ServerConfig
-from txturn.service import TurnService
-from txturn.stun import Attr, Method
+from txturn.app.service import TurnService
+from txturn.auth.credentials import StaticCredentials
+from txturn.core.peer_policy import PeerPolicy
+from txturn.core.server import ServerConfig
+from txturn.observers.metrics import Metrics
 from txturn.testing import (
     FakeRelayAllocator,
     RecordingClientChannel,
@@ -32,6 +31,7 @@ from txturn.testing import (
     authenticated_request,
     make_server,
 )
+from txturn.wire.stun import Attr, Method
 
 reactor: Any = _reactor
 CLIENT = ("198.51.100.1", 5000)
@@ -60,7 +60,7 @@ class MetricsTests(SynchronousTestCase):
         self.channel = RecordingClientChannel()
 
     def relays_pool(self) -> Any:
-        from txturn.port_pool import PortPool
+        from txturn.transports.port_pool import PortPool
 
         return PortPool(["192.0.2.1"], 50000, 50009)
 

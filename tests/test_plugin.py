@@ -85,7 +85,7 @@ class WheelTests(SynchronousTestCase):
         self.assertEqual(len(wheels), 1)
         names = set(zipfile.ZipFile(os.path.join(out, wheels[0])).namelist())
         self.assertIn("twisted/plugins/txturn_plugin.py", names)
-        self.assertIn("txturn/server.py", names)
+        self.assertIn("txturn/core/server.py", names)
         self.assertIn("txturn/py.typed", names)
         for bad in [
             "twisted/__init__.py",
@@ -139,7 +139,9 @@ class InstalledTests(SynchronousTestCase):
             raise SkipTest("no C compiler or Python headers here")
         import txturn
 
-        installed = os.path.dirname(os.path.abspath(txturn.__file__ or ""))
+        installed = os.path.join(
+            os.path.dirname(os.path.abspath(txturn.__file__ or "")), "fastpath"
+        )
         built = [f for f in os.listdir(installed) if f.startswith("_forwarder.")]
         self.assertEqual(len(built), 1, os.listdir(installed))
         self.assertTrue(built[0].endswith(sysconfig.get_config_var("EXT_SUFFIX")))

@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.policy}: every default-refused range, in every
+Tests for L{txturn.core.peer_policy}: every default-refused range, in every
 IPv4-in-IPv6 spelling, on every path a peer address takes.
 """
 
@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.policy import DEFAULT_DENIED, PeerPolicy, canonical_peer, parse_range
-from txturn.stun import Attr, Class, Method
+from txturn.core.counters import Counter
+from txturn.core.peer_policy import DEFAULT_DENIED, PeerPolicy, canonical_peer, parse_range
 from txturn.testing import (
     FakeRelayAllocator,
     FakeTcpRelayAllocator,
@@ -22,6 +22,7 @@ from txturn.testing import (
     authenticated_request,
     make_server,
 )
+from txturn.wire.stun import Attr, Class, Method
 
 #: One address inside every range refused by default, with its name.
 REFUSED_V4 = {
@@ -331,7 +332,7 @@ class EveryPathTests(SynchronousTestCase):
         self.assertEqual(udp_relay.sent, [])
         self.assertEqual(tcp_relay.connects, [])
         self.assertEqual(self.udp.sent + self.tcp.sent, [])
-        self.assertGreater(self.server.stats["refused_peer"], len(all_refused()))
+        self.assertGreater(self.server.counters[Counter.REFUSED_PEER], len(all_refused()))
 
     def test_public_allowed(self) -> None:
         """

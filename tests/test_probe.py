@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.probe}: against txturn in this process over UDP, TCP
+Tests for L{txturn.tools.probe}: against txturn in this process over UDP, TCP
 and TLS, against coturn's turnserver, and the failures it must name.
 """
 
@@ -19,10 +19,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.test_interop import alice_service, redirecting_pair, start_coturn
 from tests.test_service import free_udp_port
-from txturn.printable import printable
-from txturn.probe import Probe, ProbeFailed, TurnUri
-from txturn.probe import main as probe_main
-from txturn.stun import decode, encode, error_response
+from txturn.core.counters import Counter
+from txturn.tools.probe import Probe, ProbeFailed, TurnUri
+from txturn.tools.probe import main as probe_main
+from txturn.util.printable import printable
+from txturn.wire.stun import decode, encode, error_response
 
 reactor: Any = _reactor
 
@@ -137,7 +138,12 @@ class EscapeTests(SynchronousTestCase):
         thread = threading.Thread(target=answer, daemon=True)
         thread.start()
         done = subprocess.run(
-            [sys.executable, "-m", "txturn.probe", f"turn:127.0.0.1:{server.getsockname()[1]}"]
+            [
+                sys.executable,
+                "-m",
+                "txturn.tools.probe",
+                f"turn:127.0.0.1:{server.getsockname()[1]}",
+            ]
             + ["-u", "alice", "--timeout", "5"],
             capture_output=True,
             env={**os.environ, "TXTURN_PROBE_PASSWORD": "secret"},
@@ -184,7 +190,7 @@ class CoturnProbeTests(TestCase):
         yield start_coturn(self, port, "alice:secret", "--allow-loopback-peers")
         result = yield threads.deferToThread(
             subprocess.run,
-            [sys.executable, "-m", "txturn.probe", f"turn:127.0.0.1:{port}", "-u", "alice"]
+            [sys.executable, "-m", "txturn.tools.probe", f"turn:127.0.0.1:{port}", "-u", "alice"]
             + ["-w", "secret", "-n", "5"],
             capture_output=True,
         )
@@ -209,4 +215,4 @@ class RedirectTests(TestCase):
         rows = dict(report.rows)
         self.assertEqual(rows["redirected to"], f"127.0.0.1:{target.port_of('udp')}")
         self.assertEqual(rows["round trips"].split(",")[0], "3 of 3")
-        self.assertEqual(redirecting.server.stats["redirected"], 1)
+        self.assertEqual(redirecting.server.counters[Counter.REDIRECTED], 1)

@@ -42,12 +42,12 @@ from tests.test_interop import (
 )
 from tests.test_metrics import value
 from tests.test_service import free_udp_port
-from txturn.credential_policy import mint_credential
-from txturn.options import REDIS_VARIABLE, Options
-from txturn.redis_address import parse_redis_url
-from txturn.stun import Attr, Class, Message, Method
-from txturn.tap import _warn_weakening
+from txturn.app.options import REDIS_VARIABLE, Options
+from txturn.app.startup import warn_weakening
+from txturn.auth.policy import mint_credential
+from txturn.fleet.address import parse_redis_url
 from txturn.testing import StunClient, self_signed_certificate
+from txturn.wire.stun import Attr, Class, Message, Method
 
 reactor: Any = _reactor
 
@@ -145,7 +145,7 @@ def _reply(reader: Any) -> Any:
 
 def admin(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "txturn.admin", *args],
+        [sys.executable, "-m", "txturn.tools.admin", *args],
         capture_output=True,
         text=True,
         env={**os.environ, "TXTURN_PASSWORD": "from-the-environment"},
@@ -402,7 +402,7 @@ class FleetTests(FleetBase):
 
         def records() -> list[dict[str, Any]]:
             entries = self.redis.command("XRANGE", "txturn:usage", "-", "+")
-            return [dict(zip(fields[::2], fields[1::2])) for _, fields in entries]
+            return [dict(zip(fields[::2], fields[1::2], strict=True)) for _, fields in entries]
 
         yield self.wait_until(lambda: len(records()) >= 3)
         for record in records():
@@ -621,7 +621,7 @@ class AddressTests(TestCase):
         options.parseOptions(["--redis", "redis://:pw@127.0.0.1:6390/1"])
         options["argv"] = ["--redis", "redis://:pw@127.0.0.1:6390/1"]
         with capturedLogs() as events:
-            _warn_weakening(options)
+            warn_weakening(options)
         self.assertIn("--redis (with a password)", [e.get("options") for e in events][-1])
 
     def test_admin_without_redis(self) -> None:

@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.server.TurnServer}, the sans-io core, driven with a
+Tests for L{txturn.core.server.TurnServer}, the sans-io core, driven with a
 L{Clock}, a recording client channel and fake relays.
 """
 
@@ -12,8 +12,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.allocation import MAX_KEPT_PEER_ATTRIBUTES
-from txturn.credentials import (
+from txturn.auth.credentials import (
     CredentialChain,
     RestApiCredentials,
     StaticCredentials,
@@ -21,7 +20,15 @@ from txturn.credentials import (
     rest_api_password,
     userhash,
 )
-from txturn.stun import (
+from txturn.core.allocation import MAX_KEPT_PEER_ATTRIBUTES
+from txturn.testing import (
+    FakeRelayAllocator,
+    RecordingClientChannel,
+    StunClient,
+    authenticated_request,
+    make_server,
+)
+from txturn.wire.stun import (
     CHANNEL_DATA_FIRST_BYTE_MAX,
     CHANNEL_DATA_FIRST_BYTE_MIN,
     CHANNEL_HEADER_LENGTH,
@@ -35,13 +42,6 @@ from txturn.stun import (
     PasswordAlgorithm,
     decode,
     encode,
-)
-from txturn.testing import (
-    FakeRelayAllocator,
-    RecordingClientChannel,
-    StunClient,
-    authenticated_request,
-    make_server,
 )
 
 REALM = "example.org"
@@ -1052,7 +1052,7 @@ class AlternateServerTests(SynchronousTestCase):
         drained = make_server(
             realm=REALM, alternate_servers=(("192.0.2.10", 3478),), alternate_load=100
         )
-        drained.draining = True
+        drained.start_draining()
         self.server = drained
         self.assertEqual(self.allocate(9).get(Attr.ERROR_CODE)[0], 300)
 
@@ -1071,7 +1071,7 @@ class DrainTests(ServerTestCase):
         """
         first = self.allocate([(Attr.EVEN_PORT, True)])
         token = first.get(Attr.RESERVATION_TOKEN)
-        self.server.draining = True
+        self.server.start_draining()
         self.assertError(self.allocate(address=("198.51.100.7", 40005)), 508)
         second = self.allocate([(Attr.RESERVATION_TOKEN, token)], address=("198.51.100.7", 40002))
         self.assertEqual(

@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.service.TurnService} on real sockets on loopback.
+Tests for L{txturn.app.service.TurnService} on real sockets on loopback.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from txturn import forwarding
-from txturn import service as service_module
-from txturn.credentials import StaticCredentials
-from txturn.forwarding import NO_FORWARDING
-from txturn.interfaces import RelayUnavailable
-from txturn.policy import PeerPolicy, parse_range
-from txturn.server import ServerConfig
-from txturn.service import TurnService
-from txturn.stun import Attr, Class, Message, Method, decode, encode, encode_channel_data
+from txturn.app import host_watch
+from txturn.app.service import TurnService
+from txturn.auth.credentials import StaticCredentials
+from txturn.core.forwarding import NO_FORWARDING
+from txturn.core.interfaces import RelayUnavailable
+from txturn.core.peer_policy import PeerPolicy, parse_range
+from txturn.core.server import ServerConfig
+from txturn.fastpath import forwarding
 from txturn.testing import StunClient, needs_ipv6
-from txturn.udp_relay import UdpRelayAllocator
+from txturn.transports.udp_relay import UdpRelayAllocator
+from txturn.wire.stun import Attr, Class, Message, Method, decode, encode, encode_channel_data
 
 REALM = "test"
 
@@ -383,7 +383,7 @@ class DualStackTests(TestCase):
         read again every minute (the timer stops with the service).
         """
         listed = ["192.0.2.80", "2001:db8::80"]
-        self.patch(service_module, "host_addresses", lambda: list(listed))
+        self.patch(host_watch, "host_addresses", lambda: list(listed))
         policy = PeerPolicy(allowed=parse_range("192.0.2.0/24") + parse_range("2001:db8::/32"))
         service = TurnService(
             reactor,
@@ -399,11 +399,11 @@ class DualStackTests(TestCase):
             self.assertFalse(policy.allows_peer(host, 3478), host)
             self.assertTrue(policy.allows_peer(host, 50000), host)
         listed[:] = ["192.0.2.81"]
-        service._refresh_host_addresses()
+        service.host_addresses.refresh()
         self.assertTrue(policy.allows_peer("192.0.2.80", 3478))
         self.assertFalse(policy.allows_peer("192.0.2.81", 3478))
         service.stopService()
-        self.assertIsNone(service._address_refresh)
+        self.assertIsNone(service.host_addresses._timer)
         self.assertEqual([c for c in reactor.getDelayedCalls() if "refresh" in repr(c.func)], [])
 
 

@@ -40,8 +40,8 @@ from tests.test_interop import (
 )
 from tests.test_metrics import value
 from tests.test_service import free_udp_port
-from txturn.stun import Attr, Class, Method
 from txturn.testing import self_signed_certificate
+from txturn.wire.stun import Attr, Class, Method
 
 reactor: Any = _reactor
 

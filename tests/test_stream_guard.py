@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.stream_guard} and L{txturn.descriptors}: TCP and TLS
+Tests for L{txturn.transports.admission} and L{txturn.app.descriptors}: TCP and TLS
 connections that never authenticate, stall mid-frame or never finish
 their handshake are closed on time, and admission is capped in all and
 per source address, on a L{Clock} with in-memory transports.
@@ -15,12 +15,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn import descriptors
-from txturn.limits import ConnectionLimits
-from txturn.stream import TurnStreamFactory, TurnStreamProtocol
-from txturn.stream_guard import AdmissionFactory, StreamGuard
-from txturn.stun import Attr, Method
+from txturn.app import descriptors
 from txturn.testing import StunClient, binding, make_server
+from txturn.transports.admission import AdmissionFactory, ConnectionLimits, StreamGuard
+from txturn.transports.stream import TurnStreamFactory, TurnStreamProtocol
+from txturn.wire.stun import Attr, Method
 
 REALM = "guard"
 

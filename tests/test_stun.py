@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.stun}: the RFC 5769 and RFC 8489 test vectors byte for
+Tests for L{txturn.wire.stun}: the RFC 5769 and RFC 8489 test vectors byte for
 byte, attribute round trips, and malformed input.
 """
 
@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn import stun
-from txturn.credentials import long_term_key, userhash
-from txturn.stun import (
+from txturn.auth.credentials import long_term_key, userhash
+from txturn.wire import stun
+from txturn.wire.stun import (
     ATTRIBUTES,
     Attr,
     Class,
@@ -428,7 +428,7 @@ class RoundTripTests(SynchronousTestCase):
         decoded = decode(encoded)
         self.assertEqual(decoded.attributes[: len(message.attributes)], message.attributes)
         self.assertTrue(decoded.check_integrity(b"key"))
-        for attr_type, value in values:
+        for attr_type, _value in values:
             got = decoded.get(attr_type)
             expected = [v for t, v in values if t == attr_type][0]
             if attr_type in (Attr.MAPPED_ADDRESS, Attr.XOR_PEER_ADDRESS):

@@ -1,5 +1,5 @@
 """
-systemd's readiness protocol (L{txturn.systemd}): a real C{twistd turn}
+systemd's readiness protocol (L{txturn.app.systemd}): a real C{twistd turn}
 under a C{$NOTIFY_SOCKET} the test listens on, as systemd would.
 """
 
@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.test_interop import spawn, twistd_turn
 from tests.test_service import free_udp_port
-from txturn.systemd import notify
+from txturn.app.systemd import notify
 
 reactor: Any = _reactor
 

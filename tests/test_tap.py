@@ -13,14 +13,14 @@ from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn import host_addresses as addresses
-from txturn.credentials import long_term_key
-from txturn.host_addresses import ipv6_available
-from txturn.service import TurnService
-from txturn.stun import PasswordAlgorithm
+from txturn.app import host_addresses as addresses
+from txturn.app.host_addresses import ipv6_available
+from txturn.app.service import TurnService
+from txturn.auth.credentials import long_term_key
+from txturn.auth.user_db import SqliteUsers
 from txturn.tap import Options, Reloader, makeService
 from txturn.testing import self_signed_certificate
-from txturn.user_db import SqliteUsers
+from txturn.wire.stun import PasswordAlgorithm
 
 
 def parse(*args: str) -> Options:

@@ -10,8 +10,8 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.server import TurnServer
-from txturn.stun import Attr, Class, Message, Method, decode
+from txturn.core.counters import Counter
+from txturn.core.server import TurnServer
 from txturn.testing import (
     FakePeerConnection,
     FakeTcpRelayAllocator,
@@ -20,6 +20,7 @@ from txturn.testing import (
     authenticated_request,
     make_server,
 )
+from txturn.wire.stun import Attr, Class, Message, Method, decode
 
 REALM = "tcp"
 CONTROL = ("198.51.100.7", 40000)
@@ -371,7 +372,7 @@ class TcpAllocationTests(SynchronousTestCase):
         incoming = self.tcp_relays.opened[0].peer_connects(("203.0.113.5", 100))
         self.assertTrue(incoming.closed)
         self.assertEqual(self.control.sent, [])
-        self.assertEqual(self.server.stats["max_pending_connections"], 2)
+        self.assertEqual(self.server.counters[Counter.MAX_PENDING_CONNECTIONS], 2)
         bound, _ = self.bind(ids[0])
         self.assertEqual(bound.cls, Class.SUCCESS)
         response, _ = self.connect(("203.0.113.5", 101))

@@ -17,15 +17,15 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from txturn.credentials import StaticCredentials
-from txturn.framing import StreamFramer
-from txturn.policy import PeerPolicy
-from txturn.server import ServerConfig
-from txturn.service import TurnService
-from txturn.stream import TurnStreamFactory
-from txturn.stun import Attr, Class, Method, decode
-from txturn.tcp_relay import PeerDataConnection, TcpRelay, TcpRelayAllocator
+from txturn.app.service import TurnService
+from txturn.auth.credentials import StaticCredentials
+from txturn.core.peer_policy import PeerPolicy
+from txturn.core.server import ServerConfig
 from txturn.testing import BufferedTransport, StunClient, make_server
+from txturn.transports.stream import TurnStreamFactory
+from txturn.transports.tcp_relay import PeerDataConnection, TcpRelay, TcpRelayAllocator
+from txturn.wire.framing import StreamFramer
+from txturn.wire.stun import Attr, Class, Method, decode
 
 reactor: Any = _reactor
 

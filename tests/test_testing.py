@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyClass, verifyObject
 
-from txturn.interfaces import (
+from txturn.core.interfaces import (
     IClientChannel,
     IPeerConnection,
     IRelay,

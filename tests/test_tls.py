@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.tls}: certificate loading errors, protocol versions,
+Tests for L{txturn.transports.tls}: certificate loading errors, protocol versions,
 ciphers and ALPN.
 """
 
@@ -11,7 +11,7 @@ from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
 from txturn.testing import self_signed_certificate
-from txturn.tls import TlsConfigurationError, TlsCredentials
+from txturn.transports.tls import TlsConfigurationError, TlsCredentials
 
 
 def handshake(server: SSL.Connection, client: SSL.Connection) -> None:

@@ -1,5 +1,5 @@
 """
-Tests for L{txturn.usage_records}.
+Tests for L{txturn.observers.usage}.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txturn.stun import Attr, Method
+from txturn.observers.usage import UsageRecords
 from txturn.testing import RecordingClientChannel, StunClient, authenticated_request, make_server
-from txturn.usage_records import UsageRecords
+from txturn.wire.stun import Attr, Method
 
 CLIENT = ("198.51.100.1", 5000)
 PEER = ("203.0.113.1", 6000)

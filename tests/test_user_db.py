@@ -1,5 +1,5 @@
 """
-Users in SQLite (L{txturn.user_db}): what C{txturn-admin} stores (keys,
+Users in SQLite (L{txturn.auth.user_db}): what C{txturn-admin} stores (keys,
 never passwords), lookups through a real connection pool, coturn's
 table, clear errors for a database that cannot be used, and a real
 C{twistd turn} that sees users added and deleted with no restart.
@@ -22,10 +22,9 @@ from twisted.trial.unittest import TestCase
 
 from tests.test_interop import require, run_aioice, spawn, twistd_turn, udp_requester
 from tests.test_service import free_udp_port
-from txturn.credential_policy import mint_credential
-from txturn.credentials import long_term_key, userhash
-from txturn.stun import Attr, Class, Method, PasswordAlgorithm
-from txturn.user_db import (
+from txturn.auth.credentials import long_term_key, userhash
+from txturn.auth.policy import mint_credential
+from txturn.auth.user_db import (
     COTURN,
     OURS,
     SqliteCredentials,
@@ -34,6 +33,7 @@ from txturn.user_db import (
     check_database,
     open_pool,
 )
+from txturn.wire.stun import Attr, Class, Method, PasswordAlgorithm
 
 reactor: Any = _reactor
 REALM = "example.org"
@@ -41,7 +41,7 @@ REALM = "example.org"
 
 def admin(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "txturn.admin", *args],
+        [sys.executable, "-m", "txturn.tools.admin", *args],
         capture_output=True,
         text=True,
         input=stdin,

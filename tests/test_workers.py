@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
@@ -39,13 +39,12 @@ from tests.test_interop import (
 )
 from tests.test_metrics import value
 from tests.test_service import free_udp_port
-from txturn.credentials import NonceManager
-from txturn.framing import StreamFramer
-from txturn.interfaces import IConnectionHandoff, IReservationBroker
-from txturn.places import LocalPlaces
-from txturn.server import ServerConfig
-from txturn.stream import TurnStreamFactory
-from txturn.stun import Attr, Class, Message, Method
+from txturn.app.shard import Shard
+from txturn.auth.credentials import NonceManager
+from txturn.core.counters import Counter
+from txturn.core.interfaces import IConnectionHandoff, IReservationBroker
+from txturn.core.places import LocalPlaces
+from txturn.core.server import ServerConfig
 from txturn.testing import (
     FakePeerConnection,
     FakeRelayAllocator,
@@ -55,8 +54,10 @@ from txturn.testing import (
     make_server,
     self_signed_certificate,
 )
+from txturn.transports.stream import TurnStreamFactory
+from txturn.wire.framing import StreamFramer
+from txturn.wire.stun import Attr, Class, Message, Method
 from txturn.workers import shared_places
-from txturn.workers.shard import Shard
 from txturn.workers.shared_places import SharedPlaces
 from txturn.workers.summed_metrics import SummedMetrics
 from txturn.workers.transfers import Handoff
@@ -220,7 +221,7 @@ class ShardTests(TestCase):
         slices = [_shard(i, 3).relay_ports(49152, 65535) for i in range(3)]
         self.assertEqual(slices[0][0], 49152)
         self.assertEqual(slices[-1][1], 65535)
-        for (_, high), (low, _) in zip(slices, slices[1:]):
+        for (_, high), (low, _) in zip(slices, slices[1:], strict=False):
             self.assertEqual(low, high + 1)
         self.assertTrue(all(low % 2 == 0 for low, _ in slices))
         self.assertRaises(ValueError, _shard(0, 4).relay_ports, 50000, 50005)
@@ -245,6 +246,8 @@ class CoreAcrossWorkersTests(TestCase):
         self.clock = Clock()
         self.relays = FakeRelayAllocator()
         nonces = NonceManager()  # one key for every worker
+        # Worker 1 fetches worker 0's reservations.
+        self.broker = _Broker(lambda: self.servers[0])
         self.servers = [
             make_server(
                 {"test": "secret"},
@@ -254,6 +257,7 @@ class CoreAcrossWorkersTests(TestCase):
                 places=self.places[i],
                 worker=(i, 2),
                 nonces=nonces,
+                reservation_broker=self.broker if i == 1 else None,
             )
             for i in (0, 1)
         ]
@@ -305,7 +309,7 @@ class CoreAcrossWorkersTests(TestCase):
         server.datagram_received(channel, request, address)
         self.assertEqual(channel.handed_off, (0, request))
         self.assertEqual(len(channel.sent), 1)
-        self.assertEqual(server.stats["handed_off"], 1)
+        self.assertEqual(server.counters[Counter.HANDED_OFF], 1)
         # Its own connection id stays here (and is unknown: 400).
         server.datagram_received(
             channel,
@@ -322,9 +326,8 @@ class CoreAcrossWorkersTests(TestCase):
         """
         reserved = self.allocate(self.servers[0], 5000, (Attr.EVEN_PORT, True))
         token = reserved.get(Attr.RESERVATION_TOKEN)
-        self.assertEqual(self.servers[0].reservations.worker_of(token), 0)
-        broker = _Broker(self.servers[0])
-        self.servers[1].reservation_broker = broker
+        self.assertEqual(self.servers[0].state.reservations.worker_of(token), 0)
+        broker = self.broker
         channel = RecordingClientChannel()
         address = ("127.0.0.1", 5001)
         request = self.client.request(
@@ -337,7 +340,7 @@ class CoreAcrossWorkersTests(TestCase):
         self.assertEqual(len(channel.sent), 1)
         answer = self.client.learn(channel.sent[0][0])
         self.assertEqual(answer.cls, Class.SUCCESS, answer)
-        self.assertEqual(len(self.servers[0].reservations), 0)
+        self.assertEqual(len(self.servers[0].state.reservations), 0)
         # An unknown token (worker 0's numbering) fails as alone.
         unknown = (2**40).to_bytes(8, "big")
         request = self.client.request(
@@ -398,7 +401,7 @@ class StreamHandoffTests(TestCase):
         protocol.dataReceived(self.bind(1004))
         self.assertEqual(handoffs.calls, [(0, first + second)])
         self.assertEqual(transport.value(), b"")
-        self.assertEqual(self.server.stats["handed_off"], 1)
+        self.assertEqual(self.server.counters[Counter.HANDED_OFF], 1)
 
     def test_handed_in_stays(self) -> None:
         """
@@ -521,7 +524,7 @@ class HandoffTests(TestCase):
 
 @implementer(IReservationBroker)
 class _Broker:
-    def __init__(self, owner: Any) -> None:
+    def __init__(self, owner: Callable[[], Any]) -> None:
         self._owner = owner
         self.pending: list[defer.Deferred[Any]] = []
 
@@ -531,7 +534,7 @@ class _Broker:
         return d
 
     def take(self, token: bytes) -> Any:
-        return self._owner.reservations.take(token, "test")
+        return self._owner().state.reservations.take(token, "test")
 
 
 class SummedMetricsTests(TestCase):
@@ -633,7 +636,7 @@ class TwistdWorkersTests(TestCase):
         log = self.server.output.decode()
         for index in (0, 1):
             self.assertGreater(
-                log.count(f"[worker {index} txturn.event_log.EventLog#info] Alloc"), 50
+                log.count(f"[worker {index} txturn.observers.event_log.EventLog#info] Alloc"), 50
             )
         page = yield self.metrics()
         # One allocation per client, and one more per RTP/RTCP pair's
@@ -900,6 +903,6 @@ class TwistdWorkersTests(TestCase):
         yield self.server.ended
         log = self.server.output
         for index in (0, 1):
-            self.assertIn(b"[worker %d txturn.service._Drain#info] Drained" % index, log)
+            self.assertIn(b"[worker %d txturn.app.service._Drain#info] Drained" % index, log)
         self.assertIn(b"Every worker has drained; stopping", log)
         yield deferLater(reactor, 0, lambda: None)

@@ -1,8 +1,10 @@
 """
-A Sphinx directive, ``.. txturn-options::``, that writes the configuration
-reference from txturn's own ``Options``: every option, in the groups of
-``twistd turn --help``, with its default and coturn's name beside it, so
-the reference cannot drift from the code.
+Sphinx directives that write the configuration reference (and with it
+the man page) from the code: ``.. txturn-options::`` from the option
+table (``txturn.app.option_table``), every option in the groups of
+``twistd turn --help`` with its default, coturn's name and what a reload
+does with it, so the reference cannot drift from the code; and
+``.. txturn-admin-usage::`` from txturn-admin's argument parser.
 """
 
 from __future__ import annotations
@@ -13,56 +15,33 @@ from docutils import nodes
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
-from txturn.config_file import coturn_name
-from txturn.options import _GROUPS, _METAVARS, Options
-
-
-def _entries() -> dict[str, tuple[str, str | None, str]]:
-    """
-    name -> (spelling, default, text) for every option.
-    """
-    options = Options()
-    found: dict[str, tuple[str, str | None, str]] = {}
-    for long, short, default, doc, *_ in options.optParameters:
-        metavar = _METAVARS.get(long, "VALUE")
-        found[long] = (f"--{long}={metavar}", default, doc)
-    for long, short, doc in options.optFlags:
-        found[long] = (f"--{long}", None, doc)
-    for name in (
-        "listen",
-        "relay-ip",
-        "user",
-        "external-ip",
-        "allowed-peer-ip",
-        "denied-peer-ip",
-        "nat64-prefix",
-        "static-auth-secret",
-        "alternate-server",
-    ):
-        method = getattr(options, "opt_" + name.replace("-", "_"))
-        found[name] = (f"--{name}=VALUE", None, " ".join((method.__doc__ or "").split()))
-    found["help"] = ("--help", None, "Show the help and exit.")
-    found["version"] = ("--version", None, "Show txturn's version and exit.")
-    return found
+from txturn.app.option_table import GROUPS, in_group
 
 
 class OptionsDirective(SphinxDirective):
+    """
+    ``.. txturn-options::``: every row of the option table, in the groups
+    of ``--help``, with its default, coturn's name and what a reload does.
+    """
+
     has_content = False
 
     def run(self) -> list[Any]:
-        entries = _entries()
         lines: list[str] = []
-        for title, names in _GROUPS:
+        for title in GROUPS:
             lines += [f".. rubric:: {title or 'Other'}", ""]
-            for name in names:
-                spelling, default, text = entries[name]
+            for spec in in_group(title):
+                spelling = f"--{spec.name}" if spec.flag else f"--{spec.name}={spec.metavar}"
+                if spec.short:
+                    spelling = f"-{spec.short}, {spelling}"
                 lines.append(f"``{spelling}``")
-                body = " ".join(text.split())
-                if default:
-                    body += f" Default: ``{default}``."
-                coturn = coturn_name(name)
-                if coturn:
-                    body += f" coturn: ``{coturn}``."
+                body = " ".join(spec.help.split())
+                if spec.default:
+                    body += f" Default: ``{spec.default}``."
+                if spec.coturn:
+                    body += f" coturn: ``{spec.coturn}``."
+                if spec.reload.value != "not a setting":
+                    body += f" Reload: {spec.reload.value}."
                 lines += [f"    {body}", ""]
         node = nodes.container()
         self.state.nested_parse(StringList(lines), self.content_offset, node)
@@ -80,7 +59,7 @@ class AdminUsageDirective(SphinxDirective):
     def run(self) -> list[Any]:
         import argparse
 
-        from txturn.admin import _parser
+        from txturn.tools.admin import _parser
 
         parser = _parser()
         lines: list[str] = [".. rubric:: Options", ""]
@@ -112,7 +91,52 @@ def _actions(actions: list[Any]) -> list[str]:
     return lines
 
 
+#: newsfragments/ types, in the order towncrier renders them (pyproject.toml).
+_FRAGMENT_TYPES = {
+    "feature": "Features",
+    "bugfix": "Fixes",
+    "removal": "Deprecations and removals",
+    "doc": "Documentation",
+    "misc": "For developers",
+}
+
+
+class NewsFragmentsDirective(SphinxDirective):
+    """
+    ``.. txturn-newsfragments::``: the changes not yet released, from
+    ``newsfragments/`` as ``towncrier build`` will gather them, so the
+    changelog on the site is current between releases.
+    """
+
+    has_content = False
+
+    def run(self) -> list[Any]:
+        import os
+
+        directory = os.path.join(os.path.dirname(self.env.srcdir), "newsfragments")
+        found: dict[str, list[str]] = {kind: [] for kind in _FRAGMENT_TYPES}
+        names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+        for name in names:
+            issue, _, rest = name.partition(".")
+            kind = rest.split(".")[0]
+            if kind not in found:
+                continue
+            path = os.path.join(directory, name)
+            self.env.note_dependency(path)
+            with open(path, encoding="utf-8") as f:
+                text = " ".join(f.read().split())
+            found[kind].append(f"- {text} (issue {issue})")
+        lines: list[str] = []
+        for kind, entries in found.items():
+            if entries:
+                lines += [f".. rubric:: {_FRAGMENT_TYPES[kind]}", "", *entries, ""]
+        node = nodes.container()
+        self.state.nested_parse(StringList(lines), self.content_offset, node)
+        return list(node.children)
+
+
 def setup(app: Any) -> dict[str, Any]:
+    app.add_directive("txturn-newsfragments", NewsFragmentsDirective)
     app.add_directive("txturn-options", OptionsDirective)
     app.add_directive("txturn-admin-usage", AdminUsageDirective)
     return {"parallel_read_safe": True}

@@ -9,9 +9,9 @@ from typing import Any
 
 from twisted.application.service import IServiceCollection
 
-from txturn.credentials import CredentialChain, RestApiCredentials, StaticCredentials
-from txturn.policy import PeerPolicy
-from txturn.server import ServerConfig
+from txturn.auth.credentials import CredentialChain, RestApiCredentials, StaticCredentials
+from txturn.core.peer_policy import PeerPolicy
+from txturn.core.server import ServerConfig
 from txturn.service import TurnService
 
 

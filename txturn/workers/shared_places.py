@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_shared_places -*-
 """
-The places of every worker (L{txturn.places.IPlaces}) in one table of
+The places of every worker (L{txturn.core.places.IPlaces}) in one table of
 shared memory, so the quotas hold for the whole server.
 
 The supervisor creates the memory (a C{memfd}) and hands its descriptor
@@ -36,7 +36,7 @@ from typing import Iterator
 
 from zope.interface import implementer
 
-from txturn.places import IPlaces
+from txturn.core.places import IPlaces
 
 _HEADER = struct.Struct("=8sII")
 _MAGIC = b"txturnP1"

@@ -4,7 +4,7 @@ C{twistd turn --workers N}: a supervisor process that binds, and N worker
 processes that relay.
 
 The supervisor binds every listener once per worker, as a C{SO_REUSEPORT}
-group (L{txturn.workers.shard.bind_group}), before twistd drops
+group (L{txturn.app.shard.bind_group}), before twistd drops
 privileges, and keeps every socket of the group open for its whole life:
 the kernel then never re-hashes one worker's clients onto another when a
 worker dies, and the replacement is given the dead worker's own sockets
@@ -39,10 +39,16 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from txturn import descriptors, privileged
-from txturn.health import add_health
-from txturn.log_level import logger
-from txturn.service import StartupError
+from txturn.app import descriptors
+from txturn.app.health import add_health
+from txturn.app.listeners import StartupError, listener_addresses
+from txturn.app.options import Options
+from txturn.app.shard import bind_group
+from txturn.app.signals import SignalHandlers
+from txturn.app.startup import logfile, metrics_listen
+from txturn.app.systemd import SystemdNotifier
+from txturn.util import privileged
+from txturn.util.log_level import logger
 from txturn.workers import shared_places
 from txturn.workers.control import (
     FetchReservation,
@@ -52,7 +58,6 @@ from txturn.workers.control import (
     Ready,
     Scrape,
 )
-from txturn.workers.shard import bind_group
 from txturn.workers.summed_metrics import SummedMetrics
 from txturn.workers.transfers import SENT_DESCRIPTOR_GRACE
 from txturn.workers.worker import (
@@ -144,7 +149,7 @@ class Supervisor(service.MultiService):
     def _listen_metrics(self) -> None:
         from twisted.web.server import Site
 
-        from txturn.sockets import listen_tcp
+        from txturn.transports.sockets import listen_tcp
 
         assert self._metrics_listen is not None
         root = Resource()
@@ -579,3 +584,37 @@ def _how_it_ended(reason: Failure) -> str:
         return f"was killed by {signal.Signals(number).name}"
     code = getattr(value, "exitCode", None)
     return f"exited with status {code}"
+
+
+def supervise(options: Options, reactor: Any, generated: tuple[str, str] | None) -> Supervisor:
+    """
+    The supervisor of C{--workers N} that C{twistd turn} runs, which
+    reloads and drains its workers on the same signals.
+    """
+    # twistd's path checked the relay addresses already (_preflight), and
+    # each worker checks them again as it binds.
+    supervisor = Supervisor(
+        reactor,
+        options["argv"],
+        options["workers"],
+        listener_addresses(
+            [(host, options["port"]) for host in options["listen"]],
+            options["transports"],
+            options["cert"] is not None,
+            options["tls-port"],
+        ),
+        metrics_listen=metrics_listen(options),
+        generated_user=generated,
+        total_quota=options["total-quota"],
+    )
+    systemd = SystemdNotifier()
+
+    def drain() -> None:
+        systemd.status("Draining")
+        supervisor.drain()
+
+    handlers = SignalHandlers(reactor, supervisor.reload, drain, logfile=logfile(options))
+    handlers.setServiceParent(supervisor)
+    # Last: READY=1 only once the signal handlers are in place.
+    systemd.setServiceParent(supervisor)
+    return supervisor

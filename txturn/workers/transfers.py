@@ -30,9 +30,9 @@ from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 from zope.interface import implementer
 
-from txturn.interfaces import IConnectionHandoff, IRelay, IReservationBroker
-from txturn.joined import JoinedConnection
-from txturn.log_level import logger
+from txturn.core.interfaces import IConnectionHandoff, IHandOverRelay, IRelay, IReservationBroker
+from txturn.transports.joined import JoinedConnection
+from txturn.util.log_level import logger
 from txturn.workers.control import FetchReservation, HandOff
 
 #: The most bytes a hand-off carries (the ConnectionBind and what the
@@ -170,7 +170,7 @@ class ReservationBroker:
     Fetches reservations other workers hold, as relays of this worker's.
 
     @param adopt: makes a relay of a bound socket's descriptor
-        (L{txturn.udp_relay.UdpRelayAllocator.adopt}).
+        (L{txturn.transports.udp_relay.UdpRelayAllocator.adopt}).
     """
 
     log = logger()
@@ -212,6 +212,6 @@ def give_reservation(server: Any, reactor: Any, token: bytes, owner: str) -> dic
     relay = server.reservations.take(token, owner)
     if relay is None:
         return {"found": False}
-    descriptor = relay.hand_over()
+    descriptor = IHandOverRelay(relay).hand_over()
     reactor.callLater(SENT_DESCRIPTOR_GRACE, os.close, descriptor)
     return {"found": True, "relay": descriptor}

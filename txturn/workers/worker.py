@@ -3,7 +3,7 @@
 One worker of C{--workers N}: C{python -m txturn.workers.worker}, started
 by the supervisor (L{txturn.workers.supervisor}) and by nothing else.
 
-The worker is the ordinary C{twistd turn} service (L{txturn.tap.makeService})
+The worker is the ordinary C{twistd turn} service (L{txturn.app.assembly.build_service})
 given a L{Shard}: it reads the same command line and configuration file,
 reloads on SIGHUP and drains on SIGQUIT like one process.  What it shares
 comes from the supervisor on inherited descriptors:
@@ -32,9 +32,9 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import eventAsJSON, formatEvent, globalLogBeginner
 from twisted.python.failure import Failure
 
-from txturn.log_level import logger
+from txturn.app.shard import Shard
+from txturn.util.log_level import logger
 from txturn.workers.control import GiveReservation, HandOff, QuietAMP, Ready, Scrape
-from txturn.workers.shard import Shard
 from txturn.workers.shared_places import SharedPlaces
 from txturn.workers.summed_metrics import to_json
 from txturn.workers.transfers import Handoff, ReservationBroker, give_reservation
@@ -42,7 +42,7 @@ from txturn.workers.transfers import Handoff, ReservationBroker, give_reservatio
 BOOTSTRAP_FD = 3
 CONTROL_FD = 4
 PLACES_FD = 5
-#: A connection to the privileged reader (L{txturn.privileged}), if any.
+#: A connection to the privileged reader (L{txturn.util.privileged}), if any.
 PRIVILEGED_FD = 6
 FIRST_LISTENER_FD = 7
 
@@ -151,11 +151,11 @@ def main() -> None:
     reactor: Any = _reactor
     globalLogBeginner.beginLoggingTo([_log_to(sys.stdout)], redirectStandardIO=False)
 
-    from txturn.options import Options
-    from txturn.tap import makeService
+    from txturn.app.assembly import build_service
+    from txturn.app.options import Options
 
     if settings.get("privileged"):
-        from txturn import privileged
+        from txturn.util import privileged
 
         privileged.install(privileged.PrivilegedReader(socket.socket(fileno=PRIVILEGED_FD)))
     options = Options()
@@ -177,10 +177,10 @@ def main() -> None:
         bytes.fromhex(settings["nonce_secret"]),
         listeners,
         Handoff(control, reactor),
+        lambda adopt: ReservationBroker(control, adopt),
     )
-    service = makeService(options, reactor, shard=shard, announce=settings.get("announce", False))
+    service = build_service(options, reactor, shard=shard, announce=settings.get("announce", False))
     control.service = service
-    service.server.reservation_broker = ReservationBroker(control, service.relays.adopt)
     service.privilegedStartService()
     service.startService()
     for sock in listeners.values():

@@ -1,0 +1,102 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+One server process from its options: the objects the option values
+stand for (credential sources, peer policy, core configuration, TLS,
+connection limits), and the L{TurnService} built from them with its
+databases, usage records, signal handlers and systemd notifier
+(L{build_service}).  C{--workers N} builds one of these in each worker
+(L{txturn.workers.worker}).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from txturn.app.options import Options
+from txturn.app.reload import Reloader
+from txturn.app.service import TurnService
+from txturn.app.settings import (
+    Backends,
+    connection_limits_for,
+    credentials_for,
+    peer_policy_for,
+    server_config_for,
+    tls_for,
+    usage_opener,
+)
+from txturn.app.signals import SignalHandlers
+from txturn.app.startup import logfile, metrics_listen
+from txturn.app.systemd import SystemdNotifier
+from txturn.observers.usage import UsageRecords
+
+if TYPE_CHECKING:
+    from txturn.app.shard import Shard
+
+
+def build_service(
+    options: Options, reactor: Any, shard: Shard | None = None, announce: bool = True
+) -> TurnService:
+    """
+    The L{TurnService} the options describe, which reloads them on SIGHUP
+    and SIGUSR2 (L{txturn.app.reload}) and drains on SIGQUIT; with
+    C{shard}, as one worker of C{--workers N}.
+    """
+    # The databases are opened once; a reload keeps them.
+    backends = Backends.open(options, reactor)
+    credentials, generated = credentials_for(options, backends)
+    turn = TurnService(
+        reactor,
+        credentials,
+        [(host, options["port"]) for host in options["listen"]],
+        options["relay-ip"],
+        min_port=options["min-port"],
+        max_port=options["max-port"],
+        policy=peer_policy_for(options),
+        config=server_config_for(options),
+        announce=generated if announce else None,
+        tls=tls_for(options),
+        tls_port=options["tls-port"],
+        transports=options["transports"],
+        external_ips=options["external-map"],
+        tcp_buffer=options["tcp-buffer"],
+        max_tcp_buffer=options["max-tcp-buffer"],
+        # A worker's metrics are served, summed, by its supervisor.
+        metrics_listen=metrics_listen(options) if shard is None else None,
+        metrics=shard is not None and options["prometheus"],
+        shard=shard,
+        fast_path=not options["no-fast-path"],
+        limits=connection_limits_for(options),
+        ledger=backends.ledger,
+    )
+    backends.join(turn, options, reactor)
+    records = None
+    opener = usage_opener(options)
+    if opener is not None or backends.usage_stream is not None:
+        records = UsageRecords(
+            opener,
+            options["realm"],
+            time.time,
+            also=[backends.usage_stream] if backends.usage_stream is not None else [],
+        )
+        turn.server.add_observer(records)
+    reloader = Reloader(turn, options, records, backends)
+    systemd = SystemdNotifier()
+
+    def drain() -> None:
+        # A second SIGQUIT (an impatient operator, or one signal reaching
+        # a worker twice) changes nothing: one drain, one stop.
+        if turn.server.draining:
+            return
+        systemd.status("Draining")
+        # What the last reload read: --drain-timeout is applied on reload.
+        timeout = reloader.options["drain-timeout"]
+        turn.drain(timeout).addCallback(lambda _: reactor.stop())
+
+    handlers = SignalHandlers(reactor, reloader, drain, logfile=logfile(options))
+    handlers.setServiceParent(turn)  # type: ignore[no-untyped-call]
+    if shard is None:
+        # Last: READY=1 only once the signal handlers are in place, or a
+        # reload or drain sent right after it would kill the process.
+        systemd.setServiceParent(turn)  # type: ignore[no-untyped-call]
+    return turn

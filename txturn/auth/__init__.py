@@ -1,0 +1,4 @@
+"""
+Who may use the server: credential sources, their cache, REST credential
+policy, revocations.
+"""

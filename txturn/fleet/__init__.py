@@ -1,0 +1,4 @@
+"""
+Sharing users, quotas, revocations and usage across servers through
+Redis.
+"""

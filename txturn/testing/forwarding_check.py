@@ -1,0 +1,276 @@
+# -*- test-case-name: tests.test_forwarding -*-
+"""
+Holding the fast path to the Python path: two cores fed the same
+datagrams, one with the compiled forwarder in front of it (as its socket
+loop would be), one pure Python, and what each sends compared.
+
+L{fuzz_forwarding} drives them with the mutation engine of
+L{txturn.testing.fuzzing}: whatever the input, the fast path must send exactly
+what the Python path sends (Data indications differ only in their
+transaction ids), so it can never relay a packet the Python path would
+have dropped.  The test suite runs it bounded; C{bench/fuzz.py} runs a
+million inputs.
+"""
+
+from __future__ import annotations
+
+import random
+from types import ModuleType
+from typing import Any
+
+from txturn.auth.credentials import NonceManager, StaticCredentials
+from txturn.core.forwarding import NO_FORWARDING, IForwarding
+from txturn.core.interfaces import Address
+from txturn.core.server import ServerConfig, TurnServer
+from txturn.fastpath.forwarding import Forwarding
+from txturn.testing import (
+    FakeRelay,
+    FakeRelayAllocator,
+    FastClock,
+    RecordingClientChannel,
+    StunClient,
+    documentation_peers,
+)
+from txturn.testing.fuzzing import logged_failures, mutate, mutate_signed, seeds
+from txturn.wire.stun import Attr, Class, Method, decode, encode_channel_data
+
+REALM = "twins"
+CLIENT: Address = ("198.51.100.1", 1000)
+#: The descriptor the fast core's (fake) UDP listener has.
+LISTENER = 7
+#: A peer with a channel, one with only a permission, one with neither.
+CHANNEL_PEER: Address = ("203.0.113.1", 9)
+PERMITTED_PEER: Address = ("203.0.113.2", 5000)
+STRANGER: Address = ("203.0.113.3", 6000)
+CHANNEL = 0x4001
+
+Sent = tuple[str, bytes, Address]
+
+
+class _Core:
+    """
+    One core with its recording channel and fake relays.
+    """
+
+    def __init__(self, clock: FastClock, nonces: NonceManager, forwarding: IForwarding) -> None:
+        fast = forwarding is not NO_FORWARDING
+        self.relays = FakeRelayAllocator(capacity=64, handles=fast)
+        self.server = TurnServer(
+            clock,
+            StaticCredentials(REALM, {"u": "p"}),
+            self.relays,
+            documentation_peers(),
+            config=ServerConfig(realm=REALM, challenge_rate=1e9, challenge_burst=1e9),
+            nonces=nonces,
+            forwarding=forwarding,
+        )
+        self.channel = RecordingClientChannel()
+        if fast:
+            self.channel.forwarding_handle = LISTENER
+
+    def relay_at(self, address: Address) -> FakeRelay | None:
+        for relay in self.relays.open_relays:
+            if relay.address == address:
+                return relay
+        return None
+
+    def take_sent(self) -> list[Sent]:
+        """
+        Everything sent since last asked: to the client, and by each relay.
+        """
+        out: list[Sent] = [("client", _masked(data), to) for data, to in self.channel.sent]
+        self.channel.sent.clear()
+        for relay in sorted(self.relays.opened, key=lambda r: r.address):
+            out += [(f"relay {relay.address[1]}", data, to) for data, to in relay.sent]
+            relay.sent.clear()
+        return out
+
+
+def _masked(data: bytes) -> bytes:
+    """
+    A Data indication without its transaction id, which each path draws
+    on its own.
+    """
+    if data[:2] == b"\x00\x17" and len(data) >= 20:
+        return data[:8] + bytes(12) + data[20:]
+    return data
+
+
+class TwinServers:
+    """
+    A fast core and a pure Python core in lock step.
+
+    @ivar forwarded: datagrams the fast path sent itself.
+    """
+
+    def __init__(self, clock: FastClock, module: ModuleType) -> None:
+        self.clock = clock
+        self.nonces = NonceManager(secret=b"twins" * 7)
+        self.forwarding = Forwarding(module)
+        self.fast = _Core(clock, self.nonces, self.forwarding)
+        self.slow = _Core(clock, self.nonces, NO_FORWARDING)
+        self.client = StunClient("u", "p")
+        self.client.realm = REALM
+        self.forwarded = 0
+
+    def renew_nonce(self) -> None:
+        self.client.nonce = self.nonces.issue(CLIENT[0], self.clock.seconds())
+
+    def set_up(self) -> None:
+        """
+        An allocation with a channel to L{CHANNEL_PEER} and a permission
+        for L{PERMITTED_PEER}, in both cores.
+        """
+        self.renew_nonce()
+        requests: list[tuple[int, list[tuple[int, Any]]]] = [
+            # An hour: the channel's 600 s end before the allocation's.
+            (Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17), (Attr.LIFETIME, 3600)]),
+            (
+                Method.CHANNEL_BIND,
+                [(Attr.CHANNEL_NUMBER, CHANNEL), (Attr.XOR_PEER_ADDRESS, CHANNEL_PEER)],
+            ),
+            (Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, PERMITTED_PEER)]),
+        ]
+        for method, attributes in requests:
+            self.from_client(self.client.request(method, attributes))
+
+    def relay_address(self) -> Address | None:
+        allocation = self.slow.server.state.table.get(self.slow.channel, CLIENT)
+        if allocation is None or not allocation.relays:
+            return None
+        address: Address = next(iter(allocation.relays.values())).address
+        return address
+
+    def from_client(self, data: bytes) -> tuple[list[Sent], list[Sent]]:
+        """
+        C{data} from the client to both cores; what each sent.
+        """
+        decided = self.forwarding.forwarder.decide(LISTENER, False, data, CLIENT)
+        if decided is None:
+            self.fast.server.datagram_received(self.fast.channel, data, CLIENT)
+        else:
+            self._record(decided)
+        self.slow.server.datagram_received(self.slow.channel, data, CLIENT)
+        return self.fast.take_sent(), self.slow.take_sent()
+
+    def from_peer(
+        self, relay: Address, data: bytes, peer: Address
+    ) -> tuple[list[Sent], list[Sent]]:
+        """
+        C{data} from C{peer} to relay address C{relay} of both cores.
+        """
+        fast, slow = self.fast.relay_at(relay), self.slow.relay_at(relay)
+        if fast is not None and slow is not None:
+            decided = self.forwarding.forwarder.decide(fast.forwarding_handle, True, data, peer)
+            if decided is None:
+                fast.receiver(data, peer)
+            else:
+                self._record(decided)
+            slow.receiver(data, peer)
+        return self.fast.take_sent(), self.slow.take_sent()
+
+    def _record(self, decided: tuple[int, Address, bytes]) -> None:
+        fd, to, data = decided
+        self.forwarded += 1
+        if fd == LISTENER:
+            self.fast.channel.sent.append((data, to))
+            return
+        for relay in self.fast.relays.open_relays:
+            if relay.forwarding_handle == fd:
+                relay.sent.append((data, to))
+                return
+        raise AssertionError(f"forwarded through descriptor {fd}, which no relay has")
+
+
+def client_corpus(twins: TwinServers) -> list[bytes]:
+    """
+    What a client sends: requests of every kind, ChannelData, and Send
+    indications with and without FINGERPRINT, to each kind of peer.
+    """
+    client = twins.client
+    # Refreshes that keep the allocation: one deleted at every other
+    # input would never let a permission or channel expire.
+    out = [d for d in seeds(client) if d[0] >= 0x40 or decode(d).method != Method.REFRESH]
+    out.append(client.request(Method.REFRESH, [(Attr.LIFETIME, 600)]))
+    for size in (0, 1, 3, 4, 100, 1000):
+        out.append(encode_channel_data(CHANNEL, bytes(range(256))[:size] * (1 + size // 256)))
+        out.append(encode_channel_data(0x4002, b"x" * size))
+    # Ports past the fast path's 64 entries per allocation: past the
+    # bound, the Python path must relay exactly the same.
+    many = [(PERMITTED_PEER[0], port) for port in range(20_000, 20_100)]
+    for peer in (CHANNEL_PEER, PERMITTED_PEER, STRANGER, *many):
+        for fingerprint in (False, True):
+            client.fingerprint = fingerprint
+            out.append(
+                client.request(
+                    Method.SEND,
+                    [(Attr.XOR_PEER_ADDRESS, peer), (Attr.DATA, b"payload" * 3)],
+                    authenticate=False,
+                    cls=Class.INDICATION,
+                )
+            )
+    client.fingerprint = True
+    return out
+
+
+def fuzz_forwarding(iterations: int, seed: int, module: ModuleType) -> dict[str, Any]:
+    """
+    Feed C{iterations} inputs, alternately mutated client datagrams and
+    peer datagrams of random sizes from random peers, to a fast and a
+    pure Python core; the clock runs 10 s per 1,000 inputs, so
+    permissions and channels expire and are bound again.
+
+    Returns the inputs on which the two sent different things, what
+    escaped, what reached a last-resort handler, and how many datagrams
+    the fast path forwarded itself.
+    """
+    rng = random.Random(seed)
+    clock = FastClock()
+    twins = TwinServers(clock, module)
+    twins.set_up()
+    corpus = client_corpus(twins)
+    peers = [CHANNEL_PEER, PERMITTED_PEER, STRANGER, (CHANNEL_PEER[0], 9999)]
+    # Peer ports past the fast path's 64 entries per allocation.
+    peers += [(PERMITTED_PEER[0], port) for port in range(30_000, 30_100)]
+    mismatches: list[tuple[bytes, list[Sent], list[Sent]]] = []
+    escaped: list[str] = []
+    set_ups = 0
+    with logged_failures() as failures:
+        for i in range(iterations):
+            if i % 1000 == 999:
+                clock.advance(10)
+                twins.renew_nonce()
+            if twins.relay_address() is None or i % 40000 == 39999:
+                twins.set_up()
+                set_ups += 1
+            try:
+                if i % 2:
+                    original = rng.choice(corpus)
+                    if rng.random() < 0.3:
+                        data = original
+                    elif original[0] < 0x40 and rng.random() < 0.3:
+                        data = mutate_signed(rng, twins.client, original)
+                    else:
+                        data = mutate(rng, original)
+                    fast, slow = twins.from_client(data)
+                else:
+                    relay = twins.relay_address()
+                    if relay is None:
+                        continue
+                    size = rng.choice([0, 1, 4, 100, 1000, rng.randrange(65508)])
+                    data = rng.randbytes(size)
+                    fast, slow = twins.from_peer(relay, data, rng.choice(peers))
+            except Exception as e:  # noqa: BLE001 - counting what escapes is the point
+                escaped.append(repr(e))
+                continue
+            if fast != slow:
+                mismatches.append((data, fast, slow))
+    return {
+        "iterations": iterations,
+        "mismatches": mismatches,
+        "escaped": escaped,
+        "failures": failures,
+        "forwarded": twins.forwarded,
+        "set_ups": set_ups,
+        "twins": twins,
+    }
