@@ -223,3 +223,32 @@ class LayerTests(SynchronousTestCase):
         self.graph["txturn.app.service"].add("txturn.core.server")
         self.assertRaises(self.failureException, self.test_one_direction)
         self.assertRaises(self.failureException, self.test_no_cycle)
+
+
+class MovedTests(SynchronousTestCase):
+    """
+    The flat paths doc/library.rst documented before the layers still
+    work, and say where things are now.
+    """
+
+    def test_deprecated_paths(self) -> None:
+        from txturn import server as old  # noqa: F401 (the stub module)
+        from txturn.core.server import TurnServer
+
+        found = old.TurnServer
+        self.assertIs(found, TurnServer)
+        warnings = self.flushWarnings()
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["category"], DeprecationWarning)
+        self.assertIn("use txturn.core.server.TurnServer instead", warnings[0]["message"])
+
+    def test_json_logger(self) -> None:
+        """
+        twistd --logger=txturn.json_log.stdout_observer, as operators'
+        unit files say, still names the JSON observer.
+        """
+        from twisted.python.reflect import namedAny
+
+        from txturn.observers.json_log import stdout_observer
+
+        self.assertIs(namedAny("txturn.json_log.stdout_observer"), stdout_observer)

@@ -11,7 +11,7 @@ from twisted.application.service import IServiceCollection
 
 from txturn.auth.credentials import CredentialChain, RestApiCredentials, StaticCredentials
 from txturn.core.peer_policy import PeerPolicy
-from txturn.core.server import ServerConfig
+from txturn.core.config import ServerConfig
 from txturn.service import TurnService
 
 
