@@ -39,13 +39,14 @@ def main() -> None:
     result = fuzz(args.iterations, args.seed)
     elapsed = time.perf_counter() - start
     server = result["server"]
+    counters = {c.key: n for c, n in server.counters.items()}
     print(  # noqa: T201 - a benchmark prints its figures
         f"{result['iterations']:,} inputs in {elapsed:.1f} s "
         f"({result['iterations'] / elapsed:,.0f}/s): "
         f"successes={result['successes']:,} "
         f"escaped={len(result['escaped'])} failures={len(result['failures'])} "
         f"stranger_allocations={len(result['strangers'])} "
-        f"allocations={len(server.allocations)} stats={dict(server.stats)}"
+        f"allocations={len(server.allocations)} counters={counters}"
     )
     for failure in result["failures"][:3]:
         print(failure.getTraceback())  # noqa: T201

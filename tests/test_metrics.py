@@ -21,6 +21,7 @@ from tests.test_interop import UdpDrops, assert_relayed, require, spawn, uclient
 from tests.test_service import free_udp_port
 from txturn.app.service import TurnService
 from txturn.auth.credentials import StaticCredentials
+from txturn.core.counters import LABELS, Counter
 from txturn.core.peer_policy import PeerPolicy
 from txturn.core.server import ServerConfig
 from txturn.observers.metrics import Metrics
@@ -106,6 +107,20 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(value(text, "turn_allocations", transport="udp", family="ipv4"), 0)
         self.assertEqual(value(text, "turn_relayed_packets_total", direction="to_peers"), 3)
         self.assertEqual(value(text, "turn_allocations_ended_total", reason="refresh"), 1)
+
+    def test_every_counter_exported(self) -> None:
+        """
+        Each thing the core counts is a sample of the family and label its
+        L{Counter} names, with its count.
+        """
+        for counter in Counter:
+            self.server.count(counter)
+        self.server.count(Counter.REDIRECTED)
+        text = self.scrape()
+        for counter in Counter:
+            label = f'{{{LABELS[counter.family]}="{counter.label}"}}' if counter.label else ""
+            count = 2.0 if counter is Counter.REDIRECTED else 1.0
+            self.assertIn(f"turn_{counter.family}_total{label} {count}", text, counter)
 
     def test_auth_failures(self) -> None:
         """

@@ -903,6 +903,6 @@ class TwistdWorkersTests(TestCase):
         yield self.server.ended
         log = self.server.output
         for index in (0, 1):
-            self.assertIn(b"[worker %d txturn.app.service._Drain#info] Drained" % index, log)
+            self.assertIn(b"[worker %d txturn.app.drain.Drain#info] Drained" % index, log)
         self.assertIn(b"Every worker has drained; stopping", log)
         yield deferLater(reactor, 0, lambda: None)

@@ -34,6 +34,7 @@ from txturn.core.forwarding import NO_FORWARDING, IForwarding
 from txturn.core.interfaces import (
     Address,
     IClientChannel,
+    IRelay,
     IRelayAllocator,
     IReservationBroker,
     ITcpRelayAllocator,
@@ -273,6 +274,14 @@ class TurnServer:
         for allocation in doomed:
             _delete(allocation, "revoked")
         return len(doomed)
+
+    def take_reservation(self, token: bytes, owner: str) -> IRelay | None:
+        """
+        The relay C{owner} reserved under C{token} here, no longer reserved
+        here, for another worker of C{--workers N} to adopt; C{None} if
+        there is no such reservation.
+        """
+        return self.state.reservations.take(token, owner)
 
     def add_observer(self, observer: IServerObserver) -> None:
         """

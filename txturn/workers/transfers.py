@@ -31,6 +31,7 @@ from twisted.protocols import amp
 from zope.interface import implementer
 
 from txturn.core.interfaces import IConnectionHandoff, IHandOverRelay, IRelay, IReservationBroker
+from txturn.core.server import TurnServer
 from txturn.transports.joined import JoinedConnection
 from txturn.util.log_level import logger
 from txturn.workers.control import FetchReservation, HandOff
@@ -204,12 +205,12 @@ class ReservationBroker:
         return d.addErrback(failed)
 
 
-def give_reservation(server: Any, reactor: Any, token: bytes, owner: str) -> dict[str, Any]:
+def give_reservation(server: TurnServer, reactor: Any, token: bytes, owner: str) -> dict[str, Any]:
     """
     The answer of the worker holding C{token} to L{GiveReservation}: the
     relay's socket, the reservation gone from here.
     """
-    relay = server.reservations.take(token, owner)
+    relay = server.take_reservation(token, owner)
     if relay is None:
         return {"found": False}
     descriptor = IHandOverRelay(relay).hand_over()
