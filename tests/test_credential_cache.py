@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from tests.test_metrics import value
 from tests.test_server import REALM, ServerTestCase
-from txturn.auth.cache import CachedCredentials, CredentialsUnavailable
+from txturn.auth.cache import CacheCounter, CachedCredentials, CredentialsUnavailable
 from txturn.auth.credentials import (
     CredentialChain,
     ICredentialSource,
@@ -234,7 +234,7 @@ class SourceShareTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), ())
         cached = self.cache.keys_for_source("alice", REALM, MD5, 0, "198.51.100.1")
         self.assertEqual(len(cached), 1)
-        self.assertEqual(self.cache.stats["limited"], 6)
+        self.assertEqual(self.cache.counters[CacheCounter.LIMITED], 6)
 
     def test_userhash_lookups_per_source(self) -> None:
         """

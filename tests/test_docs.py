@@ -118,3 +118,19 @@ class ManPageTests(SynchronousTestCase):
         admin = page("txturn-admin.8")
         for command in ("add", "delete", "list", "init", "revoke", "unrevoke", "mint"):
             self.assertIn(f"txturn-admin {command} ", admin)
+
+
+class MetricsTableTests(SynchronousTestCase):
+    def test_every_counter_family(self) -> None:
+        """
+        doc/operations.rst lists every family of counters the metrics
+        export.
+        """
+        import txturn.observers.metrics  # noqa: F401 (registers every family)
+        from txturn.util.counting import FAMILIES
+
+        with open(source_path("doc", "operations.rst"), encoding="utf-8") as f:
+            text = f.read()
+        self.assertTrue(FAMILIES)
+        for name in FAMILIES:
+            self.assertIn(f"``turn_{name}_total", text, name)

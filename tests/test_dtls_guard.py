@@ -23,7 +23,7 @@ from txturn.testing import (
     make_server,
     pump,
 )
-from txturn.transports.dtls import DtlsListener
+from txturn.transports.dtls import DtlsCounter, DtlsListener
 from txturn.wire.stun import Attr, Class, Method, decode
 
 CLIENT = ("198.51.100.7", 40000)
@@ -145,7 +145,7 @@ class DtlsGuardTests(SynchronousTestCase):
             _, hello = self.cookied_hello(("198.51.100.1", port))
             self.listener.datagramReceived(hello, ("198.51.100.1", port))
         self.assertEqual(len(self.listener.sessions), 2)
-        self.assertEqual(self.listener.stats["refused_handshakes_in_progress_from_one_address"], 1)
+        self.assertEqual(self.listener.counters[DtlsCounter.REFUSED_HANDSHAKES_FROM_ONE_ADDRESS], 1)
         for host in ("198.51.100.2", "198.51.100.3"):
             _, hello = self.cookied_hello((host, 1))
             self.listener.datagramReceived(hello, (host, 1))
@@ -154,7 +154,7 @@ class DtlsGuardTests(SynchronousTestCase):
             sorted(self.listener.sessions),
             [("198.51.100.1", 1), ("198.51.100.2", 1), ("198.51.100.3", 1)],
         )
-        self.assertEqual(self.listener.stats["evicted_handshakes"], 1)
+        self.assertEqual(self.listener.counters[DtlsCounter.EVICTED_HANDSHAKES], 1)
 
     def test_handshake_deadline(self) -> None:
         """
@@ -183,21 +183,21 @@ class DtlsGuardTests(SynchronousTestCase):
         _, hello = self.cookied_hello(("198.51.100.1", 2))
         self.listener.datagramReceived(hello, ("198.51.100.1", 2))
         self.assertNotIn(("198.51.100.1", 2), self.listener.sessions)
-        self.assertEqual(self.listener.stats["refused_sessions_from_one_address"], 1)
+        self.assertEqual(self.listener.counters[DtlsCounter.REFUSED_SESSIONS_FROM_ONE_ADDRESS], 1)
         third = self.establish(("198.51.100.2", 1))
         self.establish(("198.51.100.3", 1))
         self.assertEqual(
             sorted(self.listener.sessions),
             [("198.51.100.1", 0), ("198.51.100.2", 1), ("198.51.100.3", 1)],
         )
-        self.assertEqual(self.listener.stats["evicted_sessions"], 1)
+        self.assertEqual(self.listener.counters[DtlsCounter.EVICTED_SESSIONS], 1)
         self.allocate(third, ("198.51.100.2", 1))
         last = self.establish(("198.51.100.4", 1))
         self.allocate(last, ("198.51.100.4", 1))
         _, hello = self.cookied_hello(("198.51.100.5", 1))
         self.listener.datagramReceived(hello, ("198.51.100.5", 1))
         self.assertNotIn(("198.51.100.5", 1), self.listener.sessions)
-        self.assertEqual(self.listener.stats["refused_sessions"], 1)
+        self.assertEqual(self.listener.counters[DtlsCounter.REFUSED_SESSIONS], 1)
 
     def allocate(self, client: SSL.Connection, address: Any) -> None:
         stun = StunClient("u", "p")
@@ -224,4 +224,4 @@ class DtlsGuardTests(SynchronousTestCase):
                 self.assertEqual(decode(talker.recv(65536)).cls, Class.SUCCESS)
             self.clock.advance(5)
         self.assertEqual(list(self.listener.sessions), [("198.51.100.2", 1)])
-        self.assertEqual(self.listener.stats["closed_without_allocation"], 1)
+        self.assertEqual(self.listener.counters[DtlsCounter.CLOSED_WITHOUT_ALLOCATION], 1)

@@ -5,6 +5,7 @@ from a running service while turnutils_uclient relays through it.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 from typing import Any
@@ -21,10 +22,10 @@ from tests.test_interop import UdpDrops, assert_relayed, require, spawn, uclient
 from tests.test_service import free_udp_port
 from txturn.app.service import TurnService
 from txturn.auth.credentials import StaticCredentials
-from txturn.core.counters import LABELS, Counter
+from txturn.core.counters import Counter
 from txturn.core.peer_policy import PeerPolicy
 from txturn.core.server import ServerConfig
-from txturn.observers.metrics import Metrics
+from txturn.observers.metrics import COUNTED, Metrics
 from txturn.testing import (
     FakeRelayAllocator,
     RecordingClientChannel,
@@ -32,6 +33,8 @@ from txturn.testing import (
     authenticated_request,
     make_server,
 )
+from txturn.transports.dtls import DtlsCounter
+from txturn.util.counting import FAMILIES
 from txturn.wire.stun import Attr, Method
 
 reactor: Any = _reactor
@@ -110,17 +113,29 @@ class MetricsTests(SynchronousTestCase):
 
     def test_every_counter_exported(self) -> None:
         """
-        Each thing the core counts is a sample of the family and label its
-        L{Counter} names, with its count.
+        Each thing the core, the admission of connections, a DTLS listener
+        and a credential cache count is a sample of the family and label
+        its enum member names, with its count summed over the parts that
+        count it.
         """
         for counter in Counter:
             self.server.count(counter)
         self.server.count(Counter.REDIRECTED)
-        text = self.scrape()
-        for counter in Counter:
-            label = f'{{{LABELS[counter.family]}="{counter.label}"}}' if counter.label else ""
-            count = 2.0 if counter is Counter.REDIRECTED else 1.0
-            self.assertIn(f"turn_{counter.family}_total{label} {count}", text, counter)
+        # Two DTLS listeners (IPv4 and IPv6) count the same things.
+        parts: list[collections.Counter[Any]] = [collections.Counter() for _ in range(3)]
+        for kind in COUNTED[1:]:
+            for member in kind:
+                parts[0][member] += 1
+        parts[1][DtlsCounter.REFUSED_SESSIONS] += 1
+        metrics = Metrics(self.server, [], lambda: parts)
+        text = generate_latest(metrics.registry).decode()
+        twice = (Counter.REDIRECTED, DtlsCounter.REFUSED_SESSIONS)
+        for kind in COUNTED:
+            for member in kind:
+                name = FAMILIES[member.family][1]
+                label = f'{{{name}="{member.label}"}}' if member.label else ""
+                count = 2.0 if member in twice else 1.0
+                self.assertIn(f"turn_{member.family}_total{label} {count}", text, member)
 
     def test_auth_failures(self) -> None:
         """

@@ -17,7 +17,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txturn.app import descriptors
 from txturn.testing import StunClient, binding, make_server
-from txturn.transports.admission import AdmissionFactory, ConnectionLimits, StreamGuard
+from txturn.transports.admission import (
+    AdmissionCounter,
+    AdmissionFactory,
+    ConnectionLimits,
+    StreamGuard,
+)
 from txturn.transports.stream import TurnStreamFactory, TurnStreamProtocol
 from txturn.wire.stun import Attr, Method
 
@@ -80,13 +85,13 @@ class AdmissionTests(GuardTestCase):
         self.assertIsNotNone(newcomer)
         self.assertFalse(held[0][1].disconnecting)
         self.assertTrue(held[1][1].disconnecting)
-        self.assertEqual(self.guard.stats["evicted"], 1)
+        self.assertEqual(self.guard.counters[AdmissionCounter.EVICTED], 1)
         self.assertEqual(len(self.guard), 3)
         assert newcomer is not None
         self.allocate(held[2][0])
         self.allocate(newcomer[0])
         self.assertIsNone(self.connect("198.51.100.10", 10))
-        self.assertEqual(self.guard.stats["refused"], 1)
+        self.assertEqual(self.guard.counters[AdmissionCounter.REFUSED], 1)
 
     def test_cap_per_source_counts_only_unallocated(self) -> None:
         """
@@ -130,7 +135,7 @@ class DeadlineTests(GuardTestCase):
         self.assertFalse(talker[1].disconnecting)
         self.clock.pump([1] * 7)
         self.assertTrue(talker[1].disconnecting)
-        self.assertEqual(self.guard.stats["idle_timeout"], 1)
+        self.assertEqual(self.guard.counters[AdmissionCounter.IDLE_TIMEOUT], 1)
         self.clock.advance(600)
         self.assertFalse(allocating[1].disconnecting)
 
@@ -161,7 +166,7 @@ class DeadlineTests(GuardTestCase):
         self.clock.advance(12)
         self.assertTrue(stalled[1].disconnecting)
         self.assertFalse(done[1].disconnecting)
-        self.assertEqual(self.guard.stats["handshake_timeout"], 1)
+        self.assertEqual(self.guard.counters[AdmissionCounter.HANDSHAKE_TIMEOUT], 1)
 
     def test_stalled_frame(self) -> None:
         """
@@ -185,7 +190,7 @@ class DeadlineTests(GuardTestCase):
             steady[0].dataReceived(request[10:])
         self.assertTrue(stalled[1].disconnecting)
         self.assertFalse(steady[1].disconnecting)
-        self.assertEqual(self.guard.stats["frame_timeout"], 1)
+        self.assertEqual(self.guard.counters[AdmissionCounter.FRAME_TIMEOUT], 1)
 
     def test_stop_cancels_the_sweep(self) -> None:
         self.guard.stop()

@@ -158,7 +158,8 @@ class Listeners:
         self._tls_stream_factory: TurnStreamFactory | None = None
         #: What a reload gives a new certificate to.
         self._tls_creators: list[ServerConnectionCreator] = []
-        self._dtls_listeners: list[DtlsListener] = []
+        #: The DTLS listeners, whose counters the metrics read.
+        self.dtls_listeners: list[DtlsListener] = []
 
     def bind(
         self, wanted: Sequence[tuple[str, str, int]], site: tuple[str, int, Any] | None
@@ -222,7 +223,7 @@ class Listeners:
                 max_sessions_per_source=limits.dtls_max_sessions_per_source,
                 session_timeout=limits.idle_timeout,
             )
-            self._dtls_listeners.append(listener)
+            self.dtls_listeners.append(listener)
             return listener
         handoff = self._shard.handoff if self._shard is not None else None
         factory = TurnStreamFactory(server, name, self._max_tcp_buffer, self._guard, handoff)
@@ -275,7 +276,7 @@ class Listeners:
         self._tls = tls
         for creator in self._tls_creators:
             creator.context = tls.tls_context()
-        for listener in self._dtls_listeners:
+        for listener in self.dtls_listeners:
             listener.set_context(tls.dtls_context())
 
     def close(self) -> list[Any]:

@@ -36,7 +36,8 @@ from txturn.app.listeners import (
     check_relay_addresses,
     listener_addresses,
 )
-from txturn.auth.credentials import ICredentialSource, NonceManager
+from txturn.auth.cache import CachedCredentials
+from txturn.auth.credentials import CredentialChain, ICredentialSource, NonceManager
 from txturn.core.config import ServerConfig
 from txturn.core.events import IServerObserver
 from txturn.core.forwarding import NO_FORWARDING
@@ -179,7 +180,9 @@ class TurnService(service.MultiService):
             from txturn.observers.metrics import Metrics as _Metrics
 
             self.metrics = _Metrics(
-                self.server, [("udp", self.relays.pool), ("tcp", self.tcp_relays.pool)]
+                self.server,
+                [("udp", self.relays.pool), ("tcp", self.tcp_relays.pool)],
+                self._counted,
             )
         self.metrics_listen = metrics_listen
         self.limits = limits if limits is not None else ConnectionLimits()
@@ -205,6 +208,19 @@ class TurnService(service.MultiService):
         self.host_addresses = HostAddressWatch(reactor, self._host_addresses_changed)
         #: The total quota the descriptor limit allows, once known.
         self._descriptor_quota = 0
+
+    def _counted(self) -> list[Mapping[Any, int]]:
+        """
+        The counters of the parts beside the core, for the metrics: the
+        admission of connections, the DTLS listeners, the credential
+        caches in front of databases.
+        """
+        counted: list[Mapping[Any, int]] = [self.guard.counters]
+        counted += [listener.counters for listener in self.listeners.dtls_listeners]
+        credentials = self.server.credentials
+        sources = credentials.sources if isinstance(credentials, CredentialChain) else [credentials]
+        counted += [s.counters for s in sources if isinstance(s, CachedCredentials)]
+        return counted
 
     def _shared_state(self, shard: Shard, config: ServerConfig) -> dict[str, Any]:
         """

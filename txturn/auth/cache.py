@@ -46,8 +46,32 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.auth.credentials import IAskingSource, StaleKeys
+from txturn.util.counting import Counted, family
 from txturn.util.log_level import logger
 from txturn.util.rate import LogThrottle, SourceLimiter
+
+_LOOKUPS = family(
+    "credential_lookups",
+    "Key lookups of users in a database (--user-db sqlite://, --redis), by how they were answered.",
+    "answer",
+)
+
+
+class CacheCounter(Counted):
+    """
+    How a L{CachedCredentials} answered a lookup.
+    """
+
+    #: From a fresh entry of the cache.
+    HITS = (_LOOKUPS, "cache")
+    #: By the database.
+    MISSES = (_LOOKUPS, "database")
+    #: Not asked: the client's source had its share of lookups.
+    LIMITED = (_LOOKUPS, "limited")
+    #: From a stale entry, the database being away.
+    STALE = (_LOOKUPS, "stale")
+    #: Not at all: the database failed and nothing stood in.
+    FAILED = (_LOOKUPS, "failed")
 
 
 class CredentialsUnavailable(Exception):
@@ -105,9 +129,8 @@ class CachedCredentials:
         self._failures = LogThrottle(reactor)
         #: Database lookups each client source may cause.
         self.lookups = SourceLimiter(reactor, lookup_rate, lookup_burst)
-        #: Lookups answered from the cache, by the source, from a stale
-        #: entry in an outage, and failed; for metrics and tests.
-        self.stats: collections.Counter[str] = collections.Counter()
+        #: How lookups were answered (exported by the metrics).
+        self.counters: collections.Counter[CacheCounter] = collections.Counter()
 
     def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Any:
         """
@@ -164,7 +187,7 @@ class CachedCredentials:
         now = self._reactor.seconds()
         if entry is not None and now < entry.fresh_until:
             entries.move_to_end(key)
-            self.stats["hits"] += 1
+            self.counters[CacheCounter.HITS] += 1
             return entry.value
         waiter: defer.Deferred[Any] = defer.Deferred()
         waiting = self._waiting.get(key)
@@ -178,12 +201,12 @@ class CachedCredentials:
                 self._fallback, key, entry, now, "too many lookups in progress"
             )
         if source is not None and not self.lookups.allow(source):
-            self.stats["limited"] += 1
+            self.counters[CacheCounter.LIMITED] += 1
             return defer.maybeDeferred(
                 self._fallback, key, entry, now, "too many lookups from one source", False
             )
         self._waiting[key] = [waiter]
-        self.stats["misses"] += 1
+        self.counters[CacheCounter.MISSES] += 1
         asked = defer.maybeDeferred(ask)
         if isinstance(asked, defer.Deferred) and not asked.called:
             asked.addTimeout(self.timeout, self._reactor)
@@ -244,9 +267,9 @@ class CachedCredentials:
                 stale=self.stale_for,
             )
         if entry is not None and now < entry.usable_until:
-            self.stats["stale"] += 1
+            self.counters[CacheCounter.STALE] += 1
             value = entry.value
             # Keys (a sequence) are marked; a name for a USERHASH is not.
             return StaleKeys(value) if isinstance(value, (tuple, list)) else value
-        self.stats["failed"] += 1
+        self.counters[CacheCounter.FAILED] += 1
         raise CredentialsUnavailable(reason)

@@ -10,82 +10,62 @@ records.
 from __future__ import annotations
 
 import collections
-import enum
 
-#: Prometheus families the counters are exported in, with their help.
-FAMILIES = {
-    "dropped_packets": "Relayed packets dropped, by reason.",
-    "quota_refusals": "Requests refused by a quota or limit.",
-    "worker_transfers": (
-        "Under --workers: RFC 6062 data connections handed to the worker holding "
-        "their peer connection, and EVEN-PORT reservations fetched from another worker."
-    ),
-    "allocates_diverted": (
-        "Allocates not served here: redirected to an alternate server (300), or "
-        "refused while draining (508)."
-    ),
-    "challenges_rate_limited": "401 and 438 answers not sent: the source had its share.",
-    "credentials_unavailable": (
-        "Requests answered 500: the user database did not answer in time and had "
-        "no recent keys of the user."
-    ),
-}
+from txturn.util.counting import Counted, family
 
-#: The label of each family that has one.
-LABELS = {
-    "dropped_packets": "reason",
-    "quota_refusals": "quota",
-    "worker_transfers": "kind",
-    "allocates_diverted": "why",
-}
+_DROPPED = family("dropped_packets", "Relayed packets dropped, by reason.", "reason")
+_QUOTAS = family("quota_refusals", "Requests refused by a quota or limit.", "quota")
+_TRANSFERS = family(
+    "worker_transfers",
+    "Under --workers: RFC 6062 data connections handed to the worker holding "
+    "their peer connection, and EVEN-PORT reservations fetched from another worker.",
+    "kind",
+)
+_DIVERTED = family(
+    "allocates_diverted",
+    "Allocates not served here: redirected to an alternate server (300), or "
+    "refused while draining (508).",
+    "why",
+)
+_CHALLENGES = family(
+    "challenges_rate_limited", "401 and 438 answers not sent: the source had its share."
+)
+_UNAVAILABLE = family(
+    "credentials_unavailable",
+    "Requests answered 500: the user database did not answer in time and had "
+    "no recent keys of the user.",
+)
 
 
-class Counter(enum.Enum):
+class Counter(Counted):
     """
     One thing the core counts: C{(family, label value)}, the label value
     C{None} for a family without a label.
     """
 
     # Relayed packets dropped.
-    DROPPED_NO_PERMISSION = ("dropped_packets", "no_permission")
-    DROPPED_UNBOUND_CHANNEL = ("dropped_packets", "unbound_channel")
-    DROPPED_BANDWIDTH = ("dropped_packets", "bandwidth")
-    DROPPED_OVERSIZE = ("dropped_packets", "oversize")
-    DROPPED_CONGESTED = ("dropped_packets", "congested")
-    REFUSED_PEER = ("dropped_packets", "refused_peer")
+    DROPPED_NO_PERMISSION = (_DROPPED, "no_permission")
+    DROPPED_UNBOUND_CHANNEL = (_DROPPED, "unbound_channel")
+    DROPPED_BANDWIDTH = (_DROPPED, "bandwidth")
+    DROPPED_OVERSIZE = (_DROPPED, "oversize")
+    DROPPED_CONGESTED = (_DROPPED, "congested")
+    REFUSED_PEER = (_DROPPED, "refused_peer")
     # Requests refused by a quota or limit.
-    USER_QUOTA = ("quota_refusals", "user")
-    TOTAL_QUOTA = ("quota_refusals", "total")
-    MAX_PERMISSIONS = ("quota_refusals", "permissions")
-    MAX_CHANNELS = ("quota_refusals", "channels")
-    MAX_PENDING_CONNECTIONS = ("quota_refusals", "pending_connections")
-    RELAY_UNAVAILABLE = ("quota_refusals", "relay_ports")
+    USER_QUOTA = (_QUOTAS, "user")
+    TOTAL_QUOTA = (_QUOTAS, "total")
+    MAX_PERMISSIONS = (_QUOTAS, "permissions")
+    MAX_CHANNELS = (_QUOTAS, "channels")
+    MAX_PENDING_CONNECTIONS = (_QUOTAS, "pending_connections")
+    RELAY_UNAVAILABLE = (_QUOTAS, "relay_ports")
     # Work moved between workers.
-    HANDED_OFF = ("worker_transfers", "data_connection")
-    RESERVATIONS_FETCHED = ("worker_transfers", "reservation")
+    HANDED_OFF = (_TRANSFERS, "data_connection")
+    RESERVATIONS_FETCHED = (_TRANSFERS, "reservation")
     # Allocates sent elsewhere.
-    REDIRECTED = ("allocates_diverted", "redirected")
-    DRAINING = ("allocates_diverted", "draining")
+    REDIRECTED = (_DIVERTED, "redirected")
+    DRAINING = (_DIVERTED, "draining")
     # Authentication.
-    CHALLENGES_LIMITED = ("challenges_rate_limited", None)
-    CREDENTIALS_UNAVAILABLE = ("credentials_unavailable", None)
-
-    @property
-    def family(self) -> str:
-        family: str = self.value[0]
-        return family
-
-    @property
-    def label(self) -> str | None:
-        label: str | None = self.value[1]
-        return label
-
-    @property
-    def key(self) -> str:
-        """
-        Its name in events and usage records: C{dropped_no_permission}...
-        """
-        return self.name.lower()
+    CHALLENGES_LIMITED = (_CHALLENGES, None)
+    CREDENTIALS_UNAVAILABLE = (_UNAVAILABLE, None)
 
 
 #: The core's counters: how many of each L{Counter}.

@@ -20,7 +20,7 @@ resource collects in a thread pool, which would.
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,7 +29,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from txturn.core.counters import FAMILIES, LABELS, Counter
+from txturn.auth.cache import CacheCounter
+from txturn.core.counters import Counter
 from txturn.core.events import (
     AllocationCreated,
     AllocationDeleted,
@@ -37,7 +38,13 @@ from txturn.core.events import (
     IServerObserver,
     RequestAnswered,
 )
+from txturn.transports.admission import AdmissionCounter
+from txturn.transports.dtls import DtlsCounter
+from txturn.util.counting import FAMILIES, Counted
 from txturn.wire.stun import FAMILY_IPV6, Method
+
+#: Every enum of counters the server has, exported whether or not counted.
+COUNTED: tuple[type[Counted], ...] = (Counter, AdmissionCounter, DtlsCounter, CacheCounter)
 
 if TYPE_CHECKING:
     from txturn.core.server import TurnServer
@@ -53,11 +60,21 @@ class Metrics:
     The metrics of one server, in their own registry.
 
     @param pools: (protocol, port pool) pairs whose free ports are shown.
+    @param counted: the counters of the parts beside the core, at each
+        scrape (L{txturn.util.counting}).
     """
 
-    def __init__(self, server: "TurnServer", pools: list[tuple[str, "PortPool"]]) -> None:
+    def __init__(
+        self,
+        server: "TurnServer",
+        pools: list[tuple[str, "PortPool"]],
+        counted: Callable[[], Iterable[Mapping[Any, int]]] = tuple,
+    ) -> None:
         self._server = server
         self._pools = pools
+        #: The counters of the parts beside the core (admission, DTLS
+        #: listeners, credential caches), asked at each scrape.
+        self._counted = counted
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self._auth_failures: collections.Counter[str] = collections.Counter()
         self._created: collections.Counter[str] = collections.Counter()
@@ -163,25 +180,26 @@ class Metrics:
 
     def _counters(self) -> Iterator[Metric]:
         """
-        Every L{Counter} of the core, in the family and with the label it
-        names (a test checks that each one is exported).
+        Every member of every counter enum (the core's, the admission of
+        connections, DTLS, the credential cache), summed over the parts
+        that count it, in the family and with the label it names; a
+        member nothing has counted yet is 0 (a test checks that none is
+        left out).
         """
-        counters = self._server.counters
+        totals: collections.Counter[Counted] = collections.Counter(self._server.counters)
+        for counters in self._counted():
+            totals.update(counters)
         families: dict[str, CounterMetricFamily] = {}
-        for counter in Counter:
-            family = families.get(counter.family)
-            if family is None:
-                label = LABELS.get(counter.family)
-                family = families[counter.family] = CounterMetricFamily(
-                    f"turn_{counter.family}",
-                    FAMILIES[counter.family],
-                    labels=[label] if label is not None else None,
-                )
-            count = counters.get(counter, 0)
-            if counter.label is None:
-                family.add_metric([], count)
-            else:
-                family.add_metric([counter.label], count)
+        for kind in COUNTED:
+            for counter in kind:
+                family = families.get(counter.family)
+                if family is None:
+                    help, label = FAMILIES[counter.family]
+                    family = families[counter.family] = CounterMetricFamily(
+                        f"turn_{counter.family}", help, labels=[label] if label else None
+                    )
+                labels = [counter.label] if counter.label is not None else []
+                family.add_metric(labels, totals.get(counter, 0))
         yield from families.values()
         yield GaugeMetricFamily(
             "turn_revocations",

@@ -34,8 +34,29 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 
+from txturn.util.counting import Counted, family
 from txturn.util.log_level import logger
 from txturn.util.rate import LogThrottle, source_of
+
+_CLOSED = family(
+    "connections_closed",
+    "TCP and TLS client connections refused or closed by the admission limits, by reason.",
+    "reason",
+)
+
+
+class AdmissionCounter(Counted):
+    """
+    What the admission of TCP and TLS connections refused or closed.
+    """
+
+    #: Past --max-connections-per-ip without an allocation, or full.
+    REFUSED = (_CLOSED, "refused")
+    #: The oldest connection holding nothing, to make room at the cap.
+    EVICTED = (_CLOSED, "evicted")
+    HANDSHAKE_TIMEOUT = (_CLOSED, "handshake_timeout")
+    IDLE_TIMEOUT = (_CLOSED, "idle_timeout")
+    FRAME_TIMEOUT = (_CLOSED, "frame_timeout")
 
 
 class GuardedConnection(Protocol):
@@ -103,8 +124,8 @@ class StreamGuard:
         self._from: dict[str, set[GuardedConnection]] = {}
         self._sweep: IDelayedCall | None = None
         self._refusals = LogThrottle(reactor)
-        #: What was refused or closed, for operators and tests.
-        self.stats: collections.Counter[str] = collections.Counter()
+        #: What was refused or closed (exported by the metrics).
+        self.counters: collections.Counter[AdmissionCounter] = collections.Counter()
 
     def __len__(self) -> int:
         return len(self._watches)
@@ -136,7 +157,7 @@ class StreamGuard:
             refusal = "connections"
         if refusal is None:
             return True
-        self.stats["refused"] += 1
+        self.counters[AdmissionCounter.REFUSED] += 1
         self._refusals.emit(
             refusal,
             self.log.warn,
@@ -158,7 +179,7 @@ class StreamGuard:
             if self._holds_something(oldest):
                 self._watches[oldest] = self._watches.pop(oldest)
                 continue
-            self.stats["evicted"] += 1
+            self.counters[AdmissionCounter.EVICTED] += 1
             self.remove(oldest)
             _abort(oldest)
             return True
@@ -192,25 +213,27 @@ class StreamGuard:
         now = self._reactor.seconds()
         limits = self.limits
         for connection, watch in list(self._watches.items()):
-            reason = None
+            reason: AdmissionCounter | None = None
             if not connection.handshake_done:
                 if now - watch.since >= limits.handshake_timeout:
-                    reason = "handshake_timeout"
+                    reason = AdmissionCounter.HANDSHAKE_TIMEOUT
             elif self._holds_something(connection):
                 watch.unallocated_since = None
             elif watch.unallocated_since is None:
                 watch.unallocated_since = now
             elif now - watch.unallocated_since >= limits.idle_timeout:
-                reason = "idle_timeout"
+                reason = AdmissionCounter.IDLE_TIMEOUT
             if reason is None and not connection.is_data_connection:
                 reason = self._check_frame(connection, watch, now)
             if reason is not None:
-                self.stats[reason] += 1
+                self.counters[reason] += 1
                 self.remove(connection)
                 _abort(connection)
         self._sweep = self._reactor.callLater(self.sweep_interval, self._sweep_connections)
 
-    def _check_frame(self, connection: GuardedConnection, watch: _Watch, now: float) -> str | None:
+    def _check_frame(
+        self, connection: GuardedConnection, watch: _Watch, now: float
+    ) -> AdmissionCounter | None:
         """
         A frame started and not finished: its clock starts at the first
         sweep that sees it and stops when a frame completes.
@@ -220,7 +243,7 @@ class StreamGuard:
         elif connection.frames != watch.frames_seen or watch.partial_since is None:
             watch.partial_since = now
         elif now - watch.partial_since >= self.limits.frame_timeout:
-            return "frame_timeout"
+            return AdmissionCounter.FRAME_TIMEOUT
         watch.frames_seen = connection.frames
         return None
 

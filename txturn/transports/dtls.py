@@ -42,8 +42,38 @@ from zope.interface import implementer
 from txturn.core.interfaces import Address, IClientChannel, host_port
 from txturn.core.server import TurnServer
 from txturn.transports.sockets import datagram_sender
+from txturn.util.counting import Counted, family
 from txturn.util.log_level import logger
 from txturn.util.rate import LogThrottle, source_of
+
+_REFUSED = family("dtls_refused", "DTLS handshakes refused at a limit, by which.", "limit")
+_CLOSED = family("dtls_closed", "DTLS sessions closed to make room or idle, by reason.", "reason")
+_VERIFY = family(
+    "dtls_hello_verify_requests",
+    "DTLS cookies sent (HelloVerifyRequest): no state before a client returns one.",
+)
+
+
+class DtlsCounter(Counted):
+    """
+    What a DTLS listener refused, closed or answered statelessly.
+    """
+
+    HELLO_VERIFY_REQUESTS = (_VERIFY, None)
+    REFUSED_HANDSHAKES_FROM_ONE_ADDRESS = (_REFUSED, "handshakes_per_address")
+    REFUSED_SESSIONS_FROM_ONE_ADDRESS = (_REFUSED, "sessions_per_address")
+    REFUSED_SESSIONS = (_REFUSED, "sessions")
+    EVICTED_HANDSHAKES = (_CLOSED, "evicted_handshake")
+    EVICTED_SESSIONS = (_CLOSED, "evicted_session")
+    CLOSED_WITHOUT_ALLOCATION = (_CLOSED, "without_allocation")
+
+
+#: What the log says each refusal was: too many...
+_REFUSALS = {
+    DtlsCounter.REFUSED_HANDSHAKES_FROM_ONE_ADDRESS: "handshakes in progress from one address",
+    DtlsCounter.REFUSED_SESSIONS_FROM_ONE_ADDRESS: "sessions from one address",
+    DtlsCounter.REFUSED_SESSIONS: "sessions",
+}
 
 #: DTLS record content type of a handshake, the only thing that may open a
 #: session.
@@ -271,8 +301,8 @@ class DtlsListener(DatagramProtocol):
         self._handshaking: dict[Address, DtlsSession] = {}
         self._handshakes_from: collections.Counter[str] = collections.Counter()
         self._sessions_from: collections.Counter[str] = collections.Counter()
-        #: What was refused or dropped, for operators and tests.
-        self.stats: collections.Counter[str] = collections.Counter()
+        #: What was refused or closed (exported by the metrics).
+        self.counters: collections.Counter[DtlsCounter] = collections.Counter()
         self.local_address: Address = ("", 0)
         self._sendto: Any = None
         self._sweep: IDelayedCall | None = None
@@ -371,7 +401,7 @@ class DtlsListener(DatagramProtocol):
                 data = connection.bio_read(65536)
             except SSL.WantReadError:
                 return
-            self.stats["hello_verify_requests"] += 1
+            self.counters[DtlsCounter.HELLO_VERIFY_REQUESTS] += 1
             self.write(data, address)
 
     @property
@@ -391,24 +421,25 @@ class DtlsListener(DatagramProtocol):
         source = source_of(address[0])
         refusal = None
         if self._handshakes_from[source] >= self.max_handshakes_per_source:
-            refusal = "handshakes in progress from one address"
+            refusal = DtlsCounter.REFUSED_HANDSHAKES_FROM_ONE_ADDRESS
         elif self._sessions_from[source] >= self.max_sessions_per_source:
-            refusal = "sessions from one address"
+            refusal = DtlsCounter.REFUSED_SESSIONS_FROM_ONE_ADDRESS
         else:
             if len(self._handshaking) >= self.max_handshakes:
-                self.stats["evicted_handshakes"] += 1
+                self.counters[DtlsCounter.EVICTED_HANDSHAKES] += 1
                 next(iter(self._handshaking.values())).close()
             if len(self.sessions) >= self.max_sessions and not self._evict_session():
-                refusal = "sessions"
+                refusal = DtlsCounter.REFUSED_SESSIONS
         if refusal is None:
             return True
-        self.stats["refused_" + refusal.replace(" ", "_")] += 1
+        self.counters[refusal] += 1
+        what = _REFUSALS[refusal]
         self._refusals.emit(
-            refusal,
+            what,
             self.log.warn,
             "DTLS client {client} refused: too many {what}",
             client=host_port(address),
-            what=refusal,
+            what=what,
         )
         return False
 
@@ -422,7 +453,7 @@ class DtlsListener(DatagramProtocol):
             if oldest.established and self.server.has_allocation(oldest):
                 self.sessions[address] = self.sessions.pop(address)
                 continue
-            self.stats["evicted_sessions"] += 1
+            self.counters[DtlsCounter.EVICTED_SESSIONS] += 1
             oldest.close()
             return True
         return False
@@ -454,7 +485,7 @@ class DtlsListener(DatagramProtocol):
             elif session.unallocated_since is None:
                 session.unallocated_since = now
             elif now - session.unallocated_since >= self.session_timeout:
-                self.stats["closed_without_allocation"] += 1
+                self.counters[DtlsCounter.CLOSED_WITHOUT_ALLOCATION] += 1
                 session.close()
         self._sweep = self.reactor.callLater(self.sweep_interval, self._sweep_sessions)
 
