@@ -85,7 +85,13 @@ def start_txturn(
     )
 
 
-def start_coturn(port: int, logdir: str, turnserver: str = "turnserver") -> subprocess.Popen[bytes]:
+def start_coturn(
+    port: int,
+    logdir: str,
+    turnserver: str = "turnserver",
+    tcp: bool = False,
+    extra: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
     argv = [
         turnserver,
         "-n",
@@ -98,7 +104,7 @@ def start_coturn(port: int, logdir: str, turnserver: str = "turnserver") -> subp
         "--allow-loopback-peers",
         "--no-tls",
         "--no-dtls",
-        "--no-tcp",
+        *([] if tcp else ["--no-tcp"]),
         "--no-cli",
         "--relay-threads=1",
         "--no-stdout-log",
@@ -106,6 +112,7 @@ def start_coturn(port: int, logdir: str, turnserver: str = "turnserver") -> subp
         f"--pidfile={os.path.join(logdir, 'coturn.pid')}",
         "--min-port=40000",
         "--max-port=48000",
+        *extra,
     ]
     return subprocess.Popen(pinned(0, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

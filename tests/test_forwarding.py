@@ -38,8 +38,9 @@ from txturn.testing.forwarding_check import (
     STRANGER,
     TwinServers,
     fuzz_forwarding,
+    send_shapes,
 )
-from txturn.wire.stun import Attr, Class, Method, encode_channel_data
+from txturn.wire.stun import Attr, Class, Method, decode, encode_channel_data
 
 ROOT = SOURCE
 
@@ -216,6 +217,34 @@ class EntryTests(SynchronousTestCase):
         self.assertIsNone(self.decide_client(bytes(corrupt)))
         self.twins.fast.server.set_policy(PeerPolicy())
         self.assertIsNone(self.decide_client(send))
+
+    def test_send_shapes(self) -> None:
+        """
+        Send indications as real stacks write them (DATA first, as coturn's
+        uclient -s; DONT-FRAGMENT and SOFTWARE anywhere; with or without
+        FINGERPRINT) are forwarded by the fast path once the peer is
+        learned; a duplicate attribute, an IPv6 peer or an attribute it
+        does not know goes to the Python path.  Either way the bytes on
+        the wire are the Python path's.
+        """
+        learn = self.send_indication(PERMITTED_PEER, b"learn")
+        self.twins.from_client(learn)
+        forwarded = []
+        for shape in send_shapes(self.twins.client):
+            decided = self.decide_client(shape)
+            fast, slow = self.twins.from_client(shape)
+            self.assertEqual(fast, slow)
+            forwarded.append(decided is not None)
+            if decided is not None:
+                self.assertEqual(decided[:2], (self.relay_fd, PERMITTED_PEER))
+                self.assertEqual(decided[2], decode(shape).get(Attr.DATA))
+        # Four shapes taken (each with and without FINGERPRINT), five left
+        # to Python, and an empty DATA taken.
+        self.assertEqual(forwarded, [True] * 8 + [False] * 10 + [True] * 2)
+        # A wrong FINGERPRINT in another order is not taken either.
+        shape = bytearray(send_shapes(self.twins.client)[1])
+        shape[-1] ^= 1
+        self.assertIsNone(self.decide_client(bytes(shape)))
 
     def test_bounded_per_allocation(self) -> None:
         """

@@ -760,11 +760,87 @@ typedef struct {
     size_t padding;
 } decision_t;
 
+/* The attributes a Send indication may carry and still be forwarded here. */
+#define A_XOR_PEER_ADDRESS 0x0012
+#define A_DATA 0x0013
+#define A_DONT_FRAGMENT 0x001A
+#define A_SOFTWARE 0x8022
+#define A_FINGERPRINT 0x8028
+#define MAX_SEND_ATTRIBUTES 128
+
+/*
+ * A Send indication the Python path would relay, in any order of its
+ * attributes: one IPv4 XOR-PEER-ADDRESS, one DATA, and DONT-FRAGMENT
+ * (empty), SOFTWARE and FINGERPRINT (last, and right) or not; browsers,
+ * coturn's client, pjnath, libnice and pion each write their own order.
+ * Anything else (another attribute, a duplicate, IPv6, a bad length or
+ * padding) returns 0 and goes up to Python unchanged, which decides as
+ * txturn.wire.stun.decode and PeerRequests.send_indication do: so nothing
+ * is forwarded that the Python path would drop.  Every length is checked
+ * against the bytes that arrived before it is used.
+ */
+static int
+parse_send(const unsigned char *data, size_t n, const unsigned char **payload, size_t *length,
+           uint32_t *peer_addr, uint32_t *peer_port)
+{
+    if (n < 20 || data[0] != 0x00 || data[1] != 0x16 || be32(data + 4) != MAGIC_COOKIE
+        || 20 + (size_t)be16(data + 2) != n)
+        return 0;
+    size_t offset = 20;
+    int count = 0;
+    const unsigned char *peer = NULL;
+    *payload = NULL;
+    *length = 0;
+    while (offset < n) {
+        if (++count > MAX_SEND_ATTRIBUTES || n - offset < 4)
+            return 0;
+        unsigned type = be16(data + offset);
+        size_t size = be16(data + offset + 2);
+        if (size > n - offset - 4)
+            return 0;
+        size_t next = offset + 4 + size + ((4 - (size & 3)) & 3);
+        if (next > n)
+            return 0;
+        const unsigned char *value = data + offset + 4;
+        switch (type) {
+        case A_XOR_PEER_ADDRESS:
+            if (peer != NULL || size != 8 || value[1] != 0x01)
+                return 0;
+            peer = value;
+            break;
+        case A_DATA:
+            if (*payload != NULL)
+                return 0;
+            *payload = value;
+            *length = size;
+            break;
+        case A_DONT_FRAGMENT:
+            if (size != 0)
+                return 0;
+            break;
+        case A_SOFTWARE:
+            break;
+        case A_FINGERPRINT:
+            /* Last, and over everything before it, as decode checks. */
+            if (size != 4 || next != n
+                || be32(value) != (crc32(data, offset) ^ 0x5354554Eu))
+                return 0;
+            break;
+        default:
+            return 0;
+        }
+        offset = next;
+    }
+    if (peer == NULL || *payload == NULL)
+        return 0;
+    *peer_port = be16(peer + 2) ^ (MAGIC_COOKIE >> 16);
+    *peer_addr = htonl(be32(peer + 4) ^ MAGIC_COOKIE);
+    return 1;
+}
+
 /*
  * From a client on listening socket fd: ChannelData on a channel with an
- * entry, or a Send indication of the shape txturn.wire.stun.send_indication_parts
- * accepts (IPv4 XOR-PEER-ADDRESS, DATA, optional FINGERPRINT) to a peer
- * with an entry.
+ * entry, or a Send indication parse_send accepts to a peer with an entry.
  */
 static void
 decide_client(Forwarder *self, int fd, const unsigned char *data, size_t n, uint32_t addr,
@@ -798,23 +874,11 @@ decide_client(Forwarder *self, int fd, const unsigned char *data, size_t n, uint
         out->header_length = out->padding = 0;
         return;
     }
-    /* Send indication: header 20, XOR-PEER-ADDRESS 12, DATA header 4. */
-    if (n < 36 || data[0] != 0x00 || data[1] != 0x16 || be32(data + 4) != MAGIC_COOKIE
-        || 20 + (size_t)be16(data + 2) != n || be16(data + 20) != 0x0012
-        || be16(data + 22) != 8 || data[25] != 0x01 || be16(data + 32) != 0x0013)
+    const unsigned char *payload = NULL;
+    size_t length = 0;
+    uint32_t peer_addr = 0, peer_port = 0;
+    if (!parse_send(data, n, &payload, &length, &peer_addr, &peer_port))
         return;
-    size_t length = be16(data + 34);
-    size_t end = 36 + length + ((4 - (length & 3)) & 3);
-    if (end != n) {
-        if (end > n || end + 8 != n || be16(data + end) != 0x8028 || be16(data + end + 2) != 4)
-            return;
-        if (be32(data + end + 4) != (crc32(data, end) ^ 0x5354554Eu))
-            return;
-    }
-    uint32_t peer_port = be16(data + 26) ^ (MAGIC_COOKIE >> 16);
-    uint32_t peer_addr;
-    uint32_t x = be32(data + 28) ^ MAGIC_COOKIE;
-    peer_addr = htonl(x);
     make_key(&key, K_CLIENT, fd, -1, 0, addr, port);
     int32_t c = find(self, &key);
     if (c < 0)
@@ -829,7 +893,7 @@ decide_client(Forwarder *self, int fd, const unsigned char *data, size_t n, uint
     out->port = (uint16_t)peer_port;
     out->slot = slot;
     out->to_client = 0;
-    out->payload = data + 36;
+    out->payload = payload;
     out->length = out->counted = length;
     out->header_length = out->padding = 0;
 }

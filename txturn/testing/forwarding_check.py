@@ -210,6 +210,43 @@ def client_corpus(twins: TwinServers) -> list[bytes]:
                 )
             )
     client.fingerprint = True
+    out += send_shapes(client)
+    return out
+
+
+def send_shapes(client: StunClient) -> list[bytes]:
+    """
+    Send indications as real stacks write them, which the fast path takes
+    too: DATA before XOR-PEER-ADDRESS (coturn's turnutils_uclient -s),
+    DONT-FRAGMENT and SOFTWARE anywhere, FINGERPRINT or not; and shapes it
+    must leave to the Python path: a duplicate attribute, an IPv6 peer,
+    attributes it does not know (comprehension-required, which the Python
+    path drops, and optional, which it ignores).
+    """
+    peer = (Attr.XOR_PEER_ADDRESS, PERMITTED_PEER)
+    data = (Attr.DATA, b"real client" * 2)
+    dont_fragment = (Attr.DONT_FRAGMENT, True)
+    software = (Attr.SOFTWARE, "libjuice 1.5")
+    shapes: list[list[tuple[int, Any]]] = [
+        [data, peer],
+        [peer, dont_fragment, data],
+        [dont_fragment, data, software, peer],
+        [software, peer, data],
+        [data, peer, data],
+        [peer, peer, data],
+        [(Attr.XOR_PEER_ADDRESS, ("2001:db8::1", 7000)), data],
+        [peer, data, (0x0024, b"\x00\x00\x00\x01")],
+        [(0x8055, b"opt"), peer, data],
+        [peer, (Attr.DATA, b"")],
+    ]
+    out = []
+    for attributes in shapes:
+        for fingerprint in (False, True):
+            client.fingerprint = fingerprint
+            out.append(
+                client.request(Method.SEND, attributes, authenticate=False, cls=Class.INDICATION)
+            )
+    client.fingerprint = True
     return out
 
 

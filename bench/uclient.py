@@ -1,0 +1,165 @@
+"""
+What a real client's packets cost the server: coturn's turnutils_uclient
+(20 clients, each sending --messages messages that turnutils_peer echoes
+back) through txturn (fast path and Python path) and coturn's
+turnserver, in the same run, alternating; the server's CPU time per
+relayed packet (both directions), in microseconds, and coturn's over
+txturn's (above 1: txturn is cheaper).
+
+Modes are uclient's: channels (the default), send (-s: Send and Data
+indications, DATA before XOR-PEER-ADDRESS), tcp (-t).  The server is
+pinned to CPU 0, uclient and the peer to CPU 1; loopback only; each run
+ends when uclient has sent its messages.
+
+usage: python bench/uclient.py [--modes channels,send,tcp] [--messages 1000]
+                               [--rounds 1] [--turnserver PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from statistics import median
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from relay import (  # noqa: E402
+    PASSWORD,
+    USER,
+    cpu_seconds,
+    free_port,
+    pinned,
+    start_coturn,
+    start_txturn,
+)
+
+CLIENTS = 20
+MODES = {"channels": [], "send": ["-s"], "tcp": ["-t"]}
+
+
+def wait_listening(port: int, tcp: bool) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ss", "-lnu" if not tcp else "-lnt"], capture_output=True, text=True)
+        if f":{port} " in out.stdout:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def _channel_numbers(turnserver: str) -> tuple[str, ...]:
+    """
+    coturn 4.17 binds only RFC 8656's channels (0x4000-0x4FFF) unless told
+    otherwise; Debian's uclient picks RFC 5766's (up to 0x7FFF), as txturn
+    accepts.
+    """
+    shown = subprocess.run([turnserver, "-h"], capture_output=True, text=True)
+    return ("--rfc5766-channel-numbers",) if "rfc5766-channel-numbers" in shown.stdout else ()
+
+
+def run(server: str, mode: str, messages: int, turnserver: str) -> tuple[float, int, int]:
+    """
+    Server CPU microseconds per relayed packet, messages sent and lost.
+    """
+    port, peer_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as logdir:
+        if server == "coturn":
+            process = start_coturn(
+                port, logdir, turnserver, tcp=mode == "tcp", extra=_channel_numbers(turnserver)
+            )
+        else:
+            process = start_txturn(port, fast_path="on" if server == "txturn" else "off")
+        peer = subprocess.Popen(
+            pinned(1, ["turnutils_peer", "-L", "127.0.0.1", "-p", str(peer_port)]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_listening(port, tcp=mode == "tcp")
+            before = cpu_seconds(process.pid)
+            uclient = subprocess.run(
+                pinned(
+                    1,
+                    [
+                        "turnutils_uclient",
+                        *MODES[mode],
+                        "-u",
+                        USER,
+                        "-w",
+                        PASSWORD,
+                        "-p",
+                        str(port),
+                        "-m",
+                        str(CLIENTS),
+                        "-n",
+                        str(messages),
+                        "-l",
+                        "100",
+                        "-z",
+                        "0",
+                        "-e",
+                        "127.0.0.1",
+                        "-r",
+                        str(peer_port),
+                        "127.0.0.1",
+                    ],  # fmt: skip
+                ),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            used = cpu_seconds(process.pid) - before
+        finally:
+            for child in (process, peer):
+                child.terminate()
+                child.wait()
+    totals = re.findall(
+        r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\n", uclient.stderr + uclient.stdout
+    )
+    if not totals:
+        raise RuntimeError(f"no summary from turnutils_uclient:\n{uclient.stdout[-1000:]}")
+    total, received = int(totals[-1][0]), int(totals[-1][1])
+    lost_count = total - received
+    # Each message crosses the server twice: to the peer, and back.
+    relayed = total + received
+    return used * 1e6 / max(relayed, 1), total, lost_count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modes", default="channels,send,tcp")
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--turnserver", default="turnserver")
+    parser.add_argument("--servers", default="txturn,python,coturn")
+    args = parser.parse_args()
+    servers = args.servers.split(",")
+    if "coturn" in servers and not shutil.which(args.turnserver):
+        servers.remove("coturn")
+    results: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for mode in args.modes.split(","):
+            for server in servers:
+                cost, sent, lost = run(server, mode, args.messages, args.turnserver)
+                results.setdefault((mode, server), []).append(cost)
+                print(  # noqa: T201 - a benchmark prints its figures
+                    f"{mode:9} {server:7} {cost:6.2f} us/packet  sent={sent} lost={lost}",
+                    flush=True,
+                )
+    print()  # noqa: T201
+    for mode in args.modes.split(","):
+        row = {s: median(results[(mode, s)]) for s in servers}
+        line = "  ".join(f"{s} {row[s]:.2f}" for s in servers)
+        if "coturn" in row:
+            line += "  | coturn/txturn " + f"{row['coturn'] / row.get('txturn', row['coturn']):.2f}"
+        print(f"{mode:9} {line}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
