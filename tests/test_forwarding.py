@@ -242,9 +242,9 @@ class EntryTests(SynchronousTestCase):
         # to Python, and an empty DATA taken.
         self.assertEqual(forwarded, [True] * 8 + [False] * 10 + [True] * 2)
         # A wrong FINGERPRINT in another order is not taken either.
-        shape = bytearray(send_shapes(self.twins.client)[1])
-        shape[-1] ^= 1
-        self.assertIsNone(self.decide_client(bytes(shape)))
+        corrupt = bytearray(send_shapes(self.twins.client)[1])
+        corrupt[-1] ^= 1
+        self.assertIsNone(self.decide_client(bytes(corrupt)))
 
     def test_bounded_per_allocation(self) -> None:
         """
