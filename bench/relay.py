@@ -91,6 +91,7 @@ def start_coturn(
     turnserver: str = "turnserver",
     tcp: bool = False,
     extra: tuple[str, ...] = (),
+    secure: tuple[str, str, int] | None = None,
 ) -> subprocess.Popen[bytes]:
     argv = [
         turnserver,
@@ -102,9 +103,12 @@ def start_coturn(
         f"--user={USER}:{PASSWORD}",
         "--lt-cred-mech",
         "--allow-loopback-peers",
-        "--no-tls",
-        "--no-dtls",
-        *([] if tcp else ["--no-tcp"]),
+        *(
+            ["--no-tls", "--no-dtls"]
+            if secure is None
+            else [f"--cert={secure[0]}", f"--pkey={secure[1]}", f"--tls-listening-port={secure[2]}"]
+        ),
+        *([] if tcp or secure else ["--no-tcp"]),
         "--no-cli",
         "--relay-threads=1",
         "--no-stdout-log",

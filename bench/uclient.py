@@ -7,7 +7,8 @@ relayed packet (both directions), in microseconds, and coturn's over
 txturn's (above 1: txturn is cheaper).
 
 Modes are uclient's: channels (the default), send (-s: Send and Data
-indications, DATA before XOR-PEER-ADDRESS), tcp (-t).  The server is
+indications, DATA before XOR-PEER-ADDRESS), tcp (-t), tls (-S -t) and
+dtls (-S), the last two with a self-signed certificate.  The server is
 pinned to CPU 0, uclient and the peer to CPU 1; loopback only; each run
 ends when uclient has sent its messages.
 
@@ -39,8 +40,13 @@ from relay import (  # noqa: E402
     start_txturn,
 )
 
+from txturn.testing import self_signed_certificate  # noqa: E402
+
 CLIENTS = 20
-MODES = {"channels": [], "send": ["-s"], "tcp": ["-t"]}
+MODES = {"channels": [], "send": ["-s"], "tcp": ["-t"], "tls": ["-S", "-t"], "dtls": ["-S"]}
+#: Modes over a stream, and over TLS or DTLS (to the TLS port).
+STREAM = ("tcp", "tls")
+SECURE = ("tls", "dtls")
 
 
 def wait_listening(port: int, tcp: bool) -> None:
@@ -55,33 +61,46 @@ def wait_listening(port: int, tcp: bool) -> None:
 
 def _channel_numbers(turnserver: str) -> tuple[str, ...]:
     """
-    coturn 4.17 binds only RFC 8656's channels (0x4000-0x4FFF) unless told
-    otherwise; Debian's uclient picks RFC 5766's (up to 0x7FFF), as txturn
-    accepts.
+    What coturn needs told to serve uclient as txturn does: 4.17 binds only
+    RFC 8656's channels (0x4000-0x4FFF) unless told otherwise, and Debian's
+    uclient picks RFC 5766's (up to 0x7FFF), as txturn accepts; and 4.17
+    starts its DTLS listener only with --dtls.
     """
-    shown = subprocess.run([turnserver, "-h"], capture_output=True, text=True)
-    return ("--rfc5766-channel-numbers",) if "rfc5766-channel-numbers" in shown.stdout else ()
+    shown = subprocess.run([turnserver, "-h"], capture_output=True, text=True).stdout
+    extra = ("--rfc5766-channel-numbers",) if "rfc5766-channel-numbers" in shown else ()
+    # 4.17 starts DTLS only when asked; 4.6.1 has no such option.
+    if re.search(r"^\s*--dtls\b", shown, re.M):
+        extra += ("--dtls",)
+    return extra
 
 
 def run(server: str, mode: str, messages: int, turnserver: str) -> tuple[float, int, int]:
     """
     Server CPU microseconds per relayed packet, messages sent and lost.
     """
-    port, peer_port = free_port(), free_port()
+    port, peer_port, tls_port = free_port(), free_port(), free_port()
     with tempfile.TemporaryDirectory() as logdir:
+        cert, key = self_signed_certificate(logdir)
+        secure = (cert, key, tls_port) if mode in SECURE else None
         if server == "coturn":
             process = start_coturn(
-                port, logdir, turnserver, tcp=mode == "tcp", extra=_channel_numbers(turnserver)
+                port,
+                logdir,
+                turnserver,
+                tcp=mode in STREAM,
+                extra=_channel_numbers(turnserver),
+                secure=secure,
             )
         else:
-            process = start_txturn(port, fast_path="on" if server == "txturn" else "off")
+            tls = ("--cert", cert, "--key", key, "--tls-port", str(tls_port)) if secure else ()
+            process = start_txturn(port, *tls, fast_path="on" if server == "txturn" else "off")
         peer = subprocess.Popen(
             pinned(1, ["turnutils_peer", "-L", "127.0.0.1", "-p", str(peer_port)]),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:
-            wait_listening(port, tcp=mode == "tcp")
+            wait_listening(tls_port if secure else port, tcp=mode in STREAM)
             before = cpu_seconds(process.pid)
             uclient = subprocess.run(
                 pinned(
@@ -94,7 +113,7 @@ def run(server: str, mode: str, messages: int, turnserver: str) -> tuple[float, 
                         "-w",
                         PASSWORD,
                         "-p",
-                        str(port),
+                        str(tls_port if secure else port),
                         "-m",
                         str(CLIENTS),
                         "-n",
