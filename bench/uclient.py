@@ -67,7 +67,9 @@ def _channel_numbers(turnserver: str) -> tuple[str, ...]:
     starts its DTLS listener only with --dtls.
     """
     shown = subprocess.run([turnserver, "-h"], capture_output=True, text=True).stdout
-    extra = ("--rfc5766-channel-numbers",) if "rfc5766-channel-numbers" in shown else ()
+    extra: tuple[str, ...] = (
+        ("--rfc5766-channel-numbers",) if "rfc5766-channel-numbers" in shown else ()
+    )
     # 4.17 starts DTLS only when asked; 4.6.1 has no such option.
     if re.search(r"^\s*--dtls\b", shown, re.M):
         extra += ("--dtls",)
