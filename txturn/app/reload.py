@@ -26,6 +26,7 @@ from txturn.app.settings import (
     credentials_for,
     peer_policy_for,
     server_config_for,
+    static_users,
     tls_for,
     usage_opener,
 )
@@ -183,7 +184,7 @@ def _user_changes(old: Options, new: Options) -> list[str]:
     Static users added, removed or given a new password (by name only),
     from --user and the lines of a --user-db file.
     """
-    users = [_users(o) for o in (old, new)]
+    users = [static_users(o) for o in (old, new)]
     if users[0] == users[1]:
         return []
     added = sorted(users[1].keys() - users[0].keys())
@@ -194,20 +195,6 @@ def _user_changes(old: Options, new: Options) -> list[str]:
         for label, names in (("added", added), ("removed", removed), ("new password", changed))
         if names
     ]
-
-
-def _users(options: Options) -> dict[str, str]:
-    """
-    Name -> password (or key) of every static user.
-    """
-    lines = [f"{n}:{p}" for n, p in options["user"]] + list(options.get("user-db-lines", []))
-    users = {}
-    for line in lines:
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, secret = line.partition(":")
-            users[name] = secret
-    return users
 
 
 def _serial(options: Options) -> str | None:

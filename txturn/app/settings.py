@@ -96,8 +96,7 @@ def credentials_for(
     """
     realm = options["realm"]
     sources: list[Any] = list(backends.sources)
-    lines: list[str] = [f"{n}:{p}" for n, p in options["user"]]
-    lines += list(options.get("user-db-lines", []))
+    lines = user_lines(options)
     if lines:
         sources.append(StaticCredentials.from_lines(realm, lines))
     if options["static-auth-secret"]:
@@ -185,3 +184,25 @@ def usage_opener(options: Options) -> Callable[[], IO[str]] | None:
     if path is None:
         return None
     return lambda: append_private(path)
+
+
+def user_lines(options: Options) -> list[str]:
+    """
+    The static users as C{name:password} lines: C{--user}, then the lines
+    of a C{--user-db} text file.
+    """
+    return [f"{n}:{p}" for n, p in options["user"]] + list(options.get("user-db-lines", []))
+
+
+def static_users(options: Options) -> dict[str, str]:
+    """
+    Name -> password (or key) of every static user.
+    """
+    lines = user_lines(options)
+    users = {}
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, secret = line.partition(":")
+            users[name] = secret
+    return users

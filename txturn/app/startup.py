@@ -19,6 +19,7 @@ from txturn.app.listeners import (
     listener_addresses,
 )
 from txturn.app.options import REDIS_VARIABLE, SECRET_VARIABLE, Options
+from txturn.app.settings import static_users
 from txturn.auth.user_db import sqlite_path
 from txturn.core.interfaces import host_port
 from txturn.util import privileged
@@ -106,7 +107,7 @@ def summarize(options: Options) -> None:
     setting that weakens the server.
     """
     modes = []
-    users = len(_static_users(options))
+    users = len(static_users(options))
     if users:
         modes.append(f"{users} static user(s)")
     if options["user-db-sqlite"] is not None:
@@ -178,15 +179,3 @@ def warn_weakening(options: Options) -> None:
             variable=SECRET_VARIABLE,
             redis=REDIS_VARIABLE,
         )
-
-
-def _static_users(options: Options) -> set[str]:
-    """
-    The names of the static users (--user and a --user-db file).
-    """
-    lines = [f"{n}:{p}" for n, p in options["user"]] + list(options.get("user-db-lines", []))
-    return {
-        line.strip().partition(":")[0]
-        for line in lines
-        if line.strip() and not line.strip().startswith("#")
-    }
