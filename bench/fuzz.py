@@ -4,11 +4,11 @@ datagrams, and stream chunks cut at random through TCP framing), by
 default 1,000,000 of them, then mutated DTLS and TLS records into the
 transports (another 1,000,000), then mutated client datagrams and random
 peer datagrams into a core behind the compiled fast path and a pure
-Python core side by side (another 1,000,000, when the fast path is
-built), and the figures: how many, how fast, and what escaped, reached
-the last-resort handler, stayed behind for senders that never
-authenticated, or came out of the two paths differently (all should be
-0).
+Python core side by side (another 1,000,000 in each mix of address
+families, when the fast path is built), and the figures: how many, how
+fast, and what escaped, reached the last-resort handler, stayed behind
+for senders that never authenticated, or came out of the two paths
+differently (all should be 0).
 
 usage: python bench/fuzz.py [--iterations 1000000] [--transports 1000000]
                             [--forwarding 1000000] [--seed 1]
@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from txturn.fastpath.forwarding import compiled_module  # noqa: E402
-from txturn.testing.forwarding_check import fuzz_forwarding  # noqa: E402
+from txturn.testing.forwarding_check import TOPOLOGIES, fuzz_forwarding  # noqa: E402
 from txturn.testing.fuzzing import fuzz, fuzz_transports  # noqa: E402
 
 
@@ -69,19 +69,21 @@ def main() -> None:
     if module is None:
         print("the fast path is not built: no forwarding fuzz")  # noqa: T201
     else:
-        start = time.perf_counter()
-        twins = fuzz_forwarding(args.forwarding, args.seed, module)
-        elapsed = time.perf_counter() - start
-        differences = twins["mismatches"] + twins["escaped"]
-        forwarding_failures = twins["failures"]
-        print(  # noqa: T201
-            f"{twins['iterations']:,} datagrams to the fast and Python paths in {elapsed:.1f} s "
-            f"({twins['iterations'] / elapsed:,.0f}/s): forwarded by the fast path="
-            f"{twins['forwarded']:,} different={len(twins['mismatches'])} "
-            f"escaped={len(twins['escaped'])} failures={len(twins['failures'])}"
-        )
-        for data, fast, slow in twins["mismatches"][:3]:
-            print("different:", data[:64].hex(), fast[:1], slow[:1])  # noqa: T201
+        for topology in TOPOLOGIES:
+            start = time.perf_counter()
+            twins = fuzz_forwarding(args.forwarding, args.seed, module, topology)
+            elapsed = time.perf_counter() - start
+            differences += twins["mismatches"] + twins["escaped"]
+            forwarding_failures += twins["failures"]
+            print(  # noqa: T201
+                f"{twins['iterations']:,} datagrams ({topology}) to the fast and Python paths "
+                f"in {elapsed:.1f} s ({twins['iterations'] / elapsed:,.0f}/s): forwarded by "
+                f"the fast path={twins['forwarded']:,} different={len(twins['mismatches'])} "
+                f"escaped={len(twins['escaped'])} failures={len(twins['failures'])}",
+                flush=True,
+            )
+            for data, fast, slow in twins["mismatches"][:3]:
+                print("different:", data[:64].hex(), fast[:1], slow[:1])  # noqa: T201
     if (
         differences
         or forwarding_failures

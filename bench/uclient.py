@@ -8,7 +8,9 @@ txturn's (above 1: txturn is cheaper).
 
 Modes are uclient's: channels (the default), send (-s: Send and Data
 indications, DATA before XOR-PEER-ADDRESS), tcp (-t), tls (-S -t) and
-dtls (-S), the last two with a self-signed certificate.  The server is
+dtls (-S), the last two with a self-signed certificate; ipv6 (client,
+server, relay and peer on ::1, channels) and ipv6-relay (an IPv4 client
+with an IPv6 relay, -x).  The server is
 pinned to CPU 0, uclient and the peer to CPU 1; loopback only; each run
 ends when uclient has sent its messages.
 
@@ -43,7 +45,17 @@ from relay import (  # noqa: E402
 from txturn.testing import self_signed_certificate  # noqa: E402
 
 CLIENTS = 20
-MODES = {"channels": [], "send": ["-s"], "tcp": ["-t"], "tls": ["-S", "-t"], "dtls": ["-S"]}
+MODES = {
+    "channels": [],
+    "send": ["-s"],
+    "tcp": ["-t"],
+    "tls": ["-S", "-t"],
+    "dtls": ["-S"],
+    "ipv6": ["-x"],
+    "ipv6-relay": ["-x"],
+}
+#: The server's and the peer's address, where not 127.0.0.1.
+HOSTS = {"ipv6": ("::1", "::1"), "ipv6-relay": ("127.0.0.1", "::1")}
 #: Modes over a stream, and over TLS or DTLS (to the TLS port).
 STREAM = ("tcp", "tls")
 SECURE = ("tls", "dtls")
@@ -81,6 +93,8 @@ def run(server: str, mode: str, messages: int, turnserver: str) -> tuple[float, 
     Server CPU microseconds per relayed packet, messages sent and lost.
     """
     port, peer_port, tls_port = free_port(), free_port(), free_port()
+    server_host, peer_host = HOSTS.get(mode, ("127.0.0.1", "127.0.0.1"))
+    ipv6 = mode in HOSTS
     with tempfile.TemporaryDirectory() as logdir:
         cert, key = self_signed_certificate(logdir)
         secure = (cert, key, tls_port) if mode in SECURE else None
@@ -90,14 +104,18 @@ def run(server: str, mode: str, messages: int, turnserver: str) -> tuple[float, 
                 logdir,
                 turnserver,
                 tcp=mode in STREAM,
-                extra=_channel_numbers(turnserver),
+                extra=_channel_numbers(turnserver)
+                + (("--listening-ip=::1", "--relay-ip=::1") if ipv6 else ()),
                 secure=secure,
             )
         else:
             tls = ("--cert", cert, "--key", key, "--tls-port", str(tls_port)) if secure else ()
-            process = start_txturn(port, *tls, fast_path="on" if server == "txturn" else "off")
+            six = ("--listen", "::1", "--relay-ip", "::1") if ipv6 else ()
+            process = start_txturn(
+                port, *tls, *six, fast_path="on" if server == "txturn" else "off"
+            )
         peer = subprocess.Popen(
-            pinned(1, ["turnutils_peer", "-L", "127.0.0.1", "-p", str(peer_port)]),
+            pinned(1, ["turnutils_peer", "-L", peer_host, "-p", str(peer_port)]),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -125,10 +143,10 @@ def run(server: str, mode: str, messages: int, turnserver: str) -> tuple[float, 
                         "-z",
                         "0",
                         "-e",
-                        "127.0.0.1",
+                        peer_host,
                         "-r",
                         str(peer_port),
-                        "127.0.0.1",
+                        server_host,
                     ],  # fmt: skip
                 ),
                 capture_output=True,

@@ -36,6 +36,7 @@ from txturn.testing.forwarding_check import (
     LISTENER,
     PERMITTED_PEER,
     STRANGER,
+    TOPOLOGIES,
     TwinServers,
     fuzz_forwarding,
     send_shapes,
@@ -334,6 +335,53 @@ class FuzzTests(SynchronousTestCase):
         self.assertEqual(result["failures"], [])
         self.assertGreater(result["forwarded"], 5_000)
 
+    def test_every_family(self) -> None:
+        """
+        The same with IPv6 clients and relays, both cross-family cases,
+        and an IPv4 client on a dual-stack socket (C{::ffff:a.b.c.d}):
+        Data indications to IPv6 clients carry an XOR-PEER-ADDRESS XORed
+        with the fast path's own transaction id, and must still be the
+        Python path's bytes.
+        """
+        for name in TOPOLOGIES:
+            result = fuzz_forwarding(8_000, seed=17, module=compiled(), topology=name)
+            self.assertEqual((name, result["mismatches"][:1]), (name, []))
+            self.assertEqual((name, result["escaped"], result["failures"]), (name, [], []))
+            self.assertGreater(result["forwarded"], 1_500, name)
+
+
+class IPv6EntryTests(SynchronousTestCase):
+    """
+    An IPv6 allocation for an IPv6 client: entries as for IPv4.
+    """
+
+    def test_data_indication(self) -> None:
+        """
+        A Data indication the fast path builds for an IPv6 peer decodes to
+        the peer and data the Python path's does, though its
+        XOR-PEER-ADDRESS is XORed with another transaction id.
+        """
+        topology = TOPOLOGIES["ipv6"]
+        twins = TwinServers(FastClock(), compiled(), topology)
+        twins.set_up()
+        relay_address = twins.relay_address()
+        assert relay_address is not None
+        relay = twins.fast.relay_at(relay_address)
+        assert relay is not None
+        peer = topology.permitted_peer
+        fast, slow = twins.from_peer(relay_address, b"six", peer)
+        self.assertEqual(fast, slow)
+        decided = twins.forwarding.forwarder.decide(relay.forwarding_handle, True, b"six", peer)
+        self.assertEqual(decided[:2], (LISTENER, topology.client))
+        message = decode(decided[2])
+        self.assertEqual(
+            (message.get(Attr.XOR_PEER_ADDRESS), message.get(Attr.DATA)), (peer, b"six")
+        )
+        channel = twins.forwarding.forwarder.decide(
+            LISTENER, False, encode_channel_data(CHANNEL, b"to peer"), topology.client
+        )
+        self.assertEqual(channel, (relay.forwarding_handle, topology.channel_peer, b"to peer"))
+
 
 def churn_table(module: Any) -> tuple[int, int, int]:
     """
@@ -365,30 +413,35 @@ def churn_table(module: Any) -> tuple[int, int, int]:
     return grown, forwarder.entry_capacity(), first
 
 
-def pump_through_sockets(module: Any) -> str:
+def pump_through_sockets(
+    module: Any, client_host: str = "127.0.0.1", relay_host: str = "127.0.0.1"
+) -> str:
     """
     The compiled loop on real loopback sockets, without a reactor:
     ChannelData and Send indications from a client, datagrams from a peer
     (one as large as UDP allows), forwarded in batches; what has no entry
-    handed up in order.  Returns C{"ok"} (the sanitizer run calls it too).
+    handed up in order.  The client side and the relay side may each be
+    IPv4 or IPv6.  Returns C{"ok"} (the sanitizer run calls it too).
     """
     import socket
 
-    def udp() -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    def udp(host: str) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         sock.setblocking(False)
         return sock
 
-    listener, relay, client, peer = udp(), udp(), udp(), udp()
+    listener, client = udp(client_host), udp(client_host)
+    relay, peer = udp(relay_host), udp(relay_host)
     try:
         forwarder = module.Forwarder(os.urandom(16))
-        client_address, peer_address = client.getsockname(), peer.getsockname()
+        client_address, peer_address = client.getsockname()[:2], peer.getsockname()[:2]
         slot = forwarder.add_allocation(listener.fileno(), client_address, b"p" * 8)
         forwarder.add_channel(slot, 0x4000, relay.fileno(), peer_address)
         forwarder.add_peer(
-            slot, relay.fileno(), peer_address, listener.fileno(), client_address, 0x4000, b""
+            slot, relay.fileno(), peer_address, listener.fileno(), client_address, 0x4000
         )
         handed: list[tuple[bytes, Any]] = []
         frames = [encode_channel_data(0x4000, b"%d" % i) for i in range(100)]
@@ -402,21 +455,28 @@ def pump_through_sockets(module: Any) -> str:
         assert got == [b"%d" % i for i in range(100)], got[:5]
         # Runs of one length to one peer went out as UDP GSO sends.
         assert forwarder.gso_sends() > 0
-        big = os.urandom(65507)
+        # The largest UDP payload: 65,507 bytes in IPv4, 65,527 in IPv6
+        # (whose length field leaves out the IP header).
+        largest = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
+        big = os.urandom(largest[peer.family])
         for data in (b"small", big):
             peer.sendto(data, relay.getsockname())
         while forwarder.pump(relay.fileno(), True, lambda d, a: handed.append((d, a)), 8):
             pass
         assert client.recv(65535) == encode_channel_data(0x4000, b"small")
-        # With its header the largest datagram does not fit UDP: lost on
-        # send, as on the Python path, and counted.
         try:
-            client.recv(65535)
+            arrived = client.recv(65535)
         except BlockingIOError:
-            pass
+            arrived = b""
+        if len(big) + 4 > largest[client.family]:
+            # With its header the datagram does not fit UDP: lost on
+            # send, as on the Python path, and counted.
+            assert arrived == b"", "an oversize ChannelData reached the client"
+            assert forwarder.send_errors() == 1, forwarder.send_errors()
         else:
-            raise AssertionError("an oversize ChannelData reached the client")
-        assert forwarder.send_errors() == 1, forwarder.send_errors()
+            # An IPv4 peer's largest datagram fits an IPv6 client.
+            assert arrived == encode_channel_data(0x4000, big), len(arrived)
+            assert forwarder.send_errors() == 0, forwarder.send_errors()
         assert len(handed) == 1, handed
         assert forwarder.take_counters(slot)[:2] == (100, sum(len(b"%d" % i) for i in range(100)))
     finally:
@@ -433,9 +493,13 @@ spec.loader.exec_module(module)
 sys.modules["txturn.fastpath._forwarder"] = module
 from txturn.testing.forwarding_check import fuzz_forwarding
 from tests.test_forwarding import churn_table, pump_through_sockets
-result = fuzz_forwarding(int(sys.argv[2]), seed=7, module=module)
-assert not result["mismatches"] and not result["escaped"], result["mismatches"][:1]
-assert pump_through_sockets(module) == "ok"
+from txturn.testing.forwarding_check import TOPOLOGIES
+for name in TOPOLOGIES:
+    result = fuzz_forwarding(int(sys.argv[2]), seed=7, module=module, topology=name)
+    assert not result["mismatches"] and not result["escaped"], (name, result["mismatches"][:1])
+for client_host in ("127.0.0.1", "::1"):
+    for relay_host in ("127.0.0.1", "::1"):
+        assert pump_through_sockets(module, client_host, relay_host) == "ok"
 grown, shrunk, first = churn_table(module)
 assert shrunk == first < grown, (grown, shrunk, first)
 print("forwarded", result["forwarded"])
@@ -453,6 +517,15 @@ class PumpTests(SynchronousTestCase):
         handed up, counters kept, a send failure counted.
         """
         self.assertEqual(pump_through_sockets(compiled()), "ok")
+
+    def test_pump_ipv6(self) -> None:
+        """
+        The same with IPv6 on either side or both: clients and peers are
+        read, matched and written as C{sockaddr_in6}, and what is handed
+        up is addressed as Twisted's C{udp.Port} addresses it.
+        """
+        for client_host, relay_host in (("::1", "::1"), ("127.0.0.1", "::1"), ("::1", "127.0.0.1")):
+            self.assertEqual(pump_through_sockets(compiled(), client_host, relay_host), "ok")
 
 
 SMALL_MTU = """
@@ -549,7 +622,7 @@ class SanitizerTests(TestCase):
             check=True,
         )
         result = subprocess.run(
-            [sys.executable, "-c", SANITIZED, library, "20000"],
+            [sys.executable, "-c", SANITIZED, library, "8000"],
             env={
                 **os.environ,
                 "LD_PRELOAD": libasan,

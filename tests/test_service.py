@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
@@ -88,6 +88,135 @@ def make_service(port: int = 0, **kwargs: Any) -> TurnService:
     )
 
 
+@defer.inlineCallbacks
+def in_order(send: Callable[[bytes], object], frames: list[bytes], collector: Collector) -> Any:
+    """
+    Send C{frames}, and return as many datagrams as C{collector} gets.
+    """
+    for frame in frames:
+        send(frame)
+    got = []
+    for _ in frames:
+        data, _ = yield collector.next()
+        got.append(data)
+    return got
+
+
+@defer.inlineCallbacks
+def carry(test: TestCase, service: TurnService, client_host: str, peer_host: str) -> Any:
+    """
+    50 Send indications, Data indications and ChannelData each way between
+    a client on C{client_host} and a peer on C{peer_host}, through
+    C{service}: all arrive in order, the Python path relays only the
+    first of each kind when the fast path is built, and the fast path's
+    counts reach the allocation.
+    """
+    fast = service.forwarding is not NO_FORWARDING
+    client_proto, peer_proto = Collector(), Collector()
+    client_port = reactor.listenUDP(0, client_proto, interface=client_host)
+    peer_port = reactor.listenUDP(0, peer_proto, interface=peer_host)
+    test.addCleanup(client_port.stopListening)
+    test.addCleanup(peer_port.stopListening)
+    server_address = (client_host, service.port_of("udp", client_host))
+    client = StunClient("alice", "secret")
+
+    @defer.inlineCallbacks
+    def request(method: int, attrs: list[tuple[int, Any]]) -> Any:
+        for _ in range(2):
+            client_port.write(client.request(method, attrs), server_address)
+            data, _ = yield client_proto.next()
+            response = client.learn(data)
+            if not client.challenged(response):
+                break
+        return response
+
+    allocate: list[tuple[int, Any]] = [(Attr.REQUESTED_TRANSPORT, 17)]
+    if ":" in peer_host:
+        allocate.append((Attr.REQUESTED_ADDRESS_FAMILY, 2))
+    response = yield request(Method.ALLOCATE, allocate)
+    relayed = response.get(Attr.XOR_RELAYED_ADDRESS)
+    test.assertEqual(":" in relayed[0], ":" in peer_host, relayed)
+    peer = (peer_host, peer_port.getHost().port)
+    yield request(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, peer)])
+    [allocation] = service.server.allocations.values()
+    count = 50
+
+    def up(frame: bytes) -> None:
+        client_port.write(frame, server_address)
+
+    def down(data: bytes) -> None:
+        peer_port.write(data, relayed)
+
+    sends = []
+    for i in range(count):
+        send = Message(Method.SEND, Class.INDICATION, b"s" * 12)
+        sends.append(encode(send.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, b"send %d" % i)))
+    got = yield in_order(up, sends, peer_proto)
+    test.assertEqual(got, [b"send %d" % i for i in range(count)])
+    got = yield in_order(down, [b"data %d" % i for i in range(count)], client_proto)
+    indications = [decode(data) for data in got]
+    test.assertEqual(
+        [(m.get(Attr.XOR_PEER_ADDRESS), m.get(Attr.DATA)) for m in indications],
+        [(peer, b"data %d" % i) for i in range(count)],
+    )
+    yield request(
+        Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, peer)]
+    )
+    frames = [encode_channel_data(0x4000, b"up %d" % i) for i in range(count)]
+    got = yield in_order(up, frames, peer_proto)
+    test.assertEqual(got, [b"up %d" % i for i in range(count)])
+    got = yield in_order(down, [b"down %d" % i for i in range(count)], client_proto)
+    test.assertEqual(got, [encode_channel_data(0x4000, b"down %d" % i) for i in range(count)])
+    # The Python path's own counts: the first of each kind when fast.
+    python = (allocation.to_peers_packets, allocation.to_client_packets)
+    test.assertEqual(python, (1, 2) if fast else (2 * count, 2 * count))
+    allocation.take_counters()
+    test.assertEqual(
+        (allocation.to_peers_packets, allocation.to_client_packets), (2 * count, 2 * count)
+    )
+    yield request(Method.REFRESH, [(Attr.LIFETIME, 0)])
+
+
+class FamiliesTests(TestCase):
+    """
+    The fast path carries IPv6 clients and relays, and both cross-family
+    cases, as it carries IPv4.
+    """
+
+    def setUp(self) -> None:
+        self.service = TurnService(
+            reactor,
+            StaticCredentials(REALM, {"alice": "secret"}),
+            [("127.0.0.1", 0), ("::1", 0)],
+            ["127.0.0.1", "::1"],
+            policy=PeerPolicy(allow_loopback=True),
+            config=ServerConfig(realm=REALM),
+        )
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+
+    @needs_ipv6
+    def test_ipv6(self) -> Any:
+        """
+        An IPv6 client with an IPv6 relay to an IPv6 peer.
+        """
+        return carry(self, self.service, "::1", "::1")
+
+    @needs_ipv6
+    def test_ipv4_client_ipv6_relay(self) -> Any:
+        """
+        An IPv4 client with an IPv6 relay (REQUESTED-ADDRESS-FAMILY).
+        """
+        return carry(self, self.service, "127.0.0.1", "::1")
+
+    @needs_ipv6
+    def test_ipv6_client_ipv4_relay(self) -> Any:
+        """
+        An IPv6 client with an IPv4 relay (the default family).
+        """
+        return carry(self, self.service, "::1", "127.0.0.1")
+
+
 class ServiceTests(TestCase):
     """
     A TurnService relays between a client and a peer on loopback.
@@ -156,7 +285,6 @@ class ServiceTests(TestCase):
         data, _ = yield self.client_proto.next()
         self.assertEqual(data, b"\x40\x00\x00\x04back")
 
-    @defer.inlineCallbacks
     def test_fast_path_carries(self) -> Any:
         """
         With the fast path built, after the first datagram of each kind
@@ -167,44 +295,7 @@ class ServiceTests(TestCase):
         """
         fast = self.service.forwarding is not NO_FORWARDING
         self.assertEqual(fast, forwarding.compiled_module() is not None)
-        response = yield self.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
-        relayed = response.get(Attr.XOR_RELAYED_ADDRESS)
-        peer = ("127.0.0.1", self.peer_port.getHost().port)
-        yield self.request(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, peer)])
-        [allocation] = self.service.server.allocations.values()
-        count = 50
-        for i in range(count):
-            send = Message(Method.SEND, Class.INDICATION, b"s" * 12)
-            send.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, b"send %d" % i)
-            self.client_port.write(encode(send), self.server_address)
-        for i in range(count):
-            data, _ = yield self.peer_proto.next()
-            self.assertEqual(data, b"send %d" % i)
-        for i in range(count):
-            self.peer_port.write(b"data %d" % i, relayed)
-        for i in range(count):
-            data, _ = yield self.client_proto.next()
-            self.assertEqual(decode(data).get(Attr.DATA), b"data %d" % i)
-        yield self.request(
-            Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, peer)]
-        )
-        for i in range(count):
-            self.client_port.write(encode_channel_data(0x4000, b"up %d" % i), self.server_address)
-        for i in range(count):
-            data, _ = yield self.peer_proto.next()
-            self.assertEqual(data, b"up %d" % i)
-        for i in range(count):
-            self.peer_port.write(b"down %d" % i, relayed)
-        for i in range(count):
-            data, _ = yield self.client_proto.next()
-            self.assertEqual(data, encode_channel_data(0x4000, b"down %d" % i))
-        # The Python path's own counts: the first of each kind when fast.
-        python = (allocation.to_peers_packets, allocation.to_client_packets)
-        self.assertEqual(python, (1, 2) if fast else (2 * count, 2 * count))
-        allocation.take_counters()
-        self.assertEqual(
-            (allocation.to_peers_packets, allocation.to_client_packets), (2 * count, 2 * count)
-        )
+        return carry(self, self.service, "127.0.0.1", "127.0.0.1")
 
     @defer.inlineCallbacks
     def test_drain(self) -> Any:

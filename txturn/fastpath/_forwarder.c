@@ -8,14 +8,15 @@
  * from a pumped socket, this module either forwards it as an entry allows,
  * or hands it to Python unchanged.  It holds no timer and reads no clock.
  *
- * Entries (all IPv4; the core installs none for IPv6):
+ * Entries (IPv4 and IPv6: each address is kept with its family, as the
+ * socket it came from or goes to spells it, so an IPv4 client of a
+ * dual-stack socket is ::ffff:a.b.c.d there as it is in Python):
  *
  *   CLIENT   (listening fd, client address)  -> allocation slot
  *   CHANNEL  (slot, channel number)          -> relay fd, peer address
  *   SEND     (slot, peer address)            -> relay fd
- *   PEER     (relay fd, peer address)        -> slot, channel number or a
- *                                               Data indication's
- *                                               XOR-PEER-ADDRESS attribute
+ *   PEER     (relay fd, peer address)        -> slot, channel number or 0
+ *                                               for a Data indication
  *
  * Every length read from a datagram is checked against the bytes that
  * arrived before it is used; see decide_client() and decide_peer().
@@ -29,6 +30,7 @@
 #endif
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -65,15 +67,27 @@ enum { K_CLIENT = 1, K_CHANNEL = 2, K_SEND = 3, K_PEER = 4, KINDS = 5 };
 /* The node array never shrinks below this, nor the buckets. */
 #define INITIAL_NODES 64
 
-/* What identifies an entry; zeroed before it is filled, compared whole. */
+/* An address and port as a socket spells them: AF_INET (the first 4
+ * bytes of addr, the rest zero) or AF_INET6 (scope id 0: scoped addresses
+ * always take the Python path). */
+typedef struct {
+    uint32_t family;
+    uint32_t port;    /* host order */
+    uint8_t addr[16]; /* network order */
+} endpoint_t;
+
+/* What identifies an entry; zeroed before it is filled, compared whole
+ * (5 words, hashed whole). */
 typedef struct {
     uint32_t kind;
     int32_t fd;
     int32_t slot;
     uint32_t number;  /* channel number */
-    uint32_t addr;    /* network order */
-    uint32_t port;    /* host order */
+    endpoint_t at;    /* CLIENT: the client.  SEND, PEER: the peer. */
 } key_t_;
+
+#define KEY_WORDS (sizeof(key_t_) / 8)
+_Static_assert(sizeof(key_t_) == 40, "keys hash as 5 words, without padding");
 
 typedef struct {
     key_t_ key;
@@ -83,12 +97,10 @@ typedef struct {
     int32_t next_owned;
     /* CHANNEL, SEND: relay fd.  PEER: listening fd. */
     int32_t fd;
-    /* CHANNEL: peer.  PEER: client. */
-    uint32_t addr;
-    uint16_t port;
     /* PEER: channel number, or 0 for a Data indication. */
     uint16_t number;
-    uint8_t attribute[12];
+    /* CHANNEL: peer.  PEER: client. */
+    endpoint_t to;
 } node_t;
 
 typedef struct {
@@ -98,6 +110,16 @@ typedef struct {
     uint8_t txid_prefix[8];
     unsigned long long counters[4];  /* to peers: packets, bytes; to the client: packets, bytes */
 } slot_t;
+
+typedef union {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+} sockaddr_any_t;
+
+/* The longest header put before a relayed payload: a Data indication's
+ * 20-byte STUN header, an IPv6 XOR-PEER-ADDRESS (24) and DATA's (4). */
+#define HEADER_MAX 48
 
 typedef struct {
     PyObject_HEAD
@@ -117,14 +139,15 @@ typedef struct {
     unsigned char *buffers;
     struct mmsghdr rmsgs[BATCH];
     struct iovec riov[BATCH];
-    struct sockaddr_in rnames[BATCH];
+    sockaddr_any_t rnames[BATCH];
     /* sendmmsg: one queue, flushed whenever its socket changes */
     int send_fd;
     int send_count;
     struct mmsghdr smsgs[BATCH];
     struct iovec siov[BATCH][4];
-    struct sockaddr_in snames[BATCH];
-    unsigned char sheaders[BATCH][40];
+    sockaddr_any_t snames[BATCH];
+    endpoint_t sdestinations[BATCH];
+    unsigned char sheaders[BATCH][HEADER_MAX];
     size_t slengths[BATCH];
     /* tuning: datagrams per recvmmsg and per sendmmsg; UDP GSO on or off */
     int batch;
@@ -157,13 +180,13 @@ typedef struct {
 static uint64_t
 hash_key(const Forwarder *self, const key_t_ *key)
 {
-    uint64_t words[3];
+    uint64_t words[KEY_WORDS];
     memcpy(words, key, sizeof(words));
     uint64_t v0 = self->k0 ^ 0x736f6d6570736575ULL;
     uint64_t v1 = self->k1 ^ 0x646f72616e646f6dULL;
     uint64_t v2 = self->k0 ^ 0x6c7967656e657261ULL;
     uint64_t v3 = self->k1 ^ 0x7465646279746573ULL;
-    for (int i = 0; i < 3; i++) {
+    for (size_t i = 0; i < KEY_WORDS; i++) {
         v3 ^= words[i];
         SIPROUND;
         v0 ^= words[i];
@@ -376,36 +399,97 @@ room_for(Forwarder *self, const key_t_ *key, int32_t slot)
     return self->slots[slot].counts[key->kind] < MAX_PER_SLOT;
 }
 
+static const endpoint_t NOWHERE;
+
 static void
-make_key(key_t_ *key, uint32_t kind, int32_t fd, int32_t slot, uint32_t number, uint32_t addr,
-         uint32_t port)
+make_key(key_t_ *key, uint32_t kind, int32_t fd, int32_t slot, uint32_t number,
+         const endpoint_t *at)
 {
     memset(key, 0, sizeof(*key));
     key->kind = kind;
     key->fd = fd;
     key->slot = slot;
     key->number = number;
-    key->addr = addr;
-    key->port = port;
+    key->at = *at;
 }
 
-/* -- argument parsing ------------------------------------------------------ */
+static int
+same_host(const endpoint_t *a, const endpoint_t *b)
+{
+    return a->family == b->family && memcmp(a->addr, b->addr, 16) == 0;
+}
+
+/* -- addresses --------------------------------------------------------------- */
+
+/* An address literal as Python spells it: IPv4, or IPv6 without a scope. */
+static int
+parse_host(const char *host, endpoint_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (inet_pton(AF_INET, host, out->addr) == 1) {
+        out->family = AF_INET;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, out->addr) == 1) {
+        out->family = AF_INET6;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "not an IPv4 or IPv6 address (without a scope): %s", host);
+    return -1;
+}
 
 static int
-parse_address(PyObject *address, uint32_t *addr, uint32_t *port)
+parse_address(PyObject *address, endpoint_t *out)
 {
     const char *host;
     int p;
-    if (!PyArg_ParseTuple(address, "si", &host, &p))
+    if (!PyArg_ParseTuple(address, "si", &host, &p) || parse_host(host, out) < 0)
         return -1;
-    struct in_addr in;
-    if (inet_pton(AF_INET, host, &in) != 1 || p < 0 || p > 0xFFFF) {
-        PyErr_Format(PyExc_ValueError, "not an IPv4 address and port: %R", address);
+    if (p < 0 || p > 0xFFFF) {
+        PyErr_Format(PyExc_ValueError, "not a port: %d", p);
         return -1;
     }
-    *addr = in.s_addr;
-    *port = (uint32_t)p;
+    out->port = (uint32_t)p;
     return 0;
+}
+
+/* The endpoint a datagram came from, or 0 when this module leaves it to
+ * Python (another family, or a scoped IPv6 address: Python spells those
+ * with their interface, which no entry names). */
+static int
+from_sockaddr(const sockaddr_any_t *name, socklen_t length, endpoint_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (length == sizeof(struct sockaddr_in) && name->sa.sa_family == AF_INET) {
+        out->family = AF_INET;
+        memcpy(out->addr, &name->in4.sin_addr, 4);
+        out->port = ntohs(name->in4.sin_port);
+        return 1;
+    }
+    if (length == sizeof(struct sockaddr_in6) && name->sa.sa_family == AF_INET6
+        && name->in6.sin6_scope_id == 0) {
+        out->family = AF_INET6;
+        memcpy(out->addr, &name->in6.sin6_addr, 16);
+        out->port = ntohs(name->in6.sin6_port);
+        return 1;
+    }
+    return 0;
+}
+
+static socklen_t
+to_sockaddr(const endpoint_t *at, sockaddr_any_t *name)
+{
+    memset(name, 0, sizeof(*name));
+    if (at->family == AF_INET) {
+        name->in4.sin_family = AF_INET;
+        memcpy(&name->in4.sin_addr, at->addr, 4);
+        name->in4.sin_port = htons((uint16_t)at->port);
+        return sizeof(struct sockaddr_in);
+    }
+    name->in6.sin6_family = AF_INET6;
+    memcpy(&name->in6.sin6_addr, at->addr, 16);
+    name->in6.sin6_port = htons((uint16_t)at->port);
+    return sizeof(struct sockaddr_in6);
 }
 
 static int
@@ -420,12 +504,11 @@ check_slot(Forwarder *self, int slot)
 
 /* (slot, descriptor, (host, port)): what add_send and remove_peer take. */
 static int
-parse_slot_fd_peer(Forwarder *self, PyObject *args, int *slot, int *fd, uint32_t *addr,
-                   uint32_t *port)
+parse_slot_fd_peer(Forwarder *self, PyObject *args, int *slot, int *fd, endpoint_t *peer)
 {
-    PyObject *peer;
-    if (!PyArg_ParseTuple(args, "iiO", slot, fd, &peer) || check_slot(self, *slot) < 0
-        || parse_address(peer, addr, port) < 0)
+    PyObject *address;
+    if (!PyArg_ParseTuple(args, "iiO", slot, fd, &address) || check_slot(self, *slot) < 0
+        || parse_address(address, peer) < 0)
         return -1;
     return 0;
 }
@@ -440,18 +523,18 @@ add_allocation(Forwarder *self, PyObject *args)
     Py_buffer prefix;
     if (!PyArg_ParseTuple(args, "iOy*", &fd, &client, &prefix))
         return NULL;
-    uint32_t addr, port;
+    endpoint_t at;
     if (prefix.len != 8) {
         PyBuffer_Release(&prefix);
         PyErr_SetString(PyExc_ValueError, "the transaction id prefix is 8 bytes");
         return NULL;
     }
-    if (parse_address(client, &addr, &port) < 0) {
+    if (parse_address(client, &at) < 0) {
         PyBuffer_Release(&prefix);
         return NULL;
     }
     key_t_ key;
-    make_key(&key, K_CLIENT, fd, -1, 0, addr, port);
+    make_key(&key, K_CLIENT, fd, -1, 0, &at);
     if (find(self, &key) >= 0) {
         PyBuffer_Release(&prefix);
         PyErr_SetString(PyExc_KeyError, "that 5-tuple has an allocation slot already");
@@ -532,23 +615,22 @@ static PyObject *
 add_channel(Forwarder *self, PyObject *args)
 {
     int slot, channel, fd;
-    PyObject *peer;
-    uint32_t addr, port;
-    if (!PyArg_ParseTuple(args, "iiiO", &slot, &channel, &fd, &peer) || check_slot(self, slot) < 0
-        || parse_address(peer, &addr, &port) < 0)
+    PyObject *address;
+    endpoint_t peer;
+    if (!PyArg_ParseTuple(args, "iiiO", &slot, &channel, &fd, &address)
+        || check_slot(self, slot) < 0 || parse_address(address, &peer) < 0)
         return NULL;
     if (channel < 0x4000 || channel > 0x7FFF) {
         PyErr_SetString(PyExc_ValueError, "channel numbers are 0x4000 to 0x7FFF");
         return NULL;
     }
     key_t_ key;
-    make_key(&key, K_CHANNEL, -1, slot, (uint32_t)channel, 0, 0);
+    make_key(&key, K_CHANNEL, -1, slot, (uint32_t)channel, &NOWHERE);
     node_t *node = put(self, &key, slot);
     if (node == NULL)
         return NULL;
     node->fd = fd;
-    node->addr = addr;
-    node->port = (uint16_t)port;
+    node->to = peer;
     Py_RETURN_NONE;
 }
 
@@ -556,11 +638,11 @@ static PyObject *
 add_send(Forwarder *self, PyObject *args)
 {
     int slot, fd;
-    uint32_t addr, port;
-    if (parse_slot_fd_peer(self, args, &slot, &fd, &addr, &port) < 0)
+    endpoint_t peer;
+    if (parse_slot_fd_peer(self, args, &slot, &fd, &peer) < 0)
         return NULL;
     key_t_ key;
-    make_key(&key, K_SEND, -1, slot, 0, addr, port);
+    make_key(&key, K_SEND, -1, slot, 0, &peer);
     if (!room_for(self, &key, slot))
         Py_RETURN_FALSE;
     node_t *node = put(self, &key, slot);
@@ -574,41 +656,28 @@ static PyObject *
 add_peer(Forwarder *self, PyObject *args)
 {
     int slot, relay_fd, listen_fd, channel;
-    PyObject *peer, *client;
-    Py_buffer attribute;
-    uint32_t addr, port, client_addr, client_port;
-    if (!PyArg_ParseTuple(args, "iiOiOiy*", &slot, &relay_fd, &peer, &listen_fd, &client, &channel,
-                          &attribute))
+    PyObject *peer_address, *client_address;
+    endpoint_t peer, client;
+    if (!PyArg_ParseTuple(args, "iiOiOi", &slot, &relay_fd, &peer_address, &listen_fd,
+                          &client_address, &channel)
+        || check_slot(self, slot) < 0 || parse_address(peer_address, &peer) < 0
+        || parse_address(client_address, &client) < 0)
         return NULL;
-    if (check_slot(self, slot) < 0 || parse_address(peer, &addr, &port) < 0
-        || parse_address(client, &client_addr, &client_port) < 0)
-        goto fail;
-    if ((channel != 0 && (channel < 0x4000 || channel > 0x7FFF))
-        || (channel == 0 && attribute.len != 12)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "a channel number, or an IPv4 XOR-PEER-ADDRESS attribute (12 bytes)");
-        goto fail;
+    if (channel != 0 && (channel < 0x4000 || channel > 0x7FFF)) {
+        PyErr_SetString(PyExc_ValueError, "a channel number, or 0 for Data indications");
+        return NULL;
     }
     key_t_ key;
-    make_key(&key, K_PEER, relay_fd, -1, 0, addr, port);
-    if (!room_for(self, &key, slot)) {
-        PyBuffer_Release(&attribute);
+    make_key(&key, K_PEER, relay_fd, -1, 0, &peer);
+    if (!room_for(self, &key, slot))
         Py_RETURN_FALSE;
-    }
     node_t *node = put(self, &key, slot);
     if (node == NULL)
-        goto fail;
+        return NULL;
     node->fd = listen_fd;
-    node->addr = client_addr;
-    node->port = (uint16_t)client_port;
+    node->to = client;
     node->number = (uint16_t)channel;
-    if (channel == 0)
-        memcpy(node->attribute, attribute.buf, 12);
-    PyBuffer_Release(&attribute);
     Py_RETURN_TRUE;
-fail:
-    PyBuffer_Release(&attribute);
-    return NULL;
 }
 
 static PyObject *
@@ -618,7 +687,7 @@ remove_channel(Forwarder *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "ii", &slot, &channel) || check_slot(self, slot) < 0)
         return NULL;
     key_t_ key;
-    make_key(&key, K_CHANNEL, -1, slot, (uint32_t)channel, 0, 0);
+    make_key(&key, K_CHANNEL, -1, slot, (uint32_t)channel, &NOWHERE);
     drop_key(self, &key);
     Py_RETURN_NONE;
 }
@@ -627,11 +696,11 @@ static PyObject *
 remove_peer(Forwarder *self, PyObject *args)
 {
     int slot, fd;
-    uint32_t addr, port;
-    if (parse_slot_fd_peer(self, args, &slot, &fd, &addr, &port) < 0)
+    endpoint_t peer;
+    if (parse_slot_fd_peer(self, args, &slot, &fd, &peer) < 0)
         return NULL;
     key_t_ key;
-    make_key(&key, K_PEER, fd, -1, 0, addr, port);
+    make_key(&key, K_PEER, fd, -1, 0, &peer);
     int32_t i = find(self, &key);
     if (i >= 0 && self->nodes[i].owner == slot)
         drop_node(self, i);
@@ -639,18 +708,18 @@ remove_peer(Forwarder *self, PyObject *args)
 }
 
 /* Remove the slot's nodes that match: kind (0: any), relay fd (-1: any),
- * peer host (0: any; CHANNEL nodes match on their peer). */
+ * peer host (NULL: any; CHANNEL nodes match on their peer). */
 static void
-remove_matching(Forwarder *self, int32_t slot, uint32_t kind, int32_t fd, uint32_t host)
+remove_matching(Forwarder *self, int32_t slot, uint32_t kind, int32_t fd, const endpoint_t *host)
 {
     int32_t i = self->slots[slot].owned;
     while (i >= 0) {
         node_t *node = &self->nodes[i];
         int32_t next = node->next_owned;
-        uint32_t node_host = node->key.kind == K_CHANNEL ? node->addr : node->key.addr;
+        const endpoint_t *node_host = node->key.kind == K_CHANNEL ? &node->to : &node->key.at;
         int32_t node_fd = node->key.kind == K_PEER ? node->key.fd : node->fd;
         if (node->key.kind != K_CLIENT && (kind == 0 || node->key.kind == kind)
-            && (fd < 0 || node_fd == fd) && (host == 0 || node_host == host))
+            && (fd < 0 || node_fd == fd) && (host == NULL || same_host(node_host, host)))
             drop_node(self, i);
         i = next;
     }
@@ -662,15 +731,12 @@ remove_host(Forwarder *self, PyObject *args)
     /* A permission expired: nothing more from or (by Send) to that host. */
     int slot;
     const char *host;
-    struct in_addr in;
-    if (!PyArg_ParseTuple(args, "is", &slot, &host) || check_slot(self, slot) < 0)
+    endpoint_t at;
+    if (!PyArg_ParseTuple(args, "is", &slot, &host) || check_slot(self, slot) < 0
+        || parse_host(host, &at) < 0)
         return NULL;
-    if (inet_pton(AF_INET, host, &in) != 1) {
-        PyErr_Format(PyExc_ValueError, "not an IPv4 address: %s", host);
-        return NULL;
-    }
-    remove_matching(self, slot, K_SEND, -1, in.s_addr);
-    remove_matching(self, slot, K_PEER, -1, in.s_addr);
+    remove_matching(self, slot, K_SEND, -1, &at);
+    remove_matching(self, slot, K_PEER, -1, &at);
     shrink(self);
     Py_RETURN_NONE;
 }
@@ -682,7 +748,7 @@ remove_relay(Forwarder *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "ii", &slot, &fd) || check_slot(self, slot) < 0)
         return NULL;
     if (fd >= 0)
-        remove_matching(self, slot, 0, fd, 0);
+        remove_matching(self, slot, 0, fd, NULL);
     shrink(self);
     Py_RETURN_NONE;
 }
@@ -692,7 +758,7 @@ clear_sends(Forwarder *self, PyObject *noargs)
 {
     for (int32_t slot = 0; slot < self->slot_capacity; slot++)
         if (self->slots[slot].in_use)
-            remove_matching(self, slot, K_SEND, -1, 0);
+            remove_matching(self, slot, K_SEND, -1, NULL);
     shrink(self);
     Py_RETURN_NONE;
 }
@@ -748,14 +814,13 @@ crc32(const unsigned char *p, size_t n)
 /* A datagram's fate: where to send which bytes, or up to Python. */
 typedef struct {
     int fd;                 /* -1: hand to Python */
-    uint32_t addr;
-    uint16_t port;
+    endpoint_t to;
     int32_t slot;
     int to_client;
     const unsigned char *payload;
     size_t length;          /* of payload */
     size_t counted;         /* bytes counted: the payload relayed */
-    unsigned char header[40];
+    unsigned char header[HEADER_MAX];
     size_t header_length;
     size_t padding;
 } decision_t;
@@ -768,20 +833,54 @@ typedef struct {
 #define A_FINGERPRINT 0x8028
 #define MAX_SEND_ATTRIBUTES 128
 
+/* XOR-PEER-ADDRESS's value (RFC 8489 section 14.2) <-> an endpoint: the
+ * port XORed with the cookie's top half, the address with the cookie and,
+ * for IPv6, the transaction id that follows it in the header. */
+static void
+unxor_address(const unsigned char *value, const unsigned char *header, endpoint_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->port = be16(value + 2) ^ (MAGIC_COOKIE >> 16);
+    size_t size = value[1] == 0x01 ? 4 : 16;
+    out->family = value[1] == 0x01 ? AF_INET : AF_INET6;
+    for (size_t i = 0; i < size; i++)
+        out->addr[i] = value[4 + i] ^ header[4 + i];
+}
+
+/* The whole attribute, into out; returns its length (12 or 24). */
+static size_t
+xor_address_attribute(const endpoint_t *at, const unsigned char *header, unsigned char *out)
+{
+    size_t size = at->family == AF_INET ? 4 : 16;
+    out[0] = 0x00;
+    out[1] = 0x12;
+    out[2] = 0x00;
+    out[3] = (unsigned char)(4 + size);
+    out[4] = 0x00;
+    out[5] = at->family == AF_INET ? 0x01 : 0x02;
+    uint16_t port = (uint16_t)(at->port ^ (MAGIC_COOKIE >> 16));
+    out[6] = (unsigned char)(port >> 8);
+    out[7] = (unsigned char)port;
+    for (size_t i = 0; i < size; i++)
+        out[8 + i] = at->addr[i] ^ header[4 + i];
+    return 8 + size;
+}
+
 /*
  * A Send indication the Python path would relay, in any order of its
- * attributes: one IPv4 XOR-PEER-ADDRESS, one DATA, and DONT-FRAGMENT
- * (empty), SOFTWARE and FINGERPRINT (last, and right) or not; browsers,
- * coturn's client, pjnath, libnice and pion each write their own order.
- * Anything else (another attribute, a duplicate, IPv6, a bad length or
- * padding) returns 0 and goes up to Python unchanged, which decides as
- * txturn.wire.stun.decode and PeerRequests.send_indication do: so nothing
- * is forwarded that the Python path would drop.  Every length is checked
- * against the bytes that arrived before it is used.
+ * attributes: one XOR-PEER-ADDRESS (IPv4 or IPv6), one DATA, and
+ * DONT-FRAGMENT (empty), SOFTWARE and FINGERPRINT (last, and right) or
+ * not; browsers, coturn's client, pjnath, libnice and pion each write
+ * their own order.  Anything else (another attribute, a duplicate, a bad
+ * length, family or padding) returns 0 and goes up to Python unchanged,
+ * which decides as txturn.wire.stun.decode and
+ * PeerRequests.send_indication do: so nothing is forwarded that the
+ * Python path would drop.  Every length is checked against the bytes
+ * that arrived before it is used.
  */
 static int
 parse_send(const unsigned char *data, size_t n, const unsigned char **payload, size_t *length,
-           uint32_t *peer_addr, uint32_t *peer_port)
+           endpoint_t *peer_at)
 {
     if (n < 20 || data[0] != 0x00 || data[1] != 0x16 || be32(data + 4) != MAGIC_COOKIE
         || 20 + (size_t)be16(data + 2) != n)
@@ -804,7 +903,8 @@ parse_send(const unsigned char *data, size_t n, const unsigned char **payload, s
         const unsigned char *value = data + offset + 4;
         switch (type) {
         case A_XOR_PEER_ADDRESS:
-            if (peer != NULL || size != 8 || value[1] != 0x01)
+            if (peer != NULL || value[0] != 0x00
+                || !((size == 8 && value[1] == 0x01) || (size == 20 && value[1] == 0x02)))
                 return 0;
             peer = value;
             break;
@@ -833,9 +933,21 @@ parse_send(const unsigned char *data, size_t n, const unsigned char **payload, s
     }
     if (peer == NULL || *payload == NULL)
         return 0;
-    *peer_port = be16(peer + 2) ^ (MAGIC_COOKIE >> 16);
-    *peer_addr = htonl(be32(peer + 4) ^ MAGIC_COOKIE);
+    unxor_address(peer, data, peer_at);
     return 1;
+}
+
+static void
+forward(decision_t *out, int fd, const endpoint_t *to, int32_t slot, int to_client,
+        const unsigned char *payload, size_t length)
+{
+    out->fd = fd;
+    out->to = *to;
+    out->slot = slot;
+    out->to_client = to_client;
+    out->payload = payload;
+    out->length = out->counted = length;
+    out->header_length = out->padding = 0;
 }
 
 /*
@@ -843,8 +955,8 @@ parse_send(const unsigned char *data, size_t n, const unsigned char **payload, s
  * entry, or a Send indication parse_send accepts to a peer with an entry.
  */
 static void
-decide_client(Forwarder *self, int fd, const unsigned char *data, size_t n, uint32_t addr,
-              uint16_t port, decision_t *out)
+decide_client(Forwarder *self, int fd, const unsigned char *data, size_t n,
+              const endpoint_t *from, decision_t *out)
 {
     out->fd = -1;
     if (n < 4)
@@ -854,63 +966,47 @@ decide_client(Forwarder *self, int fd, const unsigned char *data, size_t n, uint
         size_t length = be16(data + 2);
         if (length > n - 4)
             return;
-        make_key(&key, K_CLIENT, fd, -1, 0, addr, port);
+        make_key(&key, K_CLIENT, fd, -1, 0, from);
         int32_t c = find(self, &key);
         if (c < 0)
             return;
         int32_t slot = self->nodes[c].owner;
-        make_key(&key, K_CHANNEL, -1, slot, be16(data), 0, 0);
+        make_key(&key, K_CHANNEL, -1, slot, be16(data), &NOWHERE);
         int32_t i = find(self, &key);
-        if (i < 0)
-            return;
-        const node_t *node = &self->nodes[i];
-        out->fd = node->fd;
-        out->addr = node->addr;
-        out->port = node->port;
-        out->slot = slot;
-        out->to_client = 0;
-        out->payload = data + 4;
-        out->length = out->counted = length;
-        out->header_length = out->padding = 0;
+        if (i >= 0)
+            forward(out, self->nodes[i].fd, &self->nodes[i].to, slot, 0, data + 4, length);
         return;
     }
     const unsigned char *payload = NULL;
     size_t length = 0;
-    uint32_t peer_addr = 0, peer_port = 0;
-    if (!parse_send(data, n, &payload, &length, &peer_addr, &peer_port))
+    endpoint_t peer;
+    if (!parse_send(data, n, &payload, &length, &peer))
         return;
-    make_key(&key, K_CLIENT, fd, -1, 0, addr, port);
+    make_key(&key, K_CLIENT, fd, -1, 0, from);
     int32_t c = find(self, &key);
     if (c < 0)
         return;
     int32_t slot = self->nodes[c].owner;
-    make_key(&key, K_SEND, -1, slot, 0, peer_addr, peer_port);
+    make_key(&key, K_SEND, -1, slot, 0, &peer);
     int32_t i = find(self, &key);
-    if (i < 0)
-        return;
-    out->fd = self->nodes[i].fd;
-    out->addr = peer_addr;
-    out->port = (uint16_t)peer_port;
-    out->slot = slot;
-    out->to_client = 0;
-    out->payload = payload;
-    out->length = out->counted = length;
-    out->header_length = out->padding = 0;
+    if (i >= 0)
+        forward(out, self->nodes[i].fd, &peer, slot, 0, payload, length);
 }
 
 /* From a peer on relay socket fd: ChannelData or a Data indication. */
 static void
-decide_peer(Forwarder *self, int fd, const unsigned char *data, size_t n, uint32_t addr,
-            uint16_t port, decision_t *out)
+decide_peer(Forwarder *self, int fd, const unsigned char *data, size_t n,
+            const endpoint_t *from, decision_t *out)
 {
     out->fd = -1;
     key_t_ key;
-    make_key(&key, K_PEER, fd, -1, 0, addr, port);
+    make_key(&key, K_PEER, fd, -1, 0, from);
     int32_t i = find(self, &key);
     if (i < 0)
         return;
     const node_t *node = &self->nodes[i];
     unsigned char *h = out->header;
+    size_t header_length, padding = 0;
     if (node->number) {
         if (n > 0xFFFF)
             return;
@@ -918,41 +1014,36 @@ decide_peer(Forwarder *self, int fd, const unsigned char *data, size_t n, uint32
         h[1] = (unsigned char)node->number;
         h[2] = (unsigned char)(n >> 8);
         h[3] = (unsigned char)n;
-        out->header_length = 4;
-        out->padding = 0;
+        header_length = 4;
     } else {
         if (n > MAX_INDICATION_DATA)
             return;
-        size_t pad = (4 - (n & 3)) & 3;
-        size_t body = 12 + 4 + n + pad;
+        padding = (4 - (n & 3)) & 3;
         /* The top bit keeps these apart from the ids the Python path
          * gives the same allocation. */
         uint32_t counter = 0x80000000u | self->txid_counter++;
         h[0] = 0x00;
         h[1] = 0x17;
-        h[2] = (unsigned char)(body >> 8);
-        h[3] = (unsigned char)body;
         h[4] = 0x21; h[5] = 0x12; h[6] = 0xA4; h[7] = 0x42;
         memcpy(h + 8, self->slots[node->owner].txid_prefix, 8);
         h[16] = (unsigned char)(counter >> 24);
         h[17] = (unsigned char)(counter >> 16);
         h[18] = (unsigned char)(counter >> 8);
         h[19] = (unsigned char)counter;
-        memcpy(h + 20, node->attribute, 12);
-        h[32] = 0x00;
-        h[33] = 0x13;
-        h[34] = (unsigned char)(n >> 8);
-        h[35] = (unsigned char)n;
-        out->header_length = 36;
-        out->padding = pad;
+        size_t attribute = xor_address_attribute(&node->key.at, h, h + 20);
+        unsigned char *d = h + 20 + attribute;
+        d[0] = 0x00;
+        d[1] = 0x13;
+        d[2] = (unsigned char)(n >> 8);
+        d[3] = (unsigned char)n;
+        header_length = 20 + attribute + 4;
+        size_t body = header_length - 20 + n + padding;
+        h[2] = (unsigned char)(body >> 8);
+        h[3] = (unsigned char)body;
     }
-    out->fd = node->fd;
-    out->addr = node->addr;
-    out->port = node->port;
-    out->slot = node->owner;
-    out->to_client = 1;
-    out->payload = data;
-    out->length = out->counted = n;
+    forward(out, node->fd, &node->to, node->owner, 1, data, n);
+    out->header_length = header_length;
+    out->padding = padding;
 }
 
 /* -- sending ---------------------------------------------------------------- */
@@ -980,8 +1071,8 @@ send_plain(Forwarder *self, int first, int count)
 static int
 same_destination(const Forwarder *self, int a, int b)
 {
-    return self->snames[a].sin_addr.s_addr == self->snames[b].sin_addr.s_addr
-           && self->snames[a].sin_port == self->snames[b].sin_port;
+    const endpoint_t *x = &self->sdestinations[a], *y = &self->sdestinations[b];
+    return same_host(x, y) && x->port == y->port;
 }
 
 /* Join runs of queued datagrams to one destination, of one length (the
@@ -1007,7 +1098,7 @@ join(Forwarder *self, int n)
         } else {
             memset(h, 0, sizeof(*h));
             h->msg_name = &self->snames[k];
-            h->msg_namelen = sizeof(self->snames[k]);
+            h->msg_namelen = self->smsgs[k].msg_hdr.msg_namelen;
             h->msg_iov = &self->giov[iovs];
             for (int q = k; q < j; q++) {
                 const struct msghdr *m = &self->smsgs[q].msg_hdr;
@@ -1080,11 +1171,9 @@ queue(Forwarder *self, const decision_t *d)
         flush(self);
     int k = self->send_count++;
     self->send_fd = d->fd;
-    struct sockaddr_in *name = &self->snames[k];
-    memset(name, 0, sizeof(*name));
-    name->sin_family = AF_INET;
-    name->sin_addr.s_addr = d->addr;
-    name->sin_port = htons(d->port);
+    sockaddr_any_t *name = &self->snames[k];
+    socklen_t name_length = to_sockaddr(&d->to, name);
+    self->sdestinations[k] = d->to;
     struct iovec *iov = self->siov[k];
     int parts = 0;
     if (d->header_length) {
@@ -1101,7 +1190,7 @@ queue(Forwarder *self, const decision_t *d)
     struct msghdr *m = &self->smsgs[k].msg_hdr;
     memset(m, 0, sizeof(*m));
     m->msg_name = name;
-    m->msg_namelen = sizeof(*name);
+    m->msg_namelen = name_length;
     m->msg_iov = iov;
     m->msg_iovlen = (size_t)parts;
     self->slengths[k] = d->header_length + d->length + d->padding;
@@ -1112,14 +1201,37 @@ queue(Forwarder *self, const decision_t *d)
 
 /* -- pumping a socket ------------------------------------------------------- */
 
+/* (host, port) as Twisted's udp.Port hands it to its protocol: the host
+ * as CPython's socket module spells it (getnameinfo, NI_NUMERICHOST: a
+ * scoped IPv6 address with its %interface), the flow and scope dropped. */
 static PyObject *
-hand_up(PyObject *callback, const unsigned char *data, size_t n, const struct sockaddr_in *from)
+address_of(const sockaddr_any_t *from, socklen_t length)
 {
-    char host[INET_ADDRSTRLEN];
-    if (inet_ntop(AF_INET, &from->sin_addr, host, sizeof(host)) == NULL)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    return PyObject_CallFunction(callback, "y#(si)", (const char *)data, (Py_ssize_t)n, host,
-                                 (int)ntohs(from->sin_port));
+    char host[NI_MAXHOST];
+    int port;
+    if (from->sa.sa_family == AF_INET && length >= sizeof(struct sockaddr_in)) {
+        if (inet_ntop(AF_INET, &from->in4.sin_addr, host, sizeof(host)) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        port = ntohs(from->in4.sin_port);
+    } else if (from->sa.sa_family == AF_INET6 && length >= sizeof(struct sockaddr_in6)) {
+        int e = getnameinfo(&from->sa, length, host, sizeof(host), NULL, 0, NI_NUMERICHOST);
+        if (e != 0) {
+            PyErr_Format(PyExc_OSError, "getnameinfo: %s", gai_strerror(e));
+            return NULL;
+        }
+        port = ntohs(from->in6.sin6_port);
+    } else {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(si)", host, port);
+}
+
+static PyObject *
+endpoint_address(const endpoint_t *at)
+{
+    sockaddr_any_t name;
+    socklen_t length = to_sockaddr(at, &name);
+    return address_of(&name, length);
 }
 
 /*
@@ -1147,7 +1259,7 @@ pump(Forwarder *self, PyObject *args)
             self->riov[k].iov_len = BUFFER_SIZE;
             memset(&self->rmsgs[k].msg_hdr, 0, sizeof(struct msghdr));
             self->rmsgs[k].msg_hdr.msg_name = &self->rnames[k];
-            self->rmsgs[k].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+            self->rmsgs[k].msg_hdr.msg_namelen = sizeof(self->rnames[k]);
             self->rmsgs[k].msg_hdr.msg_iov = &self->riov[k];
             self->rmsgs[k].msg_hdr.msg_iovlen = 1;
         }
@@ -1161,29 +1273,33 @@ pump(Forwarder *self, PyObject *args)
         for (int k = 0; k < got; k++) {
             const unsigned char *data = self->buffers + (size_t)k * BUFFER_SIZE;
             size_t n = self->rmsgs[k].msg_len;
-            const struct sockaddr_in *from = &self->rnames[k];
+            const struct msghdr *h = &self->rmsgs[k].msg_hdr;
+            endpoint_t from;
             decision_t d;
             d.fd = -1;
-            if (self->rmsgs[k].msg_hdr.msg_namelen == sizeof(struct sockaddr_in)
-                && from->sin_family == AF_INET && !(self->rmsgs[k].msg_hdr.msg_flags & MSG_TRUNC)
-                && n <= BUFFER_SIZE) {
+            if (from_sockaddr(&self->rnames[k], h->msg_namelen, &from)
+                && !(h->msg_flags & MSG_TRUNC) && n <= BUFFER_SIZE) {
                 if (from_peers)
-                    decide_peer(self, fd, data, n, from->sin_addr.s_addr, ntohs(from->sin_port),
-                                &d);
+                    decide_peer(self, fd, data, n, &from, &d);
                 else
-                    decide_client(self, fd, data, n, from->sin_addr.s_addr,
-                                  ntohs(from->sin_port), &d);
+                    decide_client(self, fd, data, n, &from, &d);
             }
             if (d.fd >= 0) {
                 queue(self, &d);
                 continue;
             }
-            if (self->rmsgs[k].msg_hdr.msg_namelen != sizeof(struct sockaddr_in)
-                || from->sin_family != AF_INET)
-                continue; /* not IPv4: a pumped socket is IPv4 only */
+            PyObject *address = address_of(&self->rnames[k], h->msg_namelen);
+            if (address == Py_None) {
+                Py_DECREF(address);
+                continue; /* no IP source: nothing to answer */
+            }
             flush(self);
             called = 1;
-            PyObject *r = hand_up(callback, data, n > BUFFER_SIZE ? BUFFER_SIZE : n, from);
+            PyObject *r = NULL;
+            if (address != NULL)
+                r = PyObject_CallFunction(callback, "y#N", (const char *)data,
+                                          (Py_ssize_t)(n > BUFFER_SIZE ? BUFFER_SIZE : n),
+                                          address);
             if (r == NULL)
                 PyErr_WriteUnraisable(callback);
             Py_XDECREF(r);
@@ -1209,18 +1325,18 @@ decide(Forwarder *self, PyObject *args)
     int fd, from_peers;
     Py_buffer data;
     PyObject *source;
-    uint32_t addr, port;
+    endpoint_t from;
     if (!PyArg_ParseTuple(args, "ipy*O", &fd, &from_peers, &data, &source))
         return NULL;
-    if (parse_address(source, &addr, &port) < 0) {
+    if (parse_address(source, &from) < 0) {
         PyBuffer_Release(&data);
         return NULL;
     }
     decision_t d;
     if (from_peers)
-        decide_peer(self, fd, data.buf, (size_t)data.len, addr, (uint16_t)port, &d);
+        decide_peer(self, fd, data.buf, (size_t)data.len, &from, &d);
     else
-        decide_client(self, fd, data.buf, (size_t)data.len, addr, (uint16_t)port, &d);
+        decide_client(self, fd, data.buf, (size_t)data.len, &from, &d);
     if (d.fd < 0) {
         PyBuffer_Release(&data);
         Py_RETURN_NONE;
@@ -1239,10 +1355,12 @@ decide(Forwarder *self, PyObject *args)
     PyBuffer_Release(&data);
     if (out == NULL)
         return NULL;
-    char host[INET_ADDRSTRLEN];
-    struct in_addr in = {.s_addr = d.addr};
-    inet_ntop(AF_INET, &in, host, sizeof(host));
-    return Py_BuildValue("(i(si)N)", d.fd, host, (int)d.port, out);
+    PyObject *to = endpoint_address(&d.to);
+    if (to == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return Py_BuildValue("(iNN)", d.fd, to, out);
 }
 
 static PyObject *
@@ -1355,8 +1473,8 @@ static PyMethodDef forwarder_methods[] = {
      "add_channel(slot, channel, relay_fd, (host, port))"},
     {"add_send", (PyCFunction)add_send, METH_VARARGS, "add_send(slot, relay_fd, (host, port)) -> False past the slot's bound"},
     {"add_peer", (PyCFunction)add_peer, METH_VARARGS,
-     "add_peer(slot, relay_fd, peer, listen_fd, client, channel or 0, attribute) -> False past "
-     "the slot's bound"},
+     "add_peer(slot, relay_fd, peer, listen_fd, client, channel or 0 for Data indications) -> "
+     "False past the slot's bound"},
     {"remove_channel", (PyCFunction)remove_channel, METH_VARARGS, "remove_channel(slot, channel)"},
     {"remove_peer", (PyCFunction)remove_peer, METH_VARARGS, "remove_peer(slot, relay_fd, peer)"},
     {"remove_host", (PyCFunction)remove_host, METH_VARARGS,
@@ -1394,7 +1512,7 @@ static PyTypeObject ForwarderType = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "txturn.fastpath._forwarder",
-    .m_doc = "The compiled fast path of the UDP relay (see txturn.fastpath.forwarding).",
+    .m_doc = "The compiled fast path of the UDP relay, IPv4 and IPv6 (see txturn.fastpath.forwarding).",
     .m_size = -1,
 };
 

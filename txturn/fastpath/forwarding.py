@@ -23,7 +23,8 @@ traffic stays on the Python path, which bounds its own state); removing
 entries walks only the allocation's own, and the table gives memory back
 as it empties.
 
-Only IPv4 UDP is forwarded: stream and DTLS clients, IPv6 sockets and
+UDP is forwarded over IPv4 and IPv6, in every mix of client and relay
+families: stream and DTLS clients, scoped (link-local) IPv6 addresses and
 allocations with a bandwidth limit stay on the Python path.
 """
 
@@ -40,7 +41,6 @@ from zope.interface import implementer
 from txturn.core.forwarding import NO_FORWARDING, Counters, IForwarding
 from txturn.core.interfaces import Address, IClientChannel, IRelay
 from txturn.util.log_level import logger
-from txturn.wire.stun import xor_peer_attribute
 
 #: Batches of datagrams one read of a socket may take, before the reactor
 #: serves the other sockets (C{udp.Port} reads 256 KiB per call).
@@ -73,11 +73,20 @@ def compiled_module() -> ModuleType | None:
 
 def _handle(channel_or_relay: IClientChannel | IRelay) -> int | None:
     """
-    The descriptor of a pumped IPv4 socket, or C{None}: the
+    The descriptor of a pumped socket, or C{None}: the
     C{forwarding_handle} that L{IClientChannel} and L{IRelay} declare.
     """
     handle = channel_or_relay.forwarding_handle
     return handle if isinstance(handle, int) else None
+
+
+def _plain(*addresses: Address) -> bool:
+    """
+    Whether no address is scoped (C{fe80::1%eth0}): the compiled table
+    keeps addresses without an interface, so those stay on the Python
+    path.
+    """
+    return all("%" not in address[0] for address in addresses)
 
 
 @implementer(IForwarding)
@@ -95,7 +104,7 @@ class Forwarding:
 
     def open(self, client: Any, client_address: Address, txid_prefix: bytes) -> int | None:
         fd = _handle(client)
-        if fd is None or ":" in client_address[0]:
+        if fd is None or not _plain(client_address):
             return None
         slot: int = self.forwarder.add_allocation(fd, client_address[:2], txid_prefix)
         return slot
@@ -110,7 +119,7 @@ class Forwarding:
 
     def channel_bound(self, slot: int, channel: int, relay: Any, peer: Address) -> None:
         fd = _handle(relay)
-        if fd is not None:
+        if fd is not None and _plain(peer):
             self.forwarder.add_channel(slot, channel, fd, peer[:2])
             # Its Data indication entry, if any, is now wrong: the next
             # datagram from the peer takes the Python path and is learned
@@ -120,7 +129,7 @@ class Forwarding:
     def channel_expired(self, slot: int, channel: int, relay: Any, peer: Address) -> None:
         self.forwarder.remove_channel(slot, channel)
         fd = _handle(relay)
-        if fd is not None:
+        if fd is not None and _plain(peer):
             self.forwarder.remove_peer(slot, fd, peer[:2])
 
     def peer_seen(
@@ -133,20 +142,17 @@ class Forwarding:
         channel: int,
     ) -> None:
         fd, client_fd = _handle(relay), _handle(client)
-        if fd is None or client_fd is None:
+        if fd is None or client_fd is None or not _plain(peer, client_address):
             return
-        attribute = b"" if channel else xor_peer_attribute(peer, b"")
-        self.forwarder.add_peer(
-            slot, fd, peer[:2], client_fd, client_address[:2], channel, attribute
-        )
+        self.forwarder.add_peer(slot, fd, peer[:2], client_fd, client_address[:2], channel)
 
     def send_seen(self, slot: int, relay: Any, peer: Address) -> None:
         fd = _handle(relay)
-        if fd is not None:
+        if fd is not None and _plain(peer):
             self.forwarder.add_send(slot, fd, peer[:2])
 
     def permission_expired(self, slot: int, host: str) -> None:
-        if ":" not in host:
+        if _plain((host, 0)):
             self.forwarder.remove_host(slot, host)
 
     def relay_closed(self, slot: int, relay: Any) -> None:
@@ -208,16 +214,16 @@ class PumpedPort(udp.Port):
 
     def forwarding_handle(self) -> int | None:
         """
-        The descriptor the entries name, when this port is pumped (IPv4).
+        The descriptor the entries name, when this port is pumped.
         """
-        if self.forwarding is None or self.addressFamily != 2 or not self.connected:
+        if self.forwarding is None or not self.connected:
             return None
         fileno: int = self.socket.fileno()
         return fileno
 
     def doRead(self) -> None:
         pump = self._pump
-        if pump is None or self.addressFamily != 2:
+        if pump is None:
             super().doRead()  # type: ignore[no-untyped-call]
             return
         try:

@@ -166,7 +166,7 @@ class FakeRelayAllocator:
         while self._next in self._ports_in_use:
             self._next = self._next + 1 if self._next < 65535 else self._first
         relay = FakeRelay((self.hosts[family], self._next), self)
-        if self.handles and family == FAMILY_IPV4:
+        if self.handles:
             relay.forwarding_handle = 1000 + self._next
         self._next = self._next + 1 if self._next < 65535 else self._first
         self.open_relays.add(relay)

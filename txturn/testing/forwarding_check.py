@@ -8,13 +8,16 @@ L{fuzz_forwarding} drives them with the mutation engine of
 L{txturn.testing.fuzzing}: whatever the input, the fast path must send exactly
 what the Python path sends (Data indications differ only in their
 transaction ids), so it can never relay a packet the Python path would
-have dropped.  The test suite runs it bounded; C{bench/fuzz.py} runs a
-million inputs.
+have dropped.  It does so in each L{Topology}: IPv4 throughout, IPv6
+throughout, both cross-family cases, and an IPv4 client seen through a
+dual-stack socket.  The test suite runs it bounded; C{bench/fuzz.py}
+runs a million inputs.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -32,7 +35,15 @@ from txturn.testing import (
     documentation_peers,
 )
 from txturn.testing.fuzzing import logged_failures, mutate, mutate_signed, seeds
-from txturn.wire.stun import Attr, Class, Method, decode, encode_channel_data
+from txturn.wire.stun import (
+    FAMILY_IPV4,
+    FAMILY_IPV6,
+    Attr,
+    Class,
+    Method,
+    decode,
+    encode_channel_data,
+)
 
 REALM = "twins"
 CLIENT: Address = ("198.51.100.1", 1000)
@@ -47,14 +58,55 @@ CHANNEL = 0x4001
 Sent = tuple[str, bytes, Address]
 
 
+@dataclass(frozen=True)
+class Topology:
+    """
+    The addresses of one run of the twins: the client's, the peers' (one
+    with a channel, one with only a permission, one with neither) and the
+    relay's, whose family the allocation requests.
+    """
+
+    name: str
+    client: Address
+    channel_peer: Address
+    permitted_peer: Address
+    stranger: Address
+    relay_host: str
+
+    @property
+    def relay_family(self) -> int:
+        return FAMILY_IPV6 if ":" in self.relay_host else FAMILY_IPV4
+
+
+_V6_PEERS = (("2001:db8:1::1", 9), ("2001:db8:1::2", 5000), ("2001:db8:1::3", 6000))
+_V4_PEERS = (CHANNEL_PEER, PERMITTED_PEER, STRANGER)
+_V6_CLIENT: Address = ("2001:db8:c::1", 1000)
+
+#: Every mix of families the fast path forwards.
+TOPOLOGIES = {
+    t.name: t
+    for t in (
+        Topology("ipv4", CLIENT, *_V4_PEERS, "192.0.2.1"),
+        Topology("ipv6", _V6_CLIENT, *_V6_PEERS, "2001:db8:f::1"),
+        Topology("ipv4-client-ipv6-relay", CLIENT, *_V6_PEERS, "2001:db8:f::1"),
+        Topology("ipv6-client-ipv4-relay", _V6_CLIENT, *_V4_PEERS, "192.0.2.1"),
+        # An IPv4 client as a dual-stack listening socket spells it.
+        Topology("ipv4-mapped-client", ("::ffff:198.51.100.1", 1000), *_V4_PEERS, "192.0.2.1"),
+    )
+}
+
+
 class _Core:
     """
     One core with its recording channel and fake relays.
     """
 
-    def __init__(self, clock: FastClock, nonces: NonceManager, forwarding: IForwarding) -> None:
+    def __init__(
+        self, clock: FastClock, nonces: NonceManager, forwarding: IForwarding, relay_host: str
+    ) -> None:
         fast = forwarding is not NO_FORWARDING
-        self.relays = FakeRelayAllocator(capacity=64, handles=fast)
+        family = FAMILY_IPV6 if ":" in relay_host else FAMILY_IPV4
+        self.relays = FakeRelayAllocator({family: relay_host}, capacity=64, handles=fast)
         self.server = TurnServer(
             clock,
             StaticCredentials(REALM, {"u": "p"}),
@@ -89,11 +141,24 @@ class _Core:
 def _masked(data: bytes) -> bytes:
     """
     A Data indication without its transaction id, which each path draws
-    on its own.
+    on its own: zeroed, and an IPv6 XOR-PEER-ADDRESS (XORed with it)
+    un-XORed first.
     """
-    if data[:2] == b"\x00\x17" and len(data) >= 20:
-        return data[:8] + bytes(12) + data[20:]
-    return data
+    if data[:2] != b"\x00\x17" or len(data) < 20:
+        return data
+    out = bytearray(data)
+    offset = 20
+    while offset + 4 <= len(out):
+        kind, size = (
+            int.from_bytes(out[offset : offset + 2]),
+            int.from_bytes(out[offset + 2 : offset + 4]),
+        )
+        if kind == Attr.XOR_PEER_ADDRESS and size == 20 and offset + 24 <= len(out):
+            for i in range(16):
+                out[offset + 8 + i] ^= data[4 + i]
+        offset += 4 + size + (-size % 4)
+    out[8:20] = bytes(12)
+    return bytes(out)
 
 
 class TwinServers:
@@ -103,39 +168,47 @@ class TwinServers:
     @ivar forwarded: datagrams the fast path sent itself.
     """
 
-    def __init__(self, clock: FastClock, module: ModuleType) -> None:
+    def __init__(
+        self, clock: FastClock, module: ModuleType, topology: Topology = TOPOLOGIES["ipv4"]
+    ) -> None:
         self.clock = clock
+        self.topology = topology
         self.nonces = NonceManager(secret=b"twins" * 7)
         self.forwarding = Forwarding(module)
-        self.fast = _Core(clock, self.nonces, self.forwarding)
-        self.slow = _Core(clock, self.nonces, NO_FORWARDING)
+        self.fast = _Core(clock, self.nonces, self.forwarding, topology.relay_host)
+        self.slow = _Core(clock, self.nonces, NO_FORWARDING, topology.relay_host)
         self.client = StunClient("u", "p")
         self.client.realm = REALM
         self.forwarded = 0
 
     def renew_nonce(self) -> None:
-        self.client.nonce = self.nonces.issue(CLIENT[0], self.clock.seconds())
+        self.client.nonce = self.nonces.issue(self.topology.client[0], self.clock.seconds())
 
     def set_up(self) -> None:
         """
-        An allocation with a channel to L{CHANNEL_PEER} and a permission
-        for L{PERMITTED_PEER}, in both cores.
+        An allocation (of the topology's relay family) with a channel to
+        its channel peer and a permission for its permitted peer, in both
+        cores.
         """
         self.renew_nonce()
+        t = self.topology
+        allocate: list[tuple[int, Any]] = [(Attr.REQUESTED_TRANSPORT, 17), (Attr.LIFETIME, 3600)]
+        if t.relay_family == FAMILY_IPV6:
+            allocate.append((Attr.REQUESTED_ADDRESS_FAMILY, 2))
         requests: list[tuple[int, list[tuple[int, Any]]]] = [
             # An hour: the channel's 600 s end before the allocation's.
-            (Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17), (Attr.LIFETIME, 3600)]),
+            (Method.ALLOCATE, allocate),
             (
                 Method.CHANNEL_BIND,
-                [(Attr.CHANNEL_NUMBER, CHANNEL), (Attr.XOR_PEER_ADDRESS, CHANNEL_PEER)],
+                [(Attr.CHANNEL_NUMBER, CHANNEL), (Attr.XOR_PEER_ADDRESS, t.channel_peer)],
             ),
-            (Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, PERMITTED_PEER)]),
+            (Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, t.permitted_peer)]),
         ]
         for method, attributes in requests:
             self.from_client(self.client.request(method, attributes))
 
     def relay_address(self) -> Address | None:
-        allocation = self.slow.server.state.table.get(self.slow.channel, CLIENT)
+        allocation = self.slow.server.state.table.get(self.slow.channel, self.topology.client)
         if allocation is None or not allocation.relays:
             return None
         address: Address = next(iter(allocation.relays.values())).address
@@ -145,12 +218,13 @@ class TwinServers:
         """
         C{data} from the client to both cores; what each sent.
         """
-        decided = self.forwarding.forwarder.decide(LISTENER, False, data, CLIENT)
+        client = self.topology.client
+        decided = self.forwarding.forwarder.decide(LISTENER, False, data, client)
         if decided is None:
-            self.fast.server.datagram_received(self.fast.channel, data, CLIENT)
+            self.fast.server.datagram_received(self.fast.channel, data, client)
         else:
             self._record(decided)
-        self.slow.server.datagram_received(self.slow.channel, data, CLIENT)
+        self.slow.server.datagram_received(self.slow.channel, data, client)
         return self.fast.take_sent(), self.slow.take_sent()
 
     def from_peer(
@@ -197,8 +271,9 @@ def client_corpus(twins: TwinServers) -> list[bytes]:
         out.append(encode_channel_data(0x4002, b"x" * size))
     # Ports past the fast path's 64 entries per allocation: past the
     # bound, the Python path must relay exactly the same.
-    many = [(PERMITTED_PEER[0], port) for port in range(20_000, 20_100)]
-    for peer in (CHANNEL_PEER, PERMITTED_PEER, STRANGER, *many):
+    t = twins.topology
+    many = [(t.permitted_peer[0], port) for port in range(20_000, 20_100)]
+    for peer in (t.channel_peer, t.permitted_peer, t.stranger, *many):
         for fingerprint in (False, True):
             client.fingerprint = fingerprint
             out.append(
@@ -210,20 +285,22 @@ def client_corpus(twins: TwinServers) -> list[bytes]:
                 )
             )
     client.fingerprint = True
-    out += send_shapes(client)
+    out += send_shapes(client, t.permitted_peer)
     return out
 
 
-def send_shapes(client: StunClient) -> list[bytes]:
+def send_shapes(client: StunClient, permitted: Address = PERMITTED_PEER) -> list[bytes]:
     """
-    Send indications as real stacks write them, which the fast path takes
-    too: DATA before XOR-PEER-ADDRESS (coturn's turnutils_uclient -s),
-    DONT-FRAGMENT and SOFTWARE anywhere, FINGERPRINT or not; and shapes it
-    must leave to the Python path: a duplicate attribute, an IPv6 peer,
+    Send indications to C{permitted} as real stacks write them, which the
+    fast path takes too: DATA before XOR-PEER-ADDRESS (coturn's
+    turnutils_uclient -s), DONT-FRAGMENT and SOFTWARE anywhere, FINGERPRINT
+    or not; and shapes it must leave to the Python path: a duplicate
+    attribute, a peer of the other family (no relay of that family),
     attributes it does not know (comprehension-required, which the Python
     path drops, and optional, which it ignores).
     """
-    peer = (Attr.XOR_PEER_ADDRESS, PERMITTED_PEER)
+    peer = (Attr.XOR_PEER_ADDRESS, permitted)
+    other = ("203.0.113.2", 7000) if ":" in permitted[0] else ("2001:db8::1", 7000)
     data = (Attr.DATA, b"real client" * 2)
     dont_fragment = (Attr.DONT_FRAGMENT, True)
     software = (Attr.SOFTWARE, "libjuice 1.5")
@@ -234,7 +311,7 @@ def send_shapes(client: StunClient) -> list[bytes]:
         [software, peer, data],
         [data, peer, data],
         [peer, peer, data],
-        [(Attr.XOR_PEER_ADDRESS, ("2001:db8::1", 7000)), data],
+        [(Attr.XOR_PEER_ADDRESS, other), data],
         [peer, data, (0x0024, b"\x00\x00\x00\x01")],
         [(0x8055, b"opt"), peer, data],
         [peer, (Attr.DATA, b"")],
@@ -250,12 +327,15 @@ def send_shapes(client: StunClient) -> list[bytes]:
     return out
 
 
-def fuzz_forwarding(iterations: int, seed: int, module: ModuleType) -> dict[str, Any]:
+def fuzz_forwarding(
+    iterations: int, seed: int, module: ModuleType, topology: str = "ipv4"
+) -> dict[str, Any]:
     """
     Feed C{iterations} inputs, alternately mutated client datagrams and
     peer datagrams of random sizes from random peers, to a fast and a
-    pure Python core; the clock runs 10 s per 1,000 inputs, so
-    permissions and channels expire and are bound again.
+    pure Python core, with the addresses of L{TOPOLOGIES}[C{topology}];
+    the clock runs 10 s per 1,000 inputs, so permissions and channels
+    expire and are bound again.
 
     Returns the inputs on which the two sent different things, what
     escaped, what reached a last-resort handler, and how many datagrams
@@ -263,12 +343,13 @@ def fuzz_forwarding(iterations: int, seed: int, module: ModuleType) -> dict[str,
     """
     rng = random.Random(seed)
     clock = FastClock()
-    twins = TwinServers(clock, module)
+    twins = TwinServers(clock, module, TOPOLOGIES[topology])
     twins.set_up()
     corpus = client_corpus(twins)
-    peers = [CHANNEL_PEER, PERMITTED_PEER, STRANGER, (CHANNEL_PEER[0], 9999)]
+    t = twins.topology
+    peers = [t.channel_peer, t.permitted_peer, t.stranger, (t.channel_peer[0], 9999)]
     # Peer ports past the fast path's 64 entries per allocation.
-    peers += [(PERMITTED_PEER[0], port) for port in range(30_000, 30_100)]
+    peers += [(t.permitted_peer[0], port) for port in range(30_000, 30_100)]
     mismatches: list[tuple[bytes, list[Sent], list[Sent]]] = []
     escaped: list[str] = []
     set_ups = 0
