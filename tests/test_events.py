@@ -286,3 +286,24 @@ class EventLogTests(SynchronousTestCase):
                 "Authentication failed for user 'mallory' from 198.51.100.1:7: unknown user",
             ],
         )
+
+    def test_braces_stay_text(self) -> None:
+        """
+        A username holding format syntax is logged as written (the lines
+        are rendered before C{twisted.logger} sees them), and the event
+        still carries every value as a field.
+        """
+        logged: list[LogEvent] = []
+        observer = cast(ILogObserver, logged.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        name = "{user} {0} {relays!r:>9} }{"
+        EventLog().observe(AllocationCreated(7, name, PEER, "udp", (PEER,), 600.0))
+        [event] = [e for e in logged if e.get("allocation") == 7]
+        self.assertEqual(
+            formatEvent(event),
+            f"Allocated 203.0.113.5:5000 for {name} from 203.0.113.5:5000 over udp for 600s",
+        )
+        self.assertEqual(
+            (event["user"], event["client"], event["lifetime"]), (name, "203.0.113.5:5000", 600.0)
+        )

@@ -35,30 +35,39 @@ class EventLog:
 
     def observe(self, event: object) -> None:
         if isinstance(event, AllocationCreated):
+            relays = ", ".join(host_port(r) for r in event.relays)
+            client = host_port(event.client)
             self.log.info(
-                "Allocated {relays} for {user} from {client} over {transport} for {lifetime:.0f}s",
+                _literal(
+                    f"Allocated {relays} for {event.username} from {client} over "
+                    f"{event.transport} for {event.lifetime:.0f}s"
+                ),
                 allocation=event.allocation,
-                relays=", ".join(host_port(r) for r in event.relays),
+                relays=relays,
                 user=event.username,
-                client=host_port(event.client),
+                client=client,
                 transport=event.transport,
                 lifetime=event.lifetime,
             )
         elif isinstance(event, AllocationDeleted):
+            client = host_port(event.client)
+            up, down = event.to_peers, event.to_client
             self.log.info(
-                "Allocation {allocation} of {user} from {client} deleted ({reason}) after "
-                "{duration:.0f}s: {to_peers_packets} packets, {to_peers_bytes} bytes to peers; "
-                "{to_client_packets} packets, {to_client_bytes} bytes to the client{drops}",
+                _literal(
+                    f"Allocation {event.allocation} of {event.username} from {client} deleted "
+                    f"({event.reason}) after {event.duration:.0f}s: {up.packets} packets, "
+                    f"{up.bytes} bytes to peers; {down.packets} packets, {down.bytes} bytes "
+                    f"to the client{_drops(event.dropped)}"
+                ),
                 allocation=event.allocation,
                 user=event.username,
-                client=host_port(event.client),
+                client=client,
                 reason=event.reason,
                 duration=event.duration,
-                to_peers_packets=event.to_peers.packets,
-                to_peers_bytes=event.to_peers.bytes,
-                to_client_packets=event.to_client.packets,
-                to_client_bytes=event.to_client.bytes,
-                drops=_drops(event.dropped),
+                to_peers_packets=up.packets,
+                to_peers_bytes=up.bytes,
+                to_client_packets=down.packets,
+                to_client_bytes=down.bytes,
                 dropped=dict(event.dropped),
             )
         elif isinstance(event, AllocationRefreshed):
@@ -83,6 +92,18 @@ class EventLog:
                 client=host_port(event.client),
                 reason=event.reason,
             )
+
+
+def _literal(text: str) -> str:
+    """
+    C{text} as a format string that renders as itself: the two lines
+    logged per allocation are rendered here with f-strings, which costs a
+    fraction of C{twisted.logger}'s field-by-field formatting (a third of
+    the server's CPU on a burst of Allocates); the values are fields of
+    the event all the same, for JSON.  Braces (a username may hold them)
+    are doubled.
+    """
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _drops(dropped: Mapping[str, int]) -> str:
