@@ -28,7 +28,7 @@ from txturn.core.events import AllocationDeleted
 from txturn.core.forwarding import NO_FORWARDING
 from txturn.core.peer_policy import PeerPolicy
 from txturn.fastpath import forwarding
-from txturn.testing import FastClock
+from txturn.testing import FastClock, StunClient
 from txturn.testing.forwarding_check import (
     CHANNEL,
     CHANNEL_PEER,
@@ -485,6 +485,72 @@ def pump_through_sockets(
     return "ok"
 
 
+def stream_through_sockets(module: Any) -> str:
+    """
+    A stream client's frames through C{forward_frames} and a real relay
+    socket, and a peer's datagrams back through C{pump} to the client's
+    writer: whole ChannelData (padded) and Send frames at the head are
+    forwarded in order, the first frame that is not (a request, a partial
+    frame) stops it; what peers send is framed, padded and joined into
+    one write per read.  Returns C{"ok"} (the sanitizer run calls it too).
+    """
+    import socket
+
+    def udp() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        return sock
+
+    relay, peer = udp(), udp()
+    try:
+        forwarder = module.Forwarder(os.urandom(16))
+        written: list[tuple[bytes, int]] = []
+        key, client = -5, ("198.51.100.1", 1000)
+        slot = forwarder.add_allocation(
+            key, client, b"p" * 8, lambda data, frames: written.append((data, frames))
+        )
+        peer_address = peer.getsockname()
+        forwarder.add_channel(slot, 0x4000, relay.fileno(), peer_address)
+        forwarder.add_send(slot, relay.fileno(), peer_address)
+        frames = [encode_channel_data(0x4000, b"x" * n, pad=True) for n in (1, 2, 3, 4, 5)]
+        stun = StunClient("u", "p")
+        send = stun.request(
+            Method.SEND,
+            [(Attr.DATA, b"by send"), (Attr.XOR_PEER_ADDRESS, peer_address)],
+            authenticate=False,
+            cls=Class.INDICATION,
+        )
+        request = stun.request(Method.REFRESH, [], authenticate=False)
+        head = b"".join(frames) + send
+        buffer = bytearray(head + request + frames[0])
+        assert forwarder.forward_frames(key, client, buffer) == (len(head), 6)
+        # From the request on, Python frames; a partial frame stops it too.
+        assert forwarder.forward_frames(key, client, buffer[len(head) + len(request) :]) == (
+            len(frames[0]),
+            1,
+        )
+        assert forwarder.forward_frames(key, client, frames[1][:-1]) == (0, 0)
+        # Not this client: nothing.
+        assert forwarder.forward_frames(key, ("198.51.100.1", 1001), head) == (0, 0)
+        got = [peer.recv(100) for _ in range(7)]
+        assert got == [b"x" * n for n in (1, 2, 3, 4, 5)] + [b"by send", b"x"], got
+        forwarder.add_peer(slot, relay.fileno(), peer_address, key, client, 0x4000)
+        for n in (1, 2, 3):
+            peer.sendto(b"y" * n, relay.getsockname())
+        while forwarder.pump(relay.fileno(), True, lambda d, a: None, 8):
+            pass
+        joined = b"".join(encode_channel_data(0x4000, b"y" * n, pad=True) for n in (1, 2, 3))
+        assert written == [(joined, 3)], written
+        assert forwarder.take_counters(slot) == (7, 23, 3, 6), forwarder.take_counters(slot)
+        forwarder.remove_allocation(slot)
+        assert forwarder.forward_frames(key, client, head) == (0, 0)
+    finally:
+        relay.close()
+        peer.close()
+    return "ok"
+
+
 SANITIZED = """
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("txturn.fastpath._forwarder", sys.argv[1])
@@ -492,7 +558,7 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 sys.modules["txturn.fastpath._forwarder"] = module
 from txturn.testing.forwarding_check import fuzz_forwarding
-from tests.test_forwarding import churn_table, pump_through_sockets
+from tests.test_forwarding import churn_table, pump_through_sockets, stream_through_sockets
 from txturn.testing.forwarding_check import TOPOLOGIES
 for name in TOPOLOGIES:
     result = fuzz_forwarding(int(sys.argv[2]), seed=7, module=module, topology=name)
@@ -500,6 +566,7 @@ for name in TOPOLOGIES:
 for client_host in ("127.0.0.1", "::1"):
     for relay_host in ("127.0.0.1", "::1"):
         assert pump_through_sockets(module, client_host, relay_host) == "ok"
+assert stream_through_sockets(module) == "ok"
 grown, shrunk, first = churn_table(module)
 assert shrunk == first < grown, (grown, shrunk, first)
 print("forwarded", result["forwarded"])
@@ -517,6 +584,14 @@ class PumpTests(SynchronousTestCase):
         handed up, counters kept, a send failure counted.
         """
         self.assertEqual(pump_through_sockets(compiled()), "ok")
+
+    def test_stream(self) -> None:
+        """
+        L{stream_through_sockets}: a TCP or TLS client's frames forwarded
+        from its connection's buffer, and peers' datagrams framed for its
+        writer.
+        """
+        self.assertEqual(stream_through_sockets(compiled()), "ok")
 
     def test_pump_ipv6(self) -> None:
         """

@@ -10,7 +10,7 @@ from typing import Any, Callable, cast
 
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.protocol import ClientCreator, DatagramProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -25,6 +25,7 @@ from txturn.core.server import ServerConfig
 from txturn.fastpath import forwarding
 from txturn.testing import StunClient, needs_ipv6
 from txturn.transports.udp_relay import UdpRelayAllocator
+from txturn.wire.framing import StreamFramer
 from txturn.wire.stun import Attr, Class, Message, Method, decode, encode, encode_channel_data
 
 REALM = "test"
@@ -89,42 +90,80 @@ def make_service(port: int = 0, **kwargs: Any) -> TurnService:
 
 
 @defer.inlineCallbacks
-def in_order(send: Callable[[bytes], object], frames: list[bytes], collector: Collector) -> Any:
+def in_order(
+    send: Callable[[bytes], object],
+    frames: list[bytes],
+    receive: Callable[[], defer.Deferred[tuple[bytes, Any]]],
+) -> Any:
     """
-    Send C{frames}, and return as many datagrams as C{collector} gets.
+    Send C{frames}, and return as many datagrams as C{receive} gets.
     """
     for frame in frames:
         send(frame)
     got = []
     for _ in frames:
-        data, _ = yield collector.next()
+        data, _ = yield receive()
         got.append(data)
     return got
 
 
+class StreamCollector(Protocol):
+    """
+    A TCP client's side: frames what arrives, as L{Collector} does
+    datagrams.
+    """
+
+    def __init__(self) -> None:
+        self.framer = StreamFramer()
+        self.datagrams = Collector()
+
+    def dataReceived(self, data: bytes) -> None:
+        for frame in self.framer.feed(data):
+            self.datagrams.datagramReceived(frame, None)
+
+
 @defer.inlineCallbacks
-def carry(test: TestCase, service: TurnService, client_host: str, peer_host: str) -> Any:
+def client_side(test: TestCase, service: TurnService, host: str, transport: str) -> Any:
+    """
+    (send a frame, the next frame received) for a client of C{service} on
+    C{host} over C{transport} (C{"udp"} or C{"tcp"}).
+    """
+    port = service.port_of(transport, host)
+    if transport == "udp":
+        collector = Collector()
+        listening = reactor.listenUDP(0, collector, interface=host)
+        test.addCleanup(listening.stopListening)
+        return (lambda frame: listening.write(frame, (host, port))), collector.next
+    stream = yield ClientCreator(reactor, StreamCollector).connectTCP(host, port)
+    test.addCleanup(stream.transport.loseConnection)
+    return stream.transport.write, stream.datagrams.next
+
+
+@defer.inlineCallbacks
+def carry(
+    test: TestCase, service: TurnService, client_host: str, peer_host: str, transport: str = "udp"
+) -> Any:
     """
     50 Send indications, Data indications and ChannelData each way between
-    a client on C{client_host} and a peer on C{peer_host}, through
-    C{service}: all arrive in order, the Python path relays only the
-    first of each kind when the fast path is built, and the fast path's
-    counts reach the allocation.
+    a client on C{client_host} over C{transport} and a peer on
+    C{peer_host}, through C{service}: all arrive in order (ChannelData
+    padded on a stream), the Python path relays only the first of each
+    kind when the fast path is built, and the fast path's counts reach
+    the allocation.
     """
     fast = service.forwarding is not NO_FORWARDING
-    client_proto, peer_proto = Collector(), Collector()
-    client_port = reactor.listenUDP(0, client_proto, interface=client_host)
+    pad = transport != "udp"
+    up, receive = yield client_side(test, service, client_host, transport)
+    peer_proto = Collector()
     peer_port = reactor.listenUDP(0, peer_proto, interface=peer_host)
-    test.addCleanup(client_port.stopListening)
     test.addCleanup(peer_port.stopListening)
-    server_address = (client_host, service.port_of("udp", client_host))
     client = StunClient("alice", "secret")
 
     @defer.inlineCallbacks
     def request(method: int, attrs: list[tuple[int, Any]]) -> Any:
         for _ in range(2):
-            client_port.write(client.request(method, attrs), server_address)
-            data, _ = yield client_proto.next()
+            up(client.request(method, attrs))
+            data, _ = yield receive()
             response = client.learn(data)
             if not client.challenged(response):
                 break
@@ -141,9 +180,6 @@ def carry(test: TestCase, service: TurnService, client_host: str, peer_host: str
     [allocation] = service.server.allocations.values()
     count = 50
 
-    def up(frame: bytes) -> None:
-        client_port.write(frame, server_address)
-
     def down(data: bytes) -> None:
         peer_port.write(data, relayed)
 
@@ -151,9 +187,9 @@ def carry(test: TestCase, service: TurnService, client_host: str, peer_host: str
     for i in range(count):
         send = Message(Method.SEND, Class.INDICATION, b"s" * 12)
         sends.append(encode(send.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, b"send %d" % i)))
-    got = yield in_order(up, sends, peer_proto)
+    got = yield in_order(up, sends, peer_proto.next)
     test.assertEqual(got, [b"send %d" % i for i in range(count)])
-    got = yield in_order(down, [b"data %d" % i for i in range(count)], client_proto)
+    got = yield in_order(down, [b"data %d" % i for i in range(count)], receive)
     indications = [decode(data) for data in got]
     test.assertEqual(
         [(m.get(Attr.XOR_PEER_ADDRESS), m.get(Attr.DATA)) for m in indications],
@@ -162,11 +198,11 @@ def carry(test: TestCase, service: TurnService, client_host: str, peer_host: str
     yield request(
         Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, peer)]
     )
-    frames = [encode_channel_data(0x4000, b"up %d" % i) for i in range(count)]
-    got = yield in_order(up, frames, peer_proto)
+    frames = [encode_channel_data(0x4000, b"up %d" % i, pad) for i in range(count)]
+    got = yield in_order(up, frames, peer_proto.next)
     test.assertEqual(got, [b"up %d" % i for i in range(count)])
-    got = yield in_order(down, [b"down %d" % i for i in range(count)], client_proto)
-    test.assertEqual(got, [encode_channel_data(0x4000, b"down %d" % i) for i in range(count)])
+    got = yield in_order(down, [b"down %d" % i for i in range(count)], receive)
+    test.assertEqual(got, [encode_channel_data(0x4000, b"down %d" % i, pad) for i in range(count)])
     # The Python path's own counts: the first of each kind when fast.
     python = (allocation.to_peers_packets, allocation.to_client_packets)
     test.assertEqual(python, (1, 2) if fast else (2 * count, 2 * count))
@@ -215,6 +251,21 @@ class FamiliesTests(TestCase):
         An IPv6 client with an IPv4 relay (the default family).
         """
         return carry(self, self.service, "::1", "127.0.0.1")
+
+    def test_tcp_client(self) -> Any:
+        """
+        A TCP client: its connection frames, the fast path forwards whole
+        frames from its buffer and frames peers' datagrams (padded) for its
+        transport to write.
+        """
+        return carry(self, self.service, "127.0.0.1", "127.0.0.1", "tcp")
+
+    @needs_ipv6
+    def test_tcp_client_ipv6(self) -> Any:
+        """
+        The same over IPv6.
+        """
+        return carry(self, self.service, "::1", "::1", "tcp")
 
 
 class ServiceTests(TestCase):

@@ -226,7 +226,9 @@ class Listeners:
             self.dtls_listeners.append(listener)
             return listener
         handoff = self._shard.handoff if self._shard is not None else None
-        factory = TurnStreamFactory(server, name, self._max_tcp_buffer, self._guard, handoff)
+        factory = TurnStreamFactory(
+            server, name, self._max_tcp_buffer, self._guard, handoff, self._forwarding
+        )
         self._stream_factories.append(factory)
         if name == "tcp":
             self.tcp_factory = AdmissionFactory(self._guard, factory)

@@ -18,6 +18,14 @@
  *   PEER     (relay fd, peer address)        -> slot, channel number or 0
  *                                               for a Data indication
  *
+ * Stream clients (TCP and TLS) have a slot too, keyed by a stream key
+ * (a negative number the Python side draws) in place of a listening fd:
+ * forward_frames() forwards the whole ChannelData and Send frames at the
+ * head of what the connection read, and datagrams from peers to such a
+ * client are framed here (ChannelData padded to 4 bytes, RFC 8656
+ * section 12.5) and handed, joined per read, to the slot's writer: the
+ * connection's own transport, which stays the only writer of its socket.
+ *
  * Every length read from a datagram is checked against the bytes that
  * arrived before it is used; see decide_client() and decide_peer().
  */
@@ -109,6 +117,8 @@ typedef struct {
     int32_t counts[KINDS];  /* its nodes of each kind */
     uint8_t txid_prefix[8];
     unsigned long long counters[4];  /* to peers: packets, bytes; to the client: packets, bytes */
+    /* A stream client's writer(data, frames), or NULL (a datagram client). */
+    PyObject *writer;
 } slot_t;
 
 typedef union {
@@ -164,6 +174,11 @@ typedef struct {
     } gcontrol[BATCH];
     int gfirst[BATCH];
     int gcount[BATCH];
+    /* Frames for one stream client, joined until a flush. */
+    unsigned char *stream_buffer;
+    size_t stream_length, stream_capacity;
+    int32_t stream_slot;
+    int stream_frames;
 } Forwarder;
 
 /* -- SipHash-1-3, keyed per forwarder: peers choose their addresses -- */
@@ -262,6 +277,7 @@ grow_nodes(Forwarder *self)
 }
 
 static void drop_node(Forwarder *self, int32_t i);
+static void stream_flush(Forwarder *self);
 
 /* Insert or overwrite the node for key, owned by slot owner. */
 static node_t *
@@ -519,10 +535,17 @@ static PyObject *
 add_allocation(Forwarder *self, PyObject *args)
 {
     int fd;
-    PyObject *client;
+    PyObject *client, *writer = NULL;
     Py_buffer prefix;
-    if (!PyArg_ParseTuple(args, "iOy*", &fd, &client, &prefix))
+    if (!PyArg_ParseTuple(args, "iOy*|O", &fd, &client, &prefix, &writer))
         return NULL;
+    if (writer == Py_None)
+        writer = NULL;
+    if (writer != NULL && !PyCallable_Check(writer)) {
+        PyBuffer_Release(&prefix);
+        PyErr_SetString(PyExc_TypeError, "a stream client's writer is callable");
+        return NULL;
+    }
     endpoint_t at;
     if (prefix.len != 8) {
         PyBuffer_Release(&prefix);
@@ -574,6 +597,8 @@ add_allocation(Forwarder *self, PyObject *args)
         s->in_use = 0;
         return NULL;
     }
+    Py_XINCREF(writer);
+    s->writer = writer;
     self->free_slot_hint = (slot + 1) % self->slot_capacity;
     return PyLong_FromLong(slot);
 }
@@ -602,11 +627,13 @@ remove_allocation(Forwarder *self, PyObject *args)
     int slot;
     if (!PyArg_ParseTuple(args, "i", &slot) || check_slot(self, slot) < 0)
         return NULL;
+    stream_flush(self);
     slot_t *s = &self->slots[slot];
     while (s->owned >= 0)
         drop_node(self, s->owned);
     PyObject *out = counters_of(s);
     s->in_use = 0;
+    Py_CLEAR(s->writer);
     shrink(self);
     return out;
 }
@@ -813,7 +840,8 @@ crc32(const unsigned char *p, size_t n)
 
 /* A datagram's fate: where to send which bytes, or up to Python. */
 typedef struct {
-    int fd;                 /* -1: hand to Python */
+    int forwarded;          /* 0: hand to Python */
+    int fd;                 /* the socket to send on, or a stream key */
     endpoint_t to;
     int32_t slot;
     int to_client;
@@ -823,6 +851,7 @@ typedef struct {
     unsigned char header[HEADER_MAX];
     size_t header_length;
     size_t padding;
+    int stream;             /* to a stream client: through its writer */
 } decision_t;
 
 /* The attributes a Send indication may carry and still be forwarded here. */
@@ -941,6 +970,7 @@ static void
 forward(decision_t *out, int fd, const endpoint_t *to, int32_t slot, int to_client,
         const unsigned char *payload, size_t length)
 {
+    out->forwarded = 1;
     out->fd = fd;
     out->to = *to;
     out->slot = slot;
@@ -948,6 +978,7 @@ forward(decision_t *out, int fd, const endpoint_t *to, int32_t slot, int to_clie
     out->payload = payload;
     out->length = out->counted = length;
     out->header_length = out->padding = 0;
+    out->stream = 0;
 }
 
 /*
@@ -958,7 +989,7 @@ static void
 decide_client(Forwarder *self, int fd, const unsigned char *data, size_t n,
               const endpoint_t *from, decision_t *out)
 {
-    out->fd = -1;
+    out->forwarded = out->stream = 0;
     if (n < 4)
         return;
     key_t_ key;
@@ -998,7 +1029,7 @@ static void
 decide_peer(Forwarder *self, int fd, const unsigned char *data, size_t n,
             const endpoint_t *from, decision_t *out)
 {
-    out->fd = -1;
+    out->forwarded = out->stream = 0;
     key_t_ key;
     make_key(&key, K_PEER, fd, -1, 0, from);
     int32_t i = find(self, &key);
@@ -1007,6 +1038,7 @@ decide_peer(Forwarder *self, int fd, const unsigned char *data, size_t n,
     const node_t *node = &self->nodes[i];
     unsigned char *h = out->header;
     size_t header_length, padding = 0;
+    int stream = self->slots[node->owner].writer != NULL;
     if (node->number) {
         if (n > 0xFFFF)
             return;
@@ -1015,6 +1047,8 @@ decide_peer(Forwarder *self, int fd, const unsigned char *data, size_t n,
         h[2] = (unsigned char)(n >> 8);
         h[3] = (unsigned char)n;
         header_length = 4;
+        if (stream)
+            padding = (4 - (n & 3)) & 3;
     } else {
         if (n > MAX_INDICATION_DATA)
             return;
@@ -1044,6 +1078,7 @@ decide_peer(Forwarder *self, int fd, const unsigned char *data, size_t n,
     forward(out, node->fd, &node->to, node->owner, 1, data, n);
     out->header_length = header_length;
     out->padding = padding;
+    out->stream = stream;
 }
 
 /* -- sending ---------------------------------------------------------------- */
@@ -1199,6 +1234,115 @@ queue(Forwarder *self, const decision_t *d)
     s->counters[d->to_client ? 3 : 1] += d->counted;
 }
 
+/* -- stream clients -------------------------------------------------------- */
+
+/* Hand the joined frames to their client's writer.  Called before anything
+ * else runs Python (a hand-up, a slot removed), at the end of each read,
+ * and before frames for another client are joined: so the writer sees
+ * them in order with what the Python path writes. */
+static void
+stream_flush(Forwarder *self)
+{
+    if (self->stream_length == 0)
+        return;
+    PyObject *writer = self->slots[self->stream_slot].writer;
+    size_t length = self->stream_length;
+    int frames = self->stream_frames;
+    self->stream_length = 0;
+    self->stream_frames = 0;
+    if (writer == NULL)
+        return;
+    Py_INCREF(writer);
+    PyObject *r = PyObject_CallFunction(writer, "y#i", (const char *)self->stream_buffer,
+                                        (Py_ssize_t)length, frames);
+    if (r == NULL)
+        PyErr_WriteUnraisable(writer);
+    Py_XDECREF(r);
+    Py_DECREF(writer);
+}
+
+/* Join a frame for a stream client (the writer gets them per read). */
+static int
+stream_queue(Forwarder *self, const decision_t *d)
+{
+    if (self->stream_length && self->stream_slot != d->slot)
+        stream_flush(self);
+    size_t size = d->header_length + d->length + d->padding;
+    if (self->stream_length + size > self->stream_capacity) {
+        size_t capacity = self->stream_capacity ? self->stream_capacity : 65536;
+        while (capacity < self->stream_length + size)
+            capacity *= 2;
+        unsigned char *buffer = PyMem_RawRealloc(self->stream_buffer, capacity);
+        if (buffer == NULL)
+            return -1;
+        self->stream_buffer = buffer;
+        self->stream_capacity = capacity;
+    }
+    unsigned char *p = self->stream_buffer + self->stream_length;
+    memcpy(p, d->header, d->header_length);
+    memcpy(p + d->header_length, d->payload, d->length);
+    memset(p + d->header_length + d->length, 0, d->padding);
+    self->stream_length += size;
+    self->stream_slot = d->slot;
+    self->stream_frames++;
+    slot_t *s = &self->slots[d->slot];
+    s->counters[2] += 1;
+    s->counters[3] += d->counted;
+    return 0;
+}
+
+/*
+ * forward_frames(key, (host, port), data) -> (bytes consumed, frames)
+ *
+ * What a stream client's connection read, from the start of a frame:
+ * forward the whole ChannelData frames (padded) and Send indications at
+ * its head that entries allow, as decide_client() would one by one, and
+ * stop at the first frame that is not whole or not forwarded here; the
+ * caller frames the rest in Python, from the offset returned.
+ */
+static PyObject *
+forward_frames(Forwarder *self, PyObject *args)
+{
+    int key_fd;
+    PyObject *client;
+    Py_buffer buffer;
+    endpoint_t from;
+    if (!PyArg_ParseTuple(args, "iOy*", &key_fd, &client, &buffer))
+        return NULL;
+    if (parse_address(client, &from) < 0) {
+        PyBuffer_Release(&buffer);
+        return NULL;
+    }
+    const unsigned char *data = buffer.buf;
+    size_t n = (size_t)buffer.len, offset = 0;
+    int frames = 0;
+    key_t_ key;
+    make_key(&key, K_CLIENT, key_fd, -1, 0, &from);
+    int32_t c = find(self, &key);
+    while (c >= 0 && n - offset >= 4) {
+        const unsigned char *frame = data + offset;
+        size_t length = be16(frame + 2), size;
+        if (frame[0] >= 0x40 && frame[0] <= 0x7F)
+            size = 4 + length + ((4 - (length & 3)) & 3);
+        else if (frame[0] < 0x40 && (length & 3) == 0)
+            size = 20 + length;
+        else
+            break;
+        if (size > n - offset)
+            break;
+        decision_t d;
+        decide_client(self, key_fd, frame, size, &from, &d);
+        if (!d.forwarded)
+            break;
+        queue(self, &d);
+        offset += size;
+        frames++;
+    }
+    flush(self);
+    PyBuffer_Release(&buffer);
+    return Py_BuildValue("(ni)", (Py_ssize_t)offset, frames);
+}
+
 /* -- pumping a socket ------------------------------------------------------- */
 
 /* (host, port) as Twisted's udp.Port hands it to its protocol: the host
@@ -1276,7 +1420,7 @@ pump(Forwarder *self, PyObject *args)
             const struct msghdr *h = &self->rmsgs[k].msg_hdr;
             endpoint_t from;
             decision_t d;
-            d.fd = -1;
+            d.forwarded = d.stream = 0;
             if (from_sockaddr(&self->rnames[k], h->msg_namelen, &from)
                 && !(h->msg_flags & MSG_TRUNC) && n <= BUFFER_SIZE) {
                 if (from_peers)
@@ -1284,7 +1428,12 @@ pump(Forwarder *self, PyObject *args)
                 else
                     decide_client(self, fd, data, n, &from, &d);
             }
-            if (d.fd >= 0) {
+            if (d.forwarded && d.stream) {
+                if (stream_queue(self, &d) < 0)
+                    self->send_errors++; /* no memory to join it: lost */
+                continue;
+            }
+            if (d.forwarded) {
                 queue(self, &d);
                 continue;
             }
@@ -1294,6 +1443,7 @@ pump(Forwarder *self, PyObject *args)
                 continue; /* no IP source: nothing to answer */
             }
             flush(self);
+            stream_flush(self);
             called = 1;
             PyObject *r = NULL;
             if (address != NULL)
@@ -1305,6 +1455,7 @@ pump(Forwarder *self, PyObject *args)
             Py_XDECREF(r);
         }
         flush(self);
+        stream_flush(self);
         total += got;
         if (called || got < self->batch)
             break;
@@ -1337,7 +1488,7 @@ decide(Forwarder *self, PyObject *args)
         decide_peer(self, fd, data.buf, (size_t)data.len, &from, &d);
     else
         decide_client(self, fd, data.buf, (size_t)data.len, &from, &d);
-    if (d.fd < 0) {
+    if (!d.forwarded) {
         PyBuffer_Release(&data);
         Py_RETURN_NONE;
     }
@@ -1457,14 +1608,20 @@ forwarder_dealloc(Forwarder *self)
 {
     PyMem_Free(self->buckets);
     PyMem_Free(self->nodes);
+    for (int32_t i = 0; i < self->slot_capacity; i++)
+        Py_CLEAR(self->slots[i].writer);
     PyMem_Free(self->slots);
     PyMem_RawFree(self->buffers);
+    PyMem_RawFree(self->stream_buffer);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef forwarder_methods[] = {
     {"add_allocation", (PyCFunction)add_allocation, METH_VARARGS,
-     "add_allocation(listen_fd, (host, port), txid_prefix) -> slot"},
+     "add_allocation(listen_fd or stream key, (host, port), txid_prefix[, writer]) -> slot; a "
+     "stream client's writer(data, frames) gets what peers send it"},
+    {"forward_frames", (PyCFunction)forward_frames, METH_VARARGS,
+     "forward_frames(stream key, (host, port), data) -> (bytes consumed, frames forwarded)"},
     {"remove_allocation", (PyCFunction)remove_allocation, METH_VARARGS,
      "remove_allocation(slot) -> counters not yet taken; every entry of the slot goes"},
     {"take_counters", (PyCFunction)take_counters, METH_VARARGS,

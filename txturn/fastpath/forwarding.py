@@ -23,9 +23,12 @@ traffic stays on the Python path, which bounds its own state); removing
 entries walks only the allocation's own, and the table gives memory back
 as it empties.
 
-UDP is forwarded over IPv4 and IPv6, in every mix of client and relay
-families: stream and DTLS clients, scoped (link-local) IPv6 addresses and
-allocations with a bandwidth limit stay on the Python path.
+UDP relays are forwarded over IPv4 and IPv6, in every mix of client and
+relay families, for UDP clients and for TCP and TLS clients (their
+connections frame and write; the fast path forwards whole frames and
+frames what peers send): DTLS clients, scoped (link-local) IPv6
+addresses and allocations with a bandwidth limit stay on the Python
+path.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ def _handle(channel_or_relay: IClientChannel | IRelay) -> int | None:
     The descriptor of a pumped socket, or C{None}: the
     C{forwarding_handle} that L{IClientChannel} and L{IRelay} declare.
     """
-    handle = channel_or_relay.forwarding_handle
+    # A TCP allocation's relay (RFC 6062) has none: nothing to forward.
+    handle = getattr(channel_or_relay, "forwarding_handle", None)
     return handle if isinstance(handle, int) else None
 
 
@@ -106,7 +110,10 @@ class Forwarding:
         fd = _handle(client)
         if fd is None or not _plain(client_address):
             return None
-        slot: int = self.forwarder.add_allocation(fd, client_address[:2], txid_prefix)
+        # A stream client (TCP, TLS) gets what peers send it through its
+        # own transport: the fast path frames it and calls C{relayed}.
+        writer = client.relayed if client.stream else None
+        slot: int = self.forwarder.add_allocation(fd, client_address[:2], txid_prefix, writer)
         return slot
 
     def close(self, slot: int) -> Counters:

@@ -80,6 +80,12 @@ class RecordingClientChannel:
     def send(self, data: bytes, address: Address) -> None:
         self.sent.append((data, address))
 
+    def relayed(self, data: bytes, frames: int) -> None:
+        """
+        Frames the fast path framed for this stream client, joined.
+        """
+        self.sent.append((data, ("relayed", frames)))
+
     def attach(self, peer: Any) -> None:
         """
         Become a client data connection (stream transports only).

@@ -17,7 +17,8 @@ server hold more than that for it.
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -25,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txturn.core.counters import Counter
+from txturn.core.forwarding import IForwarding
 from txturn.core.interfaces import (
     Address,
     IConnectionHandoff,
@@ -33,6 +35,7 @@ from txturn.core.interfaces import (
     host_port,
 )
 from txturn.core.server import TurnServer
+from txturn.fastpath.forwarding import Forwarding
 from txturn.transports.admission import StreamGuard
 from txturn.util.log_level import logger
 from txturn.wire.framing import StreamFramer
@@ -52,17 +55,31 @@ class TurnStreamProtocol(Protocol):
 
     log = logger()
     stream = True
-    #: Streams are framed in Python: never on the fast path.
-    forwarding_handle = None
+    #: The key the fast path knows this connection by (a negative number,
+    #: apart from every descriptor), when it forwards for streams.
+    forwarding_handle: int | None = None
+    #: The compiled C{forward_frames}, bound once: whole ChannelData and
+    #: Send frames at the head of the buffer go to peers without a Python
+    #: call each.
+    _forward_frames: Callable[[int, Address, bytearray], tuple[int, int]] | None = None
     #: (client, local) addresses of a connection another worker
     #: terminates and forwards here over a socket pair (TLS under
     #: C{--workers}); C{None} for a connection of our own.
     forwarded: tuple[Address, Address] | None = None
 
     def __init__(
-        self, server: TurnServer, transport_name: str, max_buffer: int | None = None
+        self,
+        server: TurnServer,
+        transport_name: str,
+        max_buffer: int | None = None,
+        forwarding: object = None,
     ) -> None:
         self._server = server
+        self._key = 0
+        if isinstance(forwarding, Forwarding):
+            self._key = -next(_stream_keys)
+            self.forwarding_handle = self._key
+            self._forward_frames = forwarding.forwarder.forward_frames
         self.transport_name = transport_name
         self._max_buffer = max_buffer
         #: Whether the transport's buffer is full: relayed frames are dropped.
@@ -120,7 +137,13 @@ class TurnStreamProtocol(Protocol):
         if self.handed_off:
             return  # another worker's now; the socket has the rest
         self._framer.append(data)
+        forward = self._forward_frames
         while self._peer is None and not self.handed_off:
+            if forward is not None and self._framer.buffered >= 4:
+                consumed, frames = forward(self._key, self.peer_address, self._framer.head())
+                if consumed:
+                    self._framer.consume(consumed)
+                    self.frames += frames
             try:
                 frame = self._framer.next_frame()
             except StunDecodeError as e:
@@ -178,6 +201,18 @@ class TurnStreamProtocol(Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
+    def relayed(self, data: bytes, frames: int) -> None:
+        """
+        C{frames} frames from peers the fast path framed for this client,
+        joined: written as L{send} writes one, in order with it.
+        """
+        if self.congested:
+            for _ in range(frames):
+                self._server.count(Counter.DROPPED_CONGESTED)
+            return
+        if self.transport is not None:
+            self.transport.write(data)
+
     # IPushProducer: the transport tells us when its buffer is full.
 
     def pauseProducing(self) -> None:
@@ -200,6 +235,10 @@ class TurnStreamProtocol(Protocol):
         self._server.connection_lost(self)
 
 
+#: Keys for stream connections in the fast path's table.
+_stream_keys = itertools.count(1)
+
+
 class TurnStreamFactory(Factory):
     """
     Builds a L{TurnStreamProtocol} per accepted connection.
@@ -214,8 +253,11 @@ class TurnStreamFactory(Factory):
         max_buffer: int | None = None,
         guard: StreamGuard | None = None,
         handoff: IConnectionHandoff | None = None,
+        forwarding: IForwarding | None = None,
     ) -> None:
         self._server = server
+        #: The fast path, which forwards for this factory's connections too.
+        self._forwarding = forwarding
         self._transport_name = transport_name
         self._max_buffer = max_buffer
         #: Deadlines and caps, when the service set them up.
@@ -225,7 +267,9 @@ class TurnStreamFactory(Factory):
         self.connections: set[TurnStreamProtocol] = set()
 
     def buildProtocol(self, addr: object) -> TurnStreamProtocol:
-        protocol = TurnStreamProtocol(self._server, self._transport_name, self._max_buffer)
+        protocol = TurnStreamProtocol(
+            self._server, self._transport_name, self._max_buffer, self._forwarding
+        )
         protocol.factory = self
         return protocol
 

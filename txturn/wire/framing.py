@@ -76,6 +76,21 @@ class StreamFramer:
         del buffer[:size]
         return frame
 
+    def head(self) -> bytearray:
+        """
+        The buffered bytes, not copied: valid until the next L{append},
+        L{consume} or L{next_frame}, and never to be resized by the caller
+        (a fast path reads whole frames from it, then L{consume}s them).
+        """
+        return self._buffer
+
+    def consume(self, size: int) -> None:
+        """
+        Drop the first C{size} buffered bytes: whole frames taken
+        elsewhere.
+        """
+        del self._buffer[:size]
+
     def take_remaining(self) -> bytes:
         """
         Everything buffered and not yet framed, emptying the buffer.
