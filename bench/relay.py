@@ -2,8 +2,9 @@
 Relay benchmark: packets/s and Mbit/s that a TURN server relays from
 clients to a peer over ChannelData, for 1 and 50 clients at 100- and
 1000-byte payloads, over Send indications (Firefox's way: no channels) at
-100 bytes, and both ways at once (ChannelData up, the peer's datagrams
-down); and the round trip through the relay at 10,000 round trips a
+100 bytes, both ways at once (ChannelData up, the peer's datagrams
+down), ChannelData from TCP clients, and over IPv6 (clients, relays and
+peer on ::1); and the round trip through the relay at 10,000 round trips a
 second (p50, p99).  For txturn with its compiled fast path, txturn on
 its pure Python path (TXTURN_FAST_PATH=off), and coturn's turnserver when
 installed, in the same run, with the ratios to coturn.
@@ -139,12 +140,27 @@ def transact(
 def answer(sock: socket.socket, transaction_id: bytes) -> bytes:
     """
     The response to C{transaction_id}, skipping relayed data still
-    arriving from a workload that just ended.
+    arriving from a workload that just ended (on a TCP socket, read one
+    STUN message at a time; nothing else is in flight during set-up).
     """
     while True:
-        data = sock.recv(65536)
+        if sock.type == socket.SOCK_STREAM:
+            header = _read_exactly(sock, 20)
+            data = header + _read_exactly(sock, int.from_bytes(header[2:4], "big"))
+        else:
+            data = sock.recv(65536)
         if data[:1] in (b"\x01", b"\x00") and data[8:20] == transaction_id:
             return data
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise OSError("the server closed the connection")
+        data += chunk
+    return data
 
 
 def wait_for_server(port: int) -> None:
@@ -169,22 +185,33 @@ Client = tuple[socket.socket, int, StunClient, int]
 
 
 def allocate_clients(
-    port: int, count: int, peer: tuple[str, int], send: bool = False
+    port: int,
+    count: int,
+    peer: tuple[str, int],
+    send: bool = False,
+    kind: int = socket.SOCK_DGRAM,
+    host: str = "127.0.0.1",
 ) -> list[Client]:
     """
     C{count} allocated clients relaying to C{peer}: over a channel each,
-    or with C{send}, over a permission and Send indications.
+    or with C{send}, over a permission and Send indications; over UDP or
+    (C{kind} C{SOCK_STREAM}) TCP, from C{host}, with a relay of the
+    peer's family.
     """
     clients = []
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    allocate: list[tuple[int, Any]] = [(Attr.REQUESTED_TRANSPORT, 17)]
+    if ":" in peer[0]:
+        allocate.append((Attr.REQUESTED_ADDRESS_FAMILY, 2))
     for i in range(count):
         for attempt in range(3):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(family, kind)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
             sock.settimeout(2)
-            sock.connect(("127.0.0.1", port))
+            sock.connect((host, port))
             client = StunClient(USER, PASSWORD)
             try:
-                response = transact(sock, client, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+                response = transact(sock, client, Method.ALLOCATE, allocate)
                 break
             except RuntimeError:
                 # 437: an earlier run's allocation on this ephemeral port
@@ -243,15 +270,20 @@ def measure(
     seconds: float,
 ) -> dict[str, float]:
     """
-    One workload (C{channel}, C{send}, C{both} or C{latency}) against the
-    server on C{port}.
+    One workload (C{channel}, C{send}, C{both}, C{latency}, or C{tcp} and
+    C{ipv6}: ChannelData from TCP clients, and from IPv6 clients through
+    IPv6 relays to an IPv6 peer) against the server on C{port}.
     """
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    host = "::1" if workload == "ipv6" else "127.0.0.1"
+    sink = socket.socket(
+        socket.AF_INET6 if workload == "ipv6" else socket.AF_INET, socket.SOCK_DGRAM
+    )
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    sink.bind(("127.0.0.1", 0))
-    peer = sink.getsockname()
+    sink.bind((host, 0))
+    peer = sink.getsockname()[:2]
     send = workload == "send"
-    socks = allocate_clients(port, clients, peer, send)
+    kind = socket.SOCK_STREAM if workload == "tcp" else socket.SOCK_DGRAM
+    socks = allocate_clients(port, clients, peer, send, kind, host)
     header = send_header(peer, payload) if send else ""
     fds = [sink.fileno()] + [s.fileno() for s, _, _, _ in socks]
     mode = {"both": ["--both"], "latency": [f"--latency={LATENCY_RATE}"]}.get(workload, [])
@@ -325,6 +357,8 @@ WORKLOADS = (
     + [("send", clients, 100) for clients in (1, 50)]
     + [("both", clients, 100) for clients in (1, 50)]
     + [("latency", 50, 100)]
+    + [("tcp", clients, 100) for clients in (1, 50)]
+    + [("ipv6", clients, 100) for clients in (1, 50)]
 )
 
 #: The servers compared: txturn with its fast path, txturn on the pure
@@ -359,10 +393,13 @@ def run_server(
 ) -> dict[tuple[str, int, int], dict[str, float]]:
     port = free_port()
     logdir = tempfile.mkdtemp()
+    # TCP and IPv6 too, for the tcp and ipv6 workloads.
     if name == "coturn":
-        process = start_coturn(port, logdir, turnserver)
+        six = ("--listening-ip=::1", "--relay-ip=::1")
+        process = start_coturn(port, logdir, turnserver, tcp=True, extra=six)
     else:
-        process = start_txturn(port, fast_path=FAST_PATH[name])
+        six = ("--listen", "::1", "--relay-ip", "::1")
+        process = start_txturn(port, *six, fast_path=FAST_PATH[name])
     results = {}
     try:
         wait_for_server(port)
@@ -425,7 +462,7 @@ def main() -> None:
     parser.add_argument(
         "--workloads",
         default=",".join(sorted({w for w, _, _ in WORKLOADS})),
-        help="comma-separated: channel, send, both, latency",
+        help="comma-separated: channel, send, both, latency, tcp, ipv6",
     )
     parser.add_argument(
         "--turnserver",
