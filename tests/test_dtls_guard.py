@@ -225,3 +225,39 @@ class DtlsGuardTests(SynchronousTestCase):
             self.clock.advance(5)
         self.assertEqual(list(self.listener.sessions), [("198.51.100.2", 1)])
         self.assertEqual(self.listener.counters[DtlsCounter.CLOSED_WITHOUT_ALLOCATION], 1)
+
+
+class DtlsRecordsTests(SynchronousTestCase):
+    """
+    What one datagram carries after the handshake.
+    """
+
+    def test_records_in_one_datagram(self) -> None:
+        """
+        Two Binding requests in two records of one datagram are both
+        answered (the session reads until OpenSSL has no more); one record
+        is answered with one read.
+        """
+        guard = DtlsGuardTests("test_cookieless_hello")
+        guard.setUp()
+        client = guard.establish()
+        guard.sent()
+        stun = StunClient("u", "p")
+        first, second = binding(), stun.request(Method.BINDING, authenticate=False)
+        client.send(first)
+        client.send(second)
+        both = client.bio_read(65536)
+        self.assertGreater(len(both), 2 * 13 + len(first) + len(second))
+        guard.listener.datagramReceived(both, CLIENT)
+        answers = [data for data in guard.sent()]
+        for data in answers:
+            client.bio_write(data)
+        replies = []
+        for _ in range(2):
+            replies.append(decode(client.recv(65536)))
+        self.assertEqual([r.transaction_id for r in replies], [first[8:20], second[8:20]])
+        client.send(binding())
+        guard.listener.datagramReceived(client.bio_read(65536), CLIENT)
+        [answer] = guard.sent()
+        client.bio_write(answer)
+        self.assertEqual(decode(client.recv(65536)).cls, Class.SUCCESS)

@@ -5,6 +5,7 @@ Tests for L{txturn.app.service.TurnService} on real sockets on loopback.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import Any, Callable, cast
 
@@ -24,6 +25,7 @@ from txturn.core.peer_policy import PeerPolicy, parse_range
 from txturn.core.server import ServerConfig
 from txturn.fastpath import forwarding
 from txturn.testing import StunClient, needs_ipv6
+from txturn.transports.sockets import RELAY_RECEIVE_BUFFER
 from txturn.transports.udp_relay import UdpRelayAllocator
 from txturn.wire.framing import StreamFramer
 from txturn.wire.stun import Attr, Class, Message, Method, decode, encode, encode_channel_data
@@ -678,6 +680,24 @@ class RelayAddressTests(TestCase):
         with self.assertRaises(RelayUnavailable) as caught:
             full.open(1, even=False, reserve_next=False)
         self.assertIn(f"relay ports {port}-{port} of 127.0.0.1 exhausted", str(caught.exception))
+
+    def test_relay_receive_buffer(self) -> None:
+        """
+        A relay socket holds a burst of 1 MiB (doubled by the kernel, as
+        for every SO_RCVBUF), forced past net.core.rmem_max where the
+        process may; at the default 208 KiB a DTLS client's burst of
+        echoes overflowed it.
+        """
+        relays = UdpRelayAllocator(reactor, ["127.0.0.1"])
+        relay, _ = relays.open(1, even=False, reserve_next=False)
+        self.addCleanup(relay.close)
+        size = relay.transport.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        with open("/proc/sys/net/core/rmem_max") as f:
+            allowed = int(f.read())
+        expected = 2 * (
+            RELAY_RECEIVE_BUFFER if os.getuid() == 0 else min(allowed, RELAY_RECEIVE_BUFFER)
+        )
+        self.assertEqual(size, expected)
 
 
 class MetricsAddressTests(TestCase):

@@ -112,6 +112,12 @@ class CookieJar:
         )
 
 
+#: A DTLS record's header: type, version, epoch, sequence number, length.
+_RECORD_HEADER = 13
+#: Bytes asked of the memory BIO at a time: less back means it is empty.
+_BIO_READ = 65536
+
+
 @implementer(IClientChannel)
 class DtlsSession:
     """
@@ -143,11 +149,15 @@ class DtlsSession:
 
     def datagram_received(self, data: bytes) -> None:
         self.connection.bio_write(data)
-        self.progress()
+        # One record filling the datagram (every record, once the
+        # handshake is done, from the clients we know): one read takes
+        # it, without a second read raising WantReadError to say so.
+        self.progress(single=len(data) == _RECORD_HEADER + int.from_bytes(data[11:13], "big"))
 
-    def progress(self) -> None:
+    def progress(self, single: bool = False) -> None:
         """
-        Move the handshake on, or read and hand on what was decrypted.
+        Move the handshake on, or read and hand on what was decrypted
+        (once, when the datagram held C{single} record).
         """
         if not self.established:
             try:
@@ -177,6 +187,8 @@ class DtlsSession:
                 self.close()
                 return
             self._listener.server.datagram_received(self, plain, self.address)
+            if single:
+                break
         self._flush()
 
     def _established(self) -> None:
@@ -215,10 +227,12 @@ class DtlsSession:
     def _flush(self) -> None:
         while True:
             try:
-                data = self.connection.bio_read(65536)
+                data = self.connection.bio_read(_BIO_READ)
             except SSL.WantReadError:
                 return
             self._listener.write(data, self.address)
+            if len(data) < _BIO_READ:
+                return  # the memory BIO is empty: no WantReadError to raise
 
     def send(self, data: bytes, address: Address) -> None:
         if self.closed or not self.established:

@@ -29,6 +29,14 @@ MAX_DATAGRAM = 65535
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
+#: Receive buffer for relay sockets: a peer's burst (echoes of a client's
+#: burst, say) must fit while the server is busy with other clients; at
+#: the default 208 KiB a DTLS client's burst of a few hundred echoes lost
+#: packets on the relay.  Memory is only charged as datagrams wait, and
+#: the kernel's udp_mem bounds the total.
+RELAY_RECEIVE_BUFFER = 1024 * 1024
+
+
 def enlarge_receive_buffer(sock: socket.socket, size: int = UDP_RECEIVE_BUFFER) -> None:
     force = getattr(socket, "SO_RCVBUFFORCE", None)
     if force is not None:

@@ -34,7 +34,12 @@ from txturn.core.forwarding import IForwarding
 from txturn.core.interfaces import Address, IHandOverRelay, IRelayAllocator, RelayUnavailable
 from txturn.fastpath.forwarding import PumpedPort, pumped_descriptor, pumping
 from txturn.transports.port_pool import PortPool
-from txturn.transports.sockets import MAX_DATAGRAM, datagram_sender
+from txturn.transports.sockets import (
+    MAX_DATAGRAM,
+    RELAY_RECEIVE_BUFFER,
+    datagram_sender,
+    enlarge_receive_buffer,
+)
 from txturn.util.log_level import logger
 from txturn.wire.stun import FAMILY_IPV4, family_of
 
@@ -118,6 +123,7 @@ class RelayPort(PumpedPort):
             raise CannotListenError(  # type: ignore[no-untyped-call]
                 self.interface, self.port, e
             ) from None
+        enlarge_receive_buffer(skt, RELAY_RECEIVE_BUFFER)
         self._realPortNumber = skt.getsockname()[1]
         self.connected = 1
         self.socket = skt
