@@ -394,6 +394,7 @@ def run_server(
     port = free_port()
     logdir = tempfile.mkdtemp()
     # TCP and IPv6 too, for the tcp and ipv6 workloads.
+    six: tuple[str, ...]
     if name == "coturn":
         six = ("--listening-ip=::1", "--relay-ip=::1")
         process = start_coturn(port, logdir, turnserver, tcp=True, extra=six)

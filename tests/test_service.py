@@ -691,7 +691,8 @@ class RelayAddressTests(TestCase):
         relays = UdpRelayAllocator(reactor, ["127.0.0.1"])
         relay, _ = relays.open(1, even=False, reserve_next=False)
         self.addCleanup(relay.close)
-        size = relay.transport.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        transport: Any = relay.transport
+        size = transport.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         with open("/proc/sys/net/core/rmem_max") as f:
             allowed = int(f.read())
         expected = 2 * (

@@ -10,8 +10,8 @@ from typing import Any
 from twisted.application.service import IServiceCollection
 
 from txturn.auth.credentials import CredentialChain, RestApiCredentials, StaticCredentials
-from txturn.core.peer_policy import PeerPolicy
 from txturn.core.config import ServerConfig
+from txturn.core.peer_policy import PeerPolicy
 from txturn.service import TurnService
 
 
