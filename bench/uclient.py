@@ -162,7 +162,10 @@ def run(server: str, mode: str, messages: int, turnserver: str) -> tuple[float, 
         r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\n", uclient.stderr + uclient.stdout
     )
     if not totals:
-        raise RuntimeError(f"no summary from turnutils_uclient:\n{uclient.stdout[-1000:]}")
+        # coturn 4.17.1's DTLS at uclient's full pace has ended this way:
+        # the row says so, the other rows are still measured.
+        print(f"{mode:9} {server:7} no summary from turnutils_uclient", flush=True)  # noqa: T201
+        return float("nan"), 0, 0
     total, received = int(totals[-1][0]), int(totals[-1][1])
     lost_count = total - received
     # Each message crosses the server twice: to the peer, and back.
