@@ -366,7 +366,10 @@ class TurnService(service.MultiService):
         if self._shard is not None and self._shard.index:
             return
         if isinstance(self.forwarding, Forwarding):
-            self.log.info("UDP relayed through the compiled fast path (recvmmsg, sendmmsg, GSO)")
+            self.log.info(
+                "UDP relayed through the compiled fast path (recvmmsg, sendmmsg, GSO), "
+                "for UDP, TCP and TLS clients over IPv4 and IPv6"
+            )
         elif not self._fast_path:
             self.log.info("UDP relayed in Python: the fast path is turned off")
         else:
