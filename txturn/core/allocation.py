@@ -201,7 +201,7 @@ class Allocation:
         self._pad = bool(client.stream)
         self._forwarding = forwarding
         #: Its handle in the fast path, or None: then every packet takes
-        #: the Python path (a stream or IPv6 client, no fast path, or a
+        #: the Python path (a DTLS or scoped IPv6 client, no fast path, or a
         #: bandwidth limit, which only the Python path keeps).
         self._slot = (
             forwarding.open(client, client_address, self._txid_prefix)
