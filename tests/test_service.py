@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 from typing import Any, Callable, cast
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import ClientCreator, DatagramProtocol, Protocol
@@ -24,8 +27,9 @@ from txturn.core.interfaces import RelayUnavailable
 from txturn.core.peer_policy import PeerPolicy, parse_range
 from txturn.core.server import ServerConfig
 from txturn.fastpath import forwarding
-from txturn.testing import StunClient, needs_ipv6
+from txturn.testing import StunClient, needs_ipv6, self_signed_certificate
 from txturn.transports.sockets import RELAY_RECEIVE_BUFFER
+from txturn.transports.tls import TlsCredentials
 from txturn.transports.udp_relay import UdpRelayAllocator
 from txturn.wire.framing import StreamFramer
 from txturn.wire.stun import Attr, Class, Message, Method, decode, encode, encode_channel_data
@@ -125,12 +129,62 @@ class StreamCollector(Protocol):
 
 
 @defer.inlineCallbacks
+def dtls_client(test: TestCase, host: str, port: int) -> Any:
+    """
+    (send a message, the next message received) for a DTLS client of
+    the server on C{(host, port)}: pyOpenSSL over a memory BIO, its
+    records carried by a real UDP socket, the handshake done first.
+    """
+    collector = Collector()
+    listening = reactor.listenUDP(0, collector, interface=host)
+    test.addCleanup(listening.stopListening)
+    client = SSL.Connection(SSL.Context(SSL.DTLS_CLIENT_METHOD), None)
+    client.set_connect_state()
+
+    def flush() -> None:
+        while True:
+            try:
+                data = client.bio_read(65536)
+            except SSL.WantReadError:
+                return
+            listening.write(data, (host, port))
+
+    for _ in range(20):
+        try:
+            client.do_handshake()
+            break
+        except SSL.WantReadError:
+            flush()
+            data, _ = yield collector.next()
+            client.bio_write(data)
+    flush()
+
+    def send(message: bytes) -> None:
+        client.send(message)
+        flush()
+
+    @defer.inlineCallbacks
+    def receive() -> Any:
+        while True:
+            data, source = yield collector.next()
+            client.bio_write(data)
+            try:
+                return (client.recv(65536), source)
+            except SSL.WantReadError:
+                continue
+
+    return send, receive
+
+
+@defer.inlineCallbacks
 def client_side(test: TestCase, service: TurnService, host: str, transport: str) -> Any:
     """
     (send a frame, the next frame received) for a client of C{service} on
     C{host} over C{transport} (C{"udp"} or C{"tcp"}).
     """
     port = service.port_of(transport, host)
+    if transport == "dtls":
+        return (yield dtls_client(test, host, port))
     if transport == "udp":
         collector = Collector()
         listening = reactor.listenUDP(0, collector, interface=host)
@@ -154,7 +208,7 @@ def carry(
     the allocation.
     """
     fast = service.forwarding is not NO_FORWARDING
-    pad = transport != "udp"
+    pad = transport == "tcp"
     up, receive = yield client_side(test, service, client_host, transport)
     peer_proto = Collector()
     peer_port = reactor.listenUDP(0, peer_proto, interface=peer_host)
@@ -222,6 +276,8 @@ class FamiliesTests(TestCase):
     """
 
     def setUp(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
         self.service = TurnService(
             reactor,
             StaticCredentials(REALM, {"alice": "secret"}),
@@ -229,6 +285,8 @@ class FamiliesTests(TestCase):
             ["127.0.0.1", "::1"],
             policy=PeerPolicy(allow_loopback=True),
             config=ServerConfig(realm=REALM),
+            tls=TlsCredentials(*self_signed_certificate(directory)),
+            tls_port=0,
         )
         self.service.startService()
         self.addCleanup(self.service.stopService)
@@ -268,6 +326,14 @@ class FamiliesTests(TestCase):
         The same over IPv6.
         """
         return carry(self, self.service, "::1", "::1", "tcp")
+
+    def test_dtls_client(self) -> Any:
+        """
+        A DTLS client: its session decrypts and the fast path forwards each
+        message; what peers send comes back one message per record, as
+        over UDP (unpadded).
+        """
+        return carry(self, self.service, "127.0.0.1", "127.0.0.1", "dtls")
 
 
 class ServiceTests(TestCase):

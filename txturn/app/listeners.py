@@ -222,6 +222,7 @@ class Listeners:
                 max_sessions=limits.dtls_max_sessions,
                 max_sessions_per_source=limits.dtls_max_sessions_per_source,
                 session_timeout=limits.idle_timeout,
+                forwarding=self._forwarding,
             )
             self.dtls_listeners.append(listener)
             return listener

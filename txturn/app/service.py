@@ -368,7 +368,7 @@ class TurnService(service.MultiService):
         if isinstance(self.forwarding, Forwarding):
             self.log.info(
                 "UDP relayed through the compiled fast path (recvmmsg, sendmmsg, GSO), "
-                "for UDP, TCP and TLS clients over IPv4 and IPv6"
+                "for UDP, TCP, TLS and DTLS clients over IPv4 and IPv6"
             )
         elif not self._fast_path:
             self.log.info("UDP relayed in Python: the fast path is turned off")

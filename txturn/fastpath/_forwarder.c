@@ -25,6 +25,9 @@
  * client are framed here (ChannelData padded to 4 bytes, RFC 8656
  * section 12.5) and handed, joined per read, to the slot's writer: the
  * connection's own transport, which stays the only writer of its socket.
+ * DTLS clients are the same but for framing: forward_datagram() takes one
+ * decrypted message, and the writer (the session, which encrypts) gets
+ * one unpadded message a call.
  *
  * Every length read from a datagram is checked against the bytes that
  * arrived before it is used; see decide_client() and decide_peer().
@@ -117,8 +120,11 @@ typedef struct {
     int32_t counts[KINDS];  /* its nodes of each kind */
     uint8_t txid_prefix[8];
     unsigned long long counters[4];  /* to peers: packets, bytes; to the client: packets, bytes */
-    /* A stream client's writer(data, frames), or NULL (a datagram client). */
+    /* A stream or DTLS client's writer(data, frames), or NULL (a UDP
+     * client): TCP and TLS get frames joined and ChannelData padded; DTLS
+     * (per_frame) one call per message, unpadded, as one record each. */
     PyObject *writer;
+    int per_frame;
 } slot_t;
 
 typedef union {
@@ -534,10 +540,10 @@ parse_slot_fd_peer(Forwarder *self, PyObject *args, int *slot, int *fd, endpoint
 static PyObject *
 add_allocation(Forwarder *self, PyObject *args)
 {
-    int fd;
+    int fd, joined = 1;
     PyObject *client, *writer = NULL;
     Py_buffer prefix;
-    if (!PyArg_ParseTuple(args, "iOy*|O", &fd, &client, &prefix, &writer))
+    if (!PyArg_ParseTuple(args, "iOy*|Op", &fd, &client, &prefix, &writer, &joined))
         return NULL;
     if (writer == Py_None)
         writer = NULL;
@@ -599,6 +605,7 @@ add_allocation(Forwarder *self, PyObject *args)
     }
     Py_XINCREF(writer);
     s->writer = writer;
+    s->per_frame = !joined;
     self->free_slot_hint = (slot + 1) % self->slot_capacity;
     return PyLong_FromLong(slot);
 }
@@ -1038,7 +1045,9 @@ decide_peer(Forwarder *self, int fd, const unsigned char *data, size_t n,
     const node_t *node = &self->nodes[i];
     unsigned char *h = out->header;
     size_t header_length, padding = 0;
-    int stream = self->slots[node->owner].writer != NULL;
+    const slot_t *owner = &self->slots[node->owner];
+    int stream = owner->writer != NULL;
+    int padded = stream && !owner->per_frame;
     if (node->number) {
         if (n > 0xFFFF)
             return;
@@ -1047,7 +1056,7 @@ decide_peer(Forwarder *self, int fd, const unsigned char *data, size_t n,
         h[2] = (unsigned char)(n >> 8);
         h[3] = (unsigned char)n;
         header_length = 4;
-        if (stream)
+        if (padded)
             padding = (4 - (n & 3)) & 3;
     } else {
         if (n > MAX_INDICATION_DATA)
@@ -1288,7 +1297,38 @@ stream_queue(Forwarder *self, const decision_t *d)
     slot_t *s = &self->slots[d->slot];
     s->counters[2] += 1;
     s->counters[3] += d->counted;
+    if (s->per_frame)
+        stream_flush(self);
     return 0;
+}
+
+/*
+ * forward_datagram(key, (host, port), data) -> whether it was forwarded
+ *
+ * One message a DTLS client sent, decrypted: forwarded as decide_client()
+ * decides for a UDP client, or left to the caller (False).
+ */
+static PyObject *
+forward_datagram(Forwarder *self, PyObject *args)
+{
+    int key_fd;
+    PyObject *client;
+    Py_buffer buffer;
+    endpoint_t from;
+    if (!PyArg_ParseTuple(args, "iOy*", &key_fd, &client, &buffer))
+        return NULL;
+    if (parse_address(client, &from) < 0) {
+        PyBuffer_Release(&buffer);
+        return NULL;
+    }
+    decision_t d;
+    decide_client(self, key_fd, buffer.buf, (size_t)buffer.len, &from, &d);
+    if (d.forwarded) {
+        queue(self, &d);
+        flush(self);
+    }
+    PyBuffer_Release(&buffer);
+    return PyBool_FromLong(d.forwarded);
 }
 
 /*
@@ -1618,8 +1658,11 @@ forwarder_dealloc(Forwarder *self)
 
 static PyMethodDef forwarder_methods[] = {
     {"add_allocation", (PyCFunction)add_allocation, METH_VARARGS,
-     "add_allocation(listen_fd or stream key, (host, port), txid_prefix[, writer]) -> slot; a "
-     "stream client's writer(data, frames) gets what peers send it"},
+     "add_allocation(listen_fd or key, (host, port), txid_prefix[, writer[, joined]]) -> slot; "
+     "a stream or DTLS client's writer(data, frames) gets what peers send it, joined and "
+     "padded or one message a call"},
+    {"forward_datagram", (PyCFunction)forward_datagram, METH_VARARGS,
+     "forward_datagram(session key, (host, port), message) -> whether it was forwarded"},
     {"forward_frames", (PyCFunction)forward_frames, METH_VARARGS,
      "forward_frames(stream key, (host, port), data) -> (bytes consumed, frames forwarded)"},
     {"remove_allocation", (PyCFunction)remove_allocation, METH_VARARGS,

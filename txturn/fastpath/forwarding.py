@@ -24,15 +24,17 @@ entries walks only the allocation's own, and the table gives memory back
 as it empties.
 
 UDP relays are forwarded over IPv4 and IPv6, in every mix of client and
-relay families, for UDP clients and for TCP and TLS clients (their
+relay families, for UDP clients, for TCP and TLS clients (their
 connections frame and write; the fast path forwards whole frames and
-frames what peers send): DTLS clients, scoped (link-local) IPv6
-addresses and allocations with a bandwidth limit stay on the Python
-path.
+frames what peers send) and for DTLS clients (their sessions decrypt
+and encrypt; the fast path forwards each decrypted message and hands
+the session one message at a time): scoped (link-local) IPv6 addresses
+and allocations with a bandwidth limit stay on the Python path.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from types import ModuleType
@@ -110,10 +112,14 @@ class Forwarding:
         fd = _handle(client)
         if fd is None or not _plain(client_address):
             return None
-        # A stream client (TCP, TLS) gets what peers send it through its
-        # own transport: the fast path frames it and calls C{relayed}.
-        writer = client.relayed if client.stream else None
-        slot: int = self.forwarder.add_allocation(fd, client_address[:2], txid_prefix, writer)
+        # A stream client (TCP, TLS) or a DTLS session, known by a
+        # negative key, gets what peers send it through its own C{relayed}:
+        # joined and padded for a stream, one message a call for DTLS
+        # (the session encrypts each into its own record).
+        writer = client.relayed if fd < 0 else None
+        slot: int = self.forwarder.add_allocation(
+            fd, client_address[:2], txid_prefix, writer, bool(client.stream)
+        )
         return slot
 
     def close(self, slot: int) -> Counters:
@@ -169,6 +175,19 @@ class Forwarding:
 
     def policy_changed(self) -> None:
         self.forwarder.clear_sends()
+
+
+_keys = itertools.count(1)
+
+
+def client_key() -> int:
+    """
+    A key for a client the fast path knows by something other than a
+    listening socket (a TCP or TLS connection, a DTLS session): negative,
+    so apart from every descriptor, and never the same twice, so no two
+    clients share a 5-tuple in its table whatever their transports.
+    """
+    return -next(_keys)
 
 
 def forwarding() -> IForwarding:

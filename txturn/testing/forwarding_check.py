@@ -74,13 +74,14 @@ class Topology:
     permitted_peer: Address
     stranger: Address
     relay_host: str
-    #: The client's transport: C{"udp"}, or C{"tcp"} for a stream client
-    #: (frames arrive whole, as its connection's framer cuts them).
+    #: The client's transport: C{"udp"}, C{"tcp"} for a stream client
+    #: (frames arrive whole, as its connection's framer cuts them), or
+    #: C{"dtls"} for a session (messages arrive decrypted, one at a time).
     transport: str = "udp"
 
     @property
     def handle(self) -> int:
-        return STREAM_KEY if self.transport == "tcp" else LISTENER
+        return LISTENER if self.transport == "udp" else STREAM_KEY
 
     @property
     def relay_family(self) -> int:
@@ -103,6 +104,7 @@ TOPOLOGIES = {
         Topology("ipv4-mapped-client", ("::ffff:198.51.100.1", 1000), *_V4_PEERS, "192.0.2.1"),
         Topology("tcp-client", CLIENT, *_V4_PEERS, "192.0.2.1", "tcp"),
         Topology("tcp-client-ipv6", _V6_CLIENT, *_V6_PEERS, "2001:db8:f::1", "tcp"),
+        Topology("dtls-client", CLIENT, *_V4_PEERS, "192.0.2.1", "dtls"),
     )
 }
 

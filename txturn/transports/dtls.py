@@ -32,7 +32,7 @@ import collections
 import hashlib
 import hmac
 import secrets
-from typing import Any
+from typing import Any, Callable
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from txturn.core.interfaces import Address, IClientChannel, host_port
 from txturn.core.server import TurnServer
+from txturn.fastpath.forwarding import Forwarding, client_key
 from txturn.transports.sockets import datagram_sender
 from txturn.util.counting import Counted, family
 from txturn.util.log_level import logger
@@ -127,8 +128,10 @@ class DtlsSession:
 
     transport_name = "dtls"
     stream = False
-    #: DTLS records are decrypted in Python: never on the fast path.
-    forwarding_handle = None
+    #: The key the fast path knows this session by (negative, apart from
+    #: every descriptor), when it has one: decrypted messages are matched
+    #: in C, and what peers send comes back through L{relayed}.
+    forwarding_handle: int | None = None
     log = logger()
 
     def __init__(
@@ -146,6 +149,9 @@ class DtlsSession:
         self._deadline: IDelayedCall | None = listener.reactor.callLater(
             listener.handshake_timeout, self._handshake_timed_out
         )
+        self._forward = listener.forward_datagram
+        if self._forward is not None:
+            self.forwarding_handle = client_key()
 
     def datagram_received(self, data: bytes) -> None:
         self.connection.bio_write(data)
@@ -186,7 +192,9 @@ class DtlsSession:
             except SSL.Error:
                 self.close()
                 return
-            self._listener.server.datagram_received(self, plain, self.address)
+            forward = self._forward
+            if forward is None or not forward(self.forwarding_handle, self.address, plain):
+                self._listener.server.datagram_received(self, plain, self.address)
             if single:
                 break
         self._flush()
@@ -243,6 +251,13 @@ class DtlsSession:
             return
         self._flush()
 
+    def relayed(self, data: bytes, frames: int) -> None:
+        """
+        One message from a peer the fast path framed for this client:
+        sent as L{send} sends one.
+        """
+        self.send(data, self.address)
+
     def close(self) -> None:
         """
         Forget the session (and so its allocation); a close_notify goes
@@ -296,8 +311,13 @@ class DtlsListener(DatagramProtocol):
         session_timeout: float = 60.0,
         sweep_interval: float = 10.0,
         cookie_lifetime: float = 60.0,
+        forwarding: object = None,
     ) -> None:
         self.server = server
+        #: The fast path's C{forward_datagram}, when there is one.
+        self.forward_datagram: Callable[[int | None, Address, bytes], bool] | None = (
+            forwarding.forwarder.forward_datagram if isinstance(forwarding, Forwarding) else None
+        )
         self.context = context
         self.reactor = reactor
         self.handshake_timeout = handshake_timeout

@@ -17,7 +17,6 @@ server hold more than that for it.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
@@ -35,7 +34,7 @@ from txturn.core.interfaces import (
     host_port,
 )
 from txturn.core.server import TurnServer
-from txturn.fastpath.forwarding import Forwarding
+from txturn.fastpath.forwarding import Forwarding, client_key
 from txturn.transports.admission import StreamGuard
 from txturn.util.log_level import logger
 from txturn.wire.framing import StreamFramer
@@ -77,7 +76,7 @@ class TurnStreamProtocol(Protocol):
         self._server = server
         self._key = 0
         if isinstance(forwarding, Forwarding):
-            self._key = -next(_stream_keys)
+            self._key = client_key()
             self.forwarding_handle = self._key
             self._forward_frames = forwarding.forwarder.forward_frames
         self.transport_name = transport_name
@@ -233,10 +232,6 @@ class TurnStreamProtocol(Protocol):
             peer, self._peer = self._peer, None
             peer.close()
         self._server.connection_lost(self)
-
-
-#: Keys for stream connections in the fast path's table.
-_stream_keys = itertools.count(1)
 
 
 class TurnStreamFactory(Factory):
