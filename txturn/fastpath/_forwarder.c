@@ -1302,6 +1302,21 @@ stream_queue(Forwarder *self, const decision_t *d)
     return 0;
 }
 
+/* (key, (host, port), data): what forward_datagram and forward_frames
+ * take; the caller releases the buffer. */
+static int
+parse_key_client_data(PyObject *args, int *key_fd, endpoint_t *from, Py_buffer *buffer)
+{
+    PyObject *client;
+    if (!PyArg_ParseTuple(args, "iOy*", key_fd, &client, buffer))
+        return -1;
+    if (parse_address(client, from) < 0) {
+        PyBuffer_Release(buffer);
+        return -1;
+    }
+    return 0;
+}
+
 /*
  * forward_datagram(key, (host, port), data) -> whether it was forwarded
  *
@@ -1312,15 +1327,10 @@ static PyObject *
 forward_datagram(Forwarder *self, PyObject *args)
 {
     int key_fd;
-    PyObject *client;
     Py_buffer buffer;
     endpoint_t from;
-    if (!PyArg_ParseTuple(args, "iOy*", &key_fd, &client, &buffer))
+    if (parse_key_client_data(args, &key_fd, &from, &buffer) < 0)
         return NULL;
-    if (parse_address(client, &from) < 0) {
-        PyBuffer_Release(&buffer);
-        return NULL;
-    }
     decision_t d;
     decide_client(self, key_fd, buffer.buf, (size_t)buffer.len, &from, &d);
     if (d.forwarded) {
@@ -1344,15 +1354,10 @@ static PyObject *
 forward_frames(Forwarder *self, PyObject *args)
 {
     int key_fd;
-    PyObject *client;
     Py_buffer buffer;
     endpoint_t from;
-    if (!PyArg_ParseTuple(args, "iOy*", &key_fd, &client, &buffer))
+    if (parse_key_client_data(args, &key_fd, &from, &buffer) < 0)
         return NULL;
-    if (parse_address(client, &from) < 0) {
-        PyBuffer_Release(&buffer);
-        return NULL;
-    }
     const unsigned char *data = buffer.buf;
     size_t n = (size_t)buffer.len, offset = 0;
     int frames = 0;
