@@ -1208,6 +1208,15 @@ flush(Forwarder *self)
     }
 }
 
+/* Count a forwarded datagram for its slot, as the Python path counts. */
+static void
+tally(Forwarder *self, const decision_t *d)
+{
+    slot_t *s = &self->slots[d->slot];
+    s->counters[d->to_client ? 2 : 0] += 1;
+    s->counters[d->to_client ? 3 : 1] += d->counted;
+}
+
 static void
 queue(Forwarder *self, const decision_t *d)
 {
@@ -1238,9 +1247,7 @@ queue(Forwarder *self, const decision_t *d)
     m->msg_iov = iov;
     m->msg_iovlen = (size_t)parts;
     self->slengths[k] = d->header_length + d->length + d->padding;
-    slot_t *s = &self->slots[d->slot];
-    s->counters[d->to_client ? 2 : 0] += 1;
-    s->counters[d->to_client ? 3 : 1] += d->counted;
+    tally(self, d);
 }
 
 /* -- stream clients -------------------------------------------------------- */
@@ -1294,10 +1301,8 @@ stream_queue(Forwarder *self, const decision_t *d)
     self->stream_length += size;
     self->stream_slot = d->slot;
     self->stream_frames++;
-    slot_t *s = &self->slots[d->slot];
-    s->counters[2] += 1;
-    s->counters[3] += d->counted;
-    if (s->per_frame)
+    tally(self, d);
+    if (self->slots[d->slot].per_frame)
         stream_flush(self);
     return 0;
 }
@@ -1537,9 +1542,7 @@ decide(Forwarder *self, PyObject *args)
         PyBuffer_Release(&data);
         Py_RETURN_NONE;
     }
-    slot_t *s = &self->slots[d.slot];
-    s->counters[d.to_client ? 2 : 0] += 1;
-    s->counters[d.to_client ? 3 : 1] += d.counted;
+    tally(self, &d);
     size_t total = d.header_length + d.length + d.padding;
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
     if (out != NULL) {
