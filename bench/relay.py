@@ -3,14 +3,16 @@ Relay benchmark: packets/s and Mbit/s that a TURN server relays from
 clients to a peer over ChannelData, for 1 and 50 clients at 100- and
 1000-byte payloads, over Send indications (Firefox's way: no channels) at
 100 bytes, both ways at once (ChannelData up, the peer's datagrams
-down), ChannelData from TCP clients, and over IPv6 (clients, relays and
-peer on ::1); and the round trip through the relay at 10,000 round trips a
+down), ChannelData from TCP clients, over IPv6 (clients, relays and
+peer on ::1), and from TLS and DTLS clients (one ChannelData per record,
+as browsers write them); and the round trip through the relay at 10,000 round trips a
 second (p50, p99).  For txturn with its compiled fast path, txturn on
 its pure Python path (TXTURN_FAST_PATH=off), and coturn's turnserver when
 installed, in the same run, with the ratios to coturn.
 
 The server runs pinned to CPU 0, the load generator (bench/loadgen.c,
-compiled on first use) to CPU 1.  The generator sends with sendmmsg and
+compiled on first use; it needs libssl-dev) to CPU 1.  The generator
+sends with sendmmsg (over TLS and DTLS, one SSL_write per record) and
 counts at the peer with recvmmsg, and reports its own CPU, so a figure
 limited by the generator rather than the server is visible.  Everything is
 on 127.0.0.1, and every run stops after --seconds.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from txturn.testing import StunClient  # noqa: E402
+from txturn.testing import StunClient, self_signed_certificate  # noqa: E402
 from txturn.wire.stun import Attr, Class, Message, Method, encode  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -47,7 +50,10 @@ def build_loadgen() -> str:
     source = os.path.join(HERE, "loadgen.c")
     if not os.path.exists(binary) or os.path.getmtime(binary) < os.path.getmtime(source):
         os.makedirs(BUILD, exist_ok=True)
-        subprocess.run(["cc", "-O2", "-pthread", "-o", binary, source], check=True)
+        # OpenSSL (libssl-dev) for the TLS and DTLS clients.
+        subprocess.run(
+            ["cc", "-O2", "-pthread", "-o", binary, source, "-lssl", "-lcrypto"], check=True
+        )
     return binary
 
 
@@ -120,6 +126,23 @@ def start_coturn(
         *extra,
     ]
     return subprocess.Popen(pinned(0, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def coturn_extra(turnserver: str) -> tuple[str, ...]:
+    """
+    What coturn needs told to serve uclient as txturn does: 4.17 binds only
+    RFC 8656's channels (0x4000-0x4FFF) unless told otherwise, and Debian's
+    uclient picks RFC 5766's (up to 0x7FFF), as txturn accepts; and 4.17
+    starts its DTLS listener only with --dtls.
+    """
+    shown = subprocess.run([turnserver, "-h"], capture_output=True, text=True).stdout
+    extra: tuple[str, ...] = (
+        ("--rfc5766-channel-numbers",) if "rfc5766-channel-numbers" in shown else ()
+    )
+    # 4.17 starts DTLS only when asked; 4.6.1 has no such option.
+    if re.search(r"^\s*--dtls\b", shown, re.M):
+        extra += ("--dtls",)
+    return extra
 
 
 def transact(
@@ -268,12 +291,17 @@ def measure(
     clients: int,
     payload: int,
     seconds: float,
+    tls_port: int = 0,
 ) -> dict[str, float]:
     """
     One workload (C{channel}, C{send}, C{both}, C{latency}, or C{tcp} and
     C{ipv6}: ChannelData from TCP clients, and from IPv6 clients through
-    IPv6 relays to an IPv6 peer) against the server on C{port}.
+    IPv6 relays to an IPv6 peer) against the server on C{port}; C{tls} and
+    C{dtls}: ChannelData from the generator's own TLS and DTLS clients of
+    C{tls_port}.
     """
+    if workload in SECURE:
+        return _measure_secure(loadgen, tls_port, server_pid, workload, clients, payload, seconds)
     host = "::1" if workload == "ipv6" else "127.0.0.1"
     sink = socket.socket(
         socket.AF_INET6 if workload == "ipv6" else socket.AF_INET, socket.SOCK_DGRAM
@@ -334,6 +362,51 @@ def measure(
             "server_cpu": server_cpu / seconds,
             "rss": rss_mib(server_pid),
         }
+    return _figures(figures, payload, seconds, server_cpu, server_pid)
+
+
+def _measure_secure(
+    loadgen: str,
+    tls_port: int,
+    server_pid: int,
+    workload: str,
+    clients: int,
+    payload: int,
+    seconds: float,
+) -> dict[str, float]:
+    """
+    The C{tls} and C{dtls} workloads: the generator connects, allocates
+    and binds a channel to the sink itself (the sessions cannot be handed
+    to it from Python), and deletes its allocations at the end.
+    """
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sink.bind(("127.0.0.1", 0))
+    spec = f"--{workload}=127.0.0.1:{tls_port}:{USER}:{PASSWORD}:{clients}"
+    # The server's CPU is counted while ChannelData flows, without the
+    # handshakes before and the deletions after.
+    with sink, subprocess.Popen(
+        pinned(1, [loadgen, spec, str(seconds), str(payload), str(sink.fileno())]),
+        pass_fds=[sink.fileno()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as generator:
+        assert generator.stdin is not None and generator.stdout is not None
+        if generator.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the {workload} clients could not allocate")
+        cpu0 = cpu_seconds(server_pid)
+        generator.stdin.write("go\n")
+        generator.stdin.flush()
+        line = generator.stdout.readline()
+        server_cpu = cpu_seconds(server_pid) - cpu0
+    figures = dict(kv.split("=") for kv in line.split())
+    return _figures(figures, payload, seconds, server_cpu, server_pid)
+
+
+def _figures(
+    figures: dict[str, str], payload: int, seconds: float, server_cpu: float, server_pid: int
+) -> dict[str, float]:
     elapsed = float(figures["seconds"])
     received = int(figures["received"]) + int(figures.get("back_received", 0))
     sent = int(figures["sent"]) + int(figures.get("back_sent", 0))
@@ -359,7 +432,11 @@ WORKLOADS = (
     + [("latency", 50, 100)]
     + [("tcp", clients, 100) for clients in (1, 50)]
     + [("ipv6", clients, 100) for clients in (1, 50)]
+    + [(secure, clients, 100) for secure in ("tls", "dtls") for clients in (1, 50)]
 )
+
+#: The workloads whose clients the generator connects itself.
+SECURE = ("tls", "dtls")
 
 #: The servers compared: txturn with its fast path, txturn on the pure
 #: Python path, coturn; and (with --variants) the fast path without UDP GSO
@@ -391,22 +468,33 @@ def show(name: str, key: tuple[str, int, int], r: dict[str, float]) -> None:
 def run_server(
     name: str, loadgen: str, seconds: float, turnserver: str = "turnserver"
 ) -> dict[tuple[str, int, int], dict[str, float]]:
-    port = free_port()
+    port, tls_port = free_port(), free_port()
     logdir = tempfile.mkdtemp()
-    # TCP and IPv6 too, for the tcp and ipv6 workloads.
+    cert, key = self_signed_certificate(logdir)
+    # TCP, TLS, DTLS and IPv6 too, for those workloads.
     six: tuple[str, ...]
     if name == "coturn":
         six = ("--listening-ip=::1", "--relay-ip=::1")
-        process = start_coturn(port, logdir, turnserver, tcp=True, extra=six)
+        process = start_coturn(
+            port,
+            logdir,
+            turnserver,
+            tcp=True,
+            extra=six + coturn_extra(turnserver),
+            secure=(cert, key, tls_port),
+        )
     else:
         six = ("--listen", "::1", "--relay-ip", "::1")
-        process = start_txturn(port, *six, fast_path=FAST_PATH[name])
+        tls = ("--cert", cert, "--key", key, "--tls-port", str(tls_port))
+        process = start_txturn(port, *six, *tls, fast_path=FAST_PATH[name])
     results = {}
     try:
         wait_for_server(port)
         for key in WORKLOADS:
             workload, clients, payload = key
-            results[key] = measure(loadgen, port, process.pid, workload, clients, payload, seconds)
+            results[key] = measure(
+                loadgen, port, process.pid, workload, clients, payload, seconds, tls_port
+            )
             show(name, key, results[key])
             time.sleep(0.5)
     finally:
@@ -463,7 +551,7 @@ def main() -> None:
     parser.add_argument(
         "--workloads",
         default=",".join(sorted({w for w, _, _ in WORKLOADS})),
-        help="comma-separated: channel, send, both, latency, tcp, ipv6",
+        help="comma-separated: channel, send, both, latency, tcp, ipv6, tls, dtls",
     )
     parser.add_argument(
         "--turnserver",

@@ -33,6 +33,7 @@ from statistics import median
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from relay import (  # noqa: E402
+    coturn_extra,
     PASSWORD,
     USER,
     cpu_seconds,
@@ -71,23 +72,6 @@ def wait_listening(port: int, tcp: bool) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def _channel_numbers(turnserver: str) -> tuple[str, ...]:
-    """
-    What coturn needs told to serve uclient as txturn does: 4.17 binds only
-    RFC 8656's channels (0x4000-0x4FFF) unless told otherwise, and Debian's
-    uclient picks RFC 5766's (up to 0x7FFF), as txturn accepts; and 4.17
-    starts its DTLS listener only with --dtls.
-    """
-    shown = subprocess.run([turnserver, "-h"], capture_output=True, text=True).stdout
-    extra: tuple[str, ...] = (
-        ("--rfc5766-channel-numbers",) if "rfc5766-channel-numbers" in shown else ()
-    )
-    # 4.17 starts DTLS only when asked; 4.6.1 has no such option.
-    if re.search(r"^\s*--dtls\b", shown, re.M):
-        extra += ("--dtls",)
-    return extra
-
-
 def run(server: str, mode: str, messages: int, turnserver: str) -> tuple[float, int, int]:
     """
     Server CPU microseconds per relayed packet, messages sent and lost.
@@ -104,7 +88,7 @@ def run(server: str, mode: str, messages: int, turnserver: str) -> tuple[float, 
                 logdir,
                 turnserver,
                 tcp=mode in STREAM,
-                extra=_channel_numbers(turnserver)
+                extra=coturn_extra(turnserver)
                 + (("--listening-ip=::1", "--relay-ip=::1") if ipv6 else ()),
                 secure=secure,
             )
