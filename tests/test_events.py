@@ -6,10 +6,10 @@ readable line for each that matters.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Iterator, cast
 
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -30,6 +30,7 @@ from txturn.core.events import (
     RequestAnswered,
     Traffic,
 )
+from txturn.core.interfaces import Address
 from txturn.observers.event_log import EventLog
 from txturn.testing import (
     FakePeerConnection,
@@ -39,6 +40,7 @@ from txturn.testing import (
     authenticated_request,
     make_server,
 )
+from txturn.util.log_level import log_level, set_log_level
 from txturn.wire.stun import Attr, Class, Method
 
 REALM = "events"
@@ -307,3 +309,25 @@ class EventLogTests(SynchronousTestCase):
         self.assertEqual(
             (event["user"], event["client"], event["lifetime"]), (name, "203.0.113.5:5000", 600.0)
         )
+
+    def test_not_rendered_below_level(self) -> None:
+        """
+        Under C{--log-level warn} the allocation lines are not rendered at
+        all (their addresses are not even formatted), and at C{info} they
+        are.
+        """
+        formatted: list[int] = []
+
+        class Relays(tuple[Address, ...]):
+            def __iter__(self) -> Iterator[Address]:
+                formatted.append(len(self))
+                return super().__iter__()
+
+        event = AllocationCreated(7, "u", PEER, "udp", Relays((PEER,)), 600.0)
+        self.addCleanup(set_log_level, log_level())
+        set_log_level(LogLevel.warn)
+        self.assertEqual(self.lines(event), [])
+        self.assertEqual(formatted, [])
+        set_log_level(LogLevel.info)
+        self.assertEqual(len(self.lines(event)), 1)
+        self.assertEqual(len(formatted), 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from twisted.logger import LogLevel
 from zope.interface import implementer
 
 from txturn.core.events import (
@@ -22,7 +23,7 @@ from txturn.core.events import (
     IServerObserver,
 )
 from txturn.core.interfaces import host_port
-from txturn.util.log_level import logger
+from txturn.util.log_level import log_level, logger
 
 
 @implementer(IServerObserver)
@@ -34,6 +35,13 @@ class EventLog:
     log = logger("txturn")
 
     def observe(self, event: object) -> None:
+        if (
+            isinstance(event, (AllocationCreated, AllocationDeleted))
+            and log_level() > LogLevel.info
+        ):
+            # Below --log-level: not worth rendering (a few microseconds
+            # each, two per allocation, on a burst of Allocates).
+            return
         if isinstance(event, AllocationCreated):
             relays = ", ".join(host_port(r) for r in event.relays)
             client = host_port(event.client)
