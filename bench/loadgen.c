@@ -36,6 +36,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -549,6 +550,11 @@ int main(int argc, char **argv) {
         }
         nclients++;
     }
+    /* Python hands over sockets with a timeout, which it implements with
+     * O_NONBLOCK: a stream socket would then take part of a frame when
+     * its buffer fills, and every frame after it would be garbage. */
+    for (int c = 0; c < nclients; c++)
+        fcntl(fds[c], F_SETFL, fcntl(fds[c], F_GETFL) & ~O_NONBLOCK);
     if (secure) {
         /* Say when the sessions are up, and start when told: the caller
          * counts the server's CPU from here, without the handshakes. */

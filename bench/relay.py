@@ -385,13 +385,16 @@ def _measure_secure(
     spec = f"--{workload}=127.0.0.1:{tls_port}:{USER}:{PASSWORD}:{clients}"
     # The server's CPU is counted while ChannelData flows, without the
     # handshakes before and the deletions after.
-    with sink, subprocess.Popen(
-        pinned(1, [loadgen, spec, str(seconds), str(payload), str(sink.fileno())]),
-        pass_fds=[sink.fileno()],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as generator:
+    with (
+        sink,
+        subprocess.Popen(
+            pinned(1, [loadgen, spec, str(seconds), str(payload), str(sink.fileno())]),
+            pass_fds=[sink.fileno()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as generator,
+    ):
         assert generator.stdin is not None and generator.stdout is not None
         if generator.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the {workload} clients could not allocate")
@@ -470,7 +473,7 @@ def run_server(
 ) -> dict[tuple[str, int, int], dict[str, float]]:
     port, tls_port = free_port(), free_port()
     logdir = tempfile.mkdtemp()
-    cert, key = self_signed_certificate(logdir)
+    cert, private_key = self_signed_certificate(logdir)
     # TCP, TLS, DTLS and IPv6 too, for those workloads.
     six: tuple[str, ...]
     if name == "coturn":
@@ -481,11 +484,11 @@ def run_server(
             turnserver,
             tcp=True,
             extra=six + coturn_extra(turnserver),
-            secure=(cert, key, tls_port),
+            secure=(cert, private_key, tls_port),
         )
     else:
         six = ("--listen", "::1", "--relay-ip", "::1")
-        tls = ("--cert", cert, "--key", key, "--tls-port", str(tls_port))
+        tls = ("--cert", cert, "--key", private_key, "--tls-port", str(tls_port))
         process = start_txturn(port, *six, *tls, fast_path=FAST_PATH[name])
     results = {}
     try:

@@ -33,9 +33,9 @@ from statistics import median
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from relay import (  # noqa: E402
-    coturn_extra,
     PASSWORD,
     USER,
+    coturn_extra,
     cpu_seconds,
     free_port,
     pinned,
