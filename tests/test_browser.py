@@ -4,25 +4,44 @@ TLS: headless Chromium
 (Debian's package, which .ci/run installs) opens two peer connections with
 C{iceTransportPolicy: "relay"} and sends data-channel messages between
 them, which can only flow through two TURN allocations on our server.
+And the same call through a server that redirects every Allocate to
+another (300 Try Alternate), in a network namespace the test creates.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlunsplit
 
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web import resource, server, static
 
-from tests.test_interop import HERE, InProcessServer, spawn
+from tests.test_interop import HERE, InProcessServer, OutputWatcher, spawn
 
 reactor: Any = _reactor
+
+
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+]
 
 
 def find_chromium() -> str:
@@ -85,15 +104,7 @@ class BrowserTests(TestCase):
         spawn(
             [
                 self.chromium,
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-extensions",
+                *CHROMIUM_FLAGS,
                 # The test certificate is self-signed, and Chromium checks
                 # TURN/TLS certificates like any other.
                 "--ignore-certificate-errors",
@@ -137,3 +148,130 @@ class BrowserTests(TestCase):
         yield self.call(f"turns:127.0.0.1:{self.turn.service.port_of('tls')}?transport=tcp")
         for channel, _ in self.turn.service.server.allocations:
             self.assertEqual(channel.transport_name, "tls")
+
+
+_namespaces = itertools.count()
+
+
+def network_namespace(test: TestCase) -> str:
+    """
+    A network namespace of the test's own, deleted after it, with
+    10.99.0.1/24 on one end of a veth pair whose other end is in it too
+    (libwebrtc will not follow a redirect to a loopback address); skips
+    where namespaces cannot be made.
+    """
+    name = f"txturn-test-{os.getpid()}-{next(_namespaces)}"
+    commands = [
+        ["ip", "netns", "add", name],
+        ["ip", "-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+        ["ip", "-n", name, "addr", "add", "10.99.0.1/24", "dev", "v0"],
+        ["ip", "-n", name, "link", "set", "v0", "up"],
+        ["ip", "-n", name, "link", "set", "v1", "up"],
+        ["ip", "-n", name, "link", "set", "lo", "up"],
+    ]
+    if shutil.which("ip") is None:
+        raise SkipTest("no ip command (iproute2)")
+    for i, command in enumerate(commands):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            if i:
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            raise SkipTest(f"cannot make a network namespace: {done.stderr.strip()}")
+        if i == 0:
+            test.addCleanup(subprocess.run, ["ip", "netns", "del", name], capture_output=True)
+    return name
+
+
+class RedirectTests(TestCase):
+    """
+    Chromium, given only a server that redirects every Allocate (300 Try
+    Alternate), gets its relay candidates from the alternate and relays
+    the call there, over UDP and over TCP.  Before txturn redirected
+    Allocates that carry no credentials yet, libwebrtc carried the first
+    server's nonce to the alternate, got 438 and gave up: no candidate.
+    """
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def call(self, transport: str) -> Any:
+        chromium = find_chromium()
+        namespace = network_namespace(self)
+        inside = ["ip", "netns", "exec", namespace]
+        servers = {}
+        for name, port, extra in [
+            ("target", 3479, []),
+            ("redirecting", 3478, ["--alternate-server", "10.99.0.1:3479"]),
+        ]:
+            servers[name] = spawn(
+                [
+                    *inside,
+                    sys.executable,
+                    "-c",
+                    "from twisted.scripts.twistd import run; run()",
+                    "-n",
+                    "--pidfile=",
+                    "turn",
+                    "--listen",
+                    "10.99.0.1",
+                    "--port",
+                    str(port),
+                    "--relay-ip",
+                    "10.99.0.1",
+                    "--allowed-peer-ip",
+                    "10.99.0.1",
+                    "--realm",
+                    "txturn",
+                    "--user",
+                    "test:secret",
+                    "--no-tls",
+                    "--no-dtls",
+                    *extra,
+                ],
+                self,
+            )
+            yield servers[name].wait_for(rb"Relaying on 10\.99\.0\.1", timeout=30)
+        profile = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, profile, True)
+        query = urlencode(
+            {
+                "turn": f"turn:10.99.0.1:3478?transport={transport}",
+                "user": "test",
+                "pass": "secret",
+                "count": "20",
+            }
+        )
+        page = urlunsplit(
+            ("file", "", os.path.join(HERE, "clients", "webrtc_relay.html"), query, "")
+        )
+        browser: OutputWatcher = spawn(
+            [
+                *inside,
+                chromium,
+                *CHROMIUM_FLAGS,
+                "--enable-logging=stderr",
+                "--v=0",
+                f"--user-data-dir={profile}",
+                page,
+            ],
+            self,
+        )
+        found = yield browser.wait_for(rb'RESULT (\{[^\n]*\})", source', timeout=40)
+        result = json.loads(found.group(1))
+        self.assertEqual(result["error"], "", result)
+        self.assertEqual(result["received"], 20, result)
+        self.assertEqual(result["pair"], ["relay", "relay"])
+        self.assertTrue(result["candidates"])
+        for candidate in result["candidates"]:
+            self.assertIn("typ relay", candidate)
+            self.assertIn("10.99.0.1", candidate)
+        allocated = re.compile(rb"Allocated 10\.99\.0\.1:\d+ for test from 10\.99\.0\.1:\d+ over ")
+        self.assertEqual(len(allocated.findall(servers["target"].output)), 2)
+        self.assertEqual(allocated.findall(servers["redirecting"].output), [])
+        return result
+
+    def test_udp(self) -> Any:
+        return self.call("udp")
+
+    def test_tcp(self) -> Any:
+        return self.call("tcp")

@@ -21,6 +21,7 @@ from txturn.auth.credentials import (
     userhash,
 )
 from txturn.core.allocation import MAX_KEPT_PEER_ATTRIBUTES
+from txturn.core.counters import Counter
 from txturn.testing import (
     FakeRelayAllocator,
     RecordingClientChannel,
@@ -1028,8 +1029,10 @@ class AlternateServerTests(SynchronousTestCase):
 
     def test_round_robin(self) -> None:
         """
-        Always redirecting: 300 with the alternates in turn, signed (the
-        request was authenticated), and no allocation made.
+        Always redirecting: the first Allocate, which has no credentials
+        yet, gets 300 with the alternates in turn, unsigned and without a
+        nonce (a browser carries a nonce to the alternate and gives up on
+        its 438), and no allocation is made.
         """
         self.make()
         answers = [self.allocate(port) for port in range(1, 4)]
@@ -1038,8 +1041,67 @@ class AlternateServerTests(SynchronousTestCase):
             [a.get(Attr.ALTERNATE_SERVER) for a in answers],
             [("192.0.2.10", 3478), ("2001:db8::10", 3479), ("192.0.2.10", 3478)],
         )
-        self.assertIsNotNone(answers[0].integrity_offset)
+        self.assertIsNone(answers[0].integrity_offset)
+        self.assertIsNone(answers[0].get(Attr.NONCE))
         self.assertEqual(len(self.server.allocations), 0)
+        self.assertEqual(self.server.counters[Counter.REDIRECTED], 3)
+
+    def test_authenticated_signed(self) -> None:
+        """
+        An Allocate that comes with credentials (the client had a nonce
+        from another request) is redirected too, and its 300 is signed, as
+        RFC 8489 asks of an answer to an authenticated request.
+        """
+        self.make()
+        client = StunClient("u", "p")
+        address = ("198.51.100.1", 7)
+        refresh = authenticated_request(
+            self.server, self.channel, client, Method.REFRESH, [], address
+        )
+        self.assertEqual(refresh.get(Attr.ERROR_CODE)[0], 437)
+        answer = authenticated_request(
+            self.server,
+            self.channel,
+            client,
+            Method.ALLOCATE,
+            [(Attr.REQUESTED_TRANSPORT, 17)],
+            address,
+        )
+        self.assertEqual(answer.get(Attr.ERROR_CODE)[0], 300)
+        self.assertIsNotNone(answer.integrity_offset)
+
+    def test_limited_per_source(self) -> None:
+        """
+        Unsigned 300s count against the source's share of unauthenticated
+        answers, as 401s do: past it, silence.
+        """
+        self.make(challenge_rate=1.0, challenge_burst=2)
+        client = StunClient("u", "p")
+        for _ in range(3):
+            self.server.datagram_received(
+                self.channel,
+                client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]),
+                ("198.51.100.1", 7),
+            )
+        self.assertEqual(len(self.channel.sent), 2)
+        self.assertEqual(self.server.counters[Counter.CHALLENGES_LIMITED], 1)
+
+    def test_pair_not_redirected(self) -> None:
+        """
+        The second half of a reserved pair is not redirected before
+        authentication (the call is being set up here): it is challenged.
+        """
+        self.make()
+        client = StunClient("u", "p")
+        self.server.datagram_received(
+            self.channel,
+            client.request(
+                Method.ALLOCATE,
+                [(Attr.REQUESTED_TRANSPORT, 17), (Attr.RESERVATION_TOKEN, b"12345678")],
+            ),
+            ("198.51.100.1", 7),
+        )
+        self.assertEqual(decode(self.channel.pop()).get(Attr.ERROR_CODE)[0], 401)
 
     def test_over_load(self) -> None:
         """

@@ -616,7 +616,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "challenge-rate",
         _QUOTAS,
         _R,
-        "401/438 answers per second to one address (burst: 10 s worth).",
+        "401, 438 and unsigned 300 answers per second to one address (burst: 10 s worth).",
         metavar="N",
         default="100",
         coerce=count(1),

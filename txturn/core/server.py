@@ -373,6 +373,15 @@ class TurnServer:
         if handler is None:
             request.fail(400, "Unknown method")
             return
+        if (
+            message.method == Method.ALLOCATE
+            and message.integrity_offset is None
+            and message.integrity_sha256_offset is None
+            and self.allocation_requests.redirect_before_authentication(
+                request, self.authenticator.challenges.allow
+            )
+        ):
+            return
         # Every other method is authenticated first.  The credential
         # source may have to wait for a database: then the handler runs
         # when the keys are known.

@@ -11,7 +11,7 @@ relays, records the allocation in the table and answers.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from txturn.core.allocation import Allocation
 from txturn.core.counters import Counter
@@ -197,20 +197,57 @@ class AllocationRequests:
         broker.fetch(owner, token, username).addCallback(fetched)
         return True
 
+    def redirect_before_authentication(
+        self, request: Request, allow: Callable[[str], bool]
+    ) -> bool:
+        """
+        Answer an Allocate that carries no credentials yet with 300 Try
+        Alternate, unsigned, when this server would redirect it once
+        authenticated; whether it was answered (or, past its source's share
+        of unauthenticated answers, C{allow}, dropped).
+
+        This is what coturn does and what browsers need: libwebrtc carries
+        the nonce of a 401 from the first server to the alternate, gets 438
+        there and gives up, so a redirect after the 401 is one it never
+        follows.  A retransmission from a 5-tuple that has an allocation,
+        and the second half of a reserved pair, go through authentication
+        as before.  C{allow} is the per-source limit on 401s: a 300 is
+        no larger than a 401, and goes unasked to whoever a source claims
+        to be.
+        """
+        if (
+            not self.would_redirect()
+            or self._table.get(request.client, request.address) is not None
+            or request.message.has(Attr.RESERVATION_TOKEN)
+        ):
+            return False
+        if not allow(request.address[0]):
+            self._state.count(Counter.CHALLENGES_LIMITED)
+            return True
+        return self._redirected(request)
+
+    def would_redirect(self) -> bool:
+        """
+        Whether an Allocate would now be redirected (there are alternates,
+        and this server is draining or holds C{alternate_load}
+        allocations, always if that is 0).
+        """
+        config = self._state.config
+        if not config.alternate_servers:
+            return False
+        busy = not config.alternate_load or len(self._table) >= config.alternate_load
+        return busy or self._state.draining
+
     def _redirected(self, request: Request) -> bool:
         """
         RFC 8489 section 10: 300 Try Alternate, naming the next alternate
-        server in turn, when there are alternates and this server is
-        draining or holds C{alternate_load} allocations (always, if 0).
-        The answer is signed, as RFC 8489 asks of an authenticated request.
+        server in turn, when L{would_redirect}.  An authenticated request's
+        answer is signed, as RFC 8489 asks.
         """
+        if not self.would_redirect():
+            return False
         config, state = self._state.config, self._state
         alternates = config.alternate_servers
-        if not alternates:
-            return False
-        busy = not config.alternate_load or len(self._table) >= config.alternate_load
-        if not (busy or state.draining):
-            return False
         target = alternates[self._next_alternate % len(alternates)]
         self._next_alternate += 1
         state.count(Counter.REDIRECTED)
