@@ -156,6 +156,18 @@ class FormatTests(SynchronousTestCase):
         policy = PolicyReader().policy_of(minted["username"])
         self.assertEqual(policy.allocations, 1)
         self.assertEqual(minted["credential"], rest_api_password(SECRET, minted["username"]))
+        sha256 = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "txturn.tools.admin", "mint", "--secret", SECRET]
+                + ["--user", "bob", "--hmac", "sha256"],
+                capture_output=True,
+                check=True,
+                text=True,
+            ).stdout
+        )
+        self.assertEqual(
+            sha256["credential"], rest_api_password(SECRET, sha256["username"], "sha256")
+        )
 
 
 class CorePolicyTests(ServerTestCase):
@@ -321,3 +333,49 @@ class RealClientTests(TestCase):
         yield watcher.wait_for(
             rb"Refused peer 127\.0\.0\.1:\d+ for \S+:bob:\S+: outside the credential"
         )
+
+    @defer.inlineCallbacks
+    def test_aioice_sha256(self) -> Any:
+        """
+        C{--rest-api-hmac sha256}: aioice relays with a credential that
+        C{txturn-admin mint --hmac sha256} made, and gets nothing through
+        with a SHA-1 one for the same secret.
+        """
+        port = free_udp_port()
+        watcher = spawn(
+            twistd_turn(
+                port,
+                "--static-auth-secret",
+                SECRET,
+                "--rest-api-hmac",
+                "sha256",
+                "--relay-ip",
+                "127.0.0.1",
+                "--allow-loopback-peers",
+            ),
+            self,
+        )
+        yield watcher.wait_for(rb"REST API with 1 secret\(s\), HMAC-SHA256")
+        yield watcher.wait_for(rb"TURN listening on UDP")
+        minted = {}
+        for hmac_name in ("sha256", "sha1"):
+            out, err, code = yield getProcessOutputAndValue(
+                sys.executable,
+                ["-m", "txturn.tools.admin", "mint", "--secret", SECRET, "--user", "alice"]
+                + ["--hmac", hmac_name],
+                env=os.environ.copy(),
+            )
+            self.assertEqual(code, 0, err)
+            minted[hmac_name] = json.loads(out)
+        good = minted["sha256"]
+        result = yield run_aioice(self, port, good["username"], good["credential"], 10)
+        self.assertEqual((result["received"], result["intact"]), (10, True))
+        script = os.path.join(os.path.dirname(__file__), "clients", "aioice_echo.py")
+        bad = minted["sha1"]
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable,
+            [script, "127.0.0.1", str(port), bad["username"], bad["credential"], "3"],
+            env=os.environ.copy(),
+        )
+        received = json.loads(out.decode().splitlines()[-1])["received"] if code == 0 else 0
+        self.assertEqual(received, 0)

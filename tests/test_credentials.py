@@ -63,6 +63,25 @@ class KeyTests(SynchronousTestCase):
             rest_api_password("north", "1700000000:alice"), "Cd/49soE35ICqcJF/bCTn8Z4OyE="
         )
 
+    def test_rest_password_sha2(self) -> None:
+        """
+        With SHA-256 or SHA-512 (C{--rest-api-hmac}, Kamailio's
+        C{auth_ephemeral} C{sha_algorithm}) the password is their HMAC,
+        checked against C{openssl dgst -sha256 -hmac}; an unknown HMAC is
+        refused, not quietly taken as SHA-1.
+        """
+        name = "1700000000:alice"
+        self.assertEqual(
+            rest_api_password("north", name, "sha256"),
+            "EuME0Xh0HllnbpbObfs8aBsd78Vr1EMwxArqbyCrGl8=",
+        )
+        self.assertEqual(
+            rest_api_password("north", name, "sha512"),
+            "NO/mrcTtqU47uK+3/ZrTM3OMeVdf0XqXNVVddtcCwUJz5xFHKSTuNUkZNUbCFEZjOOjPIniDp1h2"
+            "iSRh6xAtwA==",
+        )
+        self.assertRaises(CredentialError, rest_api_password, "north", name, "md5")
+
 
 class NonceTests(SynchronousTestCase):
     """
@@ -160,6 +179,20 @@ class SourceTests(SynchronousTestCase):
             source.key_for("1000", "r", 1, 0),
             long_term_key("1000", "r", rest_api_password("s", "1000")),
         )
+
+    def test_rest_sha256(self) -> None:
+        """
+        A source made with C{hmac_name="sha256"} takes SHA-256 passwords
+        and not SHA-1 ones, for every secret.
+        """
+        source = RestApiCredentials(["old", "new"], hmac_name="sha256")
+        name = "1000:bob"
+        for secret in ("old", "new"):
+            key = long_term_key(name, "r", rest_api_password(secret, name, "sha256"))
+            self.assertIn(key, source.keys_for(name, "r", 1, 0))
+            sha1 = long_term_key(name, "r", rest_api_password(secret, name))
+            self.assertNotIn(sha1, source.keys_for(name, "r", 1, 0))
+        self.assertRaises(CredentialError, RestApiCredentials, "s", hmac_name="md5")
 
     def test_chain(self) -> None:
         """

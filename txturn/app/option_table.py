@@ -30,6 +30,7 @@ from typing import Any, Callable
 from twisted.python import usage
 
 from txturn import __version__
+from txturn.auth.credentials import REST_HMACS
 from txturn.core.peer_policy import parse_range
 from txturn.util.log_level import LEVELS
 
@@ -248,6 +249,15 @@ def user(name: str, text: str) -> tuple[str, str]:
 def external_ip(name: str, text: str) -> tuple[str, str | None]:
     public, _, private = text.partition("/")
     return address(name, public), address(name, private) if private else None
+
+
+def one_of(*choices: str) -> Callable[[str, str], str]:
+    def coerce(name: str, text: str) -> str:
+        if text not in choices:
+            raise usage.UsageError(f"--{name} must be one of {', '.join(choices)}, not {text!r}")
+        return text
+
+    return coerce
 
 
 def not_empty(name: str, text: str) -> str:
@@ -469,6 +479,18 @@ OPTIONS: tuple[OptionSpec, ...] = (
         coturn="static-auth-secret",
         example="rotated",
         secret=True,
+    ),
+    OptionSpec(
+        "rest-api-hmac",
+        _AUTH,
+        _A,
+        "HMAC of TURN REST API passwords: sha1 (coturn's), sha256, sha384 or sha512 "
+        "(as Kamailio's auth_ephemeral sha_algorithm); the credentials' issuer must "
+        "use the same.",
+        metavar="ALGORITHM",
+        default="sha1",
+        coerce=one_of(*REST_HMACS),
+        example="sha256",
     ),
     OptionSpec(
         "static-auth-secret-file",

@@ -100,7 +100,9 @@ def credentials_for(
     if lines:
         sources.append(StaticCredentials.from_lines(realm, lines))
     if options["static-auth-secret"]:
-        sources.append(RestApiCredentials(options["static-auth-secret"]))
+        sources.append(
+            RestApiCredentials(options["static-auth-secret"], hmac_name=options["rest-api-hmac"])
+        )
     # A database of users counts even where it is not opened (in the
     # supervisor of --workers N, which authenticates nobody).
     if sources or options["user-db-sqlite"] is not None or options["redis-address"] is not None:

@@ -115,7 +115,10 @@ def summarize(options: Options) -> None:
     if options["redis-address"] is not None:
         modes.append("users in Redis")
     if options["static-auth-secret"]:
-        modes.append(f"REST API with {len(options['static-auth-secret'])} secret(s)")
+        modes.append(
+            f"REST API with {len(options['static-auth-secret'])} secret(s), "
+            f"HMAC-{options['rest-api-hmac'].upper()}"
+        )
     _log.info(
         "Realm {realm}; authentication: {modes}{external}",
         realm=options["realm"],

@@ -84,16 +84,25 @@ def userhash(username: str, realm: str) -> bytes:
     ).digest()
 
 
-def rest_api_password(secret: str | bytes, username: str) -> str:
+#: The HMACs a TURN REST API password may be made with: coturn's SHA-1,
+#: and the SHA-2 family as Kamailio's C{auth_ephemeral} (C{sha_algorithm})
+#: and other issuers offer them.
+REST_HMACS = ("sha1", "sha256", "sha384", "sha512")
+
+
+def rest_api_password(secret: str | bytes, username: str, hmac_name: str = "sha1") -> str:
     """
     The TURN REST API password for an ephemeral C{username}:
-    C{base64(HMAC-SHA1(secret, username))}.
+    C{base64(HMAC-SHA1(secret, username))}, or with C{hmac_name} another
+    of L{REST_HMACS}.
     """
+    if hmac_name not in REST_HMACS:
+        raise CredentialError(f"unknown REST API HMAC {hmac_name!r}")
     if isinstance(secret, str):
         secret = secret.encode("utf-8")
-    return base64.b64encode(
-        hmac.new(secret, username.encode("utf-8"), hashlib.sha1).digest()
-    ).decode("ascii")
+    return base64.b64encode(hmac.new(secret, username.encode("utf-8"), hmac_name).digest()).decode(
+        "ascii"
+    )
 
 
 class NonceManager:
@@ -319,7 +328,9 @@ class RestApiCredentials:
     """
     TURN REST API ephemeral credentials, as coturn's C{use-auth-secret}:
     the username is C{<unix expiry>[:<user>]}, the password
-    C{base64(HMAC-SHA1(secret, username))}.
+    C{base64(HMAC-SHA1(secret, username))}, or with C{hmac_name} another of
+    L{REST_HMACS} (one for every secret: the issuer and the server agree
+    on it as they agree on the secret).
 
     A username whose timestamp has passed, or that does not start with
     ASCII digits, has no key, so it is rejected like an unknown user; the
@@ -332,17 +343,27 @@ class RestApiCredentials:
     with any of them are accepted.
     """
 
-    def __init__(self, secret: str | bytes | Sequence[str | bytes], separator: str = ":") -> None:
+    def __init__(
+        self,
+        secret: str | bytes | Sequence[str | bytes],
+        separator: str = ":",
+        hmac_name: str = "sha1",
+    ) -> None:
         given = [secret] if isinstance(secret, (str, bytes)) else list(secret)
         if not given:
             raise CredentialError("at least one REST API secret is needed")
+        if hmac_name not in REST_HMACS:
+            raise CredentialError(f"unknown REST API HMAC {hmac_name!r}")
         self._secrets = [s.encode("utf-8") if isinstance(s, str) else s for s in given]
         self._separator = separator
+        self.hmac_name = hmac_name
 
     def keys_for(self, username: str, realm: str, algorithm: int, now: float) -> Sequence[bytes]:
         expiry = rest_expiry(username, self._separator)
         keys = [
-            long_term_key(username, realm, rest_api_password(secret, username), algorithm)
+            long_term_key(
+                username, realm, rest_api_password(secret, username, self.hmac_name), algorithm
+            )
             for secret in self._secrets
         ]
         return keys if expiry is not None and expiry > now else ()

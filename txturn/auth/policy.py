@@ -223,10 +223,12 @@ def mint_credential(
     allocations: int | None = None,
     bps: int | None = None,
     separator: str = ":",
+    hmac_name: str = "sha1",
 ) -> tuple[str, str]:
     """
     A TURN REST username and password, good until C{expiry} (Unix time),
-    carrying the restrictions given (none: a plain REST credential).
+    carrying the restrictions given (none: a plain REST credential); the
+    password made with C{hmac_name} (the server's C{--rest-api-hmac}).
 
     @raise CredentialError: for a bad range, a count below 1, or a
         C{user} containing the separator.
@@ -245,7 +247,7 @@ def mint_credential(
         field = _encode(body)
         parse_policy(field)  # refuse here what a server would refuse
         username += separator + field
-    return username, rest_api_password(secret, username)
+    return username, rest_api_password(secret, username, hmac_name)
 
 
 def _encode(body: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 from twisted.internet import defer, task
 
-from txturn.auth.credentials import CredentialError, rest_expiry
+from txturn.auth.credentials import REST_HMACS, CredentialError, rest_expiry
 from txturn.auth.policy import mint_credential
 from txturn.auth.revocations import FOREVER
 from txturn.auth.user_db import SqliteUsers, UserDbError, sqlite_path
@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     secret.add_argument("--secret", help="The --static-auth-secret.")
     secret.add_argument("--secret-file", help="A file whose first line is the secret.")
     mint.add_argument("--user", required=True, help="Who the credential is for.")
+    mint.add_argument(
+        "--hmac",
+        choices=REST_HMACS,
+        default="sha1",
+        help="The server's --rest-api-hmac [sha1].",
+    )
     mint.add_argument("--ttl", type=int, default=86400, help="Seconds it is good for [86400].")
     mint.add_argument(
         "--peer", action="append", metavar="CIDR", help="A peer range it may reach (repeat)."
@@ -315,6 +321,7 @@ def _mint(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
         peers=args.peer,
         allocations=args.allocations,
         bps=args.bps,
+        hmac_name=args.hmac,
     )
     write(json.dumps({"username": username, "credential": password, "ttl": args.ttl}) + "\n")
     return 0

@@ -13,7 +13,7 @@ import time
 from typing import Any, Sequence
 
 from txturn import __version__
-from txturn.auth.credentials import rest_api_password
+from txturn.auth.credentials import REST_HMACS, rest_api_password
 from txturn.tools.argv_secrets import first_line, from_environment, warn_on_argv
 from txturn.tools.audit import Audit, table
 from txturn.tools.probing import Connection, Probe, ProbeFailed, Redirected, Report, TurnUri
@@ -37,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--secret-file", help="a file whose first line is the REST secret")
     parser.add_argument(
+        "--hmac",
+        choices=REST_HMACS,
+        default="sha1",
+        help="the server's --rest-api-hmac, for a REST secret [sha1]",
+    )
+    parser.add_argument(
         "--peer", help="the address the server should relay to (default: the mapped host)"
     )
     parser.add_argument("-n", "--count", type=int, default=10, help="round trips [10]")
@@ -58,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     secret, password = _secrets(args)
     if secret:
         username = f"{int(time.time()) + 3600}:{args.user or 'txturn-probe'}"
-        password = rest_api_password(secret, username)
+        password = rest_api_password(secret, username, args.hmac)
     elif args.user and password is not None:
         username = args.user
     else:
