@@ -71,3 +71,20 @@ class HealthTests(TestCase):
                 port.stopListening()
         self.service.listeners.ports = [(n, p) for n, p in self.service.ports if n == "metrics"]
         self.assertEqual(self.service.not_ready(), "no client listener bound")
+
+    @defer.inlineCallbacks
+    def test_degraded_stays_ready(self) -> Any:
+        """
+        A degradation (Redis unreachable) is said on C{/readyz}, which
+        stays 200: the server still serves, by design.
+        """
+        down = ["Redis at 127.0.0.1:6379 unreachable"]
+        self.service.add_degradation(lambda: down[0] if down else None)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.assertEqual(
+            (yield get(self.metrics_port, "/readyz")),
+            (200, "ready, degraded: Redis at 127.0.0.1:6379 unreachable\n"),
+        )
+        down.clear()
+        self.assertEqual((yield get(self.metrics_port, "/readyz")), (200, "ready\n"))

@@ -347,7 +347,13 @@ class FleetTests(FleetBase):
             with urllib.request.urlopen(url, timeout=5) as page:
                 return value(page.read().decode(), "turn_fleet_connected")
 
+        def readiness() -> tuple[int, str]:
+            url = f"http://127.0.0.1:{metrics_port}/readyz"
+            with urllib.request.urlopen(url, timeout=5) as page:
+                return page.status, page.read().decode()
+
         self.assertEqual((yield threads.deferToThread(connected)), 1)
+        self.assertEqual((yield threads.deferToThread(readiness)), (200, "ready\n"))
         _, response = yield self.allocate(port_a)
         self.assertEqual(self.code(response), 0)
         yield self.redis.stop()
@@ -359,6 +365,14 @@ class FleetTests(FleetBase):
         for watcher in (watcher_a, watcher_b):
             yield watcher.wait_for(rb"Redis at redis://127.0.0.1:\d+/0 unreachable")
         self.assertEqual((yield threads.deferToThread(connected)), 0)
+        # Degraded by design, not unready: the server still allocates.
+        status, body = yield threads.deferToThread(readiness)
+        self.assertEqual(status, 200)
+        self.assertRegex(
+            body,
+            r"^ready, degraded: Redis at redis://127\.0\.0\.1:\d+/0 unreachable: "
+            r"quotas per server, keys from the cache\n$",
+        )
         yield self.redis.start()
         for watcher in (watcher_a, watcher_b):
             yield watcher.wait_for(rb"Redis at redis://127.0.0.1:\d+/0 reachable again")
@@ -370,6 +384,7 @@ class FleetTests(FleetBase):
 
         yield self.wait_until(lambda: counts() == [2, 3])
         self.assertEqual((yield threads.deferToThread(connected)), 1)
+        self.assertEqual((yield threads.deferToThread(readiness)), (200, "ready\n"))
         _, response = yield self.allocate(port_b)
         self.assertEqual(self.code(response), 486)
 

@@ -19,7 +19,7 @@ descriptor budget (L{txturn.app.capacity}); the host's addresses
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from twisted.application import service
 from twisted.internet import defer
@@ -185,6 +185,7 @@ class TurnService(service.MultiService):
                 self._counted,
             )
         self.metrics_listen = metrics_listen
+        self._degradations: list[Callable[[], str | None]] = []
         self.limits = limits if limits is not None else ConnectionLimits()
         #: Caps and deadlines for every TCP and TLS connection; its cap in
         #: all is set from the descriptor limit when the service binds.
@@ -277,11 +278,25 @@ class TurnService(service.MultiService):
 
         root = Resource()  # type: ignore[no-untyped-call]
         root.putChild(b"metrics", self.metrics.page())
-        add_health(root, self.not_ready)
+        add_health(root, self.not_ready, self.degraded)
         site = Site(root)  # type: ignore[no-untyped-call]
         site.noisy = False
         host, port = self.metrics_listen
         return host, port, site
+
+    def add_degradation(self, check: Callable[[], str | None]) -> None:
+        """
+        Have C{/readyz} report what C{check} says is degraded (C{None}
+        when nothing is), without making the server unready.
+        """
+        self._degradations.append(check)
+
+    def degraded(self) -> str | None:
+        """
+        What is degraded, for C{/readyz}; C{None} when nothing is.
+        """
+        found = [why for why in (check() for check in self._degradations) if why is not None]
+        return "; ".join(found) if found else None
 
     def not_ready(self) -> str | None:
         """

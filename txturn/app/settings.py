@@ -85,6 +85,14 @@ class Backends:
 
             fleet = RedisFleet(reactor, self.link, turn.server, self.ledger)
             fleet.setServiceParent(turn)  # type: ignore[no-untyped-call]
+            link = self.link
+            turn.add_degradation(
+                lambda: (
+                    None
+                    if link.up
+                    else f"Redis at {link.address} unreachable: quotas per server, keys from the cache"
+                )
+            )
 
 
 def credentials_for(
