@@ -21,7 +21,8 @@ from typing import Iterator
 from twisted.trial.unittest import SynchronousTestCase
 
 #: Each subpackage's rank; a module may import only lower ranks (and its own
-#: package).  observers and fleet share a rank: neither imports the other.
+#: package).  observers, fleet and sessions share a rank: none imports
+#: another.
 RANKS = {
     "util": 0,
     "wire": 1,
@@ -31,6 +32,7 @@ RANKS = {
     "transports": 5,
     "observers": 6,
     "fleet": 6,
+    "sessions": 6,
     "app": 7,
     "workers": 8,
     "tools": 9,

@@ -180,6 +180,8 @@ class ReloadEveryOptionTests(SynchronousTestCase):
             if spec_name == "credential-file":
                 os.remove(path)
             return [f"{spec_name}={path}"]
+        if spec_name in ("admin-port", "admin-token-file"):
+            return self._admin_change(spec_name)
         if spec_name == "redis":
             return ["redis=redis://127.0.0.1:1"]
         if spec_name == "usage-stream":
@@ -188,6 +190,16 @@ class ReloadEveryOptionTests(SynchronousTestCase):
             return [spec_name]
         assert spec.example is not None, f"{spec_name} has no example value"
         return [f"{spec_name}={spec.example}"]
+
+    def _admin_change(self, spec_name: str) -> tuple[list[str], list[str]]:
+        """
+        The sessions API needs its token from the start.
+        """
+        token = f"admin-token-file={self.file('admin-token', 't' * 20 + chr(10))}"
+        other = f"admin-token-file={self.file('admin-token-2', 'u' * 20 + chr(10))}"
+        if spec_name == "admin-port":
+            return [token], [token, "admin-port=9642"]
+        return [token, "admin-port=9642"], [other, "admin-port=9642"]
 
     def reload_with(self, spec_name: str) -> list[str]:
         """

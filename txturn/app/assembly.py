@@ -68,6 +68,7 @@ def build_service(
         fast_path=not options["no-fast-path"],
         limits=connection_limits_for(options),
         ledger=backends.ledger,
+        also_own=[options["admin-address"]] if options["admin-port"] is not None else [],
     )
     backends.join(turn, options, reactor)
     records = None
@@ -95,6 +96,17 @@ def build_service(
 
     handlers = SignalHandlers(reactor, reloader, drain, logfile=logfile(options))
     handlers.setServiceParent(turn)  # type: ignore[no-untyped-call]
+    if options["admin-port"] is not None and shard is None:
+        from txturn.sessions.service import SessionsService
+
+        sessions = SessionsService(
+            reactor,
+            turn.server,
+            (options["admin-address"], options["admin-port"]),
+            options["admin-token"],
+            drain,
+        )
+        sessions.setServiceParent(turn)  # type: ignore[no-untyped-call]
     if shard is None:
         # Last: READY=1 only once the signal handlers are in place, or a
         # reload or drain sent right after it would kill the process.

@@ -65,6 +65,7 @@ GROUPS = (
     "Processes",
     "Draining",
     "Metrics and usage",
+    "Sessions API",
     "Configuration and logging",
     "",
 )
@@ -854,6 +855,35 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "Metrics and usage",
         _A,
         "Append a JSON usage record per ended allocation to FILE.",
+        metavar="FILE",
+    ),
+    # The sessions API
+    OptionSpec(
+        "admin-port",
+        "Sessions API",
+        _R,
+        "Serve the sessions API (list, show and end allocations, start a drain) at "
+        "http://ADDRESS:PORT/api/v1/; needs --admin-token-file or TXTURN_ADMIN_TOKEN.",
+        metavar="N",
+        coerce=port,
+        example="9642",
+    ),
+    OptionSpec(
+        "admin-address",
+        "Sessions API",
+        _R,
+        "Address of the sessions API; relays can never reach it.",
+        metavar="ADDR",
+        default="127.0.0.1",
+        coerce=address,
+        example="127.0.0.2",
+    ),
+    OptionSpec(
+        "admin-token-file",
+        "Sessions API",
+        _R,
+        "File whose first line is the sessions API's bearer token (at least 16 "
+        "characters; TXTURN_ADMIN_TOKEN works too; never on the command line).",
         metavar="FILE",
     ),
     # Configuration and logging: the file is read again at every reload.

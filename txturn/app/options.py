@@ -26,6 +26,7 @@ from txturn.app.option_table import GROUPS, OPTIONS, OptionSpec, in_group
 from txturn.auth.credentials import CredentialError, StaticCredentials
 from txturn.auth.user_db import UserDbError, check_database, sqlite_path
 from txturn.fleet.address import parse_redis_url
+from txturn.sessions import MIN_TOKEN_LENGTH
 from txturn.transports.tls import TlsConfigurationError, TlsCredentials
 from txturn.util.files import append_private
 from txturn.util.log_level import LEVELS
@@ -33,6 +34,9 @@ from txturn.util.privileged import read_file, read_text
 
 #: Where a REST API secret can come from without appearing in ps.
 SECRET_VARIABLE = "TXTURN_STATIC_AUTH_SECRET"
+
+#: Where the sessions API's token may come from instead of a file.
+ADMIN_TOKEN_VARIABLE = "TXTURN_ADMIN_TOKEN"
 #: Where --redis is read from when not given, so its password stays out of ps.
 REDIS_VARIABLE = "TXTURN_REDIS_URL"
 #: Keys of a configuration file that are twistd's options.
@@ -204,6 +208,7 @@ class Options(usage.Options):
         if self["Verbose"]:
             self["log-level"] = LEVELS["debug"]
         self._secrets()
+        self._admin_token()
         self._twistd_options()
         if self["no-udp-relay"] and self["no-tcp-relay"]:
             raise usage.UsageError("--no-udp-relay and --no-tcp-relay leave nothing to relay")
@@ -254,6 +259,41 @@ class Options(usage.Options):
         environment = os.environ.get(SECRET_VARIABLE)
         if environment:
             self["static-auth-secret"].append(environment)
+
+    def _admin_token(self) -> None:
+        """
+        The sessions API's bearer token, from C{--admin-token-file} or
+        TXTURN_ADMIN_TOKEN (never argv, which every local user can read).
+        """
+        self["admin-token"] = None
+        if self["admin-port"] is None:
+            return
+        if self["workers"] > 1:
+            raise usage.UsageError(
+                "--admin-port does not serve --workers yet: run one process, or use "
+                "txturn-admin with --redis"
+            )
+        path = self["admin-token-file"]
+        token = ""
+        if path is not None:
+            try:
+                lines = read_text(path).splitlines()
+                token = lines[0].strip() if lines else ""
+            except OSError as e:
+                raise usage.UsageError(
+                    f"cannot read --admin-token-file {path}: {e.strerror}"
+                ) from None
+        else:
+            token = os.environ.get(ADMIN_TOKEN_VARIABLE, "").strip()
+        if not token:
+            raise usage.UsageError(
+                f"--admin-port needs a token: --admin-token-file FILE or {ADMIN_TOKEN_VARIABLE}"
+            )
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise usage.UsageError(
+                f"the sessions API token must be at least {MIN_TOKEN_LENGTH} characters"
+            )
+        self["admin-token"] = token.encode("utf-8")
 
     def _read_user_db(self) -> None:
         path = sqlite_path(self["user-db"])

@@ -121,6 +121,7 @@ class TurnService(service.MultiService):
         fast_path: bool = True,
         ledger: IQuotaLedger | None = None,
         observers: Sequence[IServerObserver] = (),
+        also_own: Sequence[str] = (),
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         unknown = set(transports) - ALL_TRANSPORTS
@@ -153,6 +154,8 @@ class TurnService(service.MultiService):
         own = [h for h, _ in self.listen] + list(relay_addresses)
         if metrics_listen is not None:
             own.append(metrics_listen[0])
+        # Other listeners of this process: the sessions API's.
+        own += list(also_own)
         own += list((external_ips or {}).values())
         self._external = dict(external_ips or {})
         self._own_addresses = own

@@ -86,13 +86,15 @@ class Backends:
             fleet = RedisFleet(reactor, self.link, turn.server, self.ledger)
             fleet.setServiceParent(turn)  # type: ignore[no-untyped-call]
             link = self.link
-            turn.add_degradation(
-                lambda: (
-                    None
-                    if link.up
-                    else f"Redis at {link.address} unreachable: quotas per server, keys from the cache"
+
+            def redis_down() -> str | None:
+                if link.up:
+                    return None
+                return (
+                    f"Redis at {link.address} unreachable: quotas per server, keys from the cache"
                 )
-            )
+
+            turn.add_degradation(redis_down)
 
 
 def credentials_for(

@@ -24,7 +24,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from txturn.auth.credentials import ICredentialSource, NonceManager
-from txturn.auth.revocations import Revocations
+from txturn.auth.revocations import Revocations, rest_user
 from txturn.core.allocation import Allocation
 from txturn.core.authenticator import AuthContext, Authenticator
 from txturn.core.config import ServerConfig, user_quota_for
@@ -273,6 +273,30 @@ class TurnServer:
         doomed = [a for a in self.state.table if revoked(a.username, now)]
         for allocation in doomed:
             _delete(allocation, "revoked")
+        return len(doomed)
+
+    def end_allocation(self, allocation_id: int, reason: str = "admin") -> bool:
+        """
+        Delete the allocation numbered C{allocation_id} (an operator ended
+        it: its usage record says C{reason}); whether there was one.
+        """
+        for allocation in self.state.table:
+            if allocation.id == allocation_id:
+                _delete(allocation, reason)
+                return True
+        return False
+
+    def end_allocations_of(self, name: str, reason: str = "admin") -> int:
+        """
+        Delete every allocation of C{name}: a username, or the user part
+        of TURN REST names (C{<expiry>:name[:policy]}); how many.  The
+        user may allocate again (L{revoke} refuses them too).
+        """
+        doomed = [
+            a for a in self.state.table if a.username == name or rest_user(a.username) == name
+        ]
+        for allocation in doomed:
+            _delete(allocation, reason)
         return len(doomed)
 
     def take_reservation(self, token: bytes, owner: str) -> IRelay | None:

@@ -11,6 +11,12 @@ C{turnadmin}, for txturn.
     txturn-admin --redis redis://127.0.0.1:6379 revoke alice --for 3600
     txturn-admin mint --secret-file /etc/txturn/secret --user alice \\
         --peer 203.0.113.0/24 --allocations 2 --ttl 3600
+    TXTURN_ADMIN_TOKEN=... txturn-admin --admin-url http://127.0.0.1:9642 sessions
+    txturn-admin --admin-token-file /etc/txturn/admin-token kill 17
+
+C{sessions}, C{kill} and C{drain} talk to a running server's sessions
+API (C{twistd turn --admin-port}), so a server without Redis can be
+steered from the shell.
 
 Only the RFC 8489 long-term keys (MD5 and SHA-256) are stored, never a
 password.  On a coturn database, users are added to and deleted from
@@ -29,6 +35,9 @@ import json
 import os
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from typing import Any, Callable, Sequence
 
 from twisted.internet import defer, task
@@ -44,6 +53,8 @@ from txturn.tools.argv_secrets import first_line, url_has_password, warn_on_argv
 DEFAULT_REALM = "txturn"
 #: Where C{add} reads a password from when not given one (kept out of ps).
 PASSWORD_VARIABLE = "TXTURN_PASSWORD"
+#: The sessions API's token, when not in a file (never on argv).
+TOKEN_VARIABLE = "TXTURN_ADMIN_TOKEN"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +71,16 @@ def _parser() -> argparse.ArgumentParser:
         help="redis://[[user]:password@]host[:port][/db] [$TXTURN_REDIS_URL]",
     )
     parser.add_argument("--realm", help="Realm of the users [txturn; list: every realm].")
+    parser.add_argument(
+        "--admin-url",
+        default=os.environ.get("TXTURN_ADMIN_URL") or "http://127.0.0.1:9642",
+        help="The server's sessions API, for sessions, kill and drain "
+        "[$TXTURN_ADMIN_URL, else http://127.0.0.1:9642].",
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        help=f"A file whose first line is the sessions API's token [else ${TOKEN_VARIABLE}].",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="Add a user, or change their password.")
     add.add_argument("name")
@@ -85,6 +106,15 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "allocations", help="A user's allocations on each live server of the fleet (--redis)."
     ).add_argument("name")
+    sessions = commands.add_parser("sessions", help="Live sessions on a server (its API).")
+    sessions.add_argument("--user", help="Only this user's (the user part of REST names too).")
+    sessions.add_argument("--peer", help="Only those with a permission or channel to this IP.")
+    sessions.add_argument("--json", action="store_true", help="JSON, one session per line.")
+    kill = commands.add_parser("kill", help="End a session, or every session of a user.")
+    target = kill.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?", type=int, help="The session's id.")
+    target.add_argument("--user", help="End every session of this user.")
+    commands.add_parser("drain", help="Start a drain: no new allocations, stop when done.")
     mint = commands.add_parser(
         "mint", help="Mint a TURN REST credential, optionally carrying a policy."
     )
@@ -117,6 +147,8 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], Any] | None = N
     try:
         if args.command == "mint":
             return _mint(args, write)
+        if args.command in ("sessions", "kill", "drain"):
+            return _steer(args, write)
         if args.user_db is not None:
             return _sqlite(args, write)
         if args.redis is not None:
@@ -325,6 +357,104 @@ def _mint(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
     )
     write(json.dumps({"username": username, "credential": password, "ttl": args.ttl}) + "\n")
     return 0
+
+
+def _api(args: argparse.Namespace, method: str, path: str) -> Any:
+    """
+    One call to the sessions API; its JSON answer.
+
+    @raise OSError: the server cannot be reached, or refused the call
+        (with the reason it gave).
+    """
+    if args.admin_token_file is not None:
+        token = first_line(args.admin_token_file).strip()
+    else:
+        token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    if not token:
+        raise OSError(f"give the sessions API token: --admin-token-file FILE or ${TOKEN_VARIABLE}")
+    request = urllib.request.Request(
+        args.admin_url.rstrip("/") + path,
+        method=method,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as e:
+        try:
+            reason = json.loads(e.read()).get("error", e.reason)
+        except ValueError:
+            reason = e.reason
+        raise OSError(f"{args.admin_url} answered {e.code}: {reason}") from None
+
+
+def _steer(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
+    if args.command == "drain":
+        answer = _api(args, "POST", "/api/v1/drain")
+        write("already draining\n" if answer["already"] else "draining\n")
+        return 0
+    if args.command == "kill":
+        if args.user is not None:
+            path = f"/api/v1/users/{urllib.parse.quote(args.user, safe='')}/end"
+        else:
+            path = f"/api/v1/sessions/{args.id}/end"
+        answer = _api(args, "POST", path)
+        write(f"ended {answer['ended']}\n")
+        return 0
+    query: dict[str, str] = {}
+    if args.user is not None:
+        query["user"] = args.user
+    if args.peer is not None:
+        query["peer"] = args.peer
+    after = 0
+    rows = []
+    while True:
+        page = _api(
+            args,
+            "GET",
+            "/api/v1/sessions?" + urllib.parse.urlencode({**query, "after": after, "limit": 1000}),
+        )
+        rows += page["sessions"]
+        if page["next"] is None:
+            break
+        after = page["next"]
+    if args.json:
+        for row in rows:
+            write(json.dumps(row, sort_keys=True) + "\n")
+        return 0
+    write(_table(rows))
+    return 0
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    """
+    Sessions as aligned columns, with the counters each way.
+    """
+    header = ("ID", "USER", "CLIENT", "VIA", "RELAYS", "AGE", "LEFT", "PEERS", "UP", "DOWN")
+    lines = [header]
+    for row in rows:
+        up, down = row["to_peers"], row["to_client"]
+        peers = sorted(set(row["permissions"]) | set(row["channels"].values()))
+        lines.append(
+            (
+                str(row["id"]),
+                row["user"],
+                row["client"],
+                row["transport"],
+                ",".join(row["relays"]),
+                f"{row['age']:.0f}s",
+                f"{row['lifetime_left']:.0f}s",
+                ",".join(peers) or "-",
+                f"{up['packets']}p/{up['bytes']}B",
+                f"{down['packets']}p/{down['bytes']}B",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        + "\n"
+        for line in lines
+    )
 
 
 if __name__ == "__main__":

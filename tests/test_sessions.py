@@ -1,0 +1,363 @@
+"""
+The sessions API (L{txturn.sessions}): what it says of a session, on the
+core with a Clock; over HTTP on a real service, with its token; and
+C{txturn-admin sessions|kill|drain} against an installed C{twistd turn}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet import reactor as _reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+
+from tests.test_events import Recorder
+from tests.test_interop import spawn, twistd_turn
+from tests.test_redis import free_tcp_port
+from tests.test_server import PEER, REALM
+from tests.test_service import free_udp_port
+from txturn.app.service import TurnService
+from txturn.auth.credentials import (
+    CredentialChain,
+    RestApiCredentials,
+    StaticCredentials,
+    rest_api_password,
+)
+from txturn.core.events import AllocationDeleted
+from txturn.core.server import ServerConfig
+from txturn.sessions.service import SessionsService
+from txturn.sessions.view import Rates, describe, page
+from txturn.testing import (
+    RecordingClientChannel,
+    StunClient,
+    authenticated_request,
+    exchange,
+    make_server,
+)
+from txturn.wire.stun import Attr, Class, Method
+
+reactor: Any = _reactor
+TOKEN = "a-sessions-token-0123456789"
+
+
+class ViewTests(SynchronousTestCase):
+    """
+    Sessions as the API shows them, on the core with a Clock.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.recorder = Recorder()
+        self.server = make_server(
+            realm=REALM,
+            clock=self.clock,
+            credentials=CredentialChain(
+                [StaticCredentials(REALM, {"alice": "a"}), RestApiCredentials("s")]
+            ),
+            observers=[self.recorder],
+        )
+        self.channel = RecordingClientChannel()
+
+    def allocate(self, client: StunClient, port: int) -> None:
+        address = ("198.51.100.7", port)
+        answer = authenticated_request(
+            self.server,
+            self.channel,
+            client,
+            Method.ALLOCATE,
+            [(Attr.REQUESTED_TRANSPORT, 17)],
+            address,
+        )
+        self.assertEqual(answer.cls, Class.SUCCESS)
+
+    def test_describe(self) -> None:
+        """
+        Who, from where, over what, relayed where, for how long, to which
+        peers (permissions and channels), and the counters each way.
+        """
+        alice = StunClient("alice", "a")
+        self.allocate(alice, 40000)
+        address = ("198.51.100.7", 40000)
+        authenticated_request(
+            self.server,
+            self.channel,
+            alice,
+            Method.CHANNEL_BIND,
+            [(Attr.CHANNEL_NUMBER, 0x4001), (Attr.XOR_PEER_ADDRESS, PEER)],
+            address,
+        )
+        self.clock.advance(30)
+        [allocation] = self.server.allocations.values()
+        allocation.to_peers_packets, allocation.to_peers_bytes = 3, 300
+        seen = describe(allocation, self.clock.seconds(), REALM, {})
+        self.assertEqual(seen["user"], "alice")
+        self.assertEqual(seen["client"], "198.51.100.7:40000")
+        self.assertEqual(seen["transport"], "udp")
+        self.assertEqual(seen["server"], "192.0.2.1:3478")
+        self.assertEqual(seen["age"], 30)
+        self.assertEqual(seen["lifetime_left"], 570)
+        self.assertEqual(seen["permissions"], ["203.0.113.5"])
+        self.assertEqual(seen["channels"], {"0x4001": "203.0.113.5:5000"})
+        self.assertEqual(seen["to_peers"]["packets"], 3)
+        self.assertEqual(len(seen["relays"]), 1)
+        json.dumps(seen)
+
+    def test_select_and_page(self) -> None:
+        """
+        Filtered by user (the user part of REST names too) and by peer;
+        paged by id, with the cursor of the next page.
+        """
+        self.allocate(StunClient("alice", "a"), 40000)
+        for port, name in [(40001, "9999999999:bob"), (40002, "9999999999:bob:x")]:
+            self.allocate(StunClient(name, rest_api_password("s", name)), port)
+        tables = list(self.server.allocations.values())
+        self.assertEqual(
+            [a.username for a in page(tables, user="bob")[0]],
+            ["9999999999:bob", "9999999999:bob:x"],
+        )
+        self.assertEqual(len(page(tables, user="alice")[0]), 1)
+        self.assertEqual(page(tables, peer="203.0.113.5"), ([], None))
+        first, following = page(tables, limit=2)
+        self.assertEqual([a.id for a in first], [1, 2])
+        self.assertEqual(following, 2)
+        assert following is not None
+        rest, last = page(tables, after=following, limit=2)
+        self.assertEqual([a.id for a in rest], [3])
+        self.assertIsNone(last)
+
+    def test_rates(self) -> None:
+        """
+        Rates are the counters' change over the last sampling interval.
+        """
+        self.allocate(StunClient("alice", "a"), 40000)
+        [allocation] = self.server.allocations.values()
+        rates = Rates()
+        rates.sample([allocation], 10.0)
+        allocation.to_client_packets, allocation.to_client_bytes = 50, 5000
+        rates.sample([allocation], 15.0)
+        self.assertEqual(rates.rates[allocation.id], (0.0, 0.0, 10.0, 1000.0))
+        rates.sample([], 20.0)
+        self.assertEqual(rates.rates, {})
+
+    def test_end(self) -> None:
+        """
+        Ending one session, or all of a user's (REST names by their user
+        part), deletes them with the usage reason C{admin}.
+        """
+        self.allocate(StunClient("alice", "a"), 40000)
+        name = "9999999999:bob"
+        self.allocate(StunClient(name, rest_api_password("s", name)), 40001)
+        self.allocate(StunClient(name, rest_api_password("s", name)), 40002)
+        self.assertTrue(self.server.end_allocation(1))
+        self.assertFalse(self.server.end_allocation(1))
+        self.assertEqual(self.server.end_allocations_of("bob"), 2)
+        self.assertEqual(len(self.server.allocations), 0)
+        self.assertEqual([e.reason for e in self.recorder.of(AllocationDeleted)], ["admin"] * 3)
+
+
+@defer.inlineCallbacks
+def call(port: int, method: bytes, path: str, token: str | None = TOKEN) -> Any:
+    headers = Headers({b"Authorization": [f"Bearer {token}".encode()]} if token else {})
+    url = f"http://127.0.0.1:{port}{path}".encode()
+    response = yield Agent(reactor).request(method, url, headers)
+    body = yield readBody(response)
+    return response.code, json.loads(body), response.headers
+
+
+class HttpTests(TestCase):
+    """
+    The API on a real service on loopback, with a real UDP client.
+    """
+
+    def setUp(self) -> None:
+        self.service = TurnService(
+            reactor,
+            StaticCredentials(REALM, {"alice": "secret"}),
+            [("127.0.0.1", 0)],
+            ["127.0.0.1"],
+            config=ServerConfig(realm=REALM),
+            transports={"udp"},
+        )
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.drains: list[int] = []
+
+        def drain() -> None:
+            self.service.server.start_draining()
+            self.drains.append(1)
+
+        self.sessions = SessionsService(
+            reactor, self.service.server, ("127.0.0.1", 0), TOKEN.encode(), drain
+        )
+        self.sessions.startService()
+        self.addCleanup(self.sessions.stopService)
+        self.port = self.sessions.port()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(self.sock.close)
+        self.sock.connect(("127.0.0.1", self.service.port_of("udp")))
+        self.sock.setblocking(False)
+
+    @defer.inlineCallbacks
+    def allocate(self) -> Any:
+        client = StunClient("alice", "secret")
+        answers: list[bytes] = []
+
+        def receive() -> bytes:
+            return answers.pop(0)
+
+        for _ in range(2):
+            self.sock.send(client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)]))
+            for _ in range(100):
+                try:
+                    answers.append(self.sock.recv(2048))
+                    break
+                except BlockingIOError:
+                    yield deferLater(0.01)
+            response = client.learn(receive())
+            if not client.challenged(response):
+                break
+        return response
+
+    @defer.inlineCallbacks
+    def test_token(self) -> Any:
+        """
+        No token or a wrong one: 401 with a Bearer challenge, nothing said
+        about any session.
+        """
+        yield self.allocate()
+        for token in (None, "wrong-token-wrong-token"):
+            code, body, headers = yield call(self.port, b"GET", "/api/v1/sessions", token)
+            self.assertEqual(code, 401)
+            self.assertNotIn("sessions", body)
+            self.assertEqual(headers.getRawHeaders(b"www-authenticate"), [b'Bearer realm="txturn"'])
+
+    @defer.inlineCallbacks
+    def test_list_and_end(self) -> Any:
+        """
+        A live allocation is listed; GET on C{end} changes nothing (405);
+        POST ends it.
+        """
+        yield self.allocate()
+        code, body, headers = yield call(self.port, b"GET", "/api/v1/sessions")
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
+        [session] = body["sessions"]
+        self.assertEqual((session["user"], session["transport"]), ("alice", "udp"))
+        self.assertEqual(session["client"], f"127.0.0.1:{self.sock.getsockname()[1]}")
+        path = f"/api/v1/sessions/{session['id']}"
+        code, one, _ = yield call(self.port, b"GET", path)
+        self.assertEqual(one["id"], session["id"])
+        code, _, _ = yield call(self.port, b"GET", path + "/end")
+        self.assertEqual(code, 405)
+        self.assertEqual(len(self.service.server.allocations), 1)
+        code, ended, _ = yield call(self.port, b"POST", path + "/end")
+        self.assertEqual((code, ended), (200, {"ended": 1}))
+        self.assertEqual(len(self.service.server.allocations), 0)
+        code, _, _ = yield call(self.port, b"GET", path)
+        self.assertEqual(code, 404)
+
+    @defer.inlineCallbacks
+    def test_drain(self) -> Any:
+        """
+        POST drain starts one drain; a second says it already is.
+        """
+        code, body, _ = yield call(self.port, b"POST", "/api/v1/drain")
+        self.assertEqual((code, body), (200, {"already": False, "draining": True}))
+        code, body, _ = yield call(self.port, b"POST", "/api/v1/drain")
+        self.assertEqual(body["already"], True)
+        self.assertEqual(self.drains, [1])
+
+
+def deferLater(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet.task import deferLater as later
+
+    return later(reactor, seconds, lambda: None)
+
+
+def admin(*args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "txturn.tools.admin", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TXTURN_ADMIN_TOKEN": token},
+    )
+
+
+class CommandLineTests(TestCase):
+    """
+    C{twistd turn --admin-port} with its token from the environment, and
+    C{txturn-admin sessions|kill} against it, as an operator would.
+    """
+
+    @defer.inlineCallbacks
+    def test_sessions_and_kill(self) -> Any:
+        port, admin_port = free_udp_port(), free_tcp_port()
+        os.environ["TXTURN_ADMIN_TOKEN"] = TOKEN
+        self.addCleanup(os.environ.pop, "TXTURN_ADMIN_TOKEN", None)
+        watcher = spawn(
+            twistd_turn(
+                port, "--user", "alice:secret", "--no-tls", "--admin-port", str(admin_port)
+            ),
+            self,
+        )
+        yield watcher.wait_for(rb"Sessions API on http://127\.0\.0\.1:\d+/api/v1/sessions")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", port))
+        client = StunClient("alice", "secret")
+        answer = exchange(
+            client,
+            Method.ALLOCATE,
+            [(Attr.REQUESTED_TRANSPORT, 17)],
+            sock.send,
+            lambda: sock.recv(2048),
+        )
+        self.assertIsNotNone(answer.get(Attr.XOR_RELAYED_ADDRESS))
+        url = f"http://127.0.0.1:{admin_port}"
+        listed = admin("--admin-url", url, "sessions")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        header, row = listed.stdout.splitlines()
+        self.assertTrue(header.startswith("ID  USER"))
+        self.assertIn(f"alice  127.0.0.1:{sock.getsockname()[1]}  udp", row)
+        refused = admin("--admin-url", url, "sessions", token="not-the-token-at-all")
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn("answered 401: wrong token", refused.stderr)
+        killed = admin("--admin-url", url, "kill", "--user", "alice")
+        self.assertEqual(killed.stdout, "ended 1\n")
+        self.assertEqual(admin("--admin-url", url, "sessions").stdout.count("\n"), 1)
+        yield watcher.wait_for(rb"deleted \(admin\)")
+        yield watcher.wait_for(rb"Sessions API refused 127\.0\.0\.1:\d+: wrong token")
+
+    def test_token_required(self) -> None:
+        """
+        C{--admin-port} without a token, or with a short one: one line,
+        no start.
+        """
+        env = {k: v for k, v in os.environ.items() if k != "TXTURN_ADMIN_TOKEN"}
+        for extra, said in [
+            ({}, "--admin-port needs a token: --admin-token-file FILE or TXTURN_ADMIN_TOKEN"),
+            (
+                {"TXTURN_ADMIN_TOKEN": "short"},
+                "the sessions API token must be at least 16 characters",
+            ),
+        ]:
+            done = subprocess.run(
+                twistd_turn(free_udp_port(), "--admin-port", "0"),
+                capture_output=True,
+                text=True,
+                env={**env, **extra},
+                timeout=60,
+            )
+            self.assertNotEqual(done.returncode, 0)
+            self.assertIn(f"twistd turn: {said}", done.stderr + done.stdout)
+            self.assertNotIn("Traceback", done.stderr + done.stdout)
