@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 from twisted.internet.task import Clock
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
@@ -266,6 +267,24 @@ class HttpTests(TestCase):
         self.assertEqual(code, 404)
 
     @defer.inlineCallbacks
+    def test_status(self) -> Any:
+        """
+        The status page's data: counts, users, the rate history, only with
+        the token.
+        """
+        yield self.allocate()
+        self.sessions.rates.sample(self.service.server.allocations.values(), 1.0)
+        code, body, _ = yield call(self.port, b"GET", "/api/v1/status", None)
+        self.assertEqual(code, 401)
+        code, body, _ = yield call(self.port, b"GET", "/api/v1/status")
+        self.assertEqual(code, 200)
+        self.assertEqual((body["allocations"], body["users"]), (1, 1))
+        self.assertEqual(body["by_transport"], {"udp": 1})
+        self.assertEqual(body["realm"], REALM)
+        self.assertFalse(body["draining"])
+        self.assertEqual(body["history"][-1]["allocations"], 1)
+
+    @defer.inlineCallbacks
     def test_drain(self) -> Any:
         """
         POST drain starts one drain; a second says it already is.
@@ -361,3 +380,91 @@ class CommandLineTests(TestCase):
             self.assertNotEqual(done.returncode, 0)
             self.assertIn(f"twistd turn: {said}", done.stderr + done.stdout)
             self.assertNotIn("Traceback", done.stderr + done.stdout)
+
+
+class StatusPageTests(TestCase):
+    """
+    The live status page in headless Chromium, against an installed
+    C{twistd turn} holding allocations of users whose names are markup:
+    the names are shown as text, no script of theirs runs, and the page
+    renders on a phone-sized screen.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_page(self) -> Any:
+        from tests.test_browser import CHROMIUM_FLAGS, find_chromium
+
+        chromium = find_chromium()
+        port, admin_port = free_udp_port(), free_tcp_port()
+        hostile = [
+            ("<script>document.title='pwned'</script>", "pw1"),
+            ('"><img src=x onerror="document.title=\'pwned\'">', "pw2"),
+        ]
+        users = [("alice", "secret"), *hostile]
+        os.environ["TXTURN_ADMIN_TOKEN"] = TOKEN
+        self.addCleanup(os.environ.pop, "TXTURN_ADMIN_TOKEN", None)
+        watcher = spawn(
+            twistd_turn(
+                port,
+                "--no-tls",
+                "--admin-port",
+                str(admin_port),
+                *[arg for name, password in users for arg in ("--user", f"{name}:{password}")],
+            ),
+            self,
+        )
+        yield watcher.wait_for(rb"status page at /status")
+        for name, password in users:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.addCleanup(sock.close)
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", port))
+            answer = exchange(
+                StunClient(name, password),
+                Method.ALLOCATE,
+                [(Attr.REQUESTED_TRANSPORT, 17)],
+                sock.send,
+                lambda sock=sock: sock.recv(2048),  # type: ignore[misc]
+            )
+            self.assertEqual(answer.cls, Class.SUCCESS, name)
+        directory = self.mktemp()
+        os.makedirs(directory)
+        url = f"http://127.0.0.1:{admin_port}/status#token={TOKEN}"
+        common = [
+            *CHROMIUM_FLAGS,
+            "--virtual-time-budget=5000",
+            f"--user-data-dir={os.path.join(directory, 'profile')}",
+        ]
+        out, err, code = yield getProcessOutputAndValue(
+            chromium, [*common, "--dump-dom", url], env=os.environ.copy()
+        )
+        dom = out.decode()
+        self.assertIn("<title>txturn status</title>", dom, err[-2000:])
+        self.assertIn("<td>alice</td>", dom)
+        self.assertIn("<td>&lt;script&gt;document.title='pwned'&lt;/script&gt;</td>", dom)
+        self.assertIn('<td>"&gt;&lt;img src=x onerror="document.title=\'pwned\'"&gt;</td>', dom)
+        self.assertNotIn("<img", dom)
+        self.assertIn('<span id="allocations" class="value">3</span>', dom)
+        shot = os.path.join(directory, "status.png")
+        yield getProcessOutputAndValue(
+            chromium,
+            [*common, "--window-size=390,844", f"--screenshot={shot}", url],
+            env=os.environ.copy(),
+        )
+        with open(shot, "rb") as f:
+            png = f.read()
+        self.assertEqual(png[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertGreater(len(png), 10_000)
+        # What the page was served with: no inline script could run.
+        headers = yield page_headers(admin_port)
+        self.assertIn(b"script-src 'self'", headers[b"content-security-policy"])
+        self.assertNotIn(b"unsafe-inline", headers[b"content-security-policy"])
+
+
+@defer.inlineCallbacks
+def page_headers(port: int) -> Any:
+    response = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}/status".encode())
+    yield readBody(response)
+    return {name.lower(): values[0] for name, values in response.headers.getAllRawHeaders()}

@@ -105,6 +105,8 @@ def build_service(
             (options["admin-address"], options["admin-port"]),
             options["admin-token"],
             drain,
+            degraded=turn.degraded,
+            fleet="Redis" if backends.link is not None else "none (one server)",
         )
         sessions.setServiceParent(turn)  # type: ignore[no-untyped-call]
     if shard is None:

@@ -11,7 +11,9 @@ a line per source a minute, with the count of the others).
    C{admin});
  - C{POST /api/v1/users/NAME/end}: end every session of a user (the user
    part of REST names too);
- - C{POST /api/v1/drain}: start a drain, as SIGQUIT does.
+ - C{POST /api/v1/drain}: start a drain, as SIGQUIT does;
+ - C{GET /api/v1/status}: the whole server for the status page: counts,
+   rates over the last minutes, refusals and drops, drain and fleet.
 
 Reads are GET and never change anything; every change is a POST, which
 a page on another origin cannot send with the token (there is no
@@ -60,6 +62,7 @@ class SessionsApi(Resource):
         token: bytes,
         rates: Rates,
         drain: Callable[[], object],
+        status: Callable[[], dict[str, Any]],
         worker: int | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -68,6 +71,7 @@ class SessionsApi(Resource):
         self._token = token
         self._rates = rates
         self._drain = drain
+        self._status = status
         self._worker = worker
         self._refusals = LogThrottle(reactor)
 
@@ -112,6 +116,9 @@ class SessionsApi(Resource):
         if path == [b"sessions"]:
             self._only(method, b"GET")
             return self._list(request)
+        if path == [b"status"]:
+            self._only(method, b"GET")
+            return self._status()
         if len(path) == 2 and path[0] == b"sessions":
             self._only(method, b"GET")
             allocation = self._find(path[1])
@@ -188,3 +195,38 @@ class SessionsApi(Resource):
             "total": len(self._server.allocations),
             "draining": self._server.draining,
         }
+
+
+#: What the status page may load and do: its own script and style, calls
+#: to its own origin, nothing inline, in no frame.
+CONTENT_SECURITY_POLICY = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    b"img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+class StaticFile(Resource):
+    """
+    One file of the status page, served with the headers that keep it
+    to itself.  It holds no data: what it shows comes from the API, with
+    the token.
+    """
+
+    isLeaf = True
+
+    def __init__(self, body: bytes, content_type: bytes) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._body = body
+        self._type = content_type
+
+    def render_GET(self, request: Request) -> bytes:
+        for name, value in [
+            (b"Content-Type", self._type),
+            (b"Content-Security-Policy", CONTENT_SECURITY_POLICY),
+            (b"X-Content-Type-Options", b"nosniff"),
+            (b"X-Frame-Options", b"DENY"),
+            (b"Referrer-Policy", b"no-referrer"),
+            (b"Cache-Control", b"no-store"),
+        ]:
+            request.setHeader(name, value)  # type: ignore[no-untyped-call]
+        return self._body

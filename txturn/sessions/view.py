@@ -11,6 +11,7 @@ and back.
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Iterable, Mapping
 
 from txturn.auth.revocations import rest_user
@@ -23,6 +24,10 @@ MAX_PAGE = 1000
 #: What a page holds when the client does not say.
 DEFAULT_PAGE = 100
 
+#: Samples of the whole server's rates kept for the status page: ten
+#: minutes at the service's five-second interval.
+HISTORY = 120
+
 
 class Rates:
     """
@@ -34,6 +39,8 @@ class Rates:
     def __init__(self) -> None:
         self._last: dict[int, tuple[float, tuple[int, int, int, int]]] = {}
         self.rates: dict[int, tuple[float, float, float, float]] = {}
+        #: The server's totals at each sample, oldest first, L{HISTORY} at most.
+        self.history: collections.deque[dict[str, float]] = collections.deque(maxlen=HISTORY)
 
     def sample(self, allocations: Iterable[Allocation], now: float) -> None:
         last, self._last = self._last, {}
@@ -53,6 +60,17 @@ class Rates:
                     (counters[3] - then[3]) / elapsed,
                 )
         self.rates = rates
+        totals = [sum(r[i] for r in rates.values()) for i in range(4)]
+        self.history.append(
+            {
+                "time": now,
+                "allocations": len(self._last),
+                "to_peers_pps": round(totals[0], 1),
+                "to_peers_bps": round(totals[1], 1),
+                "to_client_pps": round(totals[2], 1),
+                "to_client_bps": round(totals[3], 1),
+            }
+        )
 
 
 def _counters(allocation: Allocation) -> tuple[int, int, int, int]:
