@@ -69,6 +69,7 @@ def build_service(
         limits=connection_limits_for(options),
         ledger=backends.ledger,
         also_own=[options["admin-address"]] if options["admin-port"] is not None else [],
+        proxy_from=options["proxy-protocol-from"],
     )
     backends.join(turn, options, reactor)
     records = None

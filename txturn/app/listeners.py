@@ -143,8 +143,11 @@ class Listeners:
         tls: TlsCredentials | None,
         max_tcp_buffer: int | None,
         shard: Shard | None,
+        proxy_from: Sequence[Any] = (),
     ) -> None:
         self._reactor = reactor
+        #: Balancers whose TCP and TLS connections start with a PROXY header.
+        self._proxy_from = list(proxy_from)
         self._server = server
         self._guard = guard
         self._limits = limits
@@ -233,7 +236,7 @@ class Listeners:
         self._stream_factories.append(factory)
         if name == "tcp":
             self.tcp_factory = AdmissionFactory(self._guard, factory)
-            return self.tcp_factory
+            return self._behind_balancers(self.tcp_factory)
         self._tls_stream_factory = factory
         assert self._tls is not None
         # The TLS layer batches small writes until the next turn of its
@@ -242,7 +245,23 @@ class Listeners:
         self._tls_creators.append(creator)
         tls_factory = TLSMemoryBIOFactory(creator, False, factory, clock=self._reactor)
         tls_factory.noisy = False
-        return AdmissionFactory(self._guard, tls_factory)
+        # The PROXY header comes before the TLS handshake.
+        return self._behind_balancers(AdmissionFactory(self._guard, tls_factory))
+
+    def _behind_balancers(self, factory: Any) -> Any:
+        """
+        C{factory}, reading a PROXY header first from C{--proxy-protocol-from}.
+        """
+        if not self._proxy_from:
+            return factory
+        from txturn.transports.proxy import ProxyProtocolFactory, trusted_in
+
+        return ProxyProtocolFactory(
+            factory,
+            trusted_in(self._proxy_from),
+            self._reactor,
+            deadline=self._limits.handshake_timeout,
+        )
 
     def port_of(self, transport: str, host: str | None = None) -> int:
         """

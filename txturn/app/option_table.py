@@ -532,6 +532,19 @@ OPTIONS: tuple[OptionSpec, ...] = (
         example="10.0.0.0/8",
     ),
     OptionSpec(
+        "proxy-protocol-from",
+        _LISTEN,
+        _R,
+        "CIDR or A-B range of load balancers whose TCP and TLS connections start with "
+        "a PROXY protocol header, v1 or v2 (before TLS); the client it names is who the "
+        "connection is from (repeatable).  A header from anyone else is refused, and so "
+        "is a connection from these without one.",
+        metavar="RANGE",
+        coerce=peer_range,
+        repeatable=True,
+        example="10.0.0.0/8",
+    ),
+    OptionSpec(
         "denied-peer-ip",
         _PEERS,
         _A,

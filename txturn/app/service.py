@@ -122,6 +122,7 @@ class TurnService(service.MultiService):
         ledger: IQuotaLedger | None = None,
         observers: Sequence[IServerObserver] = (),
         also_own: Sequence[str] = (),
+        proxy_from: Sequence[Any] = (),
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         unknown = set(transports) - ALL_TRANSPORTS
@@ -207,6 +208,7 @@ class TurnService(service.MultiService):
             tls,
             max_tcp_buffer,
             shard,
+            proxy_from,
         )
         #: The host's addresses, read every minute behind a wildcard listener.
         self.host_addresses = HostAddressWatch(reactor, self._host_addresses_changed)
