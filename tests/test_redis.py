@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -243,6 +244,9 @@ class FleetTests(FleetBase):
         lines = shown.stdout.splitlines()
         self.assertEqual(sorted(line.split("\t")[1] for line in lines[:-1]), ["1", "2"])
         self.assertEqual(lines[-1], "total\t3")
+        # Each server by its id and its host and process.
+        for line in lines[:-1]:
+            self.assertRegex(line, rf"^\w+ \({re.escape(socket.gethostname())} pid \d+\)\t")
         assert watcher_a.transport is not None
         watcher_a.transport.signalProcess("KILL")
         killed = time.monotonic()
@@ -297,6 +301,9 @@ class FleetTests(FleetBase):
         self.assertEqual(self.code(response), 401)
         _, response = yield self.allocate(port_b, second, second_password)
         self.assertEqual(self.code(response), 0)
+        # The user of REST names is found under each whole name.
+        shown = yield threads.deferToThread(admin, "--redis", self.redis.url, "allocations", "rest")
+        self.assertEqual(shown.stdout.splitlines()[-1], "total\t1")
         lifted = yield threads.deferToThread(admin, "--redis", self.redis.url, "unrevoke", "test")
         self.assertEqual(lifted.returncode, 0)
         yield watcher_a.wait_for(rb"Revocation of test lifted", timeout=10)

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import secrets
+import socket
 from typing import Any
 
 import txredisapi
@@ -49,6 +51,10 @@ from txturn.fleet.users import REVOCATIONS_CHANNEL, revocations
 from txturn.util.log_level import logger
 
 SERVER_KEY = PREFIX + "server:"
+
+#: What this process's liveness key holds, so C{txturn-admin} can name a
+#: server by more than its random id: the host and the process.
+DESCRIPTION = f"{socket.gethostname()} pid {os.getpid()}"
 QUOTA_KEY = PREFIX + "quota:"
 
 #: KEYS[1] the user's quota hash; ARGV this server's id, the limit (0:
@@ -83,10 +89,11 @@ return n
 """
 
 #: ARGV this server's id, its liveness key, the lifetime in ms, the quota
-#: key prefix, then user and count pairs (0: the field goes).
+#: key prefix, what the liveness key says of this server (host, process),
+#: then user and count pairs (0: the field goes).
 HEARTBEAT = """
-redis.call('SET', ARGV[2], '1', 'PX', ARGV[3])
-for i = 5, #ARGV, 2 do
+redis.call('SET', ARGV[2], ARGV[5], 'PX', ARGV[3])
+for i = 6, #ARGV, 2 do
   local key = ARGV[4] .. ARGV[i]
   if ARGV[i + 1] == '0' then
     redis.call('HDEL', key, ARGV[1])
@@ -256,7 +263,9 @@ class RedisFleet(service.Service):
             batch = pairs[start : start + 2 * _BATCH]
             calls.append(
                 self.link.script(
-                    HEARTBEAT, [], [ledger.id, SERVER_KEY + ledger.id, ttl_ms, QUOTA_KEY, *batch]
+                    HEARTBEAT,
+                    [],
+                    [ledger.id, SERVER_KEY + ledger.id, ttl_ms, QUOTA_KEY, DESCRIPTION, *batch],
                 )
             )
         return defer.gatherResults(calls, consumeErrors=True).addErrback(lambda _: None)

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from txturn.auth.credentials import ICredentialSource, long_term_key, opaque_string, userhash
 from txturn.auth.revocations import FOREVER as FOREVER
+from txturn.auth.revocations import rest_user
 from txturn.fleet.link import PREFIX, RedisLink
 from txturn.wire.stun import PasswordAlgorithm
 
@@ -156,15 +157,49 @@ class RedisUsers:
     @defer.inlineCallbacks
     def allocations(self, name: str) -> Any:
         """
-        The allocations C{name} holds on each live server (by its id), as
-        the fleet's quota counts them.
+        The allocations C{name} holds on each live server, as the fleet's
+        quota counts them: those of the username C{name}, and for a plain
+        name also those of every TURN REST name of that user
+        (C{<expiry>:name[:policy]}, each counted under its whole name).
+        Servers are named by id and by what their liveness key says (host
+        and process).
         """
-        flat = yield self._link.call("HGETALL", f"{PREFIX}quota:{name}")
+        keys = [f"{PREFIX}quota:{name}"]
+        if ":" not in name:
+            for pattern in (f"{PREFIX}quota:*:{name}", f"{PREFIX}quota:*:{name}:*"):
+                keys += [k for k in (yield self._scan(pattern)) if k not in keys]
         held: dict[str, int] = {}
-        for server, count in _pairs(flat):
-            if (yield self._link.call("EXISTS", f"{PREFIX}server:{server}")):
-                held[str(server)] = int(count)
+        names: dict[str, str | None] = {}
+        for key in keys:
+            username = key[len(PREFIX + "quota:") :]
+            if username != name and rest_user(username) != name:
+                continue
+            flat = yield self._link.call("HGETALL", key)
+            for server, count in _pairs(flat):
+                server = str(server)
+                if server not in names:
+                    names[server] = yield self._link.call("GET", f"{PREFIX}server:{server}")
+                described = names[server]
+                if described is None:
+                    continue  # a server that is gone: its counts age out
+                label = f"{server} ({described})" if described != "1" else server
+                held[label] = held.get(label, 0) + int(count)
         return held
+
+    @defer.inlineCallbacks
+    def _scan(self, pattern: str) -> Any:
+        """
+        Every key matching C{pattern}, by SCAN (never KEYS, which blocks
+        Redis on a large fleet).
+        """
+        found: list[str] = []
+        cursor = 0
+        while True:
+            answer = yield self._link.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            cursor, keys = int(answer[0]), answer[1]
+            found += [k if isinstance(k, str) else k.decode() for k in keys]
+            if cursor == 0:
+                return found
 
     @defer.inlineCallbacks
     def _prune(self, now: float) -> Any:
