@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
 from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
@@ -35,6 +35,7 @@ from txturn.auth.credentials import (
 )
 from txturn.core.events import AllocationDeleted
 from txturn.core.server import ServerConfig
+from txturn.sessions.backend import LocalSessions
 from txturn.sessions.service import SessionsService
 from txturn.sessions.view import Rates, describe, page
 from txturn.testing import (
@@ -196,9 +197,10 @@ class HttpTests(TestCase):
             self.service.server.start_draining()
             self.drains.append(1)
 
-        self.sessions = SessionsService(
-            reactor, self.service.server, ("127.0.0.1", 0), TOKEN.encode(), drain
-        )
+        self.local = LocalSessions(reactor, self.service.server, drain)
+        self.local.startService()
+        self.addCleanup(self.local.stopService)
+        self.sessions = SessionsService(reactor, self.local, ("127.0.0.1", 0), TOKEN.encode())
         self.sessions.startService()
         self.addCleanup(self.sessions.stopService)
         self.port = self.sessions.port()
@@ -273,7 +275,7 @@ class HttpTests(TestCase):
         the token.
         """
         yield self.allocate()
-        self.sessions.rates.sample(self.service.server.allocations.values(), 1.0)
+        self.local.sample()
         code, body, _ = yield call(self.port, b"GET", "/api/v1/status", None)
         self.assertEqual(code, 401)
         code, body, _ = yield call(self.port, b"GET", "/api/v1/status")
@@ -356,6 +358,63 @@ class CommandLineTests(TestCase):
         self.assertEqual(admin("--admin-url", url, "sessions").stdout.count("\n"), 1)
         yield watcher.wait_for(rb"deleted \(admin\)")
         yield watcher.wait_for(rb"Sessions API refused 127\.0\.0\.1:\d+: wrong token")
+
+    @defer.inlineCallbacks
+    def test_workers(self) -> Any:
+        """
+        Under C{--workers 2} the supervisor's API covers both workers:
+        every session listed once, in id order, paged across them; one
+        ended by id, the rest by user; the status counts both workers.
+        """
+        port, admin_port = free_udp_port(), free_tcp_port()
+        os.environ["TXTURN_ADMIN_TOKEN"] = TOKEN
+        self.addCleanup(os.environ.pop, "TXTURN_ADMIN_TOKEN", None)
+        watcher = spawn(
+            twistd_turn(
+                port,
+                "--user",
+                "alice:secret",
+                "--no-tls",
+                "--workers",
+                "2",
+                "--admin-port",
+                str(admin_port),
+            ),
+            self,
+        )
+        yield watcher.wait_for(rb"Sessions API on http://127\.0\.0\.1:\d+/api/v1/sessions")
+        yield watcher.wait_for(rb"Worker 1 started", timeout=30)
+        clients = []
+        for _ in range(8):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.addCleanup(sock.close)
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", port))
+            answer = yield threads.deferToThread(
+                exchange,
+                StunClient("alice", "secret"),
+                Method.ALLOCATE,
+                [(Attr.REQUESTED_TRANSPORT, 17)],
+                sock.send,
+                lambda sock=sock: sock.recv(2048),  # type: ignore[misc]
+            )
+            self.assertEqual(answer.cls, Class.SUCCESS)
+            clients.append(sock.getsockname()[1])
+        url = f"http://127.0.0.1:{admin_port}"
+        listed = yield threads.deferToThread(admin, "--admin-url", url, "sessions", "--json")
+        rows = [json.loads(line) for line in listed.stdout.splitlines()]
+        self.assertEqual(sorted(int(r["client"].rsplit(":", 1)[1]) for r in rows), sorted(clients))
+        self.assertEqual([r["id"] for r in rows], sorted(r["id"] for r in rows))
+        self.assertEqual({r["worker"] for r in rows}, {0, 1})
+        code, body, _ = yield call(admin_port, b"GET", "/api/v1/sessions?limit=3")
+        self.assertEqual([s["id"] for s in body["sessions"]], [r["id"] for r in rows[:3]])
+        self.assertEqual((body["next"], body["total"]), (rows[2]["id"], 8))
+        killed = yield threads.deferToThread(admin, "--admin-url", url, "kill", str(rows[5]["id"]))
+        self.assertEqual(killed.stdout, "ended 1\n")
+        code, status, _ = yield call(admin_port, b"GET", "/api/v1/status")
+        self.assertEqual((status["workers"], status["allocations"]), (2, 7))
+        killed = yield threads.deferToThread(admin, "--admin-url", url, "kill", "--user", "alice")
+        self.assertEqual(killed.stdout, "ended 7\n")
 
     def test_token_required(self) -> None:
         """

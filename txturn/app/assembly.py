@@ -11,7 +11,7 @@ databases, usage records, signal handlers and systemd notifier
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from txturn.app.options import Options
 from txturn.app.reload import Reloader
@@ -97,21 +97,47 @@ def build_service(
 
     handlers = SignalHandlers(reactor, reloader, drain, logfile=logfile(options))
     handlers.setServiceParent(turn)  # type: ignore[no-untyped-call]
-    if options["admin-port"] is not None and shard is None:
-        from txturn.sessions.service import SessionsService
-
-        sessions = SessionsService(
-            reactor,
-            turn.server,
-            (options["admin-address"], options["admin-port"]),
-            options["admin-token"],
-            drain,
-            degraded=turn.degraded,
-            fleet="Redis" if backends.link is not None else "none (one server)",
-        )
-        sessions.setServiceParent(turn)  # type: ignore[no-untyped-call]
+    if options["admin-port"] is not None:
+        _sessions_api(turn, options, reactor, drain, shard, fleet=backends.link is not None)
     if shard is None:
         # Last: READY=1 only once the signal handlers are in place, or a
         # reload or drain sent right after it would kill the process.
         systemd.setServiceParent(turn)  # type: ignore[no-untyped-call]
     return turn
+
+
+def _sessions_api(
+    turn: TurnService,
+    options: Options,
+    reactor: Any,
+    drain: Callable[[], None],
+    shard: Shard | None,
+    fleet: bool,
+) -> None:
+    """
+    The sessions API's view of this server; and, in one process, its
+    listener (under C{--workers} the supervisor listens and asks each
+    worker's view).
+    """
+    from txturn.sessions.backend import LocalSessions
+
+    local = LocalSessions(
+        reactor,
+        turn.server,
+        drain,
+        degraded=turn.degraded,
+        fleet="Redis" if fleet else "none (one server)",
+        worker=shard.index if shard is not None else None,
+    )
+    local.setServiceParent(turn)  # type: ignore[no-untyped-call]
+    turn.sessions = local
+    if shard is None:
+        from txturn.sessions.service import SessionsService
+
+        listener = SessionsService(
+            reactor,
+            local,
+            (options["admin-address"], options["admin-port"]),
+            options["admin-token"],
+        )
+        listener.setServiceParent(turn)  # type: ignore[no-untyped-call]

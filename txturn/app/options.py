@@ -268,11 +268,6 @@ class Options(usage.Options):
         self["admin-token"] = None
         if self["admin-port"] is None:
             return
-        if self["workers"] > 1:
-            raise usage.UsageError(
-                "--admin-port does not serve --workers yet: run one process, or use "
-                "txturn-admin with --redis"
-            )
         path = self["admin-token-file"]
         token = ""
         if path is not None:

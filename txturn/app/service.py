@@ -190,6 +190,9 @@ class TurnService(service.MultiService):
             )
         self.metrics_listen = metrics_listen
         self._degradations: list[Callable[[], str | None]] = []
+        #: The sessions API's view of this server
+        #: (L{txturn.sessions.backend.LocalSessions}), with C{--admin-port}.
+        self.sessions: Any = None
         self.limits = limits if limits is not None else ConnectionLimits()
         #: Caps and deadlines for every TCP and TLS connection; its cap in
         #: all is set from the descriptor limit when the service binds.

@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from txturn.core.interfaces import host_port
-from txturn.core.server import TurnServer
-from txturn.sessions.view import DEFAULT_PAGE, Rates, describe, page
+from txturn.sessions.backend import ISessions
+from txturn.sessions.view import DEFAULT_PAGE
 from txturn.util.log_level import logger
 from txturn.util.rate import LogThrottle
 
@@ -49,43 +51,47 @@ class ApiError(Exception):
 class SessionsApi(Resource):
     """
     The whole API as one leaf: routing is a few path comparisons, read
-    in one place.
+    in one place; the answers come from an L{ISessions}, at once (one
+    process) or later (the supervisor asking its workers).
     """
 
     isLeaf = True
     log = logger("txturn.sessions")
 
-    def __init__(
-        self,
-        reactor: IReactorTime,
-        server: TurnServer,
-        token: bytes,
-        rates: Rates,
-        drain: Callable[[], object],
-        status: Callable[[], dict[str, Any]],
-        worker: int | None = None,
-    ) -> None:
+    def __init__(self, reactor: IReactorTime, sessions: ISessions, token: bytes) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self._reactor = reactor
-        self._server = server
+        self._sessions = sessions
         self._token = token
-        self._rates = rates
-        self._drain = drain
-        self._status = status
-        self._worker = worker
         self._refusals = LogThrottle(reactor)
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> Any:
         request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
         request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
         request.setHeader(b"X-Content-Type-Options", b"nosniff")  # type: ignore[no-untyped-call]
-        try:
-            self._authenticate(request)
-            body = self._route(request)
-        except ApiError as e:
-            request.setResponseCode(e.code)
-            body = {"error": str(e)}
-        return json.dumps(body, sort_keys=True).encode() + b"\n"
+        answer = defer.maybeDeferred(self._answer, request)
+        answer.addErrback(self._failed, request)
+        answer.addCallback(self._write, request)
+        return NOT_DONE_YET
+
+    def _answer(self, request: Request) -> Any:
+        self._authenticate(request)
+        return self._route(request)
+
+    def _failed(self, failure: Failure, request: Request) -> dict[str, str]:
+        error = failure.value
+        if isinstance(error, ApiError):
+            request.setResponseCode(error.code)
+            return {"error": str(error)}
+        self.log.failure("Sessions API call failed", failure)
+        request.setResponseCode(500)
+        return {"error": "the server could not answer"}
+
+    @staticmethod
+    def _write(body: Any, request: Request) -> None:
+        if request.finished or request.channel is None:
+            return
+        request.write(json.dumps(body, sort_keys=True).encode() + b"\n")  # type: ignore[no-untyped-call]
+        request.finish()  # type: ignore[no-untyped-call]
 
     def _authenticate(self, request: Request) -> None:
         given = request.getHeader(b"authorization") or b""
@@ -113,68 +119,44 @@ class SessionsApi(Resource):
             raise ApiError(404, "no such resource")
         path = path[2:]
         method = request.method
+        sessions = self._sessions
         if path == [b"sessions"]:
             self._only(method, b"GET")
             return self._list(request)
         if path == [b"status"]:
             self._only(method, b"GET")
-            return self._status()
+            return sessions.status()
         if len(path) == 2 and path[0] == b"sessions":
             self._only(method, b"GET")
-            allocation = self._find(path[1])
-            return self._describe(allocation)
+            return defer.maybeDeferred(sessions.one, _number(path[1])).addCallback(_found)
         if len(path) == 3 and path[0] == b"sessions" and path[2] == b"end":
             self._only(method, b"POST")
-            allocation = self._find(path[1])
-            self._server.end_allocation(allocation.id)
-            self.log.info(
-                "Sessions API ended allocation {allocation} of {user}",
-                allocation=allocation.id,
-                user=allocation.username,
-            )
-            return {"ended": 1}
+            wanted = _number(path[1])
+            ended = defer.maybeDeferred(sessions.end, wanted)
+            return ended.addCallback(self._ended, f"session {wanted}")
         if len(path) == 3 and path[0] == b"users" and path[2] == b"end":
             self._only(method, b"POST")
             user = unquote(path[1].decode("utf-8", "replace"))
-            ended = self._server.end_allocations_of(user)
-            self.log.info(
-                "Sessions API ended {ended} allocation(s) of {user}", ended=ended, user=user
-            )
-            return {"ended": ended}
+            ended = defer.maybeDeferred(sessions.end_user, user)
+            return ended.addCallback(self._ended, f"the sessions of {user}", missing_ok=True)
         if path == [b"drain"]:
             self._only(method, b"POST")
-            draining = self._server.draining
-            if not draining:
-                self.log.info("Sessions API started a drain")
-                self._drain()
-            return {"draining": True, "already": draining}
+            self.log.info("Sessions API asked for a drain")
+            return sessions.drain()
         raise ApiError(404, "no such resource")
+
+    def _ended(self, count: int, what: str, missing_ok: bool = False) -> dict[str, int]:
+        if not count and not missing_ok:
+            raise ApiError(404, "no such session")
+        self.log.info("Sessions API ended {what}: {count}", what=what, count=count)
+        return {"ended": count}
 
     @staticmethod
     def _only(method: bytes, allowed: bytes) -> None:
         if method != allowed:
             raise ApiError(405, f"use {allowed.decode()}")
 
-    def _find(self, text: bytes) -> Any:
-        try:
-            wanted = int(text)
-        except ValueError:
-            raise ApiError(404, "no such session") from None
-        for allocation in self._server.allocations.values():
-            if allocation.id == wanted:
-                return allocation
-        raise ApiError(404, "no such session")
-
-    def _describe(self, allocation: Any) -> dict[str, Any]:
-        return describe(
-            allocation,
-            self._reactor.seconds(),
-            self._server.config.realm,
-            self._rates.rates,
-            self._worker,
-        )
-
-    def _list(self, request: Request) -> dict[str, Any]:
+    def _list(self, request: Request) -> Any:
         args = request.args or {}
 
         def one(name: bytes) -> str | None:
@@ -186,15 +168,20 @@ class SessionsApi(Resource):
             limit = int(one(b"limit") or DEFAULT_PAGE)
         except ValueError:
             raise ApiError(400, "after and limit are numbers") from None
-        chosen, following = page(
-            self._server.allocations.values(), one(b"user"), one(b"peer"), after, limit
-        )
-        return {
-            "sessions": [self._describe(a) for a in chosen],
-            "next": following,
-            "total": len(self._server.allocations),
-            "draining": self._server.draining,
-        }
+        return self._sessions.page(one(b"user"), one(b"peer"), after, limit)
+
+
+def _number(text: bytes) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ApiError(404, "no such session") from None
+
+
+def _found(described: dict[str, Any] | None) -> dict[str, Any]:
+    if described is None:
+        raise ApiError(404, "no such session")
+    return described
 
 
 #: What the status page may load and do: its own script and style, calls

@@ -24,6 +24,10 @@ MAX_PAGE = 1000
 #: What a page holds when the client does not say.
 DEFAULT_PAGE = 100
 
+#: Most permissions and channels a session shows (with their totals):
+#: one session's answer stays small whatever it holds.
+SHOWN = 64
+
 #: Samples of the whole server's rates kept for the status page: ten
 #: minutes at the service's five-second interval.
 HISTORY = 120
@@ -117,11 +121,13 @@ def describe(
         "tcp": allocation.tcp,
         "age": round(now - allocation.created, 3),
         "lifetime_left": round(max(0.0, allocation.expires_in()), 3) if allocation.relays else 0,
-        "permissions": sorted(allocation.permissions),
+        "permissions": sorted(allocation.permissions)[:SHOWN],
+        "permissions_total": len(allocation.permissions),
         "channels": {
             f"0x{number:04x}": host_port(peer)
-            for number, (peer, _) in sorted(allocation.channels.items())
+            for number, (peer, _) in sorted(allocation.channels.items())[:SHOWN]
         },
+        "channels_total": len(allocation.channels),
         "to_peers": {
             "packets": allocation.to_peers_packets,
             "bytes": allocation.to_peers_bytes,

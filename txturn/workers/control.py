@@ -9,6 +9,8 @@ connection per worker on a Unix socket pair.
  - L{FetchReservation}: a worker asks for an EVEN-PORT reservation
    another worker holds; the supervisor asks that one to
    L{GiveReservation}, and the relay's socket comes back the same way.
+ - L{SessionsCall}: the supervisor's sessions API asks a worker about its
+   sessions (L{txturn.sessions.backend.LocalSessions}), in JSON.
  - L{HandOff}: a worker gives a client's TCP connection (its descriptor,
    with C{SCM_RIGHTS}) and the ConnectionBind read from it to the
    supervisor for another worker, which passes it on: the RFC 6062 data
@@ -48,6 +50,18 @@ class Scrape(amp.Command):
 
     arguments = []
     response = [(b"families", amp.Unicode())]
+
+
+class SessionsCall(amp.Command):
+    """
+    One question of the sessions API to a worker: C{action} is a method
+    of L{txturn.sessions.backend.LocalSessions} (page, one, end,
+    end_user, status), C{arguments} and C{result} JSON.  A page is asked
+    for with C{max_bytes}, so every answer fits an AMP value.
+    """
+
+    arguments = [(b"action", amp.Unicode()), (b"arguments", amp.Unicode())]
+    response = [(b"result", amp.Unicode())]
 
 
 class HandOff(amp.Command):

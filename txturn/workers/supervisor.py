@@ -615,6 +615,17 @@ def supervise(options: Options, reactor: Any, generated: tuple[str, str] | None)
 
     handlers = SignalHandlers(reactor, supervisor.reload, drain, logfile=logfile(options))
     handlers.setServiceParent(supervisor)
+    if options["admin-port"] is not None:
+        from txturn.sessions.service import SessionsService
+        from txturn.workers.sessions import WorkerSessions
+
+        api = SessionsService(
+            reactor,
+            WorkerSessions(reactor, supervisor),
+            (options["admin-address"], options["admin-port"]),
+            options["admin-token"],
+        )
+        api.setServiceParent(supervisor)
     # Last: READY=1 only once the signal handlers are in place.
     systemd.setServiceParent(supervisor)
     return supervisor

@@ -34,10 +34,20 @@ from twisted.python.failure import Failure
 
 from txturn.app.shard import Shard
 from txturn.util.log_level import logger
-from txturn.workers.control import GiveReservation, HandOff, QuietAMP, Ready, Scrape
+from txturn.workers.control import (
+    GiveReservation,
+    HandOff,
+    QuietAMP,
+    Ready,
+    Scrape,
+    SessionsCall,
+)
 from txturn.workers.shared_places import SharedPlaces
 from txturn.workers.summed_metrics import to_json
 from txturn.workers.transfers import Handoff, ReservationBroker, give_reservation
+
+#: What the supervisor's sessions API may ask a worker's LocalSessions.
+SESSION_ACTIONS = frozenset({"page", "one", "end", "end_user", "status"})
 
 BOOTSTRAP_FD = 3
 CONTROL_FD = 4
@@ -75,6 +85,17 @@ class WorkerControl(QuietAMP):
     def scrape(self) -> dict[str, str]:
         metrics = self.service.metrics if self.service is not None else None
         return {"families": to_json(metrics.registry) if metrics is not None else "[]"}
+
+    @SessionsCall.responder
+    def sessions_call(self, action: str, arguments: str) -> dict[str, str]:
+        """
+        The supervisor's sessions API asking about this worker's sessions.
+        """
+        sessions = getattr(self.service, "sessions", None)
+        if sessions is None or action not in SESSION_ACTIONS:
+            raise ValueError(f"no sessions action {action!r} here")
+        result = getattr(sessions, action)(**json.loads(arguments))
+        return {"result": json.dumps(result)}
 
     @HandOff.responder
     def handed(
