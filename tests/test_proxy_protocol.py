@@ -26,6 +26,7 @@ from tests.test_redis import free_tcp_port
 from tests.test_service import REALM, free_udp_port
 from txturn.app.service import TurnService
 from txturn.auth.credentials import StaticCredentials
+from txturn.core.peer_policy import PeerPolicy
 from txturn.core.server import ServerConfig
 from txturn.testing import StunClient, self_signed_certificate
 from txturn.wire.framing import StreamFramer
@@ -347,3 +348,101 @@ def wait_listening(port: int) -> Any:
 
             yield deferLater(reactor, 0.05, lambda: None)
     raise AssertionError(f"nothing listens on {port}")
+
+
+class DatagramTests(TestCase):
+    """
+    UDP from a balancer that prefixes every datagram with a PROXY v2
+    header (this test's client plays it, from 127.0.0.2): the client it
+    names allocates and relays both ways; answers go back to the balancer
+    unprefixed; datagrams from the balancer without a header, and headers
+    from anyone else, get nothing.
+    """
+
+    def setUp(self) -> None:
+        self.service = TurnService(
+            reactor,
+            StaticCredentials(REALM, {"alice": "secret"}),
+            [("127.0.0.1", 0)],
+            ["127.0.0.1"],
+            config=ServerConfig(realm=REALM),
+            transports={"udp"},
+            policy=PeerPolicy(allow_loopback=True),
+            proxy_from=[ipaddress.ip_network("127.0.0.2/32")],
+        )
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.port = self.service.port_of("udp")
+
+    def socket(self, host: str) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.bind((host, 0))
+        sock.settimeout(2)
+        return sock
+
+    @defer.inlineCallbacks
+    def test_relay_through_balancer(self) -> Any:
+        balancer, peer = self.socket("127.0.0.2"), self.socket("127.0.0.1")
+        server = ("127.0.0.1", self.port)
+        header = v2(CLIENT, server, datagram=True)
+        client = StunClient("alice", "secret")
+
+        def exchange_through(method: int, attributes: list[tuple[int, Any]]) -> Any:
+            from txturn.testing import exchange
+
+            return exchange(
+                client,
+                method,
+                attributes,
+                lambda data: balancer.sendto(header + data, server),
+                lambda: balancer.recv(4096),
+            )
+
+        def run() -> Any:
+            mapped = exchange_through(Method.BINDING, [])
+            allocated = exchange_through(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])
+            exchange_through(
+                Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, peer.getsockname())]
+            )
+            relayed = allocated.get(Attr.XOR_RELAYED_ADDRESS)
+            send = client.request(
+                Method.SEND,
+                [(Attr.XOR_PEER_ADDRESS, peer.getsockname()), (Attr.DATA, b"up")],
+                cls=0x10,
+            )
+            balancer.sendto(header + send, server)
+            up, _ = peer.recvfrom(100)
+            peer.sendto(b"down", relayed)
+            down = decode(balancer.recv(4096))
+            return mapped.get(Attr.XOR_MAPPED_ADDRESS), up, down.get(Attr.DATA)
+
+        mapped, up, down = yield threads.deferToThread(run)
+        self.assertEqual(mapped, CLIENT)
+        self.assertEqual((up, down), (b"up", b"down"))
+        [(channel, address)] = list(self.service.server.allocations)
+        self.assertEqual(address, CLIENT)
+
+    @defer.inlineCallbacks
+    def test_refused(self) -> Any:
+        """
+        The balancer without a header, or anyone else with one: no answer.
+        """
+        server = ("127.0.0.1", self.port)
+        request = StunClient("x", "y").request(Method.BINDING, authenticate=False)
+        for sender, data in [
+            (self.socket("127.0.0.2"), request),
+            (self.socket("127.0.0.1"), v2(CLIENT, server, datagram=True) + request),
+            (self.socket("127.0.0.2"), v2(CLIENT, server) + request),
+        ]:
+
+            def silent(sender: socket.socket = sender, data: bytes = data) -> bool:
+                sender.sendto(data, server)
+                sender.settimeout(0.3)
+                try:
+                    sender.recv(100)
+                except TimeoutError:
+                    return True
+                return False
+
+            self.assertTrue((yield threads.deferToThread(silent)))

@@ -211,6 +211,10 @@ class Listeners:
         """
         server = self._server
         if name == "udp":
+            if self._proxy_from:
+                from txturn.transports.proxy import trusted_in
+
+                return TurnDatagramProtocol(server, trusted_in(self._proxy_from))
             return TurnDatagramProtocol(server)
         if name == "dtls":
             assert self._tls is not None

@@ -536,9 +536,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
         _LISTEN,
         _R,
         "CIDR or A-B range of load balancers whose TCP and TLS connections start with "
-        "a PROXY protocol header, v1 or v2 (before TLS); the client it names is who the "
-        "connection is from (repeatable).  A header from anyone else is refused, and so "
-        "is a connection from these without one.",
+        "a PROXY protocol header, v1 or v2 (before TLS), and whose UDP datagrams each "
+        "start with a v2 header; the client it names is who it is from (repeatable).  A "
+        "header from anyone else is refused, and so is their traffic without one.",
         metavar="RANGE",
         coerce=peer_range,
         repeatable=True,

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_proxy_protocol -*-
 """
-PROXY protocol on TCP and TLS listeners (C{--proxy-protocol-from}): a
+PROXY protocol on TCP, TLS and UDP listeners (C{--proxy-protocol-from}): a
 connection from a trusted balancer must start with a PROXY header (v1 or
 v2; for TLS, before the handshake), and the client it names is who the
 connection is from, everywhere: admission and per-source limits,
@@ -15,10 +15,13 @@ XOR-MAPPED-ADDRESS, the allocation's 5-tuple, logs, usage records.
    that are not STUN, and the connection is closed as any other garbage.
  - A version 2 LOCAL header (the balancer's own health check) keeps the
    balancer's addresses.
+ - On UDP, each datagram from a trusted balancer must start with a
+   version 2 header for a datagram (L{ProxiedDatagrams}).
 """
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -27,7 +30,9 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from txturn.core.interfaces import Address, IClientChannel
 from txturn.util.log_level import logger
 from txturn.util.rate import LogThrottle
 from txturn.wire.proxy_header import MAX_HEADER, ProxyHeaderError, parse
@@ -201,3 +206,72 @@ class ProxyProtocolFactory(_Wrapping):
             balancer=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             reason=reason,
         )
+
+
+@implementer(IClientChannel)
+class ProxiedDatagrams:
+    """
+    The clients a trusted UDP balancer forwards, each datagram prefixed
+    with a PROXY v2 header naming its client: one client channel for all
+    of them, beside the listener's own.
+
+    The core sees the clients' own addresses; what it sends a client goes
+    to the balancer's address the client's last datagram came through,
+    unprefixed, as balancers that prefix datagrams expect.  Those
+    addresses are kept for at most L{MAX_FLOWS} clients (least recently
+    heard first out): past that, a client's answers wait for its next
+    datagram.  The fast path cannot send for these clients (it would send
+    to the client, not the balancer), so their allocations take the
+    Python path.
+    """
+
+    transport_name = "udp"
+    stream = False
+    forwarding_handle = None
+    #: Most clients whose balancer is remembered.
+    MAX_FLOWS = 65536
+    log = logger("txturn.transports.proxy")
+
+    def __init__(self, listener: Any, server: Any) -> None:
+        self._listener = listener
+        self._server = server
+        self._flows: collections.OrderedDict[Address, Address] = collections.OrderedDict()
+
+    @property
+    def local_address(self) -> Address:
+        address: Address = self._listener.local_address
+        return address
+
+    def received(self, data: bytes, balancer: Address) -> None:
+        """
+        A datagram from a trusted balancer: its header, then the client's
+        datagram.  No header, a malformed one, or one that is not for a
+        datagram: dropped (at most a line a minute per balancer).
+        """
+        try:
+            header = parse(data)
+        except ProxyHeaderError as e:
+            self._drop(balancer, str(e))
+            return
+        if header is None or not header.datagram or header.source is None:
+            self._drop(balancer, "no PROXY v2 header for a datagram")
+            return
+        client = (_canonical(header.source[0]), header.source[1])
+        flows = self._flows
+        flows[client] = balancer
+        flows.move_to_end(client)
+        if len(flows) > self.MAX_FLOWS:
+            flows.popitem(last=False)
+        self._server.datagram_received(self, data[header.length :], client)
+
+    def _drop(self, balancer: Address, reason: str) -> None:
+        self._listener.refused_datagram(balancer, reason)
+
+    def send(self, data: bytes, address: Address) -> None:
+        balancer = self._flows.get(address)
+        if balancer is not None:
+            self._listener.send(data, balancer)
+
+
+def _canonical(host: str) -> str:
+    return str(ipaddress.ip_address(host))
