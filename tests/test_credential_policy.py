@@ -297,6 +297,21 @@ class CorePolicyTests(ServerTestCase):
         )
 
 
+@defer.inlineCallbacks
+def aioice_received(port: int, username: str, password: str, count: int) -> Any:
+    """
+    How many of C{count} datagrams aioice's client relayed through the
+    server on C{port} with these credentials; 0 if it could not allocate.
+    """
+    script = os.path.join(os.path.dirname(__file__), "clients", "aioice_echo.py")
+    out, err, code = yield getProcessOutputAndValue(
+        sys.executable,
+        [script, "127.0.0.1", str(port), username, password, str(count)],
+        env=os.environ.copy(),
+    )
+    return json.loads(out.decode().splitlines()[-1])["received"] if code == 0 else 0
+
+
 class RealClientTests(TestCase):
     """
     aioice through a real C{twistd turn} with policy-carrying credentials:
@@ -324,12 +339,7 @@ class RealClientTests(TestCase):
         result = yield run_aioice(self, port, *allowed, 10)
         self.assertEqual((result["received"], result["intact"]), (10, True))
         elsewhere = mint_credential(SECRET, "bob", expiry, peers=["198.51.100.0/24"])
-        script = os.path.join(os.path.dirname(__file__), "clients", "aioice_echo.py")
-        out, err, code = yield getProcessOutputAndValue(
-            sys.executable, [script, "127.0.0.1", str(port), *elsewhere, "5"], env=os.environ.copy()
-        )
-        received = json.loads(out.decode().splitlines()[-1])["received"] if code == 0 else 0
-        self.assertEqual(received, 0)
+        self.assertEqual((yield aioice_received(port, *elsewhere, 5)), 0)
         yield watcher.wait_for(
             rb"Refused peer 127\.0\.0\.1:\d+ for \S+:bob:\S+: outside the credential"
         )
@@ -370,12 +380,5 @@ class RealClientTests(TestCase):
         good = minted["sha256"]
         result = yield run_aioice(self, port, good["username"], good["credential"], 10)
         self.assertEqual((result["received"], result["intact"]), (10, True))
-        script = os.path.join(os.path.dirname(__file__), "clients", "aioice_echo.py")
         bad = minted["sha1"]
-        out, err, code = yield getProcessOutputAndValue(
-            sys.executable,
-            [script, "127.0.0.1", str(port), bad["username"], bad["credential"], "3"],
-            env=os.environ.copy(),
-        )
-        received = json.loads(out.decode().splitlines()[-1])["received"] if code == 0 else 0
-        self.assertEqual(received, 0)
+        self.assertEqual((yield aioice_received(port, bad["username"], bad["credential"], 3)), 0)

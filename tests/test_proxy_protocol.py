@@ -23,11 +23,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests.test_interop import spawn, twistd_turn, uclient_args
 from tests.test_redis import free_tcp_port
-from tests.test_service import REALM, free_udp_port
-from txturn.app.service import TurnService
-from txturn.auth.credentials import StaticCredentials
-from txturn.core.peer_policy import PeerPolicy
-from txturn.core.server import ServerConfig
+from tests.test_service import free_udp_port, make_service
 from txturn.testing import StunClient, self_signed_certificate
 from txturn.wire.framing import StreamFramer
 from txturn.wire.proxy_header import (
@@ -42,6 +38,8 @@ from txturn.wire.stun import Attr, Method, decode
 
 reactor: Any = _reactor
 CLIENT = ("198.51.100.7", 40000)
+#: The load balancer these tests trust, and play.
+BALANCER = [ipaddress.ip_network("127.0.0.2/32")]
 SERVER = ("192.0.2.1", 3478)
 
 
@@ -145,16 +143,11 @@ class ListenerTests(TestCase):
         cert, key = self_signed_certificate(directory)
         from txturn.transports.tls import TlsCredentials
 
-        self.service = TurnService(
-            reactor,
-            StaticCredentials(REALM, {"alice": "secret"}),
-            [("127.0.0.1", 0)],
-            ["127.0.0.1"],
-            config=ServerConfig(realm=REALM),
+        self.service = make_service(
             transports={"tcp", "tls"},
             tls=TlsCredentials(cert, key),
             tls_port=0,
-            proxy_from=[ipaddress.ip_network("127.0.0.2/32")],
+            proxy_from=BALANCER,
         )
         self.service.startService()
         self.addCleanup(self.service.stopService)
@@ -360,16 +353,7 @@ class DatagramTests(TestCase):
     """
 
     def setUp(self) -> None:
-        self.service = TurnService(
-            reactor,
-            StaticCredentials(REALM, {"alice": "secret"}),
-            [("127.0.0.1", 0)],
-            ["127.0.0.1"],
-            config=ServerConfig(realm=REALM),
-            transports={"udp"},
-            policy=PeerPolicy(allow_loopback=True),
-            proxy_from=[ipaddress.ip_network("127.0.0.2/32")],
-        )
+        self.service = make_service(transports={"udp"}, proxy_from=BALANCER)
         self.service.startService()
         self.addCleanup(self.service.stopService)
         self.port = self.service.port_of("udp")

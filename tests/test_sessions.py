@@ -25,8 +25,8 @@ from tests.test_events import Recorder
 from tests.test_interop import spawn, twistd_turn
 from tests.test_redis import free_tcp_port
 from tests.test_server import PEER, REALM
-from tests.test_service import free_udp_port
-from txturn.app.service import TurnService
+from tests.test_service import REALM as SERVICE_REALM
+from tests.test_service import free_udp_port, make_service
 from txturn.auth.credentials import (
     CredentialChain,
     RestApiCredentials,
@@ -34,7 +34,6 @@ from txturn.auth.credentials import (
     rest_api_password,
 )
 from txturn.core.events import AllocationDeleted
-from txturn.core.server import ServerConfig
 from txturn.sessions.backend import LocalSessions
 from txturn.sessions.service import SessionsService
 from txturn.sessions.view import Rates, describe, page
@@ -181,14 +180,7 @@ class HttpTests(TestCase):
     """
 
     def setUp(self) -> None:
-        self.service = TurnService(
-            reactor,
-            StaticCredentials(REALM, {"alice": "secret"}),
-            [("127.0.0.1", 0)],
-            ["127.0.0.1"],
-            config=ServerConfig(realm=REALM),
-            transports={"udp"},
-        )
+        self.service = make_service(transports={"udp"})
         self.service.startService()
         self.addCleanup(self.service.stopService)
         self.drains: list[int] = []
@@ -282,7 +274,7 @@ class HttpTests(TestCase):
         self.assertEqual(code, 200)
         self.assertEqual((body["allocations"], body["users"]), (1, 1))
         self.assertEqual(body["by_transport"], {"udp": 1})
-        self.assertEqual(body["realm"], REALM)
+        self.assertEqual(body["realm"], SERVICE_REALM)
         self.assertFalse(body["draining"])
         self.assertEqual(body["history"][-1]["allocations"], 1)
 
