@@ -16,7 +16,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_server import REALM, ServerTestCase
 from txturn.fleet.link import RedisDown
-from txturn.fleet.sharing import ACQUIRE, HEARTBEAT, RELEASE, RedisFleet, RedisQuotaLedger
+from txturn.fleet.sharing import (
+    ACQUIRE,
+    DESCRIPTION,
+    HEARTBEAT,
+    RELEASE,
+    RedisFleet,
+    RedisQuotaLedger,
+)
 from txturn.testing import StunClient, make_server
 from txturn.wire.stun import Attr, Method
 
@@ -147,8 +154,8 @@ class HeartbeatTests(SynchronousTestCase):
 
     def pairs(self) -> dict[str, int]:
         _, args, _ = self.link.runs(HEARTBEAT)[-1]
-        self.assertEqual(args[:4], ["me", "txturn:server:me", 3000, "txturn:quota:"])
-        rest = args[4:]
+        self.assertEqual(args[:5], ["me", "txturn:server:me", 3000, "txturn:quota:", DESCRIPTION])
+        rest = args[5:]
         return dict(zip(rest[::2], rest[1::2], strict=True))
 
     def test_counts_and_in_flight(self) -> None:
