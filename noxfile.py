@@ -54,6 +54,7 @@ UNIT = [
     "tests.test_server",
     "tests.test_sessions.HttpTests",
     "tests.test_sessions.ViewTests",
+    "tests.test_sessions.WorkerSessionsTests",
     "tests.test_stream_guard",
     "tests.test_stun",
     "tests.test_tcp_allocation",

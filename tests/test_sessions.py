@@ -45,6 +45,7 @@ from txturn.testing import (
     make_server,
 )
 from txturn.wire.stun import Attr, Class, Method
+from txturn.workers.sessions import WorkerSessions
 
 reactor: Any = _reactor
 TOKEN = "a-sessions-token-0123456789"
@@ -519,3 +520,102 @@ def page_headers(port: int) -> Any:
     response = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}/status".encode())
     yield readBody(response)
     return {name.lower(): values[0] for name, values in response.headers.getAllRawHeaders()}
+
+
+class _Control:
+    """
+    A worker's control connection, answering from its L{LocalSessions}
+    (or failing, as a worker that is restarting does).
+    """
+
+    transport = object()
+
+    def __init__(self, local: LocalSessions | None) -> None:
+        self.local = local
+
+    def callRemote(self, command: Any, action: str, arguments: str) -> Any:
+        if self.local is None:
+            return defer.fail(ConnectionError("worker restarting"))
+        result = getattr(self.local, action)(**json.loads(arguments))
+        return defer.succeed({"result": json.dumps(result)})
+
+
+class _Worker:
+    def __init__(self, control: _Control) -> None:
+        self.control = control
+
+
+class _Supervisor:
+    def __init__(self, workers: dict[int, _Worker]) -> None:
+        self.workers = workers
+        self.count = len(workers)
+        self.draining = False
+        self.drained = 0
+
+    def drain(self) -> None:
+        self.draining = True
+        self.drained += 1
+
+
+class WorkerSessionsTests(SynchronousTestCase):
+    """
+    The supervisor's view (L{WorkerSessions}) of two workers' real cores:
+    pages merged by id, a session's id routed to its worker, statuses
+    summed, and a worker that does not answer left out, not fatal.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.cores = [
+            make_server({"alice": "a"}, realm=REALM, clock=self.clock, worker=(i, 2))
+            for i in range(2)
+        ]
+        self.locals = [
+            LocalSessions(self.clock, core, lambda: None, worker=i)
+            for i, core in enumerate(self.cores)
+        ]
+        self.supervisor = _Supervisor(
+            {i: _Worker(_Control(local)) for i, local in enumerate(self.locals)}
+        )
+        self.sessions = WorkerSessions(self.clock, self.supervisor)
+        for i, core in enumerate(self.cores):
+            for port in range(3):
+                answer = authenticated_request(
+                    core,
+                    RecordingClientChannel(),
+                    StunClient("alice", "a"),
+                    Method.ALLOCATE,
+                    [(Attr.REQUESTED_TRANSPORT, 17)],
+                    ("198.51.100.7", 40000 + 10 * i + port),
+                )
+                self.assertEqual(answer.cls, Class.SUCCESS)
+
+    def result(self, d: Any) -> Any:
+        return self.successResultOf(defer.maybeDeferred(lambda: d))
+
+    def test_pages(self) -> None:
+        first = self.result(self.sessions.page(None, None, 0, 4))
+        self.assertEqual([s["id"] for s in first["sessions"]], [1, 2, 3, 4])
+        self.assertEqual([s["worker"] for s in first["sessions"]], [0, 1, 0, 1])
+        self.assertEqual((first["next"], first["total"]), (4, 6))
+        rest = self.result(self.sessions.page(None, None, 4, 4))
+        self.assertEqual(([s["id"] for s in rest["sessions"]], rest["next"]), ([5, 6], None))
+
+    def test_end_and_status(self) -> None:
+        self.assertEqual(self.result(self.sessions.end(4)), 1)
+        self.assertEqual(len(self.cores[1].allocations), 2)
+        self.assertEqual(self.result(self.sessions.end(4)), 0)
+        status = self.result(self.sessions.status())
+        self.assertEqual((status["workers"], status["allocations"]), (2, 5))
+        self.assertEqual(self.result(self.sessions.end_user("alice")), 5)
+        self.assertEqual(self.sessions.drain(), {"draining": True, "already": False})
+        self.assertEqual(self.sessions.drain(), {"draining": True, "already": True})
+        self.assertEqual(self.supervisor.drained, 1)
+
+    def test_worker_not_answering(self) -> None:
+        self.supervisor.workers[1].control.local = None
+        page = self.result(self.sessions.page(None, None, 0, 10))
+        self.assertEqual([s["id"] for s in page["sessions"]], [1, 3, 5])
+        status = self.result(self.sessions.status())
+        self.assertEqual((status["workers"], status["allocations"]), (1, 3))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)

@@ -18,10 +18,12 @@ import json
 from typing import Any, Protocol
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from txturn import __version__
 from txturn.sessions.backend import MAX_BYTES
 from txturn.sessions.view import MAX_PAGE
+from txturn.util.log_level import logger
 from txturn.workers.control import SessionsCall
 
 
@@ -46,6 +48,8 @@ class WorkerSessions:
     L{txturn.sessions.backend.ISessions} for the supervisor.
     """
 
+    log = logger("txturn.workers.sessions")
+
     def __init__(self, reactor: Any, supervisor: Supervised) -> None:
         self._reactor = reactor
         self._supervisor = supervisor
@@ -59,7 +63,21 @@ class WorkerSessions:
             SessionsCall, action=action, arguments=json.dumps(arguments)
         )
         asked.addTimeout(ANSWER_TIMEOUT, self._reactor)
-        return asked.addCallback(lambda answer: json.loads(answer["result"]))
+        asked.addCallback(lambda answer: json.loads(answer["result"]))
+        return asked.addErrback(self._unanswered, index)
+
+    def _unanswered(self, failure: Failure, index: int) -> None:
+        """
+        A worker that did not answer (restarting, or stuck past
+        L{ANSWER_TIMEOUT}) is left out of this answer, as a worker that is
+        not running is, rather than failing the whole call: the operator
+        still sees and steers the others.
+        """
+        self.log.warn(
+            "Worker {index} did not answer the sessions API: {error}",
+            index=index,
+            error=failure.getErrorMessage(),
+        )
 
     def _ask_all(self, action: str, **arguments: Any) -> defer.Deferred[list[Any]]:
         asked = [self._ask(i, action, **arguments) for i in sorted(self._supervisor.workers)]
