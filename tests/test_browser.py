@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from typing import Any
 from urllib.parse import urlencode, urlunsplit
@@ -26,7 +25,7 @@ from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web import resource, server, static
 
-from tests.test_interop import HERE, InProcessServer, OutputWatcher, spawn
+from tests.test_interop import HERE, InProcessServer, OutputWatcher, spawn, twistd_turn
 
 reactor: Any = _reactor
 
@@ -206,27 +205,21 @@ class RedirectTests(TestCase):
             servers[name] = spawn(
                 [
                     *inside,
-                    sys.executable,
-                    "-c",
-                    "from twisted.scripts.twistd import run; run()",
-                    "-n",
-                    "--pidfile=",
-                    "turn",
-                    "--listen",
-                    "10.99.0.1",
-                    "--port",
-                    str(port),
-                    "--relay-ip",
-                    "10.99.0.1",
-                    "--allowed-peer-ip",
-                    "10.99.0.1",
-                    "--realm",
-                    "txturn",
-                    "--user",
-                    "test:secret",
-                    "--no-tls",
-                    "--no-dtls",
-                    *extra,
+                    *twistd_turn(
+                        port,
+                        "--relay-ip",
+                        "10.99.0.1",
+                        "--allowed-peer-ip",
+                        "10.99.0.1",
+                        "--realm",
+                        "txturn",
+                        "--user",
+                        "test:secret",
+                        "--no-tls",
+                        "--no-dtls",
+                        *extra,
+                        listen="10.99.0.1",
+                    ),
                 ],
                 self,
             )

@@ -260,10 +260,10 @@ def udp_requester(
     return sock, request
 
 
-def twistd_turn(port: int, *options: str) -> list[str]:
+def twistd_turn(port: int, *options: str, listen: str = "127.0.0.1") -> list[str]:
     """
-    The command line of C{twistd -n turn} on 127.0.0.1, run from the
-    source tree by this interpreter.
+    The command line of C{twistd -n turn} on C{listen}, run by this
+    interpreter (the installed package, outside the checkout).
     """
     return [
         sys.executable,
@@ -273,7 +273,7 @@ def twistd_turn(port: int, *options: str) -> list[str]:
         "--pidfile=",
         "turn",
         "--listen",
-        "127.0.0.1",
+        listen,
         "--port",
         str(port),
         *options,

@@ -275,16 +275,27 @@ class TurnServer:
             _delete(allocation, "revoked")
         return len(doomed)
 
+    def allocation_numbered(self, allocation_id: int) -> Allocation | None:
+        """
+        The allocation numbered C{allocation_id} (the number its log lines
+        and usage record carry), or C{None}: a scan, for an operator's
+        request, never for a packet.
+        """
+        for allocation in self.state.table:
+            if allocation.id == allocation_id:
+                return allocation
+        return None
+
     def end_allocation(self, allocation_id: int, reason: str = "admin") -> bool:
         """
         Delete the allocation numbered C{allocation_id} (an operator ended
         it: its usage record says C{reason}); whether there was one.
         """
-        for allocation in self.state.table:
-            if allocation.id == allocation_id:
-                _delete(allocation, reason)
-                return True
-        return False
+        allocation = self.allocation_numbered(allocation_id)
+        if allocation is None:
+            return False
+        _delete(allocation, reason)
+        return True
 
     def end_allocations_of(self, name: str, reason: str = "admin") -> int:
         """

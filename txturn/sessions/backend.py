@@ -133,10 +133,8 @@ class LocalSessions(Service):
         }
 
     def one(self, allocation_id: int) -> dict[str, Any] | None:
-        for allocation in self._server.allocations.values():
-            if allocation.id == allocation_id:
-                return self._describe(allocation)
-        return None
+        allocation = self._server.allocation_numbered(allocation_id)
+        return self._describe(allocation) if allocation is not None else None
 
     def end(self, allocation_id: int) -> int:
         return 1 if self._server.end_allocation(allocation_id) else 0
