@@ -444,6 +444,95 @@ class FleetTests(FleetBase):
         self.assertEqual(set(reasons[3:]), {"server stopping"})
 
 
+class NonceKeyTests(FleetBase):
+    """
+    The fleet's nonce keys (L{txturn.fleet.nonces}): one server's nonce
+    is taken by its peer, and keys rotate without refusing a nonce
+    still fresh.
+    """
+
+    def setUp(self) -> Any:
+        self.redis = RedisProcess(self)
+        return self.redis.start()
+
+    @defer.inlineCallbacks
+    def test_peer_takes_the_nonce(self) -> Any:
+        """
+        A client challenged by A (401 with A's nonce) allocates on B
+        with that nonce at once, as a client redirected after
+        authenticating does: B does not answer 438.
+        """
+        port_a, watcher_a = yield self.server()
+        port_b, watcher_b = yield self.server()
+        for watcher in (watcher_a, watcher_b):
+            yield watcher.wait_for(rb"Nonces signed with the fleet's key")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        self.addCleanup(sock.close)
+        client = StunClient("test", "secret")
+
+        def ask(port: int, authenticate: bool) -> Message:
+            request = client.request(
+                Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)], authenticate=authenticate
+            )
+            sock.sendto(request, ("127.0.0.1", port))
+            return client.learn(sock.recv(4096))
+
+        challenge = yield threads.deferToThread(ask, port_a, False)
+        self.assertEqual(self.code(challenge), 401)
+        answer = yield threads.deferToThread(ask, port_b, True)
+        self.assertEqual(self.code(answer), 0)
+
+    @defer.inlineCallbacks
+    def test_rotation(self) -> Any:
+        """
+        Two servers' nonce managers on one Redis: what one signs the
+        other takes; after a rotation both sign with the former next key
+        and still take nonces signed before it; a retired key goes once
+        its nonces are stale.
+        """
+        from txturn.auth.credentials import NonceManager
+        from txturn.fleet import nonces as module
+        from txturn.fleet.link import RedisLink
+
+        address = parse_redis_url(self.redis.url)
+        links = [RedisLink(reactor, address) for _ in range(2)]
+        for link in links:
+            self.addCleanup(link.close)
+        managers = [NonceManager(lifetime=600) for _ in links]
+        shared = [module.SharedNonceKeys(link, m) for link, m in zip(links, managers, strict=True)]
+        yield defer.gatherResults([s.refresh() for s in shared])
+        self.assertTrue(all(s.shared for s in shared))
+        now = time.time()
+        before = managers[0].issue("192.0.2.1", now)
+        self.assertTrue(managers[1].is_valid(before, "192.0.2.1", now))
+        self.assertFalse(managers[1].is_valid(before, "192.0.2.2", now))
+        stored = json.loads(self.redis.command("GET", module.NONCE_KEYS))
+        self.patch(module, "ROTATION", 0)
+        yield shared[0].refresh()
+        rotated = json.loads(self.redis.command("GET", module.NONCE_KEYS))
+        self.assertEqual(rotated["current"], stored["next"])
+        self.assertEqual([k["key"] for k in rotated["old"]], [stored["current"]])
+        # B has not read the keys yet: it still signs with the old key,
+        # which A takes; once B reads them, A takes what B signs.
+        lagging = managers[1].issue("192.0.2.1", now)
+        self.assertTrue(managers[0].is_valid(lagging, "192.0.2.1", now))
+        self.patch(module, "ROTATION", 3600)
+        yield shared[1].refresh()
+        after = managers[1].issue("192.0.2.1", now)
+        self.assertNotEqual(after, before)
+        for nonce in (before, after):
+            self.assertTrue(managers[0].is_valid(nonce, "192.0.2.1", now))
+            self.assertTrue(managers[1].is_valid(nonce, "192.0.2.1", now))
+        # A retired key is kept only while its nonces can be fresh.
+        rotated["old"][0]["until"] = 1
+        self.redis.command("SET", module.NONCE_KEYS, json.dumps(rotated))
+        yield shared[0].refresh()
+        self.assertEqual(json.loads(self.redis.command("GET", module.NONCE_KEYS))["old"], {})
+        self.assertFalse(managers[0].is_valid(before, "192.0.2.1", now))
+
+
 class SlowRedisTests(FleetBase):
     """
     Redis answering in 300 ms (a proxy delays both ways) while one source

@@ -124,12 +124,26 @@ class NonceManager:
     ) -> None:
         self.lifetime = lifetime
         self._secret = secret if secret is not None else secrets.token_bytes(32)
+        #: Keys whose nonces are still good besides the signing key: the
+        #: fleet's next key and its retired ones (L{use_keys}).
+        self._accepted: tuple[bytes, ...] = ()
         self.features = features
         self._prefix = NONCE_COOKIE + base64.b64encode(features.to_bytes(3, "big")).decode("ascii")
 
-    def _mac(self, expiry: int, client_ip: str) -> bytes:
+    def use_keys(self, signing: bytes, accepted: Sequence[bytes] = ()) -> None:
+        """
+        Sign new nonces with C{signing}; take those signed with it or any
+        of C{accepted}.  A fleet shares its keys this way
+        (L{txturn.fleet.nonces}), so a client arriving at one server with
+        another's nonce, as after a redirect, is served rather than told
+        its nonce is stale.
+        """
+        self._secret = signing
+        self._accepted = tuple(key for key in accepted if key != signing)
+
+    def _mac(self, expiry: int, client_ip: str, key: bytes | None = None) -> bytes:
         return hmac.new(
-            self._secret,
+            self._secret if key is None else key,
             _NONCE_BODY.pack(expiry) + client_ip.encode("ascii"),
             hashlib.sha256,
         ).digest()[:_NONCE_MAC_BYTES]
@@ -153,9 +167,15 @@ class NonceManager:
         if len(token) != _NONCE_BODY.size + _NONCE_MAC_BYTES:
             return False
         (expiry,) = _NONCE_BODY.unpack_from(token)
-        if not hmac.compare_digest(token[_NONCE_BODY.size :], self._mac(expiry, client_ip)):
+        if now >= expiry:
             return False
-        return bool(now < expiry)
+        mac = token[_NONCE_BODY.size :]
+        # Every key is tried, so how long the check takes does not say
+        # which key (if any) signed the nonce.
+        good = False
+        for key in (self._secret, *self._accepted):
+            good |= hmac.compare_digest(mac, self._mac(expiry, client_ip, key))
+        return good
 
 
 class ICredentialSource(Interface):

@@ -23,6 +23,10 @@ deleted) or lifts a revocation, and every (re)subscription reloads the
 whole set, so a revocation published while this server was cut off is
 applied when it reconnects.
 
+B{Nonces.}  Every server signs and checks nonces with the fleet's keys
+(L{txturn.fleet.nonces}), read again on every heartbeat, so a client
+redirected to a peer, or moved there by a balancer, keeps its nonce.
+
 B{Redis away.}  Calls fail fast (L{txturn.fleet.link}): the quota is
 then counted on this server alone, and the degradation is logged once.
 """
@@ -47,6 +51,7 @@ from txturn.core.events import AllocationCreated, AllocationDeleted, IServerObse
 from txturn.core.quota_ledger import IQuotaLedger
 from txturn.core.server import TurnServer
 from txturn.fleet.link import PREFIX, RedisLink, endpoint
+from txturn.fleet.nonces import SharedNonceKeys
 from txturn.fleet.users import REVOCATIONS_CHANNEL, revocations
 from txturn.util.log_level import logger
 
@@ -201,6 +206,8 @@ class RedisFleet(service.Service):
         self._subscriber: txredisapi.SubscriberFactory | None = None
         self._hear_revocations = hear_revocations
         self._stopped = False
+        #: The fleet's nonce keys, given to the core's nonce manager.
+        self.nonce_keys = SharedNonceKeys(link, server.nonces)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -239,12 +246,14 @@ class RedisFleet(service.Service):
 
     def _beat(self) -> None:
         """
-        Say this server is alive and write its counts again; every third
-        of the TTL, so two beats can be lost before its counts age out.
+        Say this server is alive, write its counts again and read the
+        fleet's nonce keys; every third of the TTL, so two beats can be
+        lost before its counts age out.
         """
         self._heartbeat = self._reactor.callLater(self.ledger.ttl / 3, self._beat)
         if self.link.up:
             self._write_counts()
+            self.nonce_keys.refresh()
 
     def _write_counts(self) -> defer.Deferred[Any]:
         ledger = self.ledger
@@ -272,11 +281,13 @@ class RedisFleet(service.Service):
 
     def _rejoined(self) -> None:
         """
-        Redis is back: write the counts kept meanwhile, and reload the
-        revocations (the subscriber reconnects by itself).
+        Redis is back: write the counts kept meanwhile, read the nonce
+        keys, and reload the revocations (the subscriber reconnects by
+        itself).
         """
         if not self._stopped:
             self._write_counts()
+            self.nonce_keys.refresh()
             self.reload_revocations()
 
     # -- revocations -----------------------------------------------------------------
