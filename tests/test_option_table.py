@@ -171,6 +171,7 @@ class ReloadEveryOptionTests(SynchronousTestCase):
         files = {
             "user-db": ("users", "carol:c\n"),
             "static-auth-secret-file": ("secrets", "s3cret\n"),
+            "nonce-key-file": ("nonce-keys", "n" * 16 + "\n"),
             "credential-file": ("credential", ""),
             "usage-file": ("usage.jsonl", ""),
         }

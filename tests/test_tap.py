@@ -366,6 +366,59 @@ class QuotaOptionsTests(SynchronousTestCase):
         )
 
 
+class NonceKeyFileTests(SynchronousTestCase):
+    """
+    --nonce-key-file: servers without Redis sharing their nonce keys.
+    """
+
+    def keys(self, *lines: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+        return path
+
+    def test_shared_and_rotated(self) -> None:
+        """
+        Two servers reading one file take each other's nonces; adding a
+        key below, reloading, and moving it first rotates the key
+        without refusing a nonce issued before.
+        """
+        path = self.keys("# the fleet's nonce keys", "first-key-0123456789")
+        servers = []
+        for _ in range(2):
+            options = parse("--relay-ip", "192.0.2.1", "--nonce-key-file", path)
+            service = makeService(options, reactor=Clock())
+            servers.append((service, Reloader(service, options)))
+        (a, reload_a), (b, reload_b) = servers
+        before = a.server.nonces.issue("192.0.2.9", 0)
+        self.assertTrue(b.server.nonces.is_valid(before, "192.0.2.9", 0))
+        with open(path, "w") as f:
+            f.write("second-key-0123456789\nfirst-key-0123456789\n")
+        reload_a("SIGHUP")
+        after = a.server.nonces.issue("192.0.2.9", 0)
+        self.assertNotEqual(after, before)
+        self.assertFalse(b.server.nonces.is_valid(after, "192.0.2.9", 0))
+        reload_b("SIGHUP")
+        for nonce in (before, after):
+            self.assertTrue(b.server.nonces.is_valid(nonce, "192.0.2.9", 0))
+
+    def test_refused(self) -> None:
+        """
+        A short key, an empty file, and the option beside --redis stop
+        start-up with one line.
+        """
+        for args, text in [
+            (["--nonce-key-file", self.keys("short")], "every key needs 16 characters or more"),
+            (["--nonce-key-file", self.keys("# none")], "holds no secret"),
+            (
+                ["--nonce-key-file", self.keys("k" * 16), "--redis", "redis://127.0.0.1"],
+                "--nonce-key-file is for servers without --redis",
+            ),
+        ]:
+            error = self.assertRaises(UsageError, parse, *args)
+            self.assertIn(text, str(error))
+
+
 class MakeServiceTests(SynchronousTestCase):
     """
     Tests for L{makeService}.

@@ -18,6 +18,7 @@ from txturn.app.reload import Reloader
 from txturn.app.service import TurnService
 from txturn.app.settings import (
     Backends,
+    apply_nonce_keys,
     connection_limits_for,
     credentials_for,
     peer_policy_for,
@@ -72,6 +73,7 @@ def build_service(
         proxy_from=options["proxy-protocol-from"],
     )
     backends.join(turn, options, reactor)
+    apply_nonce_keys(turn, options)
     records = None
     opener = usage_opener(options)
     if opener is not None or backends.usage_stream is not None:

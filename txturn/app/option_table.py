@@ -508,6 +508,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
         metavar="FILE",
     ),
     OptionSpec(
+        "nonce-key-file",
+        _AUTH,
+        _A,
+        "File of the nonce keys servers without --redis share, one per line (at least "
+        "16 characters): the first signs, every one is taken, so a client keeps its "
+        "nonce after a redirect. Rotate by adding the new key on every server, then "
+        "moving it first; read again on SIGHUP.",
+        metavar="FILE",
+    ),
+    OptionSpec(
         "stale-nonce",
         _AUTH,
         _R,

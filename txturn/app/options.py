@@ -39,6 +39,9 @@ SECRET_VARIABLE = "TXTURN_STATIC_AUTH_SECRET"
 ADMIN_TOKEN_VARIABLE = "TXTURN_ADMIN_TOKEN"
 #: Where --redis is read from when not given, so its password stays out of ps.
 REDIS_VARIABLE = "TXTURN_REDIS_URL"
+
+#: Fewest characters of a key of C{--nonce-key-file}.
+MIN_NONCE_KEY = 16
 #: Keys of a configuration file that are twistd's options.
 _TWISTD_KEYS = frozenset(["pidfile", "logfile", "uid", "gid"])
 #: coturn's flags that are no-ops for txturn, accepted on the command line.
@@ -217,6 +220,7 @@ class Options(usage.Options):
         if self["user-db"] is not None:
             self._read_user_db()
         self._redis()
+        self._nonce_keys()
         if self["no-software"]:
             self["software"] = None
         self._transports()
@@ -246,19 +250,29 @@ class Options(usage.Options):
         """
         path = self["static-auth-secret-file"]
         if path is not None:
-            try:
-                lines = [line.strip() for line in read_text(path).splitlines()]
-            except OSError as e:
-                raise usage.UsageError(
-                    f"cannot read --static-auth-secret-file {path}: {e.strerror}"
-                ) from None
-            found = [line for line in lines if line and not line.startswith("#")]
-            if not found:
-                raise usage.UsageError(f"--static-auth-secret-file {path} holds no secret")
-            self["static-auth-secret"] += found
+            self["static-auth-secret"] += secret_lines("static-auth-secret-file", path)
         environment = os.environ.get(SECRET_VARIABLE)
         if environment:
             self["static-auth-secret"].append(environment)
+
+    def _nonce_keys(self) -> None:
+        """
+        The nonce keys of C{--nonce-key-file}, first the signing one.
+        """
+        self["nonce-keys"] = None
+        path = self["nonce-key-file"]
+        if path is None:
+            return
+        if self["redis"] is not None:
+            raise usage.UsageError(
+                "--nonce-key-file is for servers without --redis, which share their nonce keys"
+            )
+        keys = secret_lines("nonce-key-file", path)
+        if any(len(key) < MIN_NONCE_KEY for key in keys):
+            raise usage.UsageError(
+                f"--nonce-key-file {path}: every key needs {MIN_NONCE_KEY} characters or more"
+            )
+        self["nonce-keys"] = [key.encode("utf-8") for key in keys]
 
     def _admin_token(self) -> None:
         """
@@ -438,6 +452,21 @@ def _derive_handlers() -> None:
 
 
 _derive_handlers()
+
+
+def secret_lines(option: str, path: str) -> list[str]:
+    """
+    The lines of a file of secrets (C{#} comments and blank lines left
+    out), or one line on why it cannot be used.
+    """
+    try:
+        lines = [line.strip() for line in read_text(path).splitlines()]
+    except OSError as e:
+        raise usage.UsageError(f"cannot read --{option} {path}: {e.strerror}") from None
+    found = [line for line in lines if line and not line.startswith("#")]
+    if not found:
+        raise usage.UsageError(f"--{option} {path} holds no secret")
+    return found
 
 
 def read_credential_file(path: str | None) -> tuple[str, str] | None:

@@ -23,6 +23,7 @@ from txturn.app.options import Options
 from txturn.app.service import TurnService
 from txturn.app.settings import (
     Backends,
+    apply_nonce_keys,
     credentials_for,
     peer_policy_for,
     server_config_for,
@@ -93,6 +94,7 @@ class Reloader:
             config=server_config_for(new),
             tls=tls_for(new),
         )
+        apply_nonce_keys(self._service, new)
         _log.info("{why}: reloaded {changed}", why=why, changed=", ".join(changed) or "nothing")
         if applied:
             _log.info("{why}: {differences}", why=why, differences="; ".join(applied))

@@ -170,6 +170,16 @@ def server_config_for(options: Options) -> ServerConfig:
     )
 
 
+def apply_nonce_keys(turn: TurnService, options: Options) -> None:
+    """
+    Sign and check nonces with C{--nonce-key-file}'s keys, where given
+    (with C{--redis} the fleet's keys come from Redis instead).
+    """
+    keys = options["nonce-keys"]
+    if keys:
+        turn.server.nonces.use_keys(keys[0], keys[1:])
+
+
 def tls_for(options: Options) -> TlsCredentials | None:
     if options["cert"] is None:
         return None
