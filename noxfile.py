@@ -52,6 +52,7 @@ UNIT = [
     "tests.test_proxy_protocol.ListenerTests",
     "tests.test_proxy_protocol.ParserTests",
     "tests.test_server",
+    "tests.test_sessions.FleetSessionsTests",
     "tests.test_sessions.HttpTests",
     "tests.test_sessions.ViewTests",
     "tests.test_sessions.WorkerSessionsTests",

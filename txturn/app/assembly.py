@@ -100,7 +100,7 @@ def build_service(
     handlers = SignalHandlers(reactor, reloader, drain, logfile=logfile(options))
     handlers.setServiceParent(turn)  # type: ignore[no-untyped-call]
     if options["admin-port"] is not None:
-        _sessions_api(turn, options, reactor, drain, shard, fleet=backends.link is not None)
+        _sessions_api(turn, options, reactor, drain, shard, backends)
     if shard is None:
         # Last: READY=1 only once the signal handlers are in place, or a
         # reload or drain sent right after it would kill the process.
@@ -114,21 +114,21 @@ def _sessions_api(
     reactor: Any,
     drain: Callable[[], None],
     shard: Shard | None,
-    fleet: bool,
+    backends: Backends,
 ) -> None:
     """
     The sessions API's view of this server; and, in one process, its
     listener (under C{--workers} the supervisor listens and asks each
-    worker's view).
+    worker's view), answering for the fleet with C{--redis}.
     """
-    from txturn.sessions.backend import LocalSessions
+    from txturn.sessions.backend import ISessions, LocalSessions
 
     local = LocalSessions(
         reactor,
         turn.server,
         drain,
         degraded=turn.degraded,
-        fleet="Redis" if fleet else "none (one server)",
+        fleet="Redis" if backends.link is not None else "none (one server)",
         worker=shard.index if shard is not None else None,
     )
     local.setServiceParent(turn)  # type: ignore[no-untyped-call]
@@ -136,9 +136,17 @@ def _sessions_api(
     if shard is None:
         from txturn.sessions.service import SessionsService
 
+        answering: ISessions = local
+        if backends.link is not None:
+            from txturn.fleet.sharing import DESCRIPTION
+            from txturn.sessions.fleet import FleetSessions
+
+            fleet = FleetSessions(reactor, backends.link, local, backends.ledger.id, DESCRIPTION)
+            fleet.setServiceParent(turn)  # type: ignore[no-untyped-call]
+            answering = fleet
         listener = SessionsService(
             reactor,
-            local,
+            answering,
             (options["admin-address"], options["admin-port"]),
             options["admin-token"],
         )

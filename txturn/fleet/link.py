@@ -18,7 +18,7 @@ written again.  All timers are on the injected reactor.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import txredisapi
 from twisted.internet import defer
@@ -187,3 +187,52 @@ class RedisLink:
         self._probe = None
         d: defer.Deferred[Any] = self.connection.disconnect()
         return d
+
+
+class _Listener(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    """
+    A subscribing connection: subscribes on every (re)connection, tells
+    whoever asked once subscribed, and hands each message to its
+    channel's handler.
+    """
+
+    def connectionMade(self) -> Any:
+        result = super().connectionMade()
+        self.whenConnected().addCallback(self._subscribe)
+        return result
+
+    def _subscribe(self, _: object) -> Any:
+        d = self.subscribe(list(self.factory.handlers))
+        d.addCallback(lambda _: self.factory.subscribed())
+        return d.addErrback(lambda _: None)
+
+    def messageReceived(self, pattern: object, channel: object, message: object) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        handler = self.factory.handlers.get(name)
+        if handler is not None:
+            handler(message)
+
+
+def subscribe(
+    reactor: Any,
+    link: RedisLink,
+    handlers: Mapping[str, Callable[[object], object]],
+    subscribed: Callable[[], object] = lambda: None,
+) -> txredisapi.SubscriberFactory:
+    """
+    A connection of its own (a subscribed Redis connection takes no
+    other command) to C{link}'s Redis, subscribed to the channels of
+    C{handlers} again after every reconnection; C{subscribed} is called
+    each time, so what was published meanwhile can be read again.  Its
+    C{disconnect()} ends it.
+    """
+    address = link.address
+    factory = txredisapi.SubscriberFactory(isLazy=True)
+    factory.protocol = _Listener
+    factory.password = address.password
+    factory.username = address.username
+    factory.handlers = dict(handlers)
+    factory.subscribed = subscribed
+    factory.maxDelay = 1.0
+    factory.startConnecting(endpoint(reactor, address, link.timeout))
+    return factory

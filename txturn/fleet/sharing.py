@@ -40,7 +40,6 @@ import secrets
 import socket
 from typing import Any
 
-import txredisapi
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
@@ -50,7 +49,7 @@ from txturn.auth.revocations import FOREVER
 from txturn.core.events import AllocationCreated, AllocationDeleted, IServerObserver
 from txturn.core.quota_ledger import IQuotaLedger
 from txturn.core.server import TurnServer
-from txturn.fleet.link import PREFIX, RedisLink, endpoint
+from txturn.fleet.link import PREFIX, RedisLink, subscribe
 from txturn.fleet.nonces import SharedNonceKeys
 from txturn.fleet.users import REVOCATIONS_CHANNEL, revocations
 from txturn.util.log_level import logger
@@ -203,7 +202,7 @@ class RedisFleet(service.Service):
         #: Users whose field the last heartbeat wrote.
         self._written: set[str] = set()
         self._heartbeat: IDelayedCall | None = None
-        self._subscriber: txredisapi.SubscriberFactory | None = None
+        self._subscriber: Any = None
         self._hear_revocations = hear_revocations
         self._stopped = False
         #: The fleet's nonce keys, given to the core's nonce manager.
@@ -221,7 +220,12 @@ class RedisFleet(service.Service):
         self.link.on_up.append(self._rejoined)
         self._beat()
         if self._hear_revocations:
-            self._subscriber = _subscribe(self._reactor, self.link, self)
+            self._subscriber = subscribe(
+                self._reactor,
+                self.link,
+                {REVOCATIONS_CHANNEL: self.revocation_message},
+                self.reload_revocations,
+            )
 
     def stopService(self) -> defer.Deferred[Any]:
         """
@@ -324,37 +328,3 @@ class RedisFleet(service.Service):
             return
         deleted = self.server.revoke(name, until if until < FOREVER else FOREVER)
         self.log.info("Revoked {name}: {count} allocations deleted", name=name, count=deleted)
-
-
-class _RevocationListener(txredisapi.SubscriberProtocol):  # type: ignore[misc]
-    """
-    The subscribing connection: subscribes on every (re)connection,
-    reloads the revocations once subscribed, and hands messages over.
-    """
-
-    fleet: RedisFleet
-
-    def connectionMade(self) -> Any:
-        result = super().connectionMade()
-        self.whenConnected().addCallback(self._subscribe)
-        return result
-
-    def _subscribe(self, _: object) -> Any:
-        d = self.subscribe(REVOCATIONS_CHANNEL)
-        d.addCallback(lambda _: self.factory.fleet.reload_revocations())
-        return d.addErrback(lambda _: None)
-
-    def messageReceived(self, pattern: object, channel: object, message: object) -> None:
-        self.factory.fleet.revocation_message(message)
-
-
-def _subscribe(reactor: Any, link: RedisLink, fleet: RedisFleet) -> txredisapi.SubscriberFactory:
-    address = link.address
-    factory = txredisapi.SubscriberFactory(isLazy=True)
-    factory.protocol = _RevocationListener
-    factory.password = address.password
-    factory.username = address.username
-    factory.fleet = fleet
-    factory.maxDelay = 1.0
-    factory.startConnecting(endpoint(reactor, address, link.timeout))
-    return factory

@@ -21,7 +21,16 @@ from twisted.internet.task import LoopingCall
 
 from txturn import __version__
 from txturn.core.server import TurnServer
-from txturn.sessions.view import DEFAULT_PAGE, MAX_PAGE, Rates, describe, page, user_of
+from txturn.sessions.view import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    Rates,
+    cursor_of,
+    describe,
+    number_of,
+    page,
+    user_of,
+)
 
 #: Seconds between two samples of every session's counters: the window
 #: of the rates the API shows.
@@ -38,12 +47,12 @@ class ISessions(Protocol):
     """
 
     def page(
-        self, user: str | None, peer: str | None, after: int, limit: int
+        self, user: str | None, peer: str | None, after: int | str, limit: int
     ) -> Any: ...  # pragma: no cover
 
-    def one(self, allocation_id: int) -> Any: ...  # pragma: no cover
+    def one(self, ref: int | str) -> Any: ...  # pragma: no cover
 
-    def end(self, allocation_id: int) -> Any: ...  # pragma: no cover
+    def end(self, ref: int | str) -> Any: ...  # pragma: no cover
 
     def end_user(self, name: str) -> Any: ...  # pragma: no cover
 
@@ -104,7 +113,7 @@ class LocalSessions(Service):
         self,
         user: str | None = None,
         peer: str | None = None,
-        after: int = 0,
+        after: int | str = 0,
         limit: int = DEFAULT_PAGE,
         max_bytes: int = 0,
     ) -> dict[str, Any]:
@@ -114,7 +123,9 @@ class LocalSessions(Service):
         is the C{after} of the next page, or C{None}.
         """
         allocations = self._server.allocations
-        chosen, following = page(allocations.values(), user, peer, after, min(limit, MAX_PAGE))
+        chosen, following = page(
+            allocations.values(), user, peer, cursor_of(after), min(limit, MAX_PAGE)
+        )
         sessions: list[dict[str, Any]] = []
         size = 0
         for allocation in chosen:
@@ -132,12 +143,12 @@ class LocalSessions(Service):
             "draining": self._server.draining,
         }
 
-    def one(self, allocation_id: int) -> dict[str, Any] | None:
-        allocation = self._server.allocation_numbered(allocation_id)
+    def one(self, ref: int | str) -> dict[str, Any] | None:
+        allocation = self._server.allocation_numbered(number_of(ref))
         return self._describe(allocation) if allocation is not None else None
 
-    def end(self, allocation_id: int) -> int:
-        return 1 if self._server.end_allocation(allocation_id) else 0
+    def end(self, ref: int | str) -> int:
+        return 1 if self._server.end_allocation(number_of(ref)) else 0
 
     def end_user(self, name: str) -> int:
         return self._server.end_allocations_of(name)

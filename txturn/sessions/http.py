@@ -35,7 +35,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from txturn.core.interfaces import host_port
 from txturn.sessions.backend import ISessions
-from txturn.sessions.view import DEFAULT_PAGE
+from txturn.sessions.view import DEFAULT_PAGE, BadCursor, NoSuchSession
 from txturn.util.log_level import logger
 from txturn.util.rate import LogThrottle
 
@@ -79,6 +79,10 @@ class SessionsApi(Resource):
 
     def _failed(self, failure: Failure, request: Request) -> dict[str, str]:
         error = failure.value
+        if isinstance(error, NoSuchSession):
+            error = ApiError(404, "no such session")
+        elif isinstance(error, BadCursor):
+            error = ApiError(400, str(error))
         if isinstance(error, ApiError):
             request.setResponseCode(error.code)
             return {"error": str(error)}
@@ -128,10 +132,10 @@ class SessionsApi(Resource):
             return sessions.status()
         if len(path) == 2 and path[0] == b"sessions":
             self._only(method, b"GET")
-            return defer.maybeDeferred(sessions.one, _number(path[1])).addCallback(_found)
+            return defer.maybeDeferred(sessions.one, _ref(path[1])).addCallback(_found)
         if len(path) == 3 and path[0] == b"sessions" and path[2] == b"end":
             self._only(method, b"POST")
-            wanted = _number(path[1])
+            wanted = _ref(path[1])
             ended = defer.maybeDeferred(sessions.end, wanted)
             return ended.addCallback(self._ended, f"session {wanted}")
         if len(path) == 3 and path[0] == b"users" and path[2] == b"end":
@@ -164,18 +168,19 @@ class SessionsApi(Resource):
             return values[0].decode("utf-8", "replace") if values else None
 
         try:
-            after = int(one(b"after") or 0)
             limit = int(one(b"limit") or DEFAULT_PAGE)
         except ValueError:
-            raise ApiError(400, "after and limit are numbers") from None
+            raise ApiError(400, "limit is a number") from None
+        after = (one(b"after") or "0")[:80]
         return self._sessions.page(one(b"user"), one(b"peer"), after, limit)
 
 
-def _number(text: bytes) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ApiError(404, "no such session") from None
+def _ref(text: bytes) -> str:
+    """
+    A session's id or, in a fleet, its ref (C{node-id}), as the path
+    gave it: the backend reads it.
+    """
+    return text.decode("ascii", "replace")[:80]
 
 
 def _found(described: dict[str, Any] | None) -> dict[str, Any]:

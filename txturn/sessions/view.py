@@ -33,6 +33,42 @@ SHOWN = 64
 HISTORY = 120
 
 
+class NoSuchSession(LookupError):
+    """
+    No live session has that id (or what was given is no id).
+    """
+
+
+class BadCursor(ValueError):
+    """
+    What a page was asked to start after is no session's id.
+    """
+
+
+def number_of(ref: int | str) -> int:
+    """
+    The allocation id C{ref} gives, from the API's path or a fleet peer.
+
+    @raise NoSuchSession: if it is not a number.
+    """
+    try:
+        return int(ref)
+    except ValueError:
+        raise NoSuchSession(str(ref)[:40]) from None
+
+
+def cursor_of(after: int | str) -> int:
+    """
+    The id a page starts after.
+
+    @raise BadCursor: if it is not a number.
+    """
+    try:
+        return int(after)
+    except ValueError:
+        raise BadCursor("after is the id (or ref) of a session") from None
+
+
 class Rates:
     """
     Packets and bytes per second each way, per allocation, over the last

@@ -112,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     sessions.add_argument("--json", action="store_true", help="JSON, one session per line.")
     kill = commands.add_parser("kill", help="End a session, or every session of a user.")
     target = kill.add_mutually_exclusive_group(required=True)
-    target.add_argument("id", nargs="?", type=int, help="The session's id.")
+    target.add_argument(
+        "id", nargs="?", help="The session's id (its ref, NODE-ID, in a --redis fleet)."
+    )
     target.add_argument("--user", help="End every session of this user.")
     commands.add_parser("drain", help="Start a drain: no new allocations, stop when done.")
     mint = commands.add_parser(
@@ -397,7 +399,7 @@ def _steer(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
         if args.user is not None:
             path = f"/api/v1/users/{urllib.parse.quote(args.user, safe='')}/end"
         else:
-            path = f"/api/v1/sessions/{args.id}/end"
+            path = f"/api/v1/sessions/{urllib.parse.quote(args.id, safe='')}/end"
         answer = _api(args, "POST", path)
         write(f"ended {answer['ended']}\n")
         return 0
@@ -406,7 +408,7 @@ def _steer(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
         query["user"] = args.user
     if args.peer is not None:
         query["peer"] = args.peer
-    after = 0
+    after: int | str = 0
     rows = []
     while True:
         page = _api(
@@ -437,7 +439,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         peers = sorted(set(row["permissions"]) | set(row["channels"].values()))
         lines.append(
             (
-                str(row["id"]),
+                str(row.get("ref", row["id"])),
                 row["user"],
                 row["client"],
                 row["transport"],

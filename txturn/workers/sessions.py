@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from txturn import __version__
 from txturn.sessions.backend import MAX_BYTES
-from txturn.sessions.view import MAX_PAGE
+from txturn.sessions.view import MAX_PAGE, cursor_of, number_of
 from txturn.util.log_level import logger
 from txturn.workers.control import SessionsCall
 
@@ -88,7 +88,8 @@ class WorkerSessions:
         return (allocation_id - 1) % self._supervisor.count
 
     @defer.inlineCallbacks
-    def page(self, user: str | None, peer: str | None, after: int, limit: int) -> Any:
+    def page(self, user: str | None, peer: str | None, after: int | str, limit: int) -> Any:
+        after = cursor_of(after)
         limit = max(1, min(limit, MAX_PAGE))
         sessions: list[dict[str, Any]] = []
         total = 0
@@ -123,11 +124,13 @@ class WorkerSessions:
             following = sessions[-1]["id"]
         return {"sessions": sessions, "next": following, "total": total, "draining": draining}
 
-    def one(self, allocation_id: int) -> defer.Deferred[Any]:
-        return self._ask(self._owner(allocation_id), "one", allocation_id=allocation_id)
+    def one(self, ref: int | str) -> defer.Deferred[Any]:
+        number = number_of(ref)
+        return self._ask(self._owner(number), "one", ref=number)
 
-    def end(self, allocation_id: int) -> defer.Deferred[Any]:
-        asked = self._ask(self._owner(allocation_id), "end", allocation_id=allocation_id)
+    def end(self, ref: int | str) -> defer.Deferred[Any]:
+        number = number_of(ref)
+        asked = self._ask(self._owner(number), "end", ref=number)
         return asked.addCallback(lambda n: n or 0)
 
     def end_user(self, name: str) -> defer.Deferred[Any]:

@@ -619,9 +619,27 @@ def supervise(options: Options, reactor: Any, generated: tuple[str, str] | None)
         from txturn.sessions.service import SessionsService
         from txturn.workers.sessions import WorkerSessions
 
+        answering: Any = WorkerSessions(reactor, supervisor)
+        if options["redis-address"] is not None:
+            # The supervisor is the fleet's node for its workers: a link
+            # of its own, since the workers hold theirs.
+            from txturn.fleet.link import RedisLink
+            from txturn.fleet.sharing import DESCRIPTION
+            from txturn.sessions.fleet import FleetSessions
+
+            fleet = FleetSessions(
+                reactor,
+                RedisLink(reactor, options["redis-address"]),
+                answering,
+                secrets.token_hex(8),
+                f"{DESCRIPTION}, {options['workers']} workers",
+                close_link=True,
+            )
+            fleet.setServiceParent(supervisor)
+            answering = fleet
         api = SessionsService(
             reactor,
-            WorkerSessions(reactor, supervisor),
+            answering,
             (options["admin-address"], options["admin-port"]),
             options["admin-token"],
         )

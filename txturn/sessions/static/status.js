@@ -105,6 +105,17 @@ function show(status, sessions) {
     dd.textContent = String(value);
     server.append(dt, dd);
   }
+  const nodes = document.querySelector("#nodes tbody");
+  nodes.replaceChildren();
+  document.getElementById("fleet").hidden = !status.nodes;
+  for (const n of status.nodes || []) {
+    const row = document.createElement("tr");
+    for (const value of [n.name, n.node, n.allocations, n.users, n.workers,
+      n.draining ? "draining" : n.degraded ? "degraded" : "serving"]) {
+      cell(row, value);
+    }
+    nodes.appendChild(row);
+  }
   const counters = document.querySelector("#counters tbody");
   counters.replaceChildren();
   for (const [name, value] of Object.entries(status.counters)) {
@@ -123,7 +134,7 @@ function show(status, sessions) {
   for (const s of sessions.sessions) {
     const row = document.createElement("tr");
     const peers = [...new Set([...s.permissions, ...Object.values(s.channels)])];
-    for (const value of [s.id, s.user, s.client, s.transport, s.relays.join(" "),
+    for (const value of [s.ref || s.id, s.user, s.client, s.transport, s.relays.join(" "),
       Math.round(s.age) + " s", peers.join(" ") || "-",
       s.to_peers.packets + " pkt", s.to_client.packets + " pkt"]) {
       cell(row, value);
