@@ -11,7 +11,8 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Any
+import time
+from typing import Any, cast
 
 from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
@@ -22,8 +23,8 @@ from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
 from tests.test_events import Recorder
-from tests.test_interop import spawn, twistd_turn
-from tests.test_redis import free_tcp_port
+from tests.test_interop import require, spawn, twistd_turn, uclient_args
+from tests.test_redis import FleetBase, RedisProcess, free_tcp_port
 from tests.test_server import PEER, REALM
 from tests.test_service import REALM as SERVICE_REALM
 from tests.test_service import free_udp_port, make_service
@@ -33,10 +34,11 @@ from txturn.auth.credentials import (
     StaticCredentials,
     rest_api_password,
 )
+from txturn.auth.policy import mint_credential
 from txturn.core.events import AllocationDeleted
 from txturn.sessions.backend import LocalSessions
 from txturn.sessions.service import SessionsService
-from txturn.sessions.view import Rates, describe, page
+from txturn.sessions.view import BadCursor, Rates, describe, page
 from txturn.testing import (
     RecordingClientChannel,
     StunClient,
@@ -290,6 +292,62 @@ class HttpTests(TestCase):
         self.assertEqual(body["already"], True)
         self.assertEqual(self.drains, [1])
 
+    @defer.inlineCallbacks
+    def test_openapi(self) -> Any:
+        """
+        The OpenAPI description the listener serves (without the token:
+        it holds no data) is the packaged one, and every operation in it
+        answers, with and without a session, what it describes: only the
+        codes it lists, bodies that match its schemas, where no field is
+        left undescribed.
+        """
+        spec = openapi()
+        response = yield Agent(reactor).request(
+            b"GET", f"http://127.0.0.1:{self.port}/openapi.json".encode()
+        )
+        self.assertEqual(json.loads((yield readBody(response))), spec)
+        yield self.allocate()
+        self.local.sample()
+        [session] = self.service.server.allocations.values()
+        operations = [
+            (path, method, operation)
+            for path, methods in spec["paths"].items()
+            for method, operation in methods.items()
+        ]
+        # Reads first, then the changes, the drain last.
+        operations.sort(key=lambda o: (o[1] == "post", o[0].endswith("drain")))
+        for path, method, operation in operations:
+            for ref in (str(session.id), "999"):
+                concrete = path.replace("{ref}", ref).replace("{name}", "alice")
+                for token in (TOKEN, None):
+                    code, body, _ = yield call(self.port, method.upper().encode(), concrete, token)
+                    described = operation["responses"].get(str(code))
+                    self.assertIsNotNone(described, f"{method} {concrete}: {code} undocumented")
+                    check_schema(spec, described, body)
+        code, _, _ = yield call(self.port, b"GET", "/api/v1/sessions?limit=x")
+        self.assertEqual(code, 400)
+
+
+def openapi() -> dict[str, Any]:
+    import importlib.resources
+
+    files = importlib.resources.files("txturn.sessions") / "static"
+    spec: dict[str, Any] = json.loads(files.joinpath("openapi.json").read_text())
+    return spec
+
+
+def check_schema(spec: dict[str, Any], described: dict[str, Any], body: Any) -> None:
+    """
+    Check C{body} against a response of the OpenAPI description (a
+    response, or a reference to one).
+    """
+    import jsonschema
+
+    if "$ref" in described:
+        described = spec["components"]["responses"][described["$ref"].rsplit("/", 1)[1]]
+    schema = described["content"]["application/json"]["schema"]
+    jsonschema.validate(body, {**schema, "components": spec["components"]})
+
 
 def deferLater(seconds: float) -> defer.Deferred[None]:
     from twisted.internet.task import deferLater as later
@@ -432,6 +490,110 @@ class CommandLineTests(TestCase):
             self.assertNotEqual(done.returncode, 0)
             self.assertIn(f"twistd turn: {said}", done.stderr + done.stdout)
             self.assertNotIn("Traceback", done.stderr + done.stdout)
+
+
+class FleetTests(FleetBase):
+    """
+    Two installed servers sharing a real C{redis-server}: A in one
+    process, B under C{--workers 2} (its supervisor answers for its
+    workers).  Either API lists, filters, pages and ends the sessions of
+    both while C{turnutils_uclient} relays through B.
+    """
+
+    def setUp(self) -> Any:
+        os.environ["TXTURN_ADMIN_TOKEN"] = TOKEN
+        self.addCleanup(os.environ.pop, "TXTURN_ADMIN_TOKEN", None)
+        self.redis = RedisProcess(self)
+        return self.redis.start()
+
+    def usage(self) -> list[dict[str, str]]:
+        entries = self.redis.command("XRANGE", "txturn:usage", "-", "+")
+        return [dict(zip(fields[::2], fields[1::2], strict=True)) for _, fields in entries]
+
+    @defer.inlineCallbacks
+    def test_fleet(self) -> Any:
+        api_a, api_b = free_tcp_port(), free_tcp_port()
+        both = ("--usage-stream", "txturn:usage", "--user-quota", "10")
+        port_a, _ = yield self.server(*both, "--admin-port", str(api_a))
+        port_b, watcher_b = yield self.server(*both, "--admin-port", str(api_b), "--workers", "2")
+        yield watcher_b.wait_for(rb"Worker 1 started", timeout=30)
+        peer_port = free_udp_port()
+        spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
+        # 600 messages 20 ms apart: relaying for the whole test.
+        spawn([require("turnutils_uclient"), *uclient_args(port_b, peer_port, 600, 1)], self)
+        _, ours = yield self.allocate(port_a)
+        self.assertEqual(self.code(ours), 0)
+        bob, password = mint_credential(self.secret, "bob", int(time.time()) + 3600)
+        refresh, answer = yield self.allocate(port_b, bob, password)
+        self.assertEqual(self.code(answer), 0)
+
+        @defer.inlineCallbacks
+        def listed(api: int, query: str = "") -> Any:
+            code, body, _ = yield call(api, b"GET", "/api/v1/sessions" + query)
+            self.assertEqual(code, 200, body)
+            return body
+
+        # uclient's allocations (RTP and RTCP) relaying through B.
+        deadline = time.monotonic() + 15
+        while True:
+            page = yield listed(api_a, "?user=test")
+            # Those with a permission; uclient holds one more for its
+            # EVEN-PORT reservation's pair.
+            theirs = [s for s in page["sessions"] if s["permissions"]]
+            if len(theirs) >= 2 and all(s["to_peers"]["packets"] for s in theirs):
+                break
+            self.assertLess(time.monotonic(), deadline, page)
+            yield deferLater(0.2)
+        tests = len(page["sessions"])
+        nodes = {s["node"] for s in page["sessions"]}
+        self.assertEqual(len(nodes), 2)
+        self.assertEqual(page["total"], tests + 1)
+        for session in page["sessions"]:
+            self.assertEqual(session["ref"], f"{session['node']}-{session['id']}")
+        # The same fleet from B, in the same (node, id) order.
+        from_b = yield listed(api_b, "?user=test")
+        self.assertEqual(
+            [s["ref"] for s in from_b["sessions"]], [s["ref"] for s in page["sessions"]]
+        )
+        # Filters: the user part of a REST name; a peer.
+        page = yield listed(api_b, "?user=bob")
+        [bob_session] = page["sessions"]
+        self.assertEqual(bob_session["user"], bob)
+        page = yield listed(api_a, "?peer=127.0.0.1")
+        self.assertEqual({s["ref"] for s in page["sessions"]}, {s["ref"] for s in theirs})
+        # Pages of one across both servers, by ref.
+        refs: list[str] = []
+        after: str | None = "0"
+        while after is not None:
+            page = yield listed(api_a, f"?limit=1&after={after}")
+            refs += [s["ref"] for s in page["sessions"]]
+            after = page["next"]
+        self.assertEqual(len(refs), tests + 1)
+        self.assertEqual(len(set(refs)), tests + 1)
+        # The status has a line for each server.
+        code, status, _ = yield call(api_a, b"GET", "/api/v1/status")
+        self.assertEqual(len(status["nodes"]), 2)
+        self.assertEqual(status["fleet_allocations"], tests + 1)
+        self.assertIn("2 workers", " ".join(n["name"] for n in status["nodes"]))
+        # bob's session on B ended through A's API, by the command line.
+        url_a = f"http://127.0.0.1:{api_a}"
+        killed = yield threads.deferToThread(
+            admin, "--admin-url", url_a, "kill", bob_session["ref"]
+        )
+        self.assertEqual(killed.stdout, "ended 1\n", killed.stderr)
+        answer = yield threads.deferToThread(refresh, Method.REFRESH, [(Attr.LIFETIME, 600)])
+        self.assertEqual(self.code(answer), 437)
+        yield self.wait_until(lambda: any(r["user"] == bob for r in self.usage()))
+        [record] = [r for r in self.usage() if r["user"] == bob]
+        self.assertEqual(record["reason"], "admin")
+        # Every session of test, on both servers, through B's API.
+        url_b = f"http://127.0.0.1:{api_b}"
+        killed = yield threads.deferToThread(admin, "--admin-url", url_b, "kill", "--user", "test")
+        self.assertEqual(killed.stdout, f"ended {tests}\n", killed.stderr)
+        listed_now = yield threads.deferToThread(admin, "--admin-url", url_a, "sessions")
+        self.assertEqual(listed_now.stdout.count("\n"), 1, listed_now.stdout)
+        yield self.wait_until(lambda: len(self.usage()) >= tests + 1)
+        self.assertEqual({r["reason"] for r in self.usage()}, {"admin"})
 
 
 class StatusPageTests(TestCase):
@@ -619,3 +781,153 @@ class WorkerSessionsTests(SynchronousTestCase):
         status = self.result(self.sessions.status())
         self.assertEqual((status["workers"], status["allocations"]), (1, 3))
         self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+
+class _Hub:
+    """
+    Redis's publish/subscribe as the fleet sessions use it, in memory:
+    PUBLISH delivers at once and answers how many listened.  A node can
+    be deaf (counted as a listener, never answering), and Redis can be
+    away.
+    """
+
+    def __init__(self) -> None:
+        self.handlers: list[dict[str, Any]] = []
+        self.up = True
+        self.deaf = 0
+
+    def subscribe(
+        self, reactor: Any, link: Any, handlers: dict[str, Any], subscribed: Any = None
+    ) -> Any:
+        self.handlers.append(handlers)
+        if subscribed is not None:
+            subscribed()
+        hub = self
+
+        class Subscriber:
+            def disconnect(self) -> None:
+                hub.handlers.remove(handlers)
+
+        return Subscriber()
+
+    def call(self, command: str, channel: str, message: str) -> Any:
+        assert command == "PUBLISH"
+        if not self.up:
+            return defer.fail(ConnectionError("Redis away"))
+        listening = [h[channel] for h in self.handlers if channel in h]
+        for handler in listening:
+            handler(message.encode())
+        return defer.succeed(len(listening) + (self.deaf if channel.endswith("sessions") else 0))
+
+
+class FleetSessionsTests(SynchronousTestCase):
+    """
+    L{FleetSessions} of two nodes on real cores, through an in-memory
+    Redis: pages in (node, id) order across nodes with refs as cursors,
+    a ref routed to its node, counts summed, a node that does not answer
+    left out after L{ANSWER_TIMEOUT} and counted, Redis away: this node
+    alone.
+    """
+
+    def setUp(self) -> None:
+        from txturn.sessions import fleet
+
+        self.fleet = fleet
+        self.clock = Clock()
+        self.hub = _Hub()
+        self.patch(fleet, "subscribe", self.hub.subscribe)
+        self.cores = [make_server({"alice": "a"}, realm=REALM, clock=self.clock) for _ in "ab"]
+        self.nodes: list[Any] = []
+        for name, core in zip("ab", self.cores, strict=True):
+            local = LocalSessions(self.clock, core, lambda: None)
+            node = fleet.FleetSessions(
+                self.clock, cast(Any, self.hub), local, name * 4, f"server {name}"
+            )
+            node.startService()
+            self.addCleanup(node.stopService)
+            self.nodes.append(node)
+            for port in range(3):
+                answer = authenticated_request(
+                    core,
+                    RecordingClientChannel(),
+                    StunClient("alice", "a"),
+                    Method.ALLOCATE,
+                    [(Attr.REQUESTED_TRANSPORT, 17)],
+                    ("198.51.100.7", 40000 + port),
+                )
+                self.assertEqual(answer.cls, Class.SUCCESS)
+
+    def result(self, d: Any) -> Any:
+        return self.successResultOf(defer.maybeDeferred(lambda: d))
+
+    def test_pages(self) -> None:
+        b = self.nodes[1]
+        first = self.result(b.page(None, None, 0, 4))
+        refs = [s["ref"] for s in first["sessions"]]
+        self.assertEqual(refs, ["aaaa-1", "aaaa-2", "aaaa-3", "bbbb-1"])
+        self.assertEqual((first["next"], first["total"]), ("bbbb-1", 6))
+        rest = self.result(b.page(None, None, first["next"], 4))
+        self.assertEqual([s["ref"] for s in rest["sessions"]], ["bbbb-2", "bbbb-3"])
+        self.assertIsNone(rest["next"])
+        middle = self.result(b.page(None, None, "aaaa-2", 2))
+        self.assertEqual([s["ref"] for s in middle["sessions"]], ["aaaa-3", "bbbb-1"])
+        self.assertEqual(self.result(b.page("bob", None, 0, 10))["sessions"], [])
+        failure = self.failureResultOf(defer.maybeDeferred(b.page, None, None, "aaaa-x", 2))
+        failure.trap(BadCursor)
+        spec = openapi()
+        for body in (first, rest):
+            check_schema(spec, spec["paths"]["/api/v1/sessions"]["get"]["responses"]["200"], body)
+
+    def test_refs(self) -> None:
+        a, b = self.nodes
+        self.assertEqual(self.result(a.one("bbbb-2"))["ref"], "bbbb-2")
+        self.assertEqual(self.result(a.one("2"))["ref"], "aaaa-2")
+        self.assertEqual(self.result(a.end("bbbb-2")), 1)
+        self.assertEqual(len(self.cores[1].allocations), 2)
+        self.assertEqual(self.result(a.end("bbbb-2")), 0)
+        self.assertIsNone(self.result(a.one("bbbb-2")))
+        self.assertEqual(self.result(b.end_user("alice")), 5)
+        status = self.result(a.status())
+        self.assertEqual([n["node"] for n in status["nodes"]], ["aaaa", "bbbb"])
+        self.assertEqual(status["fleet"], "Redis, 2 servers")
+        self.assertEqual(status["fleet_allocations"], 0)
+        spec = openapi()
+        check_schema(spec, spec["paths"]["/api/v1/status"]["get"]["responses"]["200"], status)
+
+    def test_silent_node(self) -> None:
+        """
+        A node that heard the question and does not answer holds the
+        answer back L{ANSWER_TIMEOUT} at most, and is counted; a question
+        for a node that is gone gets no answer, and no warning.
+        """
+        self.hub.deaf = 1
+        asked = self.nodes[0].page(None, None, 0, 10)
+        self.assertNoResult(asked)
+        self.clock.advance(self.fleet.ANSWER_TIMEOUT)
+        page = self.result(asked)
+        self.assertEqual((len(page["sessions"]), page["unanswered"]), (6, 1))
+        gone = self.nodes[0].one("cccc-1")
+        self.clock.advance(self.fleet.ANSWER_TIMEOUT)
+        self.assertIsNone(self.result(gone))
+
+    def test_redis_away(self) -> None:
+        self.hub.up = False
+        page = self.result(self.nodes[0].page(None, None, 0, 10))
+        self.assertEqual([s["ref"] for s in page["sessions"]], ["aaaa-1", "aaaa-2", "aaaa-3"])
+
+    def test_malformed(self) -> None:
+        """
+        What is not a question or an answer, or asks for what peers may
+        not do (a drain), is logged and ignored.
+        """
+        from twisted.logger import capturedLogs
+
+        with capturedLogs() as events:
+            handlers = self.hub.handlers[0]
+            handlers[self.fleet.ASKS](b"not json")
+            handlers[self.fleet.ASKS](
+                json.dumps({"from": "bbbb", "ask": 1, "action": "drain", "arguments": {}})
+            )
+            handlers[self.fleet.REPLIES + "aaaa"](b"{}")
+        self.assertEqual(len(events), 3)
+        self.assertFalse(self.cores[0].draining)

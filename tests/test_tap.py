@@ -372,7 +372,7 @@ class NonceKeyFileTests(SynchronousTestCase):
     """
 
     def keys(self, *lines: str) -> str:
-        path = self.mktemp()
+        path: str = self.mktemp()
         with open(path, "w") as f:
             f.write("".join(line + "\n" for line in lines))
         return path

@@ -49,6 +49,11 @@ class SessionsService(Service):
             b"status.js",
             StaticFile(files.joinpath("status.js").read_bytes(), b"text/javascript; charset=utf-8"),
         )
+        # The API's description: no data, so no token.
+        root.putChild(
+            b"openapi.json",
+            StaticFile(files.joinpath("openapi.json").read_bytes(), b"application/json"),
+        )
         root.putChild(
             b"status.css",
             StaticFile(files.joinpath("status.css").read_bytes(), b"text/css; charset=utf-8"),
