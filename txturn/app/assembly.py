@@ -30,9 +30,12 @@ from txturn.app.signals import SignalHandlers
 from txturn.app.startup import logfile, metrics_listen
 from txturn.app.systemd import SystemdNotifier
 from txturn.observers.usage import UsageRecords
+from txturn.util.log_level import logger
 
 if TYPE_CHECKING:
     from txturn.app.shard import Shard
+
+_log = logger("txturn.tap")
 
 
 def build_service(
@@ -46,6 +49,7 @@ def build_service(
     # The databases are opened once; a reload keeps them.
     backends = Backends.open(options, reactor)
     credentials, generated = credentials_for(options, backends)
+    xdp = _xdp_program(options) if shard is None else None
     turn = TurnService(
         reactor,
         credentials,
@@ -71,7 +75,15 @@ def build_service(
         ledger=backends.ledger,
         also_own=[options["admin-address"]] if options["admin-port"] is not None else [],
         proxy_from=options["proxy-protocol-from"],
+        xdp=xdp.maps if xdp is not None else None,
+        xdp_mode=xdp.describe() if xdp is not None else "",
     )
+    if xdp is not None:
+        from txturn.fastpath.xdp import XdpService
+
+        # A child: children stop after the allocations are deleted, so
+        # the program goes once every one has taken its counters.
+        XdpService(xdp).setServiceParent(turn)  # type: ignore[no-untyped-call]
     backends.join(turn, options, reactor)
     apply_nonce_keys(turn, options)
     records = None
@@ -106,6 +118,31 @@ def build_service(
         # reload or drain sent right after it would kill the process.
         systemd.setServiceParent(turn)  # type: ignore[no-untyped-call]
     return turn
+
+
+def _xdp_program(options: Options) -> Any:
+    """
+    The XDP program of C{--xdp}, loaded and attached; or, where it cannot
+    run (no capabilities, no kernel support, not built), one line saying
+    why, and the server relays in user space.
+    """
+    if not options["xdp"]:
+        return None
+    from txturn.fastpath.xdp import XdpProgram, XdpUnavailable
+
+    try:
+        program = XdpProgram(options["xdp"])
+    except XdpUnavailable as e:
+        _log.warn("--xdp: {why}; relaying in user space", why=str(e))
+        return None
+    off = program.not_forwarding()
+    if off:
+        _log.warn(
+            "--xdp: the kernel looks routes up for XDP only on interfaces that forward; "
+            "until {sysctls} are 1, channels arriving there are relayed in user space",
+            sysctls=", ".join(off),
+        )
+    return program
 
 
 def _sessions_api(

@@ -261,6 +261,18 @@ def one_of(*choices: str) -> Callable[[str, str], str]:
     return coerce
 
 
+def interface_names(name: str, text: str) -> list[str]:
+    """
+    Network interface names, separated by commas.
+    """
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names or any(len(n) > 15 or "/" in n or " " in n for n in names):
+        raise usage.UsageError(
+            f"--{name} takes interface names separated by commas, such as eth0,eth1"
+        )
+    return names
+
+
 def not_empty(name: str, text: str) -> str:
     if not text:
         raise usage.UsageError(f"--{name} must not be empty")
@@ -830,6 +842,17 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "Processes",
         _R,
         "Relay UDP in Python only, not through the compiled fast path (used when built).",
+    ),
+    OptionSpec(
+        "xdp",
+        "Processes",
+        _R,
+        "Relay the ChannelData of established UDP channels in the kernel, by an XDP "
+        "program on these interfaces (needs CAP_BPF and CAP_NET_ADMIN, or root; without "
+        "them, one line and the compiled fast path).",
+        metavar="IFACE[,IFACE]",
+        coerce=interface_names,
+        example="eth0",
     ),
     # Draining: read when SIGQUIT comes, so a reload before it counts.
     OptionSpec(

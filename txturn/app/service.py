@@ -45,7 +45,7 @@ from txturn.core.interfaces import host_port
 from txturn.core.peer_policy import PeerPolicy
 from txturn.core.quota_ledger import IQuotaLedger
 from txturn.core.server import TurnServer
-from txturn.fastpath.forwarding import Forwarding, forwarding
+from txturn.fastpath.forwarding import Forwarding, forwarding, user_space
 from txturn.observers.event_log import EventLog
 from txturn.transports.admission import ConnectionLimits, StreamGuard
 from txturn.transports.tcp_relay import DEFAULT_BUFFER_LIMIT, TcpRelayAllocator
@@ -89,6 +89,9 @@ class TurnService(service.MultiService):
         generated rather than configured.
     @param ledger: the fleet's per-user quota (L{txturn.fleet.sharing}),
         asked before each Allocate.
+    @param xdp: the kernel data path's maps (L{txturn.fastpath.xdp}),
+        written with every UDP channel on top of the compiled fast path;
+        C{xdp_mode} says how the program is attached, for the log.
     @param observers: what watches the core besides its log
         (L{txturn.core.events}); more can be added with
         C{server.add_observer}.
@@ -123,6 +126,8 @@ class TurnService(service.MultiService):
         observers: Sequence[IServerObserver] = (),
         also_own: Sequence[str] = (),
         proxy_from: Sequence[Any] = (),
+        xdp: Any = None,
+        xdp_mode: str = "",
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         unknown = set(transports) - ALL_TRANSPORTS
@@ -137,6 +142,9 @@ class TurnService(service.MultiService):
         #: The compiled fast path (L{txturn.fastpath.forwarding}), or L{NO_FORWARDING}.
         self._fast_path = fast_path
         self.forwarding = forwarding() if fast_path else NO_FORWARDING
+        self._xdp_mode = xdp_mode
+        if xdp is not None:
+            self.forwarding = self._with_xdp(xdp, shard)
         self.relays = UdpRelayAllocator(
             reactor, relay_addresses, low, high, external=external_ips, forwarding=self.forwarding
         )
@@ -218,6 +226,22 @@ class TurnService(service.MultiService):
         #: The total quota the descriptor limit allows, once known.
         self._descriptor_quota = 0
 
+    def _with_xdp(self, maps: Any, shard: Shard | None) -> Any:
+        """
+        The kernel data path on top of the compiled one, which it needs:
+        it hands the compiled path what it does not relay.
+        """
+        from txturn.fastpath.xdp import XdpForwarding
+
+        if not isinstance(self.forwarding, Forwarding):
+            self.log.warn(
+                "--xdp needs the compiled fast path, which is off or was not built: "
+                "UDP is relayed in Python"
+            )
+            self._xdp_mode = ""
+            return self.forwarding
+        return XdpForwarding(self.forwarding, maps, owner=shard.index if shard else 0)
+
     def _counted(self) -> list[Mapping[Any, int]]:
         """
         The counters of the parts beside the core, for the metrics: the
@@ -229,6 +253,9 @@ class TurnService(service.MultiService):
         credentials = self.server.credentials
         sources = credentials.sources if isinstance(credentials, CredentialChain) else [credentials]
         counted += [s.counters for s in sources if isinstance(s, CachedCredentials)]
+        xdp_counters = getattr(self.forwarding, "counters", None)
+        if xdp_counters is not None:
+            counted.append(xdp_counters())
         return counted
 
     def _shared_state(self, shard: Shard, config: ServerConfig) -> dict[str, Any]:
@@ -388,7 +415,13 @@ class TurnService(service.MultiService):
         """
         if self._shard is not None and self._shard.index:
             return
-        if isinstance(self.forwarding, Forwarding):
+        if user_space(self.forwarding) is not None and self._xdp_mode:
+            self.log.info(
+                "UDP channels relayed in the kernel by XDP ({mode}); the rest through the "
+                "compiled fast path (recvmmsg, sendmmsg, GSO)",
+                mode=self._xdp_mode,
+            )
+        elif isinstance(self.forwarding, Forwarding):
             self.log.info(
                 "UDP relayed through the compiled fast path (recvmmsg, sendmmsg, GSO), "
                 "for UDP, TCP, TLS and DTLS clients over IPv4 and IPv6"

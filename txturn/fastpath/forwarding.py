@@ -199,12 +199,25 @@ def forwarding() -> IForwarding:
     return Forwarding(module) if module is not None else NO_FORWARDING
 
 
+def user_space(forwarding: object) -> Forwarding | None:
+    """
+    The compiled fast path of C{forwarding}: itself, or the one beneath
+    the kernel's (L{txturn.fastpath.xdp.XdpForwarding}); C{None} when
+    there is none.
+    """
+    if isinstance(forwarding, Forwarding):
+        return forwarding
+    beneath = getattr(forwarding, "user_space", None)
+    return beneath if isinstance(beneath, Forwarding) else None
+
+
 def pumping(port: "PumpedPort", forwarding: object, from_peers: bool) -> None:
     """
     Have C{port} read by C{forwarding}'s fast path, if it has one.
     """
-    if isinstance(forwarding, Forwarding):
-        port.pump_with(forwarding, from_peers)
+    compiled = user_space(forwarding)
+    if compiled is not None:
+        port.pump_with(compiled, from_peers)
 
 
 def pumped_descriptor(transport: object) -> int | None:

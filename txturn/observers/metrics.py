@@ -38,13 +38,20 @@ from txturn.core.events import (
     IServerObserver,
     RequestAnswered,
 )
+from txturn.fastpath.xdp import XdpCounter
 from txturn.transports.admission import AdmissionCounter
 from txturn.transports.dtls import DtlsCounter
 from txturn.util.counting import FAMILIES, Counted
 from txturn.wire.stun import FAMILY_IPV6, Method
 
 #: Every enum of counters the server has, exported whether or not counted.
-COUNTED: tuple[type[Counted], ...] = (Counter, AdmissionCounter, DtlsCounter, CacheCounter)
+COUNTED: tuple[type[Counted], ...] = (
+    Counter,
+    AdmissionCounter,
+    DtlsCounter,
+    CacheCounter,
+    XdpCounter,
+)
 
 if TYPE_CHECKING:
     from txturn.core.server import TurnServer

@@ -41,7 +41,7 @@ from zope.interface import implementer
 
 from txturn.core.interfaces import Address, IClientChannel, host_port
 from txturn.core.server import TurnServer
-from txturn.fastpath.forwarding import Forwarding, client_key
+from txturn.fastpath.forwarding import client_key, user_space
 from txturn.transports.sockets import datagram_sender
 from txturn.util.counting import Counted, family
 from txturn.util.log_level import logger
@@ -316,7 +316,9 @@ class DtlsListener(DatagramProtocol):
         self.server = server
         #: The fast path's C{forward_datagram}, when there is one.
         self.forward_datagram: Callable[[int | None, Address, bytes], bool] | None = (
-            forwarding.forwarder.forward_datagram if isinstance(forwarding, Forwarding) else None
+            compiled.forwarder.forward_datagram
+            if (compiled := user_space(forwarding)) is not None
+            else None
         )
         self.context = context
         self.reactor = reactor

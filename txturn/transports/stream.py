@@ -34,7 +34,7 @@ from txturn.core.interfaces import (
     host_port,
 )
 from txturn.core.server import TurnServer
-from txturn.fastpath.forwarding import Forwarding, client_key
+from txturn.fastpath.forwarding import client_key, user_space
 from txturn.transports.admission import StreamGuard
 from txturn.util.log_level import logger
 from txturn.wire.framing import StreamFramer
@@ -75,10 +75,11 @@ class TurnStreamProtocol(Protocol):
     ) -> None:
         self._server = server
         self._key = 0
-        if isinstance(forwarding, Forwarding):
+        compiled = user_space(forwarding)
+        if compiled is not None:
             self._key = client_key()
             self.forwarding_handle = self._key
-            self._forward_frames = forwarding.forwarder.forward_frames
+            self._forward_frames = compiled.forwarder.forward_frames
         self.transport_name = transport_name
         self._max_buffer = max_buffer
         #: Whether the transport's buffer is full: relayed frames are dropped.
