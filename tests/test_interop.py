@@ -55,6 +55,26 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 reactor: Any = _reactor
 
 
+def echo_ready(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> None:
+    """
+    Wait (blocking: call it in a thread) until the echo peer
+    (turnutils_peer) on C{host}:C{port} answers, so a client started next
+    does not find the port closed.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                s.sendto(b"ping", (host, port))
+                if s.recv(64) == b"ping":
+                    return
+            except OSError:
+                pass
+    raise AssertionError(f"no echo peer on {host}:{port}")
+
+
 def require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:

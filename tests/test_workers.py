@@ -30,6 +30,7 @@ from tests.test_interop import (
     OutputWatcher,
     UdpDrops,
     assert_relayed,
+    echo_ready,
     require,
     spawn,
     twistd_turn,
@@ -626,6 +627,7 @@ class TwistdWorkersTests(TestCase):
         spawn([require("turnutils_peer"), "-L", "127.0.0.1", "-p", str(peer_port)], self)
         self.start()
         yield self.ready()
+        yield threads.deferToThread(echo_ready, peer_port)
         drops = UdpDrops()
         out, err, _ = yield getProcessOutputAndValue(
             uclient, uclient_args(self.port, peer_port, 10, 200), env=os.environ.copy()

@@ -293,7 +293,7 @@ class XdpBase(TestCase):
         from tests.test_interop import OutputWatcher
 
         watcher = OutputWatcher()
-        process = reactor.spawnProcess(watcher, argv[0], argv, env=env)  # type: ignore[attr-defined]
+        process = reactor.spawnProcess(watcher, argv[0], argv, env=env)
 
         def stop(how: str = "TERM") -> Any:
             try:

@@ -138,8 +138,12 @@ class NonceManager:
         another's nonce, as after a redirect, is served rather than told
         its nonce is stale.
         """
+        # The key signing until now is taken a while longer: a client
+        # challenged a moment ago still holds a nonce it signed.  It goes
+        # at the next change of keys (every heartbeat under --redis).
+        previous = () if self._secret in accepted else (self._secret,)
         self._secret = signing
-        self._accepted = tuple(key for key in accepted if key != signing)
+        self._accepted = tuple(key for key in (*accepted, *previous) if key != signing)
 
     def _mac(self, expiry: int, client_ip: str, key: bytes | None = None) -> bytes:
         return hmac.new(
