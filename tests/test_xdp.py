@@ -266,12 +266,19 @@ class XdpBase(TestCase):
         require("turnutils_uclient")
         self.net = Topology(self)
 
-    def start_server(self, *extra: str, lifetimes: str = "-", python_path: bool = False) -> Any:
+    def start_server(
+        self,
+        *extra: str,
+        lifetimes: str = "-",
+        python_path: bool = False,
+        prefix: list[str] | None = None,
+    ) -> Any:
         env = dict(os.environ)
         if python_path:
             env["TXTURN_FAST_PATH"] = "off"
         argv = self.net.inside(
             self.net.server,
+            *(prefix or []),
             sys.executable,
             "-c",
             SERVER,
@@ -442,3 +449,176 @@ def deferLater(seconds: float) -> Any:
     from twisted.internet.task import deferLater as later
 
     return later(reactor, seconds, lambda: None)
+
+
+class LifecycleTests(XdpBase):
+    @defer.inlineCallbacks
+    def test_gone_after_stop_and_kill(self) -> Any:
+        """
+        The program is attached while the server runs, and gone once it
+        stops, and once it is killed (the kernel drops the links of a
+        dead process); a server started again attaches it again.
+        """
+        for how in ("TERM", "KILL"):
+            _, stop = yield self.start_server("--xdp", "s0,s1")
+            attached = yield threads.deferToThread(self.net.xdp_attached)
+            self.assertTrue(attached)
+            yield stop(how)
+            attached = yield threads.deferToThread(self.net.xdp_attached)
+            self.assertFalse(attached, how)
+
+    @defer.inlineCallbacks
+    def test_not_permitted(self) -> Any:
+        """
+        Without CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, or with an
+        interface that does not exist: one line, and the server serves
+        through the user-space path.
+        """
+        for prefix, interfaces, said in [
+            (
+                ["setpriv", "--bounding-set", "-bpf,-sys_admin,-net_admin,-perfmon", "--"],
+                "s0,s1",
+                rb"--xdp: the kernel refused the XDP program \(it needs CAP_BPF",
+            ),
+            ([], "nosuch0", rb"--xdp: no interface nosuch0; relaying in user space"),
+        ]:
+            watcher, stop = yield self.start_server("--xdp", interfaces, prefix=prefix)
+            yield watcher.wait_for(said)
+            self.assertIn(b"UDP relayed through the compiled fast path", watcher.output)
+            self.assertNotIn(b"Traceback", watcher.output)
+            yield stop()
+
+
+class WorkersTests(XdpBase):
+    @defer.inlineCallbacks
+    def test_workers(self) -> Any:
+        """
+        Under --workers 2 both workers write into the supervisor's
+        program: uclient's clients on both relay through XDP; a worker
+        killed takes its entries with it.
+        """
+        watcher, _ = yield self.start_server("--xdp", "s0,s1", "--workers", "2")
+        yield watcher.wait_for(rb"\[worker 1 [^\]]*\] Relaying on")
+        spawn(
+            self.net.inside(
+                self.net.peer, require("turnutils_peer"), "-L", PEER4, "-p", str(PEER_PORT)
+            ),
+            self,
+        )
+        done = yield threads.deferToThread(
+            self.net.run,
+            self.net.client,
+            require("turnutils_uclient"),
+            "-u", "test", "-w", "secret", "-e", PEER4, "-r", str(PEER_PORT),
+            "-p", "3478", "-n", "100", "-m", "10", "-l", "120", SERVER4,
+            timeout=120,
+        )  # fmt: skip
+        output = done.stdout + done.stderr
+        self.assertIn("tot_send_msgs=1000, tot_recv_msgs=1000", output, output[-2000:])
+        log = watcher.output.decode()
+        for index in (0, 1):
+            self.assertIn(f"[worker {index} txturn.observers.event_log.EventLog#info] Alloc", log)
+        metrics = yield threads.deferToThread(self.net.metrics)
+        self.assertGreaterEqual(metrics['turn_xdp_datagrams_total{outcome="to_peers"}'], 950)
+        self.assertGreaterEqual(metrics['turn_xdp_datagrams_total{outcome="to_clients"}'], 950)
+        self.assertEqual(metrics['turn_relayed_packets_total{direction="to_peers"}'], 1000)
+        # A worker killed with a live channel: its entries go.
+        helper = yield threads.deferToThread(self.client, SERVER4)
+        allocated = yield threads.deferToThread(helper.ask, "allocate")
+        self.assertEqual(allocated["code"], 0)
+        bound = yield threads.deferToThread(helper.ask, "bind", 0x4001, PEER4, PEER_PORT)
+        self.assertEqual(bound["code"], 0)
+        owners = re.findall(rb"\[worker (\d) [^\]]*EventLog#info\] Allocated", watcher.output)
+        pids = dict(re.findall(rb"Worker (\d) started \(pid (\d+)\)", watcher.output))
+        index = owners[-1]
+        os.kill(int(pids[index]), 9)
+        yield watcher.wait_for(rb"Worker %s's 2 XDP entries removed" % index)
+
+
+def mutated(seed: int, count: int) -> list[bytes]:
+    """
+    ChannelData on the bound channel 0x4001, then C{count} mutations of
+    it (bytes flipped, cut, added; the length and channel rewritten):
+    what a fuzzer would send, the same for both runs.
+    """
+    import random
+
+    rng = random.Random(seed)
+    base = [bytes.fromhex(channel_data(0x4001, bytes([i]) * size)) for i, size in
+            enumerate((0, 1, 3, 4, 100, 1200, 1468))]  # fmt: skip
+    out = list(base)
+    for _ in range(count):
+        data = bytearray(rng.choice(base))
+        kind = rng.randrange(6)
+        if kind == 0 and data:
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            data = data[: rng.randrange(len(data) + 1)]
+        elif kind == 2:
+            data += bytes(rng.randrange(1, 8))
+        elif kind == 3 and len(data) >= 4:
+            data[2:4] = rng.randrange(65536).to_bytes(2, "big")
+        elif kind == 4 and len(data) >= 2:
+            data[0:2] = rng.choice((0x4000, 0x4001, 0x4002, 0x7FFF, 0x3FFF, 0x0001)).to_bytes(
+                2, "big"
+            )
+        else:
+            data = bytearray(rng.randbytes(rng.randrange(1, 64)))
+        out.append(bytes(data))
+    return out
+
+
+class DifferentialTests(XdpBase):
+    """
+    The same mutated datagrams, from the client and from the peer,
+    through the server with XDP and on the Python path: the peer and the
+    client receive the same bytes, in the same order.
+    """
+
+    @defer.inlineCallbacks
+    def run_once(self, xdp: bool, server: str, peer: str) -> Any:
+        extra = ("--xdp", "s0,s1") if xdp else ()
+        _, stop = yield self.start_server(*extra, python_path=not xdp)
+        peers = yield threads.deferToThread(self.peer, peer)
+        client = yield threads.deferToThread(self.client, server)
+        ask = lambda helper, *c: threads.deferToThread(helper.ask, *c)  # noqa: E731
+        allocated = yield ask(client, "allocate")
+        relay_host, relay_port = allocated["relay"]
+        bound = yield ask(client, "bind", 0x4001, peer, PEER_PORT)
+        self.assertEqual(bound["code"], 0)
+        to_peer = [d.hex() for d in mutated(27, 200)]
+        to_client = [
+            bytes([i % 256]) * size
+            for i, size in enumerate([0, 1, 2, 3, 4, 5, 100, 1000, 1440, 1452, 1472] * 3)
+        ]
+        # What looks like ChannelData, STUN, or nothing at all.
+        to_client += [b"\x40\x01\x00\x02ab", b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" * 4]
+        yield ask(client, "send", to_peer)
+        yield ask(peers, "send", peer, relay_host, relay_port, [d.hex() for d in to_client])
+        at_peer = (yield ask(peers, "drain", 0.5))["received"]
+        at_client = (yield ask(client, "receive", 0.5))["received"]
+        metrics = yield threads.deferToThread(self.net.metrics)
+        peers.close()
+        client.close()
+        yield stop()
+        return [d for _, d in at_peer], at_client, metrics
+
+    @defer.inlineCallbacks
+    def compare(self, server: str, peer: str) -> Any:
+        with_xdp = yield self.run_once(True, server, peer)
+        python = yield self.run_once(False, server, peer)
+        self.assertEqual(with_xdp[0], python[0])
+        self.assertEqual(with_xdp[1], python[1])
+        self.assertGreater(len(python[0]), 7)
+        self.assertEqual(len(python[1]), 35)
+        metrics = with_xdp[2]
+        self.assertGreater(metrics['turn_xdp_datagrams_total{outcome="to_peers"}'], 0)
+        self.assertGreater(metrics['turn_xdp_datagrams_total{outcome="to_clients"}'], 0)
+        # The largest don't fit the route with the header added: up.
+        self.assertGreater(metrics['turn_xdp_datagrams_total{outcome="too_big"}'], 0)
+
+    def test_ipv4(self) -> Any:
+        return self.compare(SERVER4, PEER4)
+
+    def test_ipv6(self) -> Any:
+        return self.compare(SERVER6, PEER6)

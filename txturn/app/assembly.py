@@ -49,7 +49,13 @@ def build_service(
     # The databases are opened once; a reload keeps them.
     backends = Backends.open(options, reactor)
     credentials, generated = credentials_for(options, backends)
-    xdp = _xdp_program(options) if shard is None else None
+    xdp = xdp_program(options) if shard is None else None
+    xdp_maps, xdp_mode = (xdp.maps, xdp.describe()) if xdp is not None else (None, "")
+    if shard is not None and shard.xdp_maps:
+        from txturn.fastpath.xdp import XdpMaps
+
+        # The supervisor's program: each worker writes its own entries.
+        xdp_maps, xdp_mode = XdpMaps(dict(shard.xdp_maps)), shard.xdp_mode
     turn = TurnService(
         reactor,
         credentials,
@@ -75,8 +81,8 @@ def build_service(
         ledger=backends.ledger,
         also_own=[options["admin-address"]] if options["admin-port"] is not None else [],
         proxy_from=options["proxy-protocol-from"],
-        xdp=xdp.maps if xdp is not None else None,
-        xdp_mode=xdp.describe() if xdp is not None else "",
+        xdp=xdp_maps,
+        xdp_mode=xdp_mode,
     )
     if xdp is not None:
         from txturn.fastpath.xdp import XdpService
@@ -120,7 +126,7 @@ def build_service(
     return turn
 
 
-def _xdp_program(options: Options) -> Any:
+def xdp_program(options: Options) -> Any:
     """
     The XDP program of C{--xdp}, loaded and attached; or, where it cannot
     run (no capabilities, no kernel support, not built), one line saying

@@ -42,6 +42,10 @@ class Shard:
     #: Makes the broker that fetches another worker's EVEN-PORT
     #: reservations, given what adopts a relay socket here.
     reservation_broker: Callable[[Callable[..., Any]], IReservationBroker] | None = None
+    #: The XDP program's maps the supervisor loaded (C{--xdp}), by name ->
+    #: descriptor, and how it is attached, for the log.
+    xdp_maps: Mapping[str, int] | None = None
+    xdp_mode: str = ""
 
     def relay_ports(self, min_port: int, max_port: int) -> tuple[int, int]:
         """

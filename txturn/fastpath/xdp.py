@@ -157,6 +157,7 @@ def _libbpf() -> Any:
         ("bpf_map_update_elem", i, [i, p, p, u64]),
         ("bpf_map_delete_elem", i, [i, p]),
         ("bpf_map_lookup_elem", i, [i, p, p]),
+        ("bpf_map_get_next_key", i, [i, p, p]),
         ("libbpf_num_possible_cpus", i, []),
         ("libbpf_set_print", p, [p]),
     ]:
@@ -211,6 +212,32 @@ class XdpMaps:
     def read(self, name: str, key: Any, value: Any) -> bool:
         fd = self.fds[name]
         return bool(self.lib.bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value)) == 0)
+
+    def remove_owned(self, owner: int) -> int:
+        """
+        Delete every entry C{owner} (a worker's index) wrote: a worker
+        that died left its allocations, and the entries must not outlive
+        them.  How many went.
+        """
+        removed = 0
+        for name, key_type, value_type in (
+            ("channel_entries", ChannelKey, ChannelValue),
+            ("peer_entries", PeerKey, PeerValue),
+        ):
+            fd = self.fds[name]
+            keys: list[Any] = []
+            key, following = key_type(), key_type()
+            previous: Any = None
+            while self.lib.bpf_map_get_next_key(fd, previous, ctypes.byref(following)) == 0:
+                key = key_type.from_buffer_copy(following)
+                keys.append(key)
+                previous = ctypes.byref(key)
+            for key in keys:
+                value = value_type()
+                if self.read(name, key, value) and value.owner == owner:
+                    self.lib.bpf_map_delete_elem(fd, ctypes.byref(key))
+                    removed += 1
+        return removed
 
     def stats(self) -> dict[str, int]:
         """
@@ -388,7 +415,8 @@ class XdpForwarding:
     channel it is told of, written into C{maps}.
 
     @param owner: written into every entry: the worker's index, so the
-        supervisor can remove a dead worker's entries.
+        supervisor can remove a dead worker's entries
+        (L{XdpMaps.remove_owned}).
     """
 
     log = logger("txturn.fastpath")

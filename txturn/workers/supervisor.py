@@ -40,6 +40,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from txturn.app import descriptors
+from txturn.app.assembly import xdp_program
 from txturn.app.health import add_health
 from txturn.app.listeners import StartupError, listener_addresses
 from txturn.app.options import Options
@@ -101,8 +102,12 @@ class Supervisor(service.MultiService):
         generated_user: tuple[str, str] | None = None,
         executable: str = sys.executable,
         total_quota: int = 0,
+        xdp: Any = None,
     ) -> None:
         super().__init__()
+        #: The XDP program (C{--xdp}), loaded here; its maps are given to
+        #: every worker.
+        self.xdp = xdp
         self._reactor = reactor
         self._argv = argv
         self.count = count
@@ -221,6 +226,12 @@ class Supervisor(service.MultiService):
             fd = FIRST_LISTENER_FD + number
             child_fds[fd] = sock.fileno()
             listeners.append([*key, fd])
+        xdp_maps = {}
+        if self.xdp is not None:
+            first = FIRST_LISTENER_FD + len(listeners)
+            for number, (name, fd) in enumerate(sorted(self.xdp.maps.fds.items())):
+                child_fds[first + number] = fd
+                xdp_maps[name] = first + number
         announce = index == 0 and not self._announced
         self._announced = True
         settings = {
@@ -232,6 +243,8 @@ class Supervisor(service.MultiService):
             "places_key": self._places_key.hex(),
             "generated_user": self._generated_user,
             "announce": announce,
+            "xdp_maps": xdp_maps,
+            "xdp_mode": self.xdp.describe() if self.xdp is not None else "",
         }
         reader = privileged.installed()
         connection = reader.connection() if reader is not None else None
@@ -278,6 +291,13 @@ class Supervisor(service.MultiService):
         self.metrics.alive = len(self.workers)
         self.metrics.worker_died(index)
         given_back = self.places.clear(index) if self.places is not None else 0
+        if self.xdp is not None:
+            # Its allocations are gone: so are the entries that relayed them.
+            removed = self.xdp.maps.remove_owned(index)
+            if removed:
+                self.log.info(
+                    "Worker {index}'s {count} XDP entries removed", index=index, count=removed
+                )
         how = _how_it_ended(reason)
         if self.stopping or self.draining:
             self.log.info("Worker {index} (pid {pid}) {how}", index=index, pid=worker.pid, how=how)
@@ -606,7 +626,12 @@ def supervise(options: Options, reactor: Any, generated: tuple[str, str] | None)
         metrics_listen=metrics_listen(options),
         generated_user=generated,
         total_quota=options["total-quota"],
+        xdp=xdp_program(options),
     )
+    if supervisor.xdp is not None:
+        from txturn.fastpath.xdp import XdpService
+
+        XdpService(supervisor.xdp).setServiceParent(supervisor)
     systemd = SystemdNotifier()
 
     def drain() -> None:

@@ -199,6 +199,8 @@ def main() -> None:
         listeners,
         Handoff(control, reactor),
         lambda adopt: ReservationBroker(control, adopt),
+        xdp_maps=settings.get("xdp_maps"),
+        xdp_mode=settings.get("xdp_mode", ""),
     )
     service = build_service(options, reactor, shard=shard, announce=settings.get("announce", False))
     control.service = service
