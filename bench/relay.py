@@ -257,6 +257,26 @@ def allocate_clients(
     return clients
 
 
+def release(socks: list[Client]) -> None:
+    """
+    Delete each client's allocation and close its socket, or a later
+    socket that gets the same ephemeral port would find it (437).
+    """
+    for s, _, client, _ in socks:
+        s.setblocking(False)
+        try:
+            while True:
+                s.recv(65536)
+        except OSError:
+            pass
+        s.settimeout(2)
+        try:
+            transact(s, client, Method.REFRESH, [(Attr.LIFETIME, 0)])
+        except (OSError, RuntimeError):
+            pass
+        s.close()
+
+
 def send_header(peer: tuple[str, int], payload: int) -> str:
     """
     The bytes of a Send indication to C{peer} up to its DATA value, in
@@ -337,21 +357,7 @@ def measure(
         check=True,
     )
     server_cpu = cpu_seconds(server_pid) - cpu0
-    for s, _, client, _ in socks:
-        # Delete the allocation, or a later socket that gets the same
-        # ephemeral port would find it (437).
-        s.setblocking(False)
-        try:
-            while True:
-                s.recv(65536)
-        except OSError:
-            pass
-        s.settimeout(2)
-        try:
-            transact(s, client, Method.REFRESH, [(Attr.LIFETIME, 0)])
-        except (OSError, RuntimeError):
-            pass
-        s.close()
+    release(socks)
     sink.close()
     figures = dict(kv.split("=") for kv in result.stdout.split())
     if workload == "latency":

@@ -53,10 +53,10 @@ from relay import (  # noqa: E402
     build_loadgen,
     coturn_extra,
     pinned,
-    transact,
+    release,
 )
 
-from txturn.wire.stun import Attr, Method  # noqa: E402
+from txturn.wire.stun import Method  # noqa: E402
 
 SERVER4, RELAY4, CLIENT4, PEER4 = "10.96.1.1", "10.96.2.1", "10.96.1.2", "10.96.2.2"
 NAMESPACES = ("bxc", "bxs", "bxp")
@@ -306,13 +306,7 @@ def run(
         figures_dropped = dropped(ns)
         sh("ip", "-n", ns, "link", "set", "dev", device, "xdpdrv", "off")
     cpus = {name: round(t - cpus[name], 2) for name, t in per_cpu().items()}
-    for s, _, client, _ in socks:
-        s.settimeout(1)
-        try:
-            transact(s, client, Method.REFRESH, [(Attr.LIFETIME, 0)])
-        except (OSError, RuntimeError):
-            pass
-        s.close()
+    release(socks)
     sink.close()
     figures = {k: float(v) for k, v in (kv.split("=") for kv in result.stdout.split())}
     generator = figures.get("sender_cpu", 0.0) + figures.get("receiver_cpu", 0.0)

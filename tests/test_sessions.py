@@ -684,6 +684,22 @@ def page_headers(port: int) -> Any:
     return {name.lower(): values[0] for name, values in response.headers.getAllRawHeaders()}
 
 
+def allocate_three(test: SynchronousTestCase, core: Any, first_port: int) -> None:
+    """
+    Three of alice's allocations on C{core}, from ports C{first_port} on.
+    """
+    for port in range(first_port, first_port + 3):
+        answer = authenticated_request(
+            core,
+            RecordingClientChannel(),
+            StunClient("alice", "a"),
+            Method.ALLOCATE,
+            [(Attr.REQUESTED_TRANSPORT, 17)],
+            ("198.51.100.7", port),
+        )
+        test.assertEqual(answer.cls, Class.SUCCESS)
+
+
 class _Control:
     """
     A worker's control connection, answering from its L{LocalSessions}
@@ -741,16 +757,7 @@ class WorkerSessionsTests(SynchronousTestCase):
         )
         self.sessions = WorkerSessions(self.clock, self.supervisor)
         for i, core in enumerate(self.cores):
-            for port in range(3):
-                answer = authenticated_request(
-                    core,
-                    RecordingClientChannel(),
-                    StunClient("alice", "a"),
-                    Method.ALLOCATE,
-                    [(Attr.REQUESTED_TRANSPORT, 17)],
-                    ("198.51.100.7", 40000 + 10 * i + port),
-                )
-                self.assertEqual(answer.cls, Class.SUCCESS)
+            allocate_three(self, core, 40000 + 10 * i)
 
     def result(self, d: Any) -> Any:
         return self.successResultOf(defer.maybeDeferred(lambda: d))
@@ -846,16 +853,7 @@ class FleetSessionsTests(SynchronousTestCase):
             node.startService()
             self.addCleanup(node.stopService)
             self.nodes.append(node)
-            for port in range(3):
-                answer = authenticated_request(
-                    core,
-                    RecordingClientChannel(),
-                    StunClient("alice", "a"),
-                    Method.ALLOCATE,
-                    [(Attr.REQUESTED_TRANSPORT, 17)],
-                    ("198.51.100.7", 40000 + port),
-                )
-                self.assertEqual(answer.cls, Class.SUCCESS)
+            allocate_three(self, core, 40000)
 
     def result(self, d: Any) -> Any:
         return self.successResultOf(defer.maybeDeferred(lambda: d))

@@ -312,6 +312,26 @@ class XdpBase(TestCase):
         self.addCleanup(stop)
         return watcher.wait_for(rb"Relaying on").addCallback(lambda _: (watcher, stop))
 
+    @defer.inlineCallbacks
+    def uclient(self, server: str, peer: str, messages: int, clients: int) -> Any:
+        """
+        turnutils_uclient in the client namespace, relaying C{messages}
+        from each of C{clients} through C{server} to the echo peer; every
+        message must come back.  Its output.
+        """
+        done = yield threads.deferToThread(
+            self.net.run,
+            self.net.client,
+            require("turnutils_uclient"),
+            "-u", "test", "-w", "secret", "-e", peer, "-r", str(PEER_PORT),
+            "-p", "3478", "-n", str(messages), "-m", str(clients), "-l", "120", server,
+            timeout=120,
+        )  # fmt: skip
+        output: str = done.stdout + done.stderr
+        total = messages * clients
+        self.assertIn(f"tot_send_msgs={total}, tot_recv_msgs={total}", output, output[-2000:])
+        return output
+
     def client(self, server: str) -> Helper:
         return Helper(self, self.net.inside(self.net.client, sys.executable, "-c", CLIENT, server))
 
@@ -343,16 +363,7 @@ class UclientTests(XdpBase):
             self,
         )  # fmt: skip
         for server, peer in ((SERVER4, PEER4), (SERVER6, PEER6)):
-            done = yield threads.deferToThread(
-                self.net.run,
-                self.net.client,
-                require("turnutils_uclient"),
-                "-u", "test", "-w", "secret", "-e", peer, "-r", str(PEER_PORT),
-                "-p", "3478", "-n", "200", "-m", "2", "-l", "120", server,
-                timeout=120,
-            )  # fmt: skip
-            output = done.stdout + done.stderr
-            self.assertIn("tot_send_msgs=400, tot_recv_msgs=400", output, output[-2000:])
+            output = yield self.uclient(server, peer, 200, 2)
             self.assertIn("Total lost packets 0 ", output)
         metrics = yield threads.deferToThread(self.net.metrics)
         # The first datagram of each way may go up while the neighbour is
@@ -505,16 +516,7 @@ class WorkersTests(XdpBase):
             ),
             self,
         )
-        done = yield threads.deferToThread(
-            self.net.run,
-            self.net.client,
-            require("turnutils_uclient"),
-            "-u", "test", "-w", "secret", "-e", PEER4, "-r", str(PEER_PORT),
-            "-p", "3478", "-n", "100", "-m", "10", "-l", "120", SERVER4,
-            timeout=120,
-        )  # fmt: skip
-        output = done.stdout + done.stderr
-        self.assertIn("tot_send_msgs=1000, tot_recv_msgs=1000", output, output[-2000:])
+        yield self.uclient(SERVER4, PEER4, 100, 10)
         log = watcher.output.decode()
         for index in (0, 1):
             self.assertIn(f"[worker {index} txturn.observers.event_log.EventLog#info] Alloc", log)
