@@ -61,6 +61,7 @@ UNIT = [
     "tests.test_tcp_allocation",
     "tests.test_testing",
     "tests.test_usage_records",
+    "tests.test_xdp_entries",
 ]
 
 
