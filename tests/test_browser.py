@@ -193,10 +193,11 @@ class RedirectTests(TestCase):
     timeout = 90
 
     @defer.inlineCallbacks
-    def call(self, transport: str) -> Any:
-        chromium = find_chromium()
-        namespace = network_namespace(self)
-        inside = ["ip", "netns", "exec", namespace]
+    def servers(self, inside: list[str]) -> Any:
+        """
+        In the namespace: the target on 3479, and the server given to the
+        client on 3478, which redirects every Allocate to it.
+        """
         servers = {}
         for name, port, extra in [
             ("target", 3479, []),
@@ -224,6 +225,30 @@ class RedirectTests(TestCase):
                 self,
             )
             yield servers[name].wait_for(rb"Relaying on 10\.99\.0\.1", timeout=30)
+        return servers
+
+    def check(self, result: dict[str, Any], servers: dict[str, Any]) -> None:
+        """
+        Every message arrived over a relay-to-relay pair, every candidate
+        is a relay of the target, which made both allocations.
+        """
+        self.assertEqual(result["error"], "", result)
+        self.assertEqual(result["received"], 20, result)
+        self.assertEqual(result["pair"], ["relay", "relay"])
+        self.assertTrue(result["candidates"])
+        for candidate in result["candidates"]:
+            self.assertIn("typ relay", candidate)
+            self.assertIn("10.99.0.1", candidate)
+        allocated = re.compile(rb"Allocated 10\.99\.0\.1:\d+ for test from 10\.99\.0\.1:\d+ over ")
+        self.assertEqual(len(allocated.findall(servers["target"].output)), 2)
+        self.assertEqual(allocated.findall(servers["redirecting"].output), [])
+
+    @defer.inlineCallbacks
+    def call(self, transport: str) -> Any:
+        chromium = find_chromium()
+        namespace = network_namespace(self)
+        inside = ["ip", "netns", "exec", namespace]
+        servers = yield self.servers(inside)
         profile = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, profile, True)
         query = urlencode(
@@ -251,20 +276,42 @@ class RedirectTests(TestCase):
         )
         found = yield browser.wait_for(rb'RESULT (\{[^\n]*\})", source', timeout=40)
         result = json.loads(found.group(1))
-        self.assertEqual(result["error"], "", result)
-        self.assertEqual(result["received"], 20, result)
-        self.assertEqual(result["pair"], ["relay", "relay"])
-        self.assertTrue(result["candidates"])
-        for candidate in result["candidates"]:
-            self.assertIn("typ relay", candidate)
-            self.assertIn("10.99.0.1", candidate)
-        allocated = re.compile(rb"Allocated 10\.99\.0\.1:\d+ for test from 10\.99\.0\.1:\d+ over ")
-        self.assertEqual(len(allocated.findall(servers["target"].output)), 2)
-        self.assertEqual(allocated.findall(servers["redirecting"].output), [])
+        self.check(result, servers)
         return result
+
+    @defer.inlineCallbacks
+    def node_call(self, transport: str) -> Any:
+        """
+        The same call from libwebrtc in Node (@roamhq/wrtc, which
+        .ci/run installs from the npm registry into TXTURN_NODE_MODULES).
+        """
+        node = shutil.which("node")
+        modules = os.environ.get("TXTURN_NODE_MODULES", "")
+        if node is None or not os.path.isdir(os.path.join(modules, "@roamhq", "wrtc")):
+            if os.environ.get("CI"):
+                raise AssertionError("node and @roamhq/wrtc are missing: .ci/run installs them")
+            raise SkipTest("node or @roamhq/wrtc not installed (set TXTURN_NODE_MODULES)")
+        namespace = network_namespace(self)
+        inside = ["ip", "netns", "exec", namespace]
+        servers = yield self.servers(inside)
+        script = os.path.join(HERE, "clients", "webrtc_relay.js")
+        client = spawn(
+            [*inside, node, script, f"turn:10.99.0.1:3478?transport={transport}", "test",
+             "secret", "20"],
+            self,
+            env={"NODE_PATH": modules},
+        )  # fmt: skip
+        found = yield client.wait_for(rb"RESULT (\{[^\n]*\})", timeout=40)
+        self.check(json.loads(found.group(1)), servers)
 
     def test_udp(self) -> Any:
         return self.call("udp")
 
     def test_tcp(self) -> Any:
         return self.call("tcp")
+
+    def test_node_udp(self) -> Any:
+        return self.node_call("udp")
+
+    def test_node_tcp(self) -> Any:
+        return self.node_call("tcp")

@@ -115,12 +115,13 @@ class OutputWatcher(ProcessProtocol):
         self.ended.callback(None)
 
 
-def spawn(argv: list[str], test: TestCase) -> OutputWatcher:
+def spawn(argv: list[str], test: TestCase, env: dict[str, str] | None = None) -> OutputWatcher:
     """
-    Start a process that the test kills and reaps when it is done.
+    Start a process that the test kills and reaps when it is done; in the
+    test's environment and C{env}.
     """
     watcher = OutputWatcher()
-    process = reactor.spawnProcess(watcher, argv[0], argv, env=os.environ.copy())
+    process = reactor.spawnProcess(watcher, argv[0], argv, env={**os.environ, **(env or {})})
 
     def stop() -> defer.Deferred[None]:
         try:
