@@ -776,6 +776,11 @@ class WorkerSessionsTests(SynchronousTestCase):
         self.assertEqual(self.result(self.sessions.end(4)), 0)
         status = self.result(self.sessions.status())
         self.assertEqual((status["workers"], status["allocations"]), (2, 5))
+        # alice holds allocations on both workers: one user.
+        self.assertEqual(status["users"], 1)
+        # A worker whose list is too long to send: the sum, an upper bound.
+        self.patch(self.locals[0], "user_names", lambda: None)
+        self.assertEqual(self.result(self.sessions.status())["users"], 2)
         self.assertEqual(self.result(self.sessions.end_user("alice")), 5)
         self.assertEqual(self.sessions.drain(), {"draining": True, "already": False})
         self.assertEqual(self.sessions.drain(), {"draining": True, "already": True})

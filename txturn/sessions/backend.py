@@ -159,6 +159,15 @@ class LocalSessions(Service):
             self._drain()
         return {"draining": True, "already": already}
 
+    def user_names(self) -> list[str] | None:
+        """
+        The distinct users holding allocations (the user part of REST
+        names), for the supervisor of C{--workers} to count users across
+        its workers; C{None} when the list would pass L{MAX_BYTES} of JSON.
+        """
+        names = sorted({user_of(a.username) for a in self._server.allocations.values()})
+        return names if len(json.dumps(names)) <= MAX_BYTES else None
+
     def status(self) -> dict[str, Any]:
         """
         The whole process, for C{GET /api/v1/status} and the status page.

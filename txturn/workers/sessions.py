@@ -142,14 +142,22 @@ class WorkerSessions:
             self._supervisor.drain()
         return {"draining": True, "already": already}
 
-    def status(self) -> defer.Deferred[Any]:
-        return self._ask_all("status").addCallback(self._summed)
+    @defer.inlineCallbacks
+    def status(self) -> Any:
+        answers = yield self._ask_all("status")
+        summed = self._summed(answers)
+        names = yield self._ask_all("user_names")
+        if len(names) == len(answers) and all(n is not None for n in names):
+            # A user on two workers is one user.
+            summed["users"] = len(set().union(*names))
+        return summed
 
     def _summed(self, answers: list[dict[str, Any]]) -> dict[str, Any]:
         """
-        The workers' statuses as one server's: counts summed (a user on
-        two workers counts in each), the rate histories summed sample by
-        sample from the latest.
+        The workers' statuses as one server's: counts summed (users too,
+        which L{status} counts once each where the workers' lists are
+        small enough to send), the rate histories summed sample by sample
+        from the latest.
         """
         by_transport: dict[str, int] = {}
         counters: dict[str, int] = {}

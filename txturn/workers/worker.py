@@ -47,7 +47,7 @@ from txturn.workers.summed_metrics import to_json
 from txturn.workers.transfers import Handoff, ReservationBroker, give_reservation
 
 #: What the supervisor's sessions API may ask a worker's LocalSessions.
-SESSION_ACTIONS = frozenset({"page", "one", "end", "end_user", "status"})
+SESSION_ACTIONS = frozenset({"page", "one", "end", "end_user", "status", "user_names"})
 
 BOOTSTRAP_FD = 3
 CONTROL_FD = 4
