@@ -84,6 +84,7 @@ class BrowserTests(TestCase):
         self.addCleanup(self.turn.stop)
         root = resource.Resource()
         root.putChild(b"", static.File(os.path.join(HERE, "clients", "webrtc_relay.html")))
+        root.putChild(b"relay_call.js", static.File(os.path.join(HERE, "clients", "relay_call.js")))
         self.results = ResultResource()
         root.putChild(b"result", self.results)
         self.web = reactor.listenTCP(0, server.Site(root), interface="127.0.0.1")
