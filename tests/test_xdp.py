@@ -479,6 +479,16 @@ class LifecycleTests(XdpBase):
             self.assertFalse(attached, how)
 
     @defer.inlineCallbacks
+    def test_generic(self) -> Any:
+        """
+        An interface whose driver has no native XDP (lo) gets the generic
+        hook, and the start-up line says so.
+        """
+        watcher, stop = yield self.start_server("--xdp", "s0,lo")
+        self.assertIn(b"by XDP (native on s0, generic on lo)", watcher.output)
+        yield stop()
+
+    @defer.inlineCallbacks
     def test_not_permitted(self) -> Any:
         """
         Without CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, or with an
