@@ -186,12 +186,19 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def wait_for_server(port: int) -> None:
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def wait_for_server(
+    port: int, host: str = "127.0.0.1", probe: socket.socket | None = None, timeout: float = 15
+) -> None:
+    """
+    Wait until a Binding to C{host}:C{port} is answered, through
+    C{probe} if given (a socket made in another network namespace).
+    """
+    if probe is None:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.settimeout(0.2)
-    probe.connect(("127.0.0.1", port))
+    probe.connect((host, port))
     client = StunClient(USER, PASSWORD)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             probe.send(client.request(Method.BINDING, authenticate=False))

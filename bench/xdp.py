@@ -54,9 +54,8 @@ from relay import (  # noqa: E402
     coturn_extra,
     pinned,
     release,
+    wait_for_server,
 )
-
-from txturn.wire.stun import Method  # noqa: E402
 
 SERVER4, RELAY4, CLIENT4, PEER4 = "10.96.1.1", "10.96.2.1", "10.96.1.2", "10.96.2.2"
 NAMESPACES = ("bxc", "bxs", "bxp")
@@ -201,22 +200,9 @@ def start(name: str, port: int, turnserver: str, logdir: str) -> subprocess.Pope
 
 
 def wait_ready(port: int) -> None:
-    from txturn.testing import StunClient
-
     with In("bxc"):
         probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.settimeout(0.2)
-    probe.connect((SERVER4, port))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            probe.send(StunClient(USER, PASSWORD).request(Method.BINDING, authenticate=False))
-            probe.recv(2048)
-            probe.close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
+    wait_for_server(port, SERVER4, probe, timeout=20)
 
 
 DROP = """

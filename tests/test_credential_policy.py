@@ -320,13 +320,18 @@ class RealClientTests(TestCase):
     """
 
     @defer.inlineCallbacks
-    def test_aioice(self) -> Any:
+    def rest_server(self, *extra: str) -> Any:
+        """
+        An installed server taking REST credentials of C{SECRET}, relaying
+        to loopback peers; its port and its output, once it listens.
+        """
         port = free_udp_port()
         watcher = spawn(
             twistd_turn(
                 port,
                 "--static-auth-secret",
                 SECRET,
+                *extra,
                 "--relay-ip",
                 "127.0.0.1",
                 "--allow-loopback-peers",
@@ -334,6 +339,11 @@ class RealClientTests(TestCase):
             self,
         )
         yield watcher.wait_for(rb"TURN listening on UDP")
+        return port, watcher
+
+    @defer.inlineCallbacks
+    def test_aioice(self) -> Any:
+        port, watcher = yield self.rest_server()
         expiry = int(time.time()) + 600
         allowed = mint_credential(SECRET, "alice", expiry, peers=["127.0.0.0/8"], allocations=1)
         result = yield run_aioice(self, port, *allowed, 10)
@@ -351,22 +361,8 @@ class RealClientTests(TestCase):
         C{txturn-admin mint --hmac sha256} made, and gets nothing through
         with a SHA-1 one for the same secret.
         """
-        port = free_udp_port()
-        watcher = spawn(
-            twistd_turn(
-                port,
-                "--static-auth-secret",
-                SECRET,
-                "--rest-api-hmac",
-                "sha256",
-                "--relay-ip",
-                "127.0.0.1",
-                "--allow-loopback-peers",
-            ),
-            self,
-        )
+        port, watcher = yield self.rest_server("--rest-api-hmac", "sha256")
         yield watcher.wait_for(rb"REST API with 1 secret\(s\), HMAC-SHA256")
-        yield watcher.wait_for(rb"TURN listening on UDP")
         minted = {}
         for hmac_name in ("sha256", "sha1"):
             out, err, code = yield getProcessOutputAndValue(

@@ -355,6 +355,15 @@ def deferLater(seconds: float) -> defer.Deferred[None]:
     return later(reactor, seconds, lambda: None)
 
 
+def token_in_environment(test: Any) -> None:
+    """
+    The API's token in TXTURN_ADMIN_TOKEN for the servers C{test}
+    starts, until it ends.
+    """
+    os.environ["TXTURN_ADMIN_TOKEN"] = TOKEN
+    test.addCleanup(os.environ.pop, "TXTURN_ADMIN_TOKEN", None)
+
+
 def admin(*args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "txturn.tools.admin", *args],
@@ -373,8 +382,7 @@ class CommandLineTests(TestCase):
     @defer.inlineCallbacks
     def test_sessions_and_kill(self) -> Any:
         port, admin_port = free_udp_port(), free_tcp_port()
-        os.environ["TXTURN_ADMIN_TOKEN"] = TOKEN
-        self.addCleanup(os.environ.pop, "TXTURN_ADMIN_TOKEN", None)
+        token_in_environment(self)
         watcher = spawn(
             twistd_turn(
                 port, "--user", "alice:secret", "--no-tls", "--admin-port", str(admin_port)
@@ -418,8 +426,7 @@ class CommandLineTests(TestCase):
         ended by id, the rest by user; the status counts both workers.
         """
         port, admin_port = free_udp_port(), free_tcp_port()
-        os.environ["TXTURN_ADMIN_TOKEN"] = TOKEN
-        self.addCleanup(os.environ.pop, "TXTURN_ADMIN_TOKEN", None)
+        token_in_environment(self)
         watcher = spawn(
             twistd_turn(
                 port,
@@ -501,8 +508,7 @@ class FleetTests(FleetBase):
     """
 
     def setUp(self) -> Any:
-        os.environ["TXTURN_ADMIN_TOKEN"] = TOKEN
-        self.addCleanup(os.environ.pop, "TXTURN_ADMIN_TOKEN", None)
+        token_in_environment(self)
         self.redis = RedisProcess(self)
         return self.redis.start()
 
@@ -617,8 +623,7 @@ class StatusPageTests(TestCase):
             ('"><img src=x onerror="document.title=\'pwned\'">', "pw2"),
         ]
         users = [("alice", "secret"), *hostile]
-        os.environ["TXTURN_ADMIN_TOKEN"] = TOKEN
-        self.addCleanup(os.environ.pop, "TXTURN_ADMIN_TOKEN", None)
+        token_in_environment(self)
         watcher = spawn(
             twistd_turn(
                 port,

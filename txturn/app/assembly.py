@@ -164,7 +164,7 @@ def _sessions_api(
     listener (under C{--workers} the supervisor listens and asks each
     worker's view), answering for the fleet with C{--redis}.
     """
-    from txturn.sessions.backend import ISessions, LocalSessions
+    from txturn.sessions.backend import LocalSessions
 
     local = LocalSessions(
         reactor,
@@ -177,20 +177,12 @@ def _sessions_api(
     local.setServiceParent(turn)  # type: ignore[no-untyped-call]
     turn.sessions = local
     if shard is None:
-        from txturn.sessions.service import SessionsService
+        from txturn.fleet.sharing import DESCRIPTION
+        from txturn.sessions.service import sessions_services
 
-        answering: ISessions = local
+        fleet = None
         if backends.link is not None:
-            from txturn.fleet.sharing import DESCRIPTION
-            from txturn.sessions.fleet import FleetSessions
-
-            fleet = FleetSessions(reactor, backends.link, local, backends.ledger.id, DESCRIPTION)
-            fleet.setServiceParent(turn)  # type: ignore[no-untyped-call]
-            answering = fleet
-        listener = SessionsService(
-            reactor,
-            answering,
-            (options["admin-address"], options["admin-port"]),
-            options["admin-token"],
-        )
-        listener.setServiceParent(turn)  # type: ignore[no-untyped-call]
+            fleet = (backends.link, backends.ledger.id, DESCRIPTION, False)
+        address = (options["admin-address"], options["admin-port"])
+        for service in sessions_services(reactor, local, address, options["admin-token"], fleet):
+            service.setServiceParent(turn)  # type: ignore[no-untyped-call]

@@ -86,3 +86,30 @@ class SessionsService(Service):
         if port is None:
             return defer.succeed(None)
         return defer.maybeDeferred(port.stopListening)
+
+
+def sessions_services(
+    reactor: Any,
+    local: ISessions,
+    address: tuple[str, int],
+    token: bytes,
+    fleet: tuple[Any, str, str, bool] | None = None,
+) -> list[Service]:
+    """
+    What serves the sessions API of one server: with C{fleet} (a Redis
+    link, this node's id and name, whether stopping closes the link),
+    the fleet's node in front of C{local}, then the listener.  A
+    server's assembly and the supervisor of C{--workers} each add them
+    to their service tree.
+    """
+    services: list[Service] = []
+    answering = local
+    if fleet is not None:
+        from txturn.sessions.fleet import FleetSessions
+
+        link, node, name, close_link = fleet
+        node_service = FleetSessions(reactor, link, local, node, name, close_link=close_link)
+        services.append(node_service)
+        answering = node_service
+    services.append(SessionsService(reactor, answering, address, token))
+    return services

@@ -641,34 +641,23 @@ def supervise(options: Options, reactor: Any, generated: tuple[str, str] | None)
     handlers = SignalHandlers(reactor, supervisor.reload, drain, logfile=logfile(options))
     handlers.setServiceParent(supervisor)
     if options["admin-port"] is not None:
-        from txturn.sessions.service import SessionsService
+        from txturn.sessions.service import sessions_services
         from txturn.workers.sessions import WorkerSessions
 
-        answering: Any = WorkerSessions(reactor, supervisor)
+        fleet = None
         if options["redis-address"] is not None:
             # The supervisor is the fleet's node for its workers: a link
             # of its own, since the workers hold theirs.
             from txturn.fleet.link import RedisLink
             from txturn.fleet.sharing import DESCRIPTION
-            from txturn.sessions.fleet import FleetSessions
 
-            fleet = FleetSessions(
-                reactor,
-                RedisLink(reactor, options["redis-address"]),
-                answering,
-                secrets.token_hex(8),
-                f"{DESCRIPTION}, {options['workers']} workers",
-                close_link=True,
-            )
-            fleet.setServiceParent(supervisor)
-            answering = fleet
-        api = SessionsService(
-            reactor,
-            answering,
-            (options["admin-address"], options["admin-port"]),
-            options["admin-token"],
-        )
-        api.setServiceParent(supervisor)
+            link = RedisLink(reactor, options["redis-address"])
+            name = f"{DESCRIPTION}, {options['workers']} workers"
+            fleet = (link, secrets.token_hex(8), name, True)
+        address = (options["admin-address"], options["admin-port"])
+        local = WorkerSessions(reactor, supervisor)
+        for service in sessions_services(reactor, local, address, options["admin-token"], fleet):
+            service.setServiceParent(supervisor)
     # Last: READY=1 only once the signal handlers are in place.
     systemd.setServiceParent(supervisor)
     return supervisor
